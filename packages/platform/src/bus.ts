@@ -1,0 +1,55 @@
+// The bus: one interface, two implementations (RabbitMQ in production, a local durable
+// bus for embedded mode and tests). Both give at-least-once delivery with manual ack:
+// a message is removed only when the consumer acks it after its transaction committed,
+// and a message not acked (crash, nack, lost connection) is delivered again.
+import type { Envelope } from '@converge/contracts';
+
+export type Delivery = {
+  /** The parsed JSON body, or the raw text when it is not JSON (a poison message). */
+  readonly body: unknown;
+  /** The broker's message id property, when there is one (for dead-letter evidence). */
+  readonly messageId: string | undefined;
+  readonly routingKey: string;
+  /** true when the broker says this message was handed out before. */
+  readonly redelivered: boolean;
+  ack(): Promise<void>;
+  /** Gives the message back to the queue for redelivery after `delayMs`. */
+  nack(delayMs?: number): Promise<void>;
+};
+
+export type Subscription = {
+  readonly queue: string;
+  /** Stops receiving; deliveries not acked yet go back to the queue. */
+  close(): Promise<void>;
+};
+
+export type SubscribeOptions = {
+  /** How many unacked deliveries this subscriber may hold at once. */
+  prefetch?: number;
+};
+
+export interface Bus {
+  readonly kind: 'local' | 'rabbitmq';
+  /**
+   * Publishes in the given order and resolves only when the broker has taken
+   * responsibility for every message (publisher confirms). Rejects if any message
+   * was not confirmed; the caller then publishes them again (duplicates are harmless).
+   */
+  publish(messages: readonly Envelope[]): Promise<void>;
+  /**
+   * Declares the consuming service's durable queue, binds it to the given event types
+   * and starts delivering. The queue outlives the subscriber: messages published
+   * while nobody listens wait for it.
+   */
+  subscribe(
+    queue: string,
+    types: readonly string[],
+    onDelivery: (delivery: Delivery) => Promise<void>,
+    options?: SubscribeOptions,
+  ): Promise<Subscription>;
+  /** Declares the queue and its bindings without consuming (so nothing is missed before start). */
+  declare(queue: string, types: readonly string[]): Promise<void>;
+  /** Messages waiting in a queue, ready or unacked (for "is the system quiet" checks). */
+  depth(queue: string): Promise<number>;
+  close(): Promise<void>;
+}
