@@ -1,0 +1,188 @@
+// One database interface over PostgreSQL (node-postgres pool) and PGlite (embedded,
+// in-process PostgreSQL). Services see only `Db`: parameterised queries that return
+// rows, transactions, LISTEN, and close. bigint columns come back as numbers: every id
+// and amount here stays far below 2^53.
+import fs from 'node:fs';
+import { PGlite } from '@electric-sql/pglite';
+import pg from 'pg';
+
+export type Row = Record<string, unknown>;
+
+export interface Sql {
+  /** Runs one parameterised statement and returns its rows (use RETURNING for counts). */
+  query<R extends object = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
+}
+
+export interface Db extends Sql {
+  readonly kind: 'pglite' | 'postgres';
+  readonly name: string;
+  /** Runs a script of several statements (migrations only; no parameters). */
+  exec(script: string): Promise<void>;
+  /** Runs `fn` in one transaction: commit on return, rollback on throw. */
+  transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T>;
+  /** Calls `onNotify` for every NOTIFY on `channel` until the returned stop is called. */
+  listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
+  close(): Promise<void>;
+}
+
+const int8 = 20;
+const numeric = 1700;
+
+/** An embedded database: a directory (kept across restarts) or `memory://` for tests. */
+export async function openPglite(name: string, dataDir?: string): Promise<Db> {
+  if (dataDir !== undefined) fs.mkdirSync(dataDir, { recursive: true });
+  const lite = await PGlite.create(dataDir ?? 'memory://', {
+    parsers: { [int8]: (value: string) => Number(value), [numeric]: (value: string) => Number(value) },
+  });
+  const run = async <R extends object>(target: Pick<PGlite, 'query'>, text: string, params?: readonly unknown[]) =>
+    (await target.query<R>(text, params as unknown[] | undefined)).rows;
+  return {
+    kind: 'pglite',
+    name,
+    query: (text, params) => run(lite, text, params),
+    exec: async (script) => {
+      await lite.exec(script);
+    },
+    transaction: (fn) => lite.transaction((tx) => fn({ query: (text, params) => run(tx, text, params) })),
+    listen: async (channel, onNotify) => {
+      const stop = await lite.listen(channel, () => onNotify());
+      return stop;
+    },
+    close: () => lite.close(),
+  };
+}
+
+function typeParser(oid: number, format?: string): (value: string) => unknown {
+  if (oid === int8 || oid === numeric) return (value: string) => Number(value);
+  return pg.types.getTypeParser(oid, format as 'text');
+}
+
+export type PostgresOptions = { max?: number; log?: (msg: string, fields?: Record<string, unknown>) => void };
+
+/** A database on a PostgreSQL server, through a connection pool. */
+export async function openPostgres(name: string, url: string, options: PostgresOptions = {}): Promise<Db> {
+  const pool = new pg.Pool({ connectionString: url, max: options.max ?? 10, types: { getTypeParser: typeParser } });
+  // An idle client whose server went away must not crash the process; the pool replaces it.
+  pool.on('error', (error) => options.log?.('idle database client failed', { db: name, error: error.message }));
+  const client = await pool.connect();
+  client.release();
+  const listeners = new Set<pg.Client>();
+  return {
+    kind: 'postgres',
+    name,
+    query: async <R extends object>(text: string, params?: readonly unknown[]) =>
+      (await pool.query<R & pg.QueryResultRow>(text, params as unknown[] | undefined)).rows as R[],
+    exec: async (script) => {
+      await pool.query(script);
+    },
+    transaction: async (fn) => {
+      const tx = await pool.connect();
+      try {
+        await tx.query('BEGIN');
+        const result = await fn({
+          query: async <R extends object>(text: string, params?: readonly unknown[]) =>
+            (await tx.query<R & pg.QueryResultRow>(text, params as unknown[] | undefined)).rows as R[],
+        });
+        await tx.query('COMMIT');
+        tx.release();
+        return result;
+      } catch (error) {
+        try {
+          await tx.query('ROLLBACK');
+          tx.release();
+        } catch {
+          tx.release(true);
+        }
+        throw error;
+      }
+    },
+    listen: (channel, onNotify) => listenWithReconnect(url, channel, onNotify, listeners, options.log),
+    close: async () => {
+      for (const listener of listeners) await listener.end().catch(() => undefined);
+      await pool.end();
+    },
+  };
+}
+
+// LISTEN needs a connection of its own. If it drops (server restart), reconnect with
+// backoff and fire once: notifications sent while we were away are lost, so the caller
+// must look for work it may have missed.
+async function listenWithReconnect(
+  url: string,
+  channel: string,
+  onNotify: () => void,
+  listeners: Set<pg.Client>,
+  log?: PostgresOptions['log'],
+): Promise<() => Promise<void>> {
+  let stopped = false;
+  let current: pg.Client | undefined;
+  let delay = 100;
+  const connect = async (): Promise<void> => {
+    const client = new pg.Client({ connectionString: url });
+    client.on('notification', () => onNotify());
+    client.on('error', (error) => {
+      log?.('listen connection failed', { channel, error: error.message });
+      listeners.delete(client);
+      void client.end().catch(() => undefined);
+      if (current === client) current = undefined;
+      if (!stopped) setTimeout(() => void reconnect(), delay);
+    });
+    await client.connect();
+    await client.query(`LISTEN "${channel.replace(/"/g, '')}"`);
+    current = client;
+    listeners.add(client);
+    delay = 100;
+  };
+  const reconnect = async (): Promise<void> => {
+    if (stopped || current !== undefined) return;
+    try {
+      await connect();
+      onNotify();
+    } catch {
+      delay = Math.min(delay * 2, 5000);
+      if (!stopped) setTimeout(() => void reconnect(), delay);
+    }
+  };
+  await connect();
+  return async () => {
+    stopped = true;
+    if (current !== undefined) {
+      listeners.delete(current);
+      await current.end().catch(() => undefined);
+    }
+  };
+}
+
+/** Creates the database on the server if it does not exist yet (cluster start-up). */
+export async function ensureDatabase(serverUrl: string, database: string): Promise<string> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new Error(`invalid database name ${database}`);
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  try {
+    const found = await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [database]);
+    if (found.rowCount === 0) {
+      try {
+        await admin.query(`CREATE DATABASE ${database}`);
+      } catch (error) {
+        // Another instance created it first.
+        if ((error as { code?: string }).code !== '42P04') throw error;
+      }
+    }
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(serverUrl);
+  url.pathname = `/${database}`;
+  return url.toString();
+}
+
+/** Drops a database (tests only). */
+export async function dropDatabase(serverUrl: string, database: string): Promise<void> {
+  const admin = new pg.Client({ connectionString: serverUrl });
+  await admin.connect();
+  try {
+    await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+  } finally {
+    await admin.end();
+  }
+}

@@ -1,0 +1,44 @@
+// The few kinds of failure every service speaks of. The HTTP layer maps each to one
+// status (problem+json); consumers treat PermanentError as "dead-letter at once" and
+// anything else as transient (retry with backoff).
+
+/** The input is malformed or breaks a rule that no retry can fix (400/413/415/422). */
+export class InvalidError extends Error {
+  override readonly name = 'InvalidError';
+  readonly details: string[];
+  readonly status: 400 | 413 | 415 | 422;
+  constructor(message: string, details: string[] = [], status: 400 | 413 | 415 | 422 = 422) {
+    super(message);
+    this.details = details;
+    this.status = status;
+  }
+}
+
+export class NotFoundError extends Error {
+  override readonly name = 'NotFoundError';
+}
+
+/** The request conflicts with the current state (409), or a precondition failed (412). */
+export class ConflictError extends Error {
+  override readonly name = 'ConflictError';
+  readonly status: 409 | 412;
+  constructor(message: string, status: 409 | 412 = 409) {
+    super(message);
+    this.status = status;
+  }
+}
+
+/** A dependency is down; try again later (503). */
+export class UnavailableError extends Error {
+  override readonly name = 'UnavailableError';
+}
+
+/** A message that can never take effect, however often it is retried. */
+export class PermanentError extends Error {
+  override readonly name = 'PermanentError';
+  readonly reason: string;
+  constructor(message: string, reason = 'permanent') {
+    super(message);
+    this.reason = reason;
+  }
+}

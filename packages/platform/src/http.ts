@@ -1,0 +1,93 @@
+// The HTTP edge of every service: a Fastify app whose routes are typed and validated by
+// TypeBox schemas (the same schemas generate the OpenAPI document), where every error
+// leaves as RFC 9457 problem+json. Only application/json bodies are read; unknown
+// fields, wrong types, prototype-pollution keys and oversized bodies are 4xx before any
+// handler runs. 5xx details go to the log, never to the client.
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import swagger from '@fastify/swagger';
+import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Type from 'typebox';
+import { ConflictError, InvalidError, NotFoundError, UnavailableError } from './errors.ts';
+import type { Logger } from './log.ts';
+
+export type HttpApp = FastifyInstance<
+  import('node:http').Server,
+  import('node:http').IncomingMessage,
+  import('node:http').ServerResponse,
+  import('fastify').FastifyBaseLogger,
+  TypeBoxTypeProvider
+>;
+
+export const Problem = Type.Object(
+  {
+    type: Type.String(),
+    title: Type.String(),
+    status: Type.Integer(),
+    detail: Type.Optional(Type.String()),
+    errors: Type.Optional(Type.Array(Type.String())),
+  },
+  { description: 'RFC 9457 problem details' },
+);
+
+export type Readiness = () => Promise<Record<string, boolean>>;
+
+export type HttpOptions = {
+  service: string;
+  log: Logger;
+  description?: string;
+  bodyLimit?: number;
+  ready?: Readiness;
+};
+
+function problem(reply: FastifyReply, status: number, title: string, detail?: string, errors?: string[]) {
+  return reply
+    .code(status)
+    .type('application/problem+json')
+    .send({ type: `https://converge.dev/problems/${title.toLowerCase().replace(/[^a-z]+/g, '-')}`, title, status, detail, errors });
+}
+
+export async function createHttpApp({ service, log, description, bodyLimit = 64 * 1024, ready }: HttpOptions): Promise<HttpApp> {
+  const app = Fastify({ logger: false, bodyLimit, return503OnClosing: true, forceCloseConnections: true })
+    .setValidatorCompiler(TypeBoxValidatorCompiler)
+    .withTypeProvider<TypeBoxTypeProvider>();
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: `Converge ${service} service`, version: '1.0.0', description: description ?? '' },
+    },
+  });
+
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    if (error.validation !== undefined) {
+      const errors = error.validation.map((v) => `${error.validationContext ?? 'body'}${v.instancePath || ''} ${v.message ?? 'is invalid'}`);
+      return problem(reply, 400, 'Invalid request', 'The request does not match the schema.', errors);
+    }
+    if (error instanceof InvalidError) return problem(reply, error.status, error.status === 422 ? 'Unprocessable request' : 'Invalid request', error.message, error.details);
+    if (error instanceof NotFoundError) return problem(reply, 404, 'Not found', error.message);
+    if (error instanceof ConflictError) return problem(reply, error.status, error.status === 412 ? 'Precondition failed' : 'Conflict', error.message);
+    if (error instanceof UnavailableError) return problem(reply, 503, 'Unavailable', error.message);
+    const status = typeof error.statusCode === 'number' ? error.statusCode : 500;
+    if (status >= 400 && status < 500) {
+      const title = status === 413 ? 'Payload too large' : status === 415 ? 'Unsupported media type' : 'Invalid request';
+      return problem(reply, status, title, error.message);
+    }
+    log.error('request failed', { method: request.method, url: request.url, error: error.message, stack: error.stack });
+    return problem(reply, 500, 'Internal error', 'The request could not be completed; it has been logged.');
+  });
+
+  app.setNotFoundHandler((request, reply) => problem(reply, 404, 'Not found', `no route ${request.method} ${request.url}`));
+
+  app.get('/healthz', { schema: { hide: true } }, () => ({ status: 'ok', service }));
+  app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
+    const checks = ready === undefined ? {} : await ready().catch(() => ({ ready: false }));
+    const ok = Object.values(checks).every(Boolean);
+    return reply.code(ok ? 200 : 503).send({ status: ok ? 'ready' : 'not ready', service, checks });
+  });
+  app.get('/openapi.json', { schema: { hide: true } }, () => app.swagger());
+  return app;
+}
+
+/** Standard error responses for route schemas, so the OpenAPI document lists them. */
+export const problems = (...statuses: number[]): Record<number, typeof Problem> =>
+  Object.fromEntries(statuses.map((s) => [s, Problem]));

@@ -1,0 +1,190 @@
+// The local bus: RabbitMQ's semantics in-process, for embedded mode and tests. Queues
+// live in a database of their own (a PGlite directory in embedded mode, memory in
+// tests), so a message published and not yet acked survives a crash of the process
+// exactly as it would survive in a durable broker queue. Topic routing by type to
+// durable bindings, prefetch, manual ack, nack with delay, redelivery flags.
+import type { Envelope } from '@converge/contracts';
+import type { Bus, Delivery, SubscribeOptions, Subscription } from './bus.ts';
+import type { Db } from './db.ts';
+
+type QueueState = {
+  inflight: Set<number>;
+  consumers: { onDelivery: (d: Delivery) => Promise<void>; prefetch: number; closed: boolean }[];
+  pumping: boolean;
+  again: boolean;
+  timer: NodeJS.Timeout | undefined;
+};
+
+/** Test-only faults: duplicate or delay some deliveries (off unless asked for). */
+export type BusFaults = { duplicateRate: number; delayRate: number; maxDelayMs: number };
+
+export async function createLocalBus(db: Db, options: { faults?: BusFaults; pollMs?: number } = {}): Promise<Bus & { faultStats: { duplicated: number; delayed: number } }> {
+  await db.exec(`
+    CREATE TABLE IF NOT EXISTS bus_bindings (queue text NOT NULL, routing_key text NOT NULL, PRIMARY KEY (queue, routing_key));
+    CREATE TABLE IF NOT EXISTS bus_messages (
+      id bigserial PRIMARY KEY, queue text NOT NULL, routing_key text NOT NULL, message_id text,
+      body text NOT NULL, available_at bigint NOT NULL, deliveries integer NOT NULL DEFAULT 0);
+    CREATE INDEX IF NOT EXISTS bus_messages_queue ON bus_messages (queue, id);`);
+  const bindings = new Map<string, Set<string>>();
+  for (const row of await db.query<{ queue: string; routing_key: string }>('SELECT queue, routing_key FROM bus_bindings')) {
+    bind(row.queue, row.routing_key);
+  }
+  const queues = new Map<string, QueueState>();
+  const pollMs = options.pollMs ?? 250;
+  const faults = options.faults;
+  const faultStats = { duplicated: 0, delayed: 0 };
+  let closed = false;
+
+  function bind(queue: string, key: string) {
+    let set = bindings.get(key);
+    if (set === undefined) bindings.set(key, (set = new Set()));
+    set.add(queue);
+  }
+
+  function state(queue: string): QueueState {
+    let s = queues.get(queue);
+    if (s === undefined) {
+      s = { inflight: new Set(), consumers: [], pumping: false, again: false, timer: undefined };
+      queues.set(queue, s);
+    }
+    return s;
+  }
+
+  async function declare(queue: string, types: readonly string[]) {
+    for (const type of types) {
+      await db.query('INSERT INTO bus_bindings (queue, routing_key) VALUES ($1, $2) ON CONFLICT DO NOTHING', [queue, type]);
+      bind(queue, type);
+    }
+  }
+
+  // Hands out ready messages to the queue's consumers up to their prefetch, oldest first.
+  async function pump(queue: string): Promise<void> {
+    const s = state(queue);
+    if (s.pumping) {
+      s.again = true;
+      return;
+    }
+    s.pumping = true;
+    try {
+      do {
+        s.again = false;
+        const consumers = s.consumers.filter((c) => !c.closed);
+        const capacity = consumers.reduce((sum, c) => sum + c.prefetch, 0) - s.inflight.size;
+        if (closed || consumers.length === 0 || capacity <= 0) break;
+        const rows = await db.query<{ id: number; routing_key: string; message_id: string | null; body: string; deliveries: number }>(
+          `UPDATE bus_messages SET deliveries = deliveries + 1
+            WHERE id IN (SELECT id FROM bus_messages WHERE queue = $1 AND available_at <= $2 AND id <> ALL($3::bigint[])
+                          ORDER BY id LIMIT $4)
+            RETURNING id, routing_key, message_id, body, deliveries`,
+          [queue, Date.now(), [...s.inflight], capacity],
+        );
+        rows.sort((a, b) => a.id - b.id);
+        let turn = 0;
+        for (const row of rows) {
+          s.inflight.add(row.id);
+          const consumer = consumers[turn++ % consumers.length];
+          if (consumer !== undefined) deliver(queue, s, consumer.onDelivery, row);
+        }
+        if (rows.length === capacity) s.again = true;
+      } while (s.again && !closed);
+    } finally {
+      s.pumping = false;
+    }
+    clearTimeout(s.timer);
+    if (!closed && s.consumers.some((c) => !c.closed)) s.timer = setTimeout(() => void pump(queue), pollMs);
+  }
+
+  function deliver(
+    queue: string,
+    s: QueueState,
+    onDelivery: (d: Delivery) => Promise<void>,
+    row: { id: number; routing_key: string; message_id: string | null; body: string; deliveries: number },
+  ) {
+    let settled = false;
+    const settle = async (action: () => Promise<unknown>) => {
+      if (settled || closed) return;
+      settled = true;
+      await action();
+      s.inflight.delete(row.id);
+      void pump(queue);
+    };
+    let body: unknown;
+    try {
+      body = JSON.parse(row.body);
+    } catch {
+      body = row.body;
+    }
+    const delivery: Delivery = {
+      body,
+      messageId: row.message_id ?? undefined,
+      routingKey: row.routing_key,
+      redelivered: row.deliveries > 1,
+      ack: () => settle(() => db.query('DELETE FROM bus_messages WHERE id = $1', [row.id])),
+      nack: (delayMs = 0) =>
+        settle(() => db.query('UPDATE bus_messages SET available_at = $2 WHERE id = $1', [row.id, Date.now() + delayMs])),
+    };
+    const handOut = () =>
+      onDelivery(delivery).catch(() => delivery.nack(100));
+    if (faults !== undefined && Math.random() < faults.duplicateRate) {
+      faultStats.duplicated += 1;
+      const copy: Delivery = { ...delivery, redelivered: true, ack: async () => undefined, nack: async () => undefined };
+      void onDelivery(copy).catch(() => undefined);
+    }
+    if (faults !== undefined && Math.random() < faults.delayRate) {
+      faultStats.delayed += 1;
+      setTimeout(() => void handOut(), Math.random() * faults.maxDelayMs);
+    } else {
+      void handOut();
+    }
+  }
+
+  return {
+    kind: 'local',
+    faultStats,
+    publish: async (messages: readonly Envelope[]) => {
+      if (closed) throw new Error('bus is closed');
+      const rows: { queue: string; key: string; id: string; body: string }[] = [];
+      for (const message of messages) {
+        for (const queue of bindings.get(message.type) ?? []) {
+          rows.push({ queue, key: message.type, id: message.id, body: JSON.stringify(message) });
+        }
+      }
+      if (rows.length === 0) return;
+      await db.query(
+        `INSERT INTO bus_messages (queue, routing_key, message_id, body, available_at)
+         SELECT q, k, i, b, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(q, k, i, b, n) ORDER BY n`,
+        [rows.map((r) => r.queue), rows.map((r) => r.key), rows.map((r) => r.id), rows.map((r) => r.body), Date.now()],
+      );
+      for (const queue of new Set(rows.map((r) => r.queue))) void pump(queue);
+    },
+    declare,
+    subscribe: async (queue, types, onDelivery, subscribeOptions: SubscribeOptions = {}): Promise<Subscription> => {
+      await declare(queue, types);
+      const s = state(queue);
+      const consumer = { onDelivery, prefetch: subscribeOptions.prefetch ?? 256, closed: false };
+      s.consumers.push(consumer);
+      void pump(queue);
+      return {
+        queue,
+        close: async () => {
+          consumer.closed = true;
+          s.consumers = s.consumers.filter((c) => c !== consumer);
+          if (s.consumers.length === 0) {
+            clearTimeout(s.timer);
+            s.inflight.clear();
+          }
+          await Promise.resolve();
+        },
+      };
+    },
+    depth: async (queue) => {
+      const [row] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM bus_messages WHERE queue = $1', [queue]);
+      return row?.n ?? 0;
+    },
+    close: async () => {
+      closed = true;
+      for (const s of queues.values()) clearTimeout(s.timer);
+      await Promise.resolve();
+    },
+  };
+}
