@@ -11,3 +11,4 @@ export * from './migrate.ts';
 export * from './outbox.ts';
 export * from './relay.ts';
 export * from './retry.ts';
+export * from './service.ts';

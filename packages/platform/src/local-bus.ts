@@ -7,9 +7,11 @@ import type { Envelope } from '@converge/contracts';
 import type { Bus, Delivery, SubscribeOptions, Subscription } from './bus.ts';
 import type { Db } from './db.ts';
 
+type QueueConsumer = { onDelivery: (d: Delivery) => Promise<void>; prefetch: number; closed: boolean; unacked: Set<number> };
+
 type QueueState = {
   inflight: Set<number>;
-  consumers: { onDelivery: (d: Delivery) => Promise<void>; prefetch: number; closed: boolean }[];
+  consumers: QueueConsumer[];
   pumping: boolean;
   again: boolean;
   timer: NodeJS.Timeout | undefined;
@@ -83,7 +85,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
         for (const row of rows) {
           s.inflight.add(row.id);
           const consumer = consumers[turn++ % consumers.length];
-          if (consumer !== undefined) deliver(queue, s, consumer.onDelivery, row);
+          if (consumer !== undefined) deliver(queue, s, consumer, row);
         }
         if (rows.length === capacity) s.again = true;
       } while (s.again && !closed);
@@ -97,15 +99,18 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
   function deliver(
     queue: string,
     s: QueueState,
-    onDelivery: (d: Delivery) => Promise<void>,
+    consumer: QueueConsumer,
     row: { id: number; routing_key: string; message_id: string | null; body: string; deliveries: number },
   ) {
+    const { onDelivery } = consumer;
+    consumer.unacked.add(row.id);
     let settled = false;
     const settle = async (action: () => Promise<unknown>) => {
       if (settled || closed) return;
       settled = true;
       await action();
-      s.inflight.delete(row.id);
+      // A subscriber that closed meanwhile gave the message back already; it may be with another.
+      if (consumer.unacked.delete(row.id)) s.inflight.delete(row.id);
       void pump(queue);
     };
     let body: unknown;
@@ -161,7 +166,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     subscribe: async (queue, types, onDelivery, subscribeOptions: SubscribeOptions = {}): Promise<Subscription> => {
       await declare(queue, types);
       const s = state(queue);
-      const consumer = { onDelivery, prefetch: subscribeOptions.prefetch ?? 256, closed: false };
+      const consumer: QueueConsumer = { onDelivery, prefetch: subscribeOptions.prefetch ?? 256, closed: false, unacked: new Set() };
       s.consumers.push(consumer);
       void pump(queue);
       return {
@@ -169,10 +174,11 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
         close: async () => {
           consumer.closed = true;
           s.consumers = s.consumers.filter((c) => c !== consumer);
-          if (s.consumers.length === 0) {
-            clearTimeout(s.timer);
-            s.inflight.clear();
-          }
+          // Its unacked deliveries go back to the queue, for the other subscribers or the next one.
+          for (const id of consumer.unacked) s.inflight.delete(id);
+          consumer.unacked.clear();
+          if (s.consumers.length === 0) clearTimeout(s.timer);
+          else void pump(queue);
           await Promise.resolve();
         },
       };

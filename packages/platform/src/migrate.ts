@@ -29,9 +29,13 @@ const migrationLock = 727_001;
 
 /** Applies every pending migration of each scope, in order. Returns the names applied. */
 export async function migrate(db: Db, scopes: Record<string, string>): Promise<string[]> {
-  await db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
-    scope text NOT NULL, version integer NOT NULL, name text NOT NULL, checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (scope, version))`);
+  // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL.
+  await db.transaction(async (tx) => {
+    await tx.query('SELECT pg_advisory_xact_lock($1)', [migrationLock]);
+    await tx.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+      scope text NOT NULL, version integer NOT NULL, name text NOT NULL, checksum text NOT NULL,
+      applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (scope, version))`);
+  });
   const applied: string[] = [];
   for (const [scope, dir] of Object.entries(scopes)) {
     for (const migration of readMigrations(dir)) {
@@ -61,8 +65,8 @@ export async function migrate(db: Db, scopes: Record<string, string>): Promise<s
   return applied;
 }
 
-// Statements are separated by a semicolon at the end of a line; a function body in
-// $$ … $$ is kept whole.
+// Statements are separated by a semicolon at the end of a line (not a comment line); a
+// function body in $$ … $$ is kept whole.
 function splitStatements(sql: string): string[] {
   const statements: string[] = [];
   let current = '';
@@ -71,7 +75,7 @@ function splitStatements(sql: string): string[] {
     if (line.trim().startsWith('--') && current.trim() === '') continue;
     current += line + '\n';
     if ((line.match(/\$\$/g) ?? []).length % 2 === 1) inDollar = !inDollar;
-    if (!inDollar && line.trimEnd().endsWith(';')) {
+    if (!inDollar && !line.trim().startsWith('--') && line.trimEnd().endsWith(';')) {
       statements.push(current.trim());
       current = '';
     }

@@ -1,0 +1,90 @@
+// What every service does at start-up, in one place, so each service's main.ts only
+// says what is particular to it: migrate its database → HTTP (its routes, dead
+// letters, health) → consumer of the sources it listens to → relay of its outbox.
+import type { Bus } from './bus.ts';
+import { startConsumer, type Consumer, type Handler } from './consumer.ts';
+import type { Db } from './db.ts';
+import { registerDeadLetterRoutes } from './dead-letters.ts';
+import { createHttpApp, type HttpApp } from './http.ts';
+import type { Logger } from './log.ts';
+import { migrate, platformMigrations } from './migrate.ts';
+import { startRelay, type Relay } from './relay.ts';
+import type { Backoff } from './retry.ts';
+
+export type ServiceDeps = {
+  db: Db;
+  bus: Bus;
+  log: Logger;
+  now?: () => Date;
+  /** false to run without publishing (a crash window between commit and publish, in tests). */
+  relay?: boolean;
+  consumer?: { maxAttempts?: number; backoff?: Backoff; prefetch?: number };
+};
+
+export type ServiceDefinition<Extra = void> = {
+  name: string;
+  description: string;
+  migrations: string;
+  /** Sources whose events this service consumes (all their types are bound). */
+  sources: readonly string[];
+  handle: Handler;
+  routes(app: HttpApp, deps: Required<Pick<ServiceDeps, 'db' | 'log' | 'now'>> & { bus: Bus }): Extra;
+};
+
+export type RunningService<Extra = void> = {
+  name: string;
+  app: HttpApp;
+  db: Db;
+  consumer: Consumer;
+  relay: Relay | undefined;
+  extra: Extra;
+  listen(port: number, host?: string): Promise<string>;
+  stop(): Promise<void>;
+};
+
+export async function startService<Extra>(definition: ServiceDefinition<Extra>, deps: ServiceDeps): Promise<RunningService<Extra>> {
+  const { db, bus } = deps;
+  const log = deps.log.child({ service: definition.name });
+  const now = deps.now ?? (() => new Date());
+  await migrate(db, { platform: platformMigrations, [definition.name]: definition.migrations });
+  const app = await createHttpApp({
+    service: definition.name,
+    log,
+    description: definition.description,
+    ready: async () => {
+      const database = await db.query('SELECT 1').then(() => true, () => false);
+      return { database };
+    },
+  });
+  const extra = definition.routes(app, { db, log, now, bus });
+  const consumer = await startConsumer({
+    name: definition.name,
+    db,
+    bus,
+    log,
+    sources: definition.sources,
+    handle: definition.handle,
+    now,
+    ...deps.consumer,
+  });
+  registerDeadLetterRoutes(app, db, consumer);
+  await app.ready();
+  const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
+  let stopped = false;
+  return {
+    name: definition.name,
+    app,
+    db,
+    consumer,
+    relay,
+    extra,
+    listen: (port, host = '127.0.0.1') => app.listen({ port, host }),
+    stop: async () => {
+      if (stopped) return;
+      stopped = true;
+      await app.close();
+      await consumer.stop();
+      await relay?.stop();
+    },
+  };
+}

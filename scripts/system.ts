@@ -1,0 +1,117 @@
+// The whole system in one process: every service with its own database, one bus.
+// Embedded mode (npm start) uses PGlite directories and the local bus; tests use the
+// same composition in memory, or against PostgreSQL and RabbitMQ. Cluster mode runs
+// one process per service instead (scripts/service.ts), with the same definitions.
+import path from 'node:path';
+import { eventTypesOf } from '@converge/contracts';
+import {
+  createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
+  type Bus, type BusFaults, type Db, type Logger, type RunningService, type ServiceDeps,
+} from '@converge/platform';
+import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
+import { inventoryService } from '../services/inventory/main.ts';
+import { orderService } from '../services/order/main.ts';
+import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
+import type { SimulatedProvider } from '../services/payment/provider.ts';
+
+export const serviceNames = ['order', 'inventory', 'payment'] as const;
+export type ServiceName = (typeof serviceNames)[number];
+
+export const defaultPorts: Record<ServiceName | 'gateway', number> = { gateway: 3000, order: 3001, inventory: 3002, payment: 3003 };
+
+export type Storage =
+  | { kind: 'pglite'; dataDir?: string }
+  | { kind: 'postgres'; serverUrl: string; databasePrefix: string };
+
+export type BusChoice =
+  | { kind: 'local'; faults?: BusFaults }
+  | { kind: 'rabbitmq'; url: string; exchange?: string; queuePrefix?: string };
+
+export type SystemOptions = {
+  storage: Storage;
+  bus: BusChoice;
+  log?: Logger;
+  /** Services started without their relay (a crash between commit and publish). */
+  withoutRelay?: readonly ServiceName[];
+  consumer?: ServiceDeps['consumer'];
+  allowFaults?: boolean;
+};
+
+export type System = {
+  services: Record<ServiceName, RunningService>;
+  dbs: Record<ServiceName | 'provider', Db>;
+  provider: SimulatedProvider;
+  bus: Bus;
+  options: SystemOptions;
+  /** Stops one service and starts it again on the same database (a process restart). */
+  restart(name: ServiceName, overrides?: { relay?: boolean }): Promise<RunningService>;
+  stop(): Promise<void>;
+};
+
+export async function openDatabase(storage: Storage, name: string, log: Logger): Promise<Db> {
+  if (storage.kind === 'pglite') return openPglite(name, storage.dataDir === undefined ? undefined : path.join(storage.dataDir, name));
+  const url = await ensureDatabase(storage.serverUrl, `${storage.databasePrefix}${name}`);
+  return openPostgres(name, url, { log: (message, fields) => log.warn(message, fields) });
+}
+
+export async function openBus(choice: BusChoice, storage: Storage, log: Logger): Promise<{ bus: Bus; busDb?: Db }> {
+  if (choice.kind === 'rabbitmq') {
+    const bus = await createRabbitBus({
+      url: choice.url,
+      ...(choice.exchange === undefined ? {} : { exchange: choice.exchange }),
+      ...(choice.queuePrefix === undefined ? {} : { queuePrefix: choice.queuePrefix }),
+      log: (level, message, fields) => log[level](message, fields),
+    });
+    return { bus };
+  }
+  const busDb = await openPglite('bus', storage.kind === 'pglite' && storage.dataDir !== undefined ? path.join(storage.dataDir, 'bus') : undefined);
+  return { bus: await createLocalBus(busDb, choice.faults === undefined ? {} : { faults: choice.faults }), busDb };
+}
+
+export async function startSystem(options: SystemOptions): Promise<System> {
+  const log = options.log ?? silentLogger;
+  const dbs = {
+    order: await openDatabase(options.storage, 'order', log),
+    inventory: await openDatabase(options.storage, 'inventory', log),
+    payment: await openDatabase(options.storage, 'payment', log),
+    provider: await openDatabase(options.storage, 'provider', log),
+  };
+  const { bus, busDb } = await openBus(options.bus, options.storage, log);
+  const provider = await openSimulatedProvider(dbs.provider);
+  const definitions = {
+    order: orderService,
+    inventory: inventoryService,
+    payment: paymentService(provider, { allowFaults: options.allowFaults ?? false }),
+  };
+  const start = (name: ServiceName, relay?: boolean) =>
+    startService(definitions[name], {
+      db: dbs[name], bus, log,
+      relay: relay ?? !(options.withoutRelay ?? []).includes(name),
+      ...(options.consumer === undefined ? {} : { consumer: options.consumer }),
+    });
+  // Queues are declared before any relay runs, so no early event is routed nowhere.
+  for (const name of serviceNames) await bus.declare(name, definitions[name].sources.flatMap((source) => eventTypesOf(source)));
+  const services = {
+    inventory: await start('inventory'),
+    payment: await start('payment'),
+    order: await start('order'),
+  };
+  return {
+    services,
+    dbs,
+    provider,
+    bus,
+    options,
+    restart: async (name, overrides = {}) => {
+      await services[name].stop();
+      services[name] = await start(name, overrides.relay);
+      return services[name];
+    },
+    stop: async () => {
+      for (const name of serviceNames) await services[name].stop();
+      await bus.close();
+      for (const db of Object.values(dbs)) await db.close();
+      await busDb?.close();
+    },
+  };
+}

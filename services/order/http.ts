@@ -1,0 +1,167 @@
+// The order API. Placing an order: the Idempotency-Key is claimed first (a concurrent
+// duplicate gets 409, a replay gets the first response, a different body under the
+// same key 422), the server prices every line from its catalogue (a client never sends
+// prices), then the order's first event, its row and the stored response commit in
+// one transaction. Bad input is refused before anything is written.
+import crypto from 'node:crypto';
+import { Quantity, Uuid, UserId, type OrderLine } from '@converge/contracts';
+import { ConflictError, InvalidError, NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
+import Type, { type Static } from 'typebox';
+import { executeOrderCommand, getOrder, listOrders, priceLines, type OrderView } from './store.ts';
+
+export const PlaceOrder = Type.Object(
+  {
+    userId: UserId,
+    items: Type.Array(Type.Object({ productId: Uuid, quantity: Quantity }, { additionalProperties: false }), { minItems: 1, maxItems: 100 }),
+  },
+  { additionalProperties: false },
+);
+type PlaceOrder = Static<typeof PlaceOrder>;
+
+export const OrderSchema = Type.Object({
+  orderId: Uuid,
+  userId: Type.String(),
+  status: Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]),
+  items: Type.Array(Type.Object({ productId: Uuid, quantity: Type.Integer(), unitPrice: Type.Integer() })),
+  totalAmount: Type.Integer(),
+  currency: Type.String(),
+  reason: Type.Optional(Type.String()),
+  version: Type.Integer(),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+});
+
+const IdempotencyLeaseMs = 30_000;
+const etag = (order: OrderView) => `"${order.orderId}:${order.version}"`;
+
+function requestHash(body: PlaceOrder): string {
+  const canonical = JSON.stringify({ userId: body.userId, items: body.items.map((i) => [i.productId, i.quantity]) });
+  return crypto.createHash('sha256').update(canonical).digest('hex');
+}
+
+type KeyRow = { request_hash: string; state: 'in_flight' | 'done'; response_status: number | null; response_body: OrderView | null; created_at: Date };
+
+type Claim = { kind: 'claimed' } | { kind: 'replay'; body: OrderView };
+
+/** Claims (user, key) for this request, or says what the first request with it got. */
+async function claimKey(db: Db, userId: string, key: string, hash: string, now: Date): Promise<Claim> {
+  const [inserted] = await db.query(
+    `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, $2, $3, 'in_flight', $4)
+     ON CONFLICT DO NOTHING RETURNING 1`,
+    [userId, key, hash, now],
+  );
+  if (inserted !== undefined) return { kind: 'claimed' };
+  const [row] = await db.query<KeyRow>('SELECT request_hash, state, response_status, response_body, created_at FROM idempotency_keys WHERE user_id = $1 AND key = $2', [userId, key]);
+  if (row === undefined) return claimKey(db, userId, key, hash, now);
+  if (row.request_hash !== hash) throw new InvalidError('this Idempotency-Key was used with a different request body');
+  if (row.state === 'done' && row.response_body !== null) return { kind: 'replay', body: row.response_body };
+  if (now.getTime() - row.created_at.getTime() < IdempotencyLeaseMs) {
+    throw new ConflictError('a request with this Idempotency-Key is still in progress');
+  }
+  // The first request died before it committed: take its claim over, once.
+  const [taken] = await db.query(
+    `UPDATE idempotency_keys SET created_at = $3 WHERE user_id = $1 AND key = $2 AND state = 'in_flight' AND created_at = $4 RETURNING 1`,
+    [userId, key, now, row.created_at],
+  );
+  if (taken === undefined) throw new ConflictError('a request with this Idempotency-Key is still in progress');
+  return { kind: 'claimed' };
+}
+
+async function priceOrder(db: Db, body: PlaceOrder): Promise<{ items: OrderLine[]; currency: string }> {
+  const ids = body.items.map((i) => i.productId);
+  if (new Set(ids).size !== ids.length) throw new InvalidError('each product may appear in one line only', ['items: duplicate productId']);
+  const prices = await priceLines(db, ids);
+  const unknown = ids.filter((id) => !prices.has(id));
+  if (unknown.length > 0) throw new InvalidError('unknown product', unknown.map((id) => `items: unknown product ${id}`));
+  const currencies = new Set([...prices.values()].map((p) => p.currency));
+  const [currency] = currencies;
+  if (currency === undefined || currencies.size > 1) throw new InvalidError('all products of an order must share one currency');
+  const items = body.items.map((line) => ({ productId: line.productId, quantity: line.quantity, unitPrice: prices.get(line.productId)?.price ?? 0 }));
+  const total = items.reduce((sum, l) => sum + l.quantity * l.unitPrice, 0);
+  if (!Number.isSafeInteger(total)) throw new InvalidError('order total is too large');
+  return { items, currency };
+}
+
+export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void {
+  app.post('/orders', {
+    schema: {
+      tags: ['orders'],
+      summary: 'Places an order (PENDING); the outcome follows asynchronously',
+      headers: Type.Object({ 'idempotency-key': Type.String({ minLength: 1, maxLength: 200 }) }),
+      body: PlaceOrder,
+      response: { 201: OrderSchema, ...problems(400, 409, 413, 415, 422) },
+    },
+  }, async (request, reply) => {
+    const at = now();
+    const body = request.body;
+    const key = request.headers['idempotency-key'];
+    const claim = await claimKey(db, body.userId, key, requestHash(body), at);
+    if (claim.kind === 'replay') {
+      return reply.code(201).header('idempotent-replayed', 'true').header('etag', etag(claim.body)).send(claim.body);
+    }
+    try {
+      const { items, currency } = await priceOrder(db, body);
+      const orderId = crypto.randomUUID();
+      const view = await db.transaction(async (tx) => {
+        await executeOrderCommand(tx, orderId, { type: 'PlaceOrder', orderId, userId: body.userId, items, currency, now: at }, { source: 'order', now: at });
+        const created = await getOrder(tx, orderId);
+        if (created === undefined) throw new Error(`order ${orderId} vanished inside its own transaction`);
+        await tx.query(
+          `UPDATE idempotency_keys SET state = 'done', order_id = $3, response_status = 201, response_body = $4::jsonb WHERE user_id = $1 AND key = $2`,
+          [body.userId, key, orderId, JSON.stringify(created)],
+        );
+        return created;
+      });
+      return await reply.code(201).header('location', `/orders/${orderId}`).header('etag', etag(view)).send(view);
+    } catch (error) {
+      // Nothing was written for this request: free the key so a corrected retry can use it.
+      await db.query(`DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND state = 'in_flight'`, [body.userId, key]);
+      throw error;
+    }
+  });
+
+  app.get('/orders/:id', {
+    schema: { tags: ['orders'], summary: 'One order', params: Type.Object({ id: Uuid }), response: { 200: OrderSchema, ...problems(400, 404) } },
+  }, async (request, reply) => {
+    const order = await getOrder(db, request.params.id);
+    if (order === undefined) throw new NotFoundError(`no order ${request.params.id}`);
+    return reply.header('etag', etag(order)).send(order);
+  });
+
+  app.get('/orders', {
+    schema: {
+      tags: ['orders'],
+      summary: "A user's orders, newest first",
+      querystring: Type.Object({
+        userId: UserId,
+        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
+        before: Type.Optional(Type.String({ format: 'date-time' })),
+      }, { additionalProperties: false }),
+      response: { 200: Type.Object({ items: Type.Array(OrderSchema) }), ...problems(400) },
+    },
+  }, async (request) => ({ items: await listOrders(db, request.query.userId, request.query.limit ?? 50, request.query.before) }));
+
+  app.post('/orders/:id/cancel', {
+    schema: {
+      tags: ['orders'],
+      summary: 'Cancels a PENDING order: stock is released and any payment refunded',
+      params: Type.Object({ id: Uuid }),
+      headers: Type.Object({ 'if-match': Type.Optional(Type.String({ maxLength: 200 })) }),
+      body: Type.Optional(Type.Object({ reason: Type.Optional(Type.String({ minLength: 1, maxLength: 500 })) }, { additionalProperties: false })),
+      response: { 200: OrderSchema, ...problems(400, 404, 409, 412, 415) },
+    },
+  }, async (request, reply) => {
+    const at = now();
+    const { id } = request.params;
+    const view = await db.transaction(async (tx) => {
+      const current = await getOrder(tx, id);
+      if (current === undefined) throw new NotFoundError(`no order ${id}`);
+      const ifMatch = request.headers['if-match'];
+      if (ifMatch !== undefined && ifMatch !== etag(current)) throw new ConflictError(`order is at ${etag(current)}, not ${ifMatch}`, 412);
+      await executeOrderCommand(tx, id, { type: 'CancelOrder', reason: request.body?.reason ?? 'cancelled by the user' }, { source: 'order', now: at });
+      return getOrder(tx, id);
+    });
+    if (view === undefined) throw new NotFoundError(`no order ${id}`);
+    return reply.header('etag', etag(view)).send(view);
+  });
+}

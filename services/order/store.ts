@@ -1,0 +1,86 @@
+// The order event store. An order is loaded by folding its stream (its rows in the
+// outbox), decided on, and its new events appended at the expected version in the same
+// transaction that updates the folded row in `orders`. The row lock taken first
+// serialises writers of one order; the (subject, sequence) key catches anything else.
+import type { Envelope } from '@converge/contracts';
+import { appendToOutbox, type AppendContext, type Sql } from '@converge/platform';
+import { decide, evolve, initialOrder, type Order, type OrderCommand, type OrderEvent } from './order.ts';
+
+export async function loadOrder(tx: Sql, orderId: string, lock: boolean): Promise<Order> {
+  if (lock) await tx.query('SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE', [orderId]);
+  const rows = await tx.query<{ envelope: Envelope<OrderEvent['type'], OrderEvent['data']> }>(
+    'SELECT envelope FROM outbox WHERE subject = $1 ORDER BY sequence',
+    [orderId],
+  );
+  return rows.reduce<Order>((state, { envelope }) => evolve(state, { type: envelope.type, data: envelope.data } as OrderEvent), initialOrder);
+}
+
+/** Loads, decides, appends and saves: one command on one order, inside `tx`. */
+export async function executeOrderCommand(
+  tx: Sql, orderId: string, command: OrderCommand, context: AppendContext,
+): Promise<{ order: Order; events: OrderEvent[] }> {
+  const state = await loadOrder(tx, orderId, true);
+  const events = decide(command, state);
+  if (events.length === 0) return { order: state, events };
+  await appendToOutbox(tx, context, events.map((e) => ({ ...e, subject: orderId })), state.version);
+  const order = events.reduce(evolve, state);
+  await saveOrder(tx, order, context.now);
+  return { order, events };
+}
+
+async function saveOrder(tx: Sql, order: Order, now: Date): Promise<void> {
+  if (order.status === 'NONE') return;
+  const reason = order.status === 'FAILED' || order.status === 'CANCELLED' ? order.reason : null;
+  await tx.query(
+    `INSERT INTO orders (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
+     VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)
+     ON CONFLICT (order_id) DO UPDATE SET status = $3, reason = $7, version = $8, updated_at = $10`,
+    [order.orderId, order.userId, order.status, JSON.stringify(order.items), order.totalAmount, order.currency, reason,
+      order.version, order.createdAt, now],
+  );
+}
+
+export type OrderView = {
+  orderId: string; userId: string; status: Exclude<Order['status'], 'NONE'>; items: { productId: string; quantity: number; unitPrice: number }[];
+  totalAmount: number; currency: string; reason?: string; version: number; createdAt: string; updatedAt: string;
+};
+
+type OrderRow = {
+  order_id: string; user_id: string; status: OrderView['status']; items: OrderView['items']; total_amount: number;
+  currency: string; reason: string | null; version: number; created_at: Date; updated_at: Date;
+};
+
+const toView = (r: OrderRow): OrderView => ({
+  orderId: r.order_id, userId: r.user_id, status: r.status, items: r.items, totalAmount: r.total_amount, currency: r.currency,
+  ...(r.reason === null ? {} : { reason: r.reason }), version: r.version, createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString(),
+});
+
+export async function getOrder(db: Sql, orderId: string): Promise<OrderView | undefined> {
+  const [row] = await db.query<OrderRow>('SELECT * FROM orders WHERE order_id = $1', [orderId]);
+  return row === undefined ? undefined : toView(row);
+}
+
+export async function listOrders(db: Sql, userId: string, limit: number, before?: string): Promise<OrderView[]> {
+  const rows = await db.query<OrderRow>(
+    `SELECT * FROM orders WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)
+      ORDER BY created_at DESC, order_id LIMIT $3`,
+    [userId, before ?? null, limit],
+  );
+  return rows.map(toView);
+}
+
+export async function priceLines(db: Sql, productIds: readonly string[]): Promise<Map<string, { price: number; currency: string }>> {
+  const rows = await db.query<{ product_id: string; price: number; currency: string }>(
+    'SELECT product_id, price, currency FROM catalogue WHERE product_id = ANY($1::uuid[])',
+    [productIds],
+  );
+  return new Map(rows.map((r) => [r.product_id, { price: r.price, currency: r.currency }]));
+}
+
+export async function upsertCatalogue(tx: Sql, product: { productId: string; name: string; price: number; currency: string }): Promise<void> {
+  await tx.query(
+    `INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (product_id) DO UPDATE SET name = $2, price = $3, currency = $4`,
+    [product.productId, product.name, product.price, product.currency],
+  );
+}
