@@ -6,7 +6,7 @@
 // A release that arrives before its order leaves a tombstone, so the late order
 // reserves nothing; every handler is safe to run against any state.
 import type { Handler } from '@converge/platform';
-import { PermanentError } from '@converge/platform';
+import { ConflictError, PermanentError } from '@converge/platform';
 import { commitMoves, decideRelease, decideReservation, releaseMoves, reserveMoves } from './inventory.ts';
 import { applyMoves, insertReservation, lockProducts, lockReservation, setReservationStatus } from './store.ts';
 
@@ -21,7 +21,9 @@ export const handleInventoryMessage: Handler = async (tx, message, { now, emit }
       const decision = decideReservation(products, items);
       if (decision.ok) {
         await applyMoves(tx, reserveMoves(decision.lines), now);
-        await insertReservation(tx, { status: 'RESERVED', orderId, items: decision.lines }, userId, now);
+        if (!(await insertReservation(tx, { status: 'RESERVED', orderId, items: decision.lines }, userId, now))) {
+          throw new ConflictError(`reservation for ${orderId} was written concurrently`);
+        }
         await emit([{ type: 'InventoryReserved', subject: orderId, data: { orderId, userId, items: decision.lines, totalAmount, currency } }]);
       } else {
         await insertReservation(tx, { status: 'REJECTED', orderId, items: [], reason: decision.reason }, userId, now);

@@ -34,7 +34,7 @@ export const OrderSchema = Type.Object({
 const IdempotencyLeaseMs = 30_000;
 const etag = (order: OrderView) => `"${order.orderId}:${order.version}"`;
 
-function requestHash(body: PlaceOrder): string {
+export function requestHash(body: PlaceOrder): string {
   const canonical = JSON.stringify({ userId: body.userId, items: body.items.map((i) => [i.productId, i.quantity]) });
   return crypto.createHash('sha256').update(canonical).digest('hex');
 }
@@ -147,7 +147,7 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
       summary: 'Cancels a PENDING order: stock is released and any payment refunded',
       params: Type.Object({ id: Uuid }),
       headers: Type.Object({ 'if-match': Type.Optional(Type.String({ maxLength: 200 })) }),
-      body: Type.Optional(Type.Object({ reason: Type.Optional(Type.String({ minLength: 1, maxLength: 500 })) }, { additionalProperties: false })),
+      body: Type.Object({ reason: Type.Optional(Type.String({ minLength: 1, maxLength: 500 })) }, { additionalProperties: false }),
       response: { 200: OrderSchema, ...problems(400, 404, 409, 412, 415) },
     },
   }, async (request, reply) => {
@@ -158,7 +158,7 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
       if (current === undefined) throw new NotFoundError(`no order ${id}`);
       const ifMatch = request.headers['if-match'];
       if (ifMatch !== undefined && ifMatch !== etag(current)) throw new ConflictError(`order is at ${etag(current)}, not ${ifMatch}`, 412);
-      await executeOrderCommand(tx, id, { type: 'CancelOrder', reason: request.body?.reason ?? 'cancelled by the user' }, { source: 'order', now: at });
+      await executeOrderCommand(tx, id, { type: 'CancelOrder', reason: request.body.reason ?? 'cancelled by the user' }, { source: 'order', now: at });
       return getOrder(tx, id);
     });
     if (view === undefined) throw new NotFoundError(`no order ${id}`);

@@ -6,8 +6,8 @@
 // Transient failures retry with exponential backoff and jitter while the message stays
 // unacked; after `maxAttempts`, or at once for a PermanentError, the message is parked
 // in dead_letters with its reason and acked, so it never blocks other subjects.
-// Messages of one subject are handled one at a time, in arrival order; different
-// subjects run concurrently up to the bus prefetch.
+// Messages about one subject (from any source) are handled one at a time, in arrival
+// order; different subjects run concurrently up to the bus prefetch.
 import { checkEnvelope, eventTypesOf, type DomainEvent, type Envelope } from '@converge/contracts';
 import type { Bus, Delivery, Subscription } from './bus.ts';
 import type { Db, Sql } from './db.ts';
@@ -78,6 +78,9 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         );
         if (fresh.length === 0 && !replay) return 'duplicate';
       }
+      // Messages about one entity from different sources (a cancellation and a
+      // reservation of the same order) must not interleave, in this process or another.
+      await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${name}:${message.subject}`]);
       const key = [name, message.source, message.subject];
       await tx.query(
         'INSERT INTO consumer_positions (consumer, source, subject, last_sequence) VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING',
@@ -178,7 +181,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       return 'dead-lettered';
     }
     const message = checked.value;
-    const lane = `${message.source}|${message.subject}`;
+    const lane = message.subject;
     const previous = lanes.get(lane) ?? Promise.resolve();
     const run = previous.then(async () => {
       const outcome = await applyWithRetry(message, false);
@@ -221,7 +224,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       [name],
     );
     for (const { source, subject } of ready) {
-      const lane = `${source}|${subject}`;
+      const lane = subject;
       const run = (lanes.get(lane) ?? Promise.resolve()).then(() => drainHeld(source, subject));
       lanes.set(lane, run.catch(() => undefined));
       await run;

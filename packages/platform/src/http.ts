@@ -48,7 +48,11 @@ function problem(reply: FastifyReply, status: number, title: string, detail?: st
 
 export async function createHttpApp({ service, log, description, bodyLimit = 64 * 1024, ready }: HttpOptions): Promise<HttpApp> {
   const app = Fastify({ logger: false, bodyLimit, return503OnClosing: true, forceCloseConnections: true })
-    .setValidatorCompiler(TypeBoxValidatorCompiler)
+    .setValidatorCompiler((route) => {
+      const validate = TypeBoxValidatorCompiler(route);
+      // A POST without a body is read as {}: the schema then says what is missing.
+      return route.httpPart === 'body' ? (data: unknown) => validate(data ?? {}) : validate;
+    })
     .withTypeProvider<TypeBoxTypeProvider>();
 
   await app.register(swagger, {

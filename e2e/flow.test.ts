@@ -1,0 +1,134 @@
+// The order flow end to end, in both modes: each test places real orders through the
+// order API and ends with the invariant checker over all databases.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { requestHash } from '../services/order/http.ts';
+import { boot, modes, type Harness } from './harness.ts';
+
+describe.each(modes)('order flow ($name)', ({ name, skip }) => {
+  let h: Harness;
+  beforeAll(async () => {
+    if (!skip) h = await boot(name);
+  });
+  afterAll(async () => {
+    if (!skip) await h.stop();
+  });
+
+  it.skipIf(skip)('given stock and credit, when an order is placed, then it completes, stock is sold and the user charged', async () => {
+    const product = await h.product(10, 1250);
+    const user = await h.user(10_000);
+    const placed = await h.place(user, [{ productId: product, quantity: 3 }]);
+    expect(placed.status).toBe(201);
+    expect(placed.body).toMatchObject({ status: 'PENDING', totalAmount: 3750, currency: 'EUR', items: [{ productId: product, quantity: 3, unitPrice: 1250 }] });
+    const final = await h.waitFinal(placed.orderId);
+    expect(final.status).toBe('COMPLETED');
+    await h.quiet();
+    expect(await h.stock(product)).toMatchObject({ stockQuantity: 7, reserved: 0, sold: 3 });
+    expect(await h.credit(user)).toBe(10_000 - 3750);
+    await h.check();
+  });
+
+  it.skipIf(skip)('given too little stock for one line, when an order is placed, then it fails and nothing is reserved', async () => {
+    const plenty = await h.product(100);
+    const scarce = await h.product(1);
+    const user = await h.user(1_000_000);
+    const placed = await h.place(user, [{ productId: plenty, quantity: 5 }, { productId: scarce, quantity: 2 }]);
+    const final = await h.waitFinal(placed.orderId);
+    expect(final.status).toBe('FAILED');
+    expect(final.reason).toContain('insufficient stock');
+    await h.quiet();
+    expect(await h.stock(plenty)).toMatchObject({ stockQuantity: 100, reserved: 0, sold: 0 });
+    expect(await h.stock(scarce)).toMatchObject({ stockQuantity: 1, reserved: 0, sold: 0 });
+    expect(await h.credit(user)).toBe(1_000_000);
+    await h.check();
+  });
+
+  it.skipIf(skip)('given too little credit, when an order is placed, then payment is declined and the stock released', async () => {
+    const product = await h.product(5, 1000);
+    const user = await h.user(500);
+    const placed = await h.place(user, [{ productId: product, quantity: 2 }]);
+    const final = await h.waitFinal(placed.orderId);
+    expect(final.status).toBe('FAILED');
+    expect(final.reason).toBe('payment failed: insufficient credit');
+    await h.quiet();
+    expect(await h.stock(product)).toMatchObject({ stockQuantity: 5, reserved: 0, sold: 0 });
+    expect(await h.credit(user)).toBe(500);
+    const payments = await h.system.services.payment.app.inject({ method: 'GET', url: `/payments?orderId=${placed.orderId}` });
+    expect(payments.json()).toMatchObject({ items: [{ status: 'FAILED', reason: 'insufficient credit' }] });
+    await h.check();
+  });
+
+  it.skipIf(skip)('given a PENDING order, when it is cancelled, then stock is released and nothing stays charged', async () => {
+    const product = await h.product(5, 1000);
+    const user = await h.user(100_000);
+    h.system.provider.faults.delayMs = 300; // keep the order PENDING long enough to cancel it
+    try {
+      const placed = await h.place(user, [{ productId: product, quantity: 2 }]);
+      const cancelled = await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${placed.orderId}/cancel`, payload: { reason: 'changed my mind' } });
+      expect(cancelled.statusCode).toBe(200);
+      expect(cancelled.json()).toMatchObject({ status: 'CANCELLED', reason: 'changed my mind' });
+      const again = await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${placed.orderId}/cancel` });
+      expect(again.statusCode).toBe(200);
+    } finally {
+      h.system.provider.faults.delayMs = 0;
+    }
+    await h.quiet();
+    expect(await h.stock(product)).toMatchObject({ stockQuantity: 5, reserved: 0, sold: 0 });
+    expect(await h.credit(user)).toBe(100_000);
+    await h.check();
+  });
+
+  it.skipIf(skip)('given orders whose payment is in flight, when each is cancelled at a different moment, then every one converges to CANCELLED with no net charge', async () => {
+    const product = await h.product(50, 700);
+    const user = await h.user(1_000_000);
+    const orders: string[] = [];
+    for (let i = 0; i < 10; i++) orders.push((await h.place(user, [{ productId: product, quantity: 1 }])).orderId);
+    // Cancel each after a different delay, so some cancels land before the reservation,
+    // some while the charge is made, some after PaymentProcessed is on its way.
+    const outcomes = await Promise.all(orders.map(async (orderId, i) => {
+      await new Promise((r) => setTimeout(r, i * 7));
+      return (await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${orderId}/cancel` })).statusCode;
+    }));
+    for (const status of outcomes) expect([200, 409]).toContain(status);
+    await h.quiet();
+    let completed = 0;
+    for (const [i, orderId] of orders.entries()) {
+      const order = await h.order(orderId);
+      expect(order.status).toBe(outcomes[i] === 200 ? 'CANCELLED' : 'COMPLETED');
+      if (order.status === 'COMPLETED') completed += 1;
+    }
+    expect(await h.stock(product)).toMatchObject({ stockQuantity: 50 - completed, reserved: 0, sold: completed });
+    expect(await h.credit(user)).toBe(1_000_000 - completed * 700);
+    await h.check();
+  });
+
+  it.skipIf(skip)('given the same Idempotency-Key, when the request is repeated, then it replays the first order; a different body is refused', async () => {
+    const product = await h.product(10);
+    const user = await h.user(100_000);
+    const first = await h.place(user, [{ productId: product, quantity: 1 }], 'key-1');
+    const replay = await h.place(user, [{ productId: product, quantity: 1 }], 'key-1');
+    expect(replay.status).toBe(201);
+    expect(replay.orderId).toBe(first.orderId);
+    const different = await h.place(user, [{ productId: product, quantity: 2 }], 'key-1');
+    expect(different.status).toBe(422);
+    const [row] = await h.system.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM orders WHERE user_id = $1', [user]);
+    expect(row?.n).toBe(1);
+    await h.check();
+  });
+
+  it.skipIf(skip)('given a request still in flight, when the same key arrives, then it is told 409 and no second order exists', async () => {
+    const user = await h.user(1000);
+    const product = await h.product(1);
+    const items = [{ productId: product, quantity: 1 }];
+    await h.system.dbs.order.query(
+      `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, 'busy', $2, 'in_flight', now())`,
+      [user, requestHash({ userId: user, items })],
+    );
+    const busy = await h.place(user, items, 'busy');
+    expect(busy.status).toBe(409);
+    expect(busy.body).toMatchObject({ status: 409, title: 'Conflict' });
+    const [row] = await h.system.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM orders WHERE user_id = $1', [user]);
+    expect(row?.n).toBe(0);
+    await h.system.dbs.order.query(`DELETE FROM idempotency_keys WHERE user_id = $1`, [user]);
+  });
+});
+});

@@ -1,0 +1,119 @@
+// Boots the whole system for an end-to-end suite in one of two modes: embedded
+// (PGlite + local bus, in memory) or real (PostgreSQL databases + RabbitMQ, unique
+// names per suite, dropped afterwards). Tests speak to the services through their HTTP
+// apps and end with the invariant checker.
+import crypto from 'node:crypto';
+import amqp from 'amqplib';
+import { dropDatabase, type Db } from '@converge/platform';
+import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
+import { startSystem, serviceNames, type System, type SystemOptions } from '../scripts/system.ts';
+import { assertInvariants, waitForQuiet, type Acknowledged, type Report } from './invariants.ts';
+
+export type ModeName = 'embedded' | 'postgres+rabbitmq';
+
+const realUp = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
+
+/** The modes every end-to-end suite runs in; the real one is skipped (with a notice) off CI when servers are down. */
+export const modes: { name: ModeName; skip: boolean }[] = [
+  { name: 'embedded', skip: false },
+  { name: 'postgres+rabbitmq', skip: !realUp },
+];
+
+export type Line = { productId: string; quantity: number };
+
+export type Harness = {
+  system: System;
+  acknowledged: Acknowledged[];
+  product(stock: number, price?: number): Promise<string>;
+  user(credit: number): Promise<string>;
+  place(userId: string, items: Line[], key?: string): Promise<{ status: number; body: Record<string, unknown>; orderId: string }>;
+  order(orderId: string): Promise<Record<string, unknown> & { status: string }>;
+  waitFinal(orderId: string, timeoutMs?: number): Promise<Record<string, unknown> & { status: string }>;
+  stock(productId: string): Promise<{ stockQuantity: number; reserved: number; sold: number }>;
+  credit(userId: string): Promise<number>;
+  quiet(timeoutMs?: number): Promise<void>;
+  check(expectedDeadLetters?: number): Promise<Report>;
+  stop(): Promise<void>;
+};
+
+export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {}): Promise<Harness> {
+  const suite = uniqueName('e2e');
+  const options: SystemOptions =
+    mode === 'embedded'
+      ? { storage: { kind: 'pglite' }, bus: { kind: 'local' }, ...overrides }
+      : {
+          storage: { kind: 'postgres', serverUrl: servers.postgres, databasePrefix: `${suite}_` },
+          bus: { kind: 'rabbitmq', url: servers.rabbitmq, exchange: `${suite}.events`, queuePrefix: `${suite}.` },
+          ...overrides,
+        };
+  const system = await startSystem({ consumer: { backoff: { baseMs: 20, capMs: 200 }, maxAttempts: 4 }, ...options });
+  const acknowledged: Acknowledged[] = [];
+  const inject = async (service: 'order' | 'inventory' | 'payment', method: 'GET' | 'POST', url: string, payload?: object, headers?: Record<string, string>) => {
+    const response = await system.services[service].app.inject({ method, url, ...(payload === undefined ? {} : { payload }), ...(headers === undefined ? {} : { headers }) });
+    return { status: response.statusCode, body: response.json<Record<string, unknown>>() };
+  };
+  const queueDepth = (name: string) => system.bus.depth(name);
+  const dbs = system.dbs;
+
+  const harness: Harness = {
+    system,
+    acknowledged,
+    product: async (stock, price = 1000) => {
+      const { status, body } = await inject('inventory', 'POST', '/products', { name: `product ${crypto.randomUUID().slice(0, 8)}`, price, stockQuantity: stock });
+      if (status !== 201) throw new Error(`product not created: ${JSON.stringify(body)}`);
+      const productId = body.productId as string;
+      // The order service prices from its replica of the catalogue: wait until it has it.
+      const deadline = Date.now() + 15_000;
+      while ((await dbs.order.query('SELECT 1 FROM catalogue WHERE product_id = $1', [productId])).length === 0) {
+        if (Date.now() > deadline) throw new Error(`product ${productId} never reached the order service`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      return productId;
+    },
+    user: async (credit) => {
+      const userId = `user-${crypto.randomUUID().slice(0, 8)}`;
+      const { status } = await inject('payment', 'POST', `/users/${userId}/credit`, { amount: credit });
+      if (status !== 200) throw new Error('credit not added');
+      return userId;
+    },
+    place: async (userId, items, key = crypto.randomUUID()) => {
+      const { status, body } = await inject('order', 'POST', '/orders', { userId, items }, { 'idempotency-key': key });
+      const orderId = typeof body.orderId === 'string' ? body.orderId : '';
+      if (status === 201 && !acknowledged.some((a) => a.orderId === orderId)) acknowledged.push({ orderId, userId, idempotencyKey: key });
+      return { status, body, orderId };
+    },
+    order: async (orderId) => (await inject('order', 'GET', `/orders/${orderId}`)).body as Record<string, unknown> & { status: string },
+    waitFinal: async (orderId, timeoutMs = 20_000) => {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const order = await harness.order(orderId);
+        if (order.status !== 'PENDING') return order;
+        if (Date.now() > deadline) throw new Error(`order ${orderId} still PENDING after ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    stock: async (productId) => (await inject('inventory', 'GET', `/products/${productId}`)).body as { stockQuantity: number; reserved: number; sold: number },
+    credit: async (userId) => (await inject('payment', 'GET', `/users/${userId}/credit`)).body.credit as number,
+    quiet: (timeoutMs = 30_000) => waitForQuiet({ dbs, queueDepth }, timeoutMs),
+    check: async (expectedDeadLetters = 0) => {
+      await harness.quiet();
+      return assertInvariants({ dbs, acknowledged, queueDepth, expectedDeadLetters });
+    },
+    stop: async () => {
+      await system.stop();
+      if (mode === 'postgres+rabbitmq') await cleanUp(suite);
+    },
+  };
+  return harness;
+}
+
+async function cleanUp(suite: string): Promise<void> {
+  for (const name of [...serviceNames, 'provider']) await dropDatabase(servers.postgres, `${suite}_${name}`).catch(() => undefined);
+  const connection = await amqp.connect(servers.rabbitmq);
+  const channel = await connection.createChannel();
+  for (const name of serviceNames) await channel.deleteQueue(`${suite}.${name}`).catch(() => undefined);
+  await channel.deleteExchange(`${suite}.events`).catch(() => undefined);
+  await connection.close().catch(() => undefined);
+}
+
+export type { Db };
