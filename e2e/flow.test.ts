@@ -131,4 +131,3 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.system.dbs.order.query(`DELETE FROM idempotency_keys WHERE user_id = $1`, [user]);
   });
 });
-});
