@@ -21,7 +21,7 @@ export type Message = Envelope & DomainEvent;
 export type HandlerContext = {
   now: Date;
   /** Appends events caused by this message to the outbox, in the same transaction. */
-  emit(events: readonly Outgoing[]): Promise<void>;
+  emit: (events: readonly Outgoing[]) => Promise<void>;
 };
 
 export type Handler = (tx: Sql, message: Message, context: HandlerContext) => Promise<void>;

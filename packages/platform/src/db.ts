@@ -54,7 +54,8 @@ export async function openPglite(name: string, dataDir?: string): Promise<Db> {
 
 function typeParser(oid: number, format?: string): (value: string) => unknown {
   if (oid === int8 || oid === numeric) return (value: string) => Number(value);
-  return pg.types.getTypeParser(oid, format as 'text');
+  const builtIn = pg.types.getTypeParser as (oid: number, format: string) => (value: string) => unknown;
+  return builtIn(oid, format ?? 'text');
 }
 
 export type PostgresOptions = { max?: number; log?: (msg: string, fields?: Record<string, unknown>) => void };
@@ -115,6 +116,7 @@ async function listenWithReconnect(
   log?: PostgresOptions['log'],
 ): Promise<() => Promise<void>> {
   let stopped = false;
+  const isStopped = () => stopped;
   let current: pg.Client | undefined;
   let delay = 100;
   const connect = async (): Promise<void> => {
@@ -140,7 +142,7 @@ async function listenWithReconnect(
       onNotify();
     } catch {
       delay = Math.min(delay * 2, 5000);
-      if (!stopped) setTimeout(() => void reconnect(), delay);
+      if (!isStopped()) setTimeout(() => void reconnect(), delay);
     }
   };
   await connect();

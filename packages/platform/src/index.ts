@@ -12,3 +12,4 @@ export * from './outbox.ts';
 export * from './relay.ts';
 export * from './retry.ts';
 export * from './service.ts';
+export * from './status.ts';

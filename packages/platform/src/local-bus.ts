@@ -36,6 +36,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
   const faults = options.faults;
   const faultStats = { duplicated: 0, delayed: 0 };
   let closed = false;
+  const isClosed = () => closed;
 
   function bind(queue: string, key: string) {
     let set = bindings.get(key);
@@ -88,7 +89,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
           if (consumer !== undefined) deliver(queue, s, consumer, row);
         }
         if (rows.length === capacity) s.again = true;
-      } while (s.again && !closed);
+      } while (s.again && !isClosed());
     } finally {
       s.pumping = false;
     }
@@ -132,7 +133,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
       onDelivery(delivery).catch(() => delivery.nack(100));
     if (faults !== undefined && Math.random() < faults.duplicateRate) {
       faultStats.duplicated += 1;
-      const copy: Delivery = { ...delivery, redelivered: true, ack: async () => undefined, nack: async () => undefined };
+      const copy: Delivery = { ...delivery, redelivered: true, ack: () => Promise.resolve(), nack: () => Promise.resolve() };
       void onDelivery(copy).catch(() => undefined);
     }
     if (faults !== undefined && Math.random() < faults.delayRate) {

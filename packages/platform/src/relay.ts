@@ -64,6 +64,7 @@ export async function startRelay({ db, bus, log, batchSize = 500, pollMs = 1000 
   let published = 0;
   let wakeUp: (() => void) | undefined;
   let pending = true;
+  const woken = () => pending;
   const wake = () => {
     pending = true;
     wakeUp?.();
@@ -90,7 +91,7 @@ export async function startRelay({ db, bus, log, batchSize = 500, pollMs = 1000 
         published += count;
         if (failures > 0) log.info('relay recovered', { db: db.name, after: failures });
         failures = 0;
-        if (count === batchSize || pending) continue;
+        if (count === batchSize || woken()) continue;
         await idle(pollMs);
       } catch (error) {
         failures += 1;

@@ -9,6 +9,7 @@ import { createHttpApp, type HttpApp } from './http.ts';
 import type { Logger } from './log.ts';
 import { migrate, platformMigrations } from './migrate.ts';
 import { startRelay, type Relay } from './relay.ts';
+import { registerStatusRoutes } from './status.ts';
 import type { Backoff } from './retry.ts';
 
 export type ServiceDeps = {
@@ -68,8 +69,9 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
     ...deps.consumer,
   });
   registerDeadLetterRoutes(app, db, consumer);
-  await app.ready();
   const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
+  registerStatusRoutes(app, definition.name, db, consumer);
+  await app.ready();
   let stopped = false;
   return {
     name: definition.name,
