@@ -7,8 +7,8 @@
 // reserves nothing; every handler is safe to run against any state.
 import type { Handler } from '@converge/platform';
 import { ConflictError, PermanentError } from '@converge/platform';
-import { commitMoves, decideRelease, decideReservation, releaseMoves, reserveMoves } from './inventory.ts';
-import { applyMoves, insertReservation, lockProducts, lockReservation, setReservationStatus } from './store.ts';
+import { combineLines, commitMoves, decideRelease, decideReservation, releaseMoves, reserveMoves } from './inventory.ts';
+import { applyMoves, insertReservation, lockProducts, lockReservation, recordItems, setReservationStatus } from './store.ts';
 
 export const inventorySources = ['order', 'payment'] as const;
 
@@ -16,7 +16,13 @@ export const handleInventoryMessage: Handler = async (tx, message, { now, emit }
   switch (message.type) {
     case 'OrderCreated': {
       const { orderId, userId, items, totalAmount, currency } = message.data;
-      if ((await lockReservation(tx, orderId)) !== undefined) return;
+      const existing = await lockReservation(tx, orderId);
+      if (existing !== undefined) {
+        // Released before we saw the order (a tombstone): keep what was ordered for the
+        // record, move no stock.
+        if (existing.status === 'RELEASED' && existing.items.length === 0) await recordItems(tx, orderId, combineLines(items));
+        return;
+      }
       const products = await lockProducts(tx, items.map((i) => i.productId));
       const decision = decideReservation(products, items);
       if (decision.ok) {

@@ -120,3 +120,7 @@ export async function setReservationStatus(
   );
   if (updated.length !== 1) throw new ConflictError(`reservation ${orderId} is no longer ${from}`);
 }
+
+export async function recordItems(tx: Sql, orderId: string, items: readonly StockLine[]): Promise<void> {
+  await tx.query('UPDATE reservations SET items = $2::jsonb WHERE order_id = $1', [orderId, JSON.stringify(items)]);
+}
