@@ -1,0 +1,85 @@
+// One service in its own process (cluster mode): config → its database on the
+// PostgreSQL server (created if missing) → migrate → RabbitMQ → HTTP + relay +
+// consumer → listen. Run as many instances of a service as wanted: they share its
+// database and its queue; relays split the outbox partitions between them.
+//   tsx scripts/service.ts order|inventory|payment
+import { pathToFileURL } from 'node:url';
+import { eventTypesOf } from '@converge/contracts';
+import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, setting, startService, type ServiceDefinition } from '@converge/platform';
+import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
+import { inventoryService } from '../services/inventory/main.ts';
+import { orderService } from '../services/order/main.ts';
+import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
+import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
+
+export const clusterConfig = (service: ServiceName) => ({
+  /** The PostgreSQL server; each service's database is created on it if missing. */
+  PG_URL: setting.string('postgres://postgres@127.0.0.1:5432/postgres'),
+  /** Overrides the database for this service entirely (e.g. ORDER_DATABASE_URL). */
+  DATABASE_URL: setting.optional(),
+  DATABASE_PREFIX: setting.string('converge_'),
+  DB_POOL_SIZE: setting.int(10, 1, 500),
+  AMQP_URL: setting.string('amqp://guest:guest@127.0.0.1:5672'),
+  AMQP_EXCHANGE: setting.string('converge.events'),
+  AMQP_QUEUE_PREFIX: setting.string('converge.'),
+  HOST: setting.string('127.0.0.1'),
+  PORT: setting.int(defaultPorts[service], 0, 65_535),
+  RELAY: setting.bool(true),
+  PAYMENT_ALLOW_FAULTS: setting.bool(false),
+  LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
+});
+
+export async function runService(service: ServiceName, env: Record<string, string | undefined> = process.env): Promise<() => Promise<void>> {
+  const prefixed = (key: string) => env[`${service.toUpperCase()}_${key}`] ?? env[key];
+  const config = loadConfig(clusterConfig(service), new Proxy({}, { get: (_target, key: string) => prefixed(key) }));
+  const log = createLogger(service, config.LOG_LEVEL);
+  const databaseFor = async (name: string) => config.DATABASE_URL !== undefined && name === service
+    ? config.DATABASE_URL
+    : ensureDatabase(config.PG_URL, `${config.DATABASE_PREFIX}${name}`);
+  const db = await openPostgres(service, await databaseFor(service), { max: config.DB_POOL_SIZE, log: (m, f) => log.warn(m, f) });
+  const bus = await createRabbitBus({
+    url: config.AMQP_URL, exchange: config.AMQP_EXCHANGE, queuePrefix: config.AMQP_QUEUE_PREFIX,
+    log: (level, message, fields) => log[level](message, fields),
+  });
+  let definition: ServiceDefinition;
+  const closeLater: (() => Promise<void>)[] = [];
+  if (service === 'payment') {
+    const providerDb = await openPostgres('provider', await databaseFor('provider'), { max: 5 });
+    closeLater.push(() => providerDb.close());
+    definition = paymentService(await openSimulatedProvider(providerDb), { allowFaults: config.PAYMENT_ALLOW_FAULTS });
+  } else {
+    definition = service === 'order' ? orderService : inventoryService;
+  }
+  await bus.declare(service, definition.sources.flatMap((source) => eventTypesOf(source)));
+  const running = await startService(definition, { db, bus, log, relay: config.RELAY });
+  const url = await running.listen(config.PORT, config.HOST);
+  log.info('service ready', { url, relay: config.RELAY });
+  return async () => {
+    await running.stop();
+    await bus.close();
+    await db.close();
+    for (const close of closeLater) await close();
+  };
+}
+
+async function main(): Promise<void> {
+  const service = process.argv[2];
+  if (!serviceNames.includes(service as ServiceName)) {
+    console.error(`usage: tsx scripts/service.ts ${serviceNames.join('|')}`);
+    process.exit(2);
+  }
+  let stop: () => Promise<void>;
+  try {
+    stop = await runService(service as ServiceName);
+  } catch (error) {
+    console.error(error instanceof ConfigError ? error.message : error);
+    process.exit(error instanceof ConfigError ? 2 : 1);
+  }
+  const onSignal = () => {
+    stop().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) void main();
