@@ -1,0 +1,129 @@
+// Cluster mode with real processes: each service is its own OS process on PostgreSQL
+// and RabbitMQ. A process is killed with SIGKILL after committing and before
+// publishing, another one in the middle of a stream of orders; restarted, the system
+// finishes every order once, and the invariant checker agrees.
+import { spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import amqp from 'amqplib';
+import { dropDatabase, ensureDatabase, openPostgres, type Db } from '@converge/platform';
+import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
+import type { Bus } from '../packages/platform/src/bus.ts';
+import { assertInvariants, waitForQuiet, type Acknowledged, type CheckedDbs } from './invariants.ts';
+
+const up = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
+const suite = uniqueName('cluster');
+const basePort = 20_000 + Math.floor(Math.random() * 20_000);
+const ports = { order: basePort, inventory: basePort + 1, payment: basePort + 2 } as const;
+type Name = keyof typeof ports;
+const url = (name: Name) => `http://127.0.0.1:${ports[name]}`;
+
+const env = {
+  PG_URL: servers.postgres, DATABASE_PREFIX: `${suite}_`, AMQP_URL: servers.rabbitmq,
+  AMQP_EXCHANGE: `${suite}.events`, AMQP_QUEUE_PREFIX: `${suite}.`, LOG_LEVEL: 'warn',
+};
+
+const processes = new Map<Name, ChildProcess>();
+
+async function launch(name: Name, extra: Record<string, string> = {}): Promise<void> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/service.ts', name], {
+    env: { ...process.env, ...env, PORT: String(ports[name]), ...extra }, stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  processes.set(name, child);
+  const deadline = Date.now() + 60_000;
+  while (!(await fetch(`${url(name)}/readyz`).then((r) => r.ok, () => false))) {
+    if (Date.now() > deadline) throw new Error(`${name} did not become ready`);
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function kill(name: Name): Promise<void> {
+  const child = processes.get(name);
+  if (child === undefined || child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+const post = async (name: Name, path: string, body: unknown, headers: Record<string, string> = {}) => {
+  const response = await fetch(`${url(name)}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+};
+
+describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)', () => {
+  let dbs: CheckedDbs;
+  let bus: Bus;
+  const acknowledged: Acknowledged[] = [];
+  let product = '';
+
+  const place = async (userId: string, quantity = 1) => {
+    const key = crypto.randomUUID();
+    const { status, body } = await post('order', '/orders', { userId, items: [{ productId: product, quantity }] }, { 'idempotency-key': key });
+    expect(status).toBe(201);
+    acknowledged.push({ orderId: body.orderId as string, userId, idempotencyKey: key });
+    return body.orderId as string;
+  };
+
+  beforeAll(async () => {
+    const open = async (name: string): Promise<Db> => openPostgres(name, await ensureDatabase(servers.postgres, `${suite}_${name}`));
+    dbs = { order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider') };
+    bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${suite}.events`, queuePrefix: `${suite}.` });
+    await Promise.all([launch('inventory'), launch('payment'), launch('order')]);
+    const created = await post('inventory', '/products', { name: 'cluster widget', price: 100, stockQuantity: 1000 });
+    product = created.body.productId as string;
+    await post('payment', '/users/carol/credit', { amount: 1_000_000 });
+    const deadline = Date.now() + 20_000;
+    while ((await dbs.order.query('SELECT 1 FROM catalogue WHERE product_id = $1', [product])).length === 0) {
+      if (Date.now() > deadline) throw new Error('catalogue never reached the order service');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  });
+
+  afterAll(async () => {
+    for (const name of processes.keys()) await kill(name);
+    await bus.close();
+    for (const db of Object.values(dbs)) await db.close();
+    for (const name of ['order', 'inventory', 'payment', 'provider']) await dropDatabase(servers.postgres, `${suite}_${name}`).catch(() => undefined);
+    const connection = await amqp.connect(servers.rabbitmq);
+    const channel = await connection.createChannel();
+    for (const name of ['order', 'inventory', 'payment']) await channel.deleteQueue(`${suite}.${name}`).catch(() => undefined);
+    await channel.deleteExchange(`${suite}.events`).catch(() => undefined);
+    await connection.close().catch(() => undefined);
+  });
+
+  const queueDepth = (name: string) => bus.depth(name);
+
+  it('given the order process killed after committing orders and before publishing them, when it restarts, then every order completes once', async () => {
+    await kill('order');
+    await launch('order', { RELAY: 'false' });
+    const orders = await Promise.all(Array.from({ length: 20 }, () => place('carol')));
+    const [pending] = await dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL');
+    expect(pending?.n).toBe(20);
+    await kill('order');
+    await launch('order');
+    await waitForQuiet({ dbs, queueDepth }, 60_000);
+    const statuses = await dbs.order.query<{ status: string }>('SELECT status FROM orders WHERE order_id = ANY($1::uuid[])', [orders]);
+    expect(statuses.map((s) => s.status)).toEqual(Array.from({ length: 20 }, () => 'COMPLETED'));
+    await assertInvariants({ dbs, acknowledged, queueDepth });
+  });
+
+  it('given a stream of orders, when inventory and then payment are killed mid-stream and restarted, then nothing is lost or doubled', async () => {
+    const placing = (async () => {
+      for (let i = 0; i < 60; i++) {
+        await place('carol');
+        await new Promise((r) => setTimeout(r, 15));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 250));
+    await kill('inventory');
+    await launch('inventory');
+    await kill('payment');
+    await launch('payment');
+    await placing;
+    await waitForQuiet({ dbs, queueDepth }, 90_000);
+    const report = await assertInvariants({ dbs, acknowledged, queueDepth });
+    expect(report.summary.completed).toBe(acknowledged.length);
+  });
+});
