@@ -1,0 +1,244 @@
+// The open-loop load generator. Orders are sent on a fixed schedule (constant or
+// Poisson arrivals) whatever the latency, and each latency is measured from the time
+// the request was *scheduled*, so a stall shows as the queue of late requests behind
+// it instead of vanishing (no coordinated omission). Every order carries an
+// Idempotency-Key; network errors are retried with the same key, as a real client
+// would. Each order is then followed to its final state, read from the order
+// database: completion latency runs from the scheduled send to the commit of the
+// final state.
+import crypto from 'node:crypto';
+import type { Db } from '@converge/platform';
+import type { Acknowledged } from '../e2e/invariants.ts';
+import { Histogram, type Summary } from './histogram.ts';
+
+export type Mix = { ok: number; outOfStock: number; declined: number };
+
+export type Fixture = {
+  /** Products with ample stock, and one with none (for out-of-stock orders). */
+  products: string[];
+  soldOut: string;
+  /** Users with ample credit, and one with none (for declines). */
+  users: string[];
+  broke: string;
+};
+
+export type LoadOptions = {
+  orderUrl: string;
+  fixture: Fixture;
+  rate: number;
+  durationSec: number;
+  arrival?: 'constant' | 'poisson';
+  mix?: Mix;
+  /** Where final states are read from; without it only placement is measured. */
+  orderDb?: Db;
+  /** How long to wait for the last orders to reach a final state. */
+  settleTimeoutMs?: number;
+  progress?: (line: string) => void;
+  requestTimeoutMs?: number;
+  random?: () => number;
+};
+
+export type LoadReport = {
+  offeredRate: number;
+  achievedRate: number;
+  durationSec: number;
+  scheduled: number;
+  acknowledged: Acknowledged[];
+  placement: Summary;
+  completion: Summary;
+  errors: Record<string, number>;
+  finals: Record<string, number>;
+  /** Requests that were sent more than 10 ms after their scheduled time (generator saturated). */
+  lateSends: number;
+};
+
+export const defaultMix: Mix = { ok: 0.9, outOfStock: 0.05, declined: 0.05 };
+
+const pick = <T>(items: readonly T[], random: () => number): T => {
+  const item = items[Math.floor(random() * items.length)];
+  if (item === undefined) throw new Error('nothing to pick from');
+  return item;
+};
+
+/** The body of one order of the mix: 1–5 distinct lines. */
+export function makeOrder(fixture: Fixture, mix: Mix, random: () => number): { userId: string; items: { productId: string; quantity: number }[] } {
+  const roll = random();
+  const lines = 1 + Math.floor(random() * 5);
+  const chosen = new Set<string>();
+  while (chosen.size < Math.min(lines, fixture.products.length)) chosen.add(pick(fixture.products, random));
+  const items = [...chosen].map((productId) => ({ productId, quantity: 1 + Math.floor(random() * 3) }));
+  if (roll < mix.outOfStock) return { userId: pick(fixture.users, random), items: [...items.slice(0, 4), { productId: fixture.soldOut, quantity: 1 }] };
+  if (roll < mix.outOfStock + mix.declined) return { userId: fixture.broke, items };
+  return { userId: pick(fixture.users, random), items };
+}
+
+function schedule(rate: number, durationSec: number, arrival: 'constant' | 'poisson', random: () => number): number[] {
+  const times: number[] = [];
+  let t = 0;
+  const end = durationSec * 1000;
+  for (;;) {
+    t += arrival === 'constant' ? 1000 / rate : (-Math.log(1 - random()) * 1000) / rate;
+    if (t >= end) return times;
+    times.push(t);
+  }
+}
+
+export async function runLoad(options: LoadOptions): Promise<LoadReport> {
+  const random = options.random ?? Math.random;
+  const mix = options.mix ?? defaultMix;
+  const times = schedule(options.rate, options.durationSec, options.arrival ?? 'constant', random);
+  const placement = new Histogram();
+  const errors: Record<string, number> = {};
+  const acknowledged: Acknowledged[] = [];
+  const placedAt = new Map<string, number>();
+  let inFlight = 0;
+  let lateSends = 0;
+  let done = 0;
+  const count = (kind: string) => (errors[kind] = (errors[kind] ?? 0) + 1);
+
+  const send = async (scheduledAt: number) => {
+    const order = makeOrder(options.fixture, mix, random);
+    const key = crypto.randomUUID();
+    const body = JSON.stringify(order);
+    inFlight += 1;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const response = await fetch(`${options.orderUrl}/orders`, {
+            method: 'POST', body, headers: { 'content-type': 'application/json', 'idempotency-key': key },
+            signal: AbortSignal.timeout(options.requestTimeoutMs ?? 10_000),
+          });
+          const answer = (await response.json()) as { orderId?: string };
+          if (response.status === 201 && typeof answer.orderId === 'string') {
+            placement.record((performance.now() - scheduledAt) * 1000);
+            acknowledged.push({ orderId: answer.orderId, userId: order.userId, idempotencyKey: key });
+            placedAt.set(answer.orderId, performance.timeOrigin + scheduledAt);
+            return;
+          }
+          // 409: our own earlier attempt is still in flight on the server; ask again.
+          if (response.status === 409 && attempt < 20) {
+            await new Promise((r) => setTimeout(r, 50));
+            continue;
+          }
+          count(`http ${response.status}`);
+          return;
+        } catch (error) {
+          const kind = (error as Error).name === 'TimeoutError' ? 'timeout' : 'network';
+          if (attempt >= 5) {
+            count(kind);
+            return;
+          }
+          await new Promise((r) => setTimeout(r, 50 * attempt));
+        }
+      }
+    } finally {
+      inFlight -= 1;
+      done += 1;
+    }
+  };
+
+  const start = performance.now();
+  const progress = setInterval(() => {
+    const elapsed = (performance.now() - start) / 1000;
+    options.progress?.(`t=${elapsed.toFixed(0)}s placed=${acknowledged.length} rate=${(done / Math.max(elapsed, 0.001)).toFixed(0)}/s p99=${placement.summary().p99}ms in-flight=${inFlight} errors=${Object.values(errors).reduce((a, b) => a + b, 0)}`);
+  }, 1000);
+  const pending: Promise<void>[] = [];
+  let next = 0;
+  await new Promise<void>((resolve) => {
+    const tick = () => {
+      const now = performance.now() - start;
+      while (next < times.length && (times[next] ?? Infinity) <= now) {
+        const at = start + (times[next] ?? 0);
+        if (now - (times[next] ?? 0) > 10) lateSends += 1;
+        pending.push(send(at));
+        next += 1;
+      }
+      if (next >= times.length) resolve();
+      else setTimeout(tick, Math.max(0, Math.min(5, (times[next] ?? now) - now)));
+    };
+    tick();
+  });
+  await Promise.all(pending);
+  const sendingSec = (performance.now() - start) / 1000;
+  clearInterval(progress);
+
+  const completion = new Histogram();
+  const finals: Record<string, number> = {};
+  if (options.orderDb !== undefined && acknowledged.length > 0) {
+    const deadline = Date.now() + (options.settleTimeoutMs ?? 60_000);
+    const ids = acknowledged.map((a) => a.orderId);
+    let rows: { order_id: string; status: string; updated_at: Date }[];
+    for (;;) {
+      rows = [];
+      for (let i = 0; i < ids.length; i += 5000) {
+        rows.push(...(await options.orderDb.query<{ order_id: string; status: string; updated_at: Date }>(
+          'SELECT order_id, status, updated_at FROM orders WHERE order_id = ANY($1::uuid[])', [ids.slice(i, i + 5000)],
+        )));
+      }
+      if (rows.every((r) => r.status !== 'PENDING') || Date.now() > deadline) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    for (const row of rows) {
+      finals[row.status] = (finals[row.status] ?? 0) + 1;
+      const sentAt = placedAt.get(row.order_id);
+      if (row.status !== 'PENDING' && sentAt !== undefined) completion.record((row.updated_at.getTime() - sentAt) * 1000);
+    }
+  }
+  return {
+    offeredRate: options.rate,
+    achievedRate: acknowledged.length / sendingSec,
+    durationSec: sendingSec,
+    scheduled: times.length,
+    acknowledged,
+    placement: placement.summary(),
+    completion: completion.summary(),
+    errors,
+    finals,
+    lateSends,
+  };
+}
+
+/** Creates the products and users a run needs, through the services' APIs. */
+export async function prepareFixture(options: {
+  inventoryUrl: string;
+  paymentUrl: string;
+  catalogue: 'spread' | 'hot';
+  users?: number;
+  /** Resolves once the order service can price these products (its catalogue is fed by events). */
+  waitUntilPriced?: (productIds: string[]) => Promise<void>;
+}): Promise<Fixture> {
+  const post = async (url: string, body: unknown) => {
+    const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    if (!response.ok) throw new Error(`POST ${url}: ${response.status} ${await response.text()}`);
+    return (await response.json()) as { productId?: string };
+  };
+  const run = crypto.randomUUID().slice(0, 8);
+  const count = options.catalogue === 'hot' ? 5 : 1000;
+  const products: string[] = [];
+  for (let i = 0; i < count; i += 50) {
+    const batch = await Promise.all(Array.from({ length: Math.min(50, count - i) }, (_, j) =>
+      post(`${options.inventoryUrl}/products`, { name: `load ${run} #${i + j}`, price: 100 + ((i + j) % 50) * 10, stockQuantity: 1_000_000_000 })));
+    products.push(...batch.map((b) => b.productId ?? ''));
+  }
+  const soldOut = (await post(`${options.inventoryUrl}/products`, { name: `load ${run} sold out`, price: 100, stockQuantity: 0 })).productId ?? '';
+  const users = Array.from({ length: options.users ?? 100 }, (_, i) => `load-${run}-${i}`);
+  await Promise.all(users.map((user) => post(`${options.paymentUrl}/users/${user}/credit`, { amount: 1_000_000_000_000 })));
+  const broke = `load-${run}-broke`;
+  await post(`${options.paymentUrl}/users/${broke}/credit`, { amount: 1 });
+  if (options.waitUntilPriced !== undefined) await options.waitUntilPriced([...products, soldOut]);
+  else await new Promise((r) => setTimeout(r, 3000));
+  return { products, soldOut, users, broke };
+}
+
+/** Waits until the order database's catalogue holds every product. */
+export function pricedIn(orderDb: Db, timeoutMs = 60_000): (productIds: string[]) => Promise<void> {
+  return async (productIds) => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const [row] = await orderDb.query<{ n: number }>('SELECT count(*)::int AS n FROM catalogue WHERE product_id = ANY($1::uuid[])', [productIds]);
+      if ((row?.n ?? 0) >= productIds.length) return;
+      if (Date.now() > deadline) throw new Error(`the order service knows ${row?.n ?? 0} of ${productIds.length} products after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+}
