@@ -1,0 +1,110 @@
+// A cluster of real processes for the benchmark and the chaos suite: one OS process per
+// service (scripts/service.ts) on PostgreSQL and RabbitMQ, with names unique to the run
+// so nothing collides with a running deployment. It can kill (SIGKILL) and restart any
+// service, reports each process's pid for resource sampling, and opens the databases
+// for the invariant checker.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import amqp from 'amqplib';
+import { dropDatabase, ensureDatabase, openPostgres, type Db } from '@converge/platform';
+import { servers, uniqueName } from '@converge/platform/testing';
+import type { Bus } from '../packages/platform/src/bus.ts';
+import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
+import type { CheckedDbs } from '../e2e/invariants.ts';
+
+export const clusterServices = ['order', 'inventory', 'payment'] as const;
+export type ClusterService = (typeof clusterServices)[number];
+
+export type Cluster = {
+  name: string;
+  urls: Record<ClusterService, string>;
+  dbs: CheckedDbs;
+  bus: Bus;
+  pids(): Record<ClusterService, number | undefined>;
+  kill(service: ClusterService): Promise<void>;
+  start(service: ClusterService, env?: Record<string, string>): Promise<void>;
+  queueDepth(service: string): Promise<number>;
+  stop(options?: { keepData?: boolean }): Promise<void>;
+};
+
+export async function startCluster(options: { env?: Record<string, string>; log?: (line: string) => void } = {}): Promise<Cluster> {
+  const name = uniqueName('run');
+  const base = 21_000 + Math.floor(Math.random() * 20_000);
+  const ports: Record<ClusterService, number> = { order: base, inventory: base + 1, payment: base + 2 };
+  const urls = Object.fromEntries(clusterServices.map((s) => [s, `http://127.0.0.1:${ports[s]}`])) as Record<ClusterService, string>;
+  const env = {
+    PG_URL: servers.postgres, DATABASE_PREFIX: `${name}_`, AMQP_URL: servers.rabbitmq,
+    AMQP_EXCHANGE: `${name}.events`, AMQP_QUEUE_PREFIX: `${name}.`, LOG_LEVEL: 'warn', ...options.env,
+  };
+  const children = new Map<ClusterService, ChildProcess>();
+
+  const start = async (service: ClusterService, extra: Record<string, string> = {}) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/service.ts', service], {
+      env: { ...process.env, ...env, PORT: String(ports[service]), ...extra }, stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    child.stderr.on('data', (chunk: Buffer) => options.log?.(`[${service}] ${chunk.toString().trimEnd()}`));
+    children.set(service, child);
+    const deadline = Date.now() + 90_000;
+    while (!(await fetch(`${urls[service]}/readyz`).then((r) => r.ok, () => false))) {
+      if (Date.now() > deadline) throw new Error(`${service} not ready after 90 s`);
+      if (child.exitCode !== null) throw new Error(`${service} exited with ${child.exitCode}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  const kill = async (service: ClusterService) => {
+    const child = children.get(service);
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await exited;
+  };
+
+  const open = async (db: string): Promise<Db> => openPostgres(db, await ensureDatabase(servers.postgres, `${name}_${db}`), { max: 4 });
+  const dbs: CheckedDbs = { order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider') };
+  const bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${name}.events`, queuePrefix: `${name}.` });
+  await Promise.all(clusterServices.map((s) => start(s)));
+
+  return {
+    name,
+    urls,
+    dbs,
+    bus,
+    pids: () => Object.fromEntries(clusterServices.map((s) => [s, children.get(s)?.pid])) as Record<ClusterService, number | undefined>,
+    kill,
+    start,
+    queueDepth: (service) => bus.depth(service),
+    stop: async ({ keepData = false } = {}) => {
+      for (const service of clusterServices) {
+        const child = children.get(service);
+        if (child !== undefined && child.exitCode === null && child.signalCode === null) {
+          const exited = new Promise((resolve) => child.once('exit', resolve));
+          child.kill('SIGTERM');
+          await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+          await kill(service);
+        }
+      }
+      await bus.close();
+      for (const db of Object.values(dbs)) await db.close();
+      if (keepData) return;
+      for (const db of [...clusterServices, 'provider']) await dropDatabase(servers.postgres, `${name}_${db}`).catch(() => undefined);
+      const connection = await amqp.connect(servers.rabbitmq);
+      const channel = await connection.createChannel();
+      for (const service of clusterServices) await channel.deleteQueue(`${name}.${service}`).catch(() => undefined);
+      await channel.deleteExchange(`${name}.events`).catch(() => undefined);
+      await connection.close().catch(() => undefined);
+    },
+  };
+}
+
+/** CPU seconds and resident memory of a process, from /proc (Linux). */
+export function sampleProcess(pid: number): { cpuSeconds: number; rssMb: number } | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    const rssPages = Number(fields[21]);
+    return { cpuSeconds: ticks / 100, rssMb: (rssPages * 4096) / 1024 / 1024 };
+  } catch {
+    return undefined;
+  }
+}
