@@ -3,7 +3,7 @@
 // leaves as RFC 9457 problem+json. Only application/json bodies are read; unknown
 // fields, wrong types, prototype-pollution keys and oversized bodies are 4xx before any
 // handler runs. 5xx details go to the log, never to the client.
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Type from 'typebox';
@@ -47,22 +47,7 @@ function problem(reply: FastifyReply, status: number, title: string, detail?: st
 }
 
 export async function createHttpApp({ service, log, description, bodyLimit = 64 * 1024, ready }: HttpOptions): Promise<HttpApp> {
-  const app = Fastify({ logger: false, bodyLimit, return503OnClosing: true, forceCloseConnections: true })
-    .setValidatorCompiler((route) => {
-      const validate = TypeBoxValidatorCompiler(route);
-      // A POST without a body is read as {}: the schema then says what is missing.
-      return route.httpPart === 'body' ? (data: unknown) => validate(data ?? {}) : validate;
-    })
-    .withTypeProvider<TypeBoxTypeProvider>();
-
-  await app.register(swagger, {
-    openapi: {
-      openapi: '3.1.0',
-      info: { title: `Converge ${service} service`, version: '1.0.0', description: description ?? '' },
-    },
-  });
-
-  app.setErrorHandler((error: FastifyError, request, reply) => {
+  const handleError = (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     if (error.validation !== undefined) {
       const errors = error.validation.map((v) => `${error.validationContext ?? 'body'}${v.instancePath || ''} ${v.message ?? 'is invalid'}`);
       return problem(reply, 400, 'Invalid request', 'The request does not match the schema.', errors);
@@ -73,12 +58,37 @@ export async function createHttpApp({ service, log, description, bodyLimit = 64 
     if (error instanceof UnavailableError) return problem(reply, 503, 'Unavailable', error.message);
     const status = typeof error.statusCode === 'number' ? error.statusCode : 500;
     if (status >= 400 && status < 500) {
-      const title = status === 413 ? 'Payload too large' : status === 415 ? 'Unsupported media type' : 'Invalid request';
+      const title = status === 413 ? 'Payload too large' : status === 414 ? 'URI too long' : status === 415 ? 'Unsupported media type' : 'Invalid request';
       return problem(reply, status, title, error.message);
     }
     log.error('request failed', { method: request.method, url: request.url, error: error.message, stack: error.stack });
     return problem(reply, 500, 'Internal error', 'The request could not be completed; it has been logged.');
+  };
+  const app = Fastify({
+    logger: false, bodyLimit, return503OnClosing: true, forceCloseConnections: true,
+    // The router refuses some URLs (bad percent-encoding, a parameter over 100
+    // characters) before any route runs: they too leave as problem+json.
+    frameworkErrors: (error, request, reply) => { void handleError(error, request, reply); },
+  })
+    .setValidatorCompiler((route) => {
+      const validate = TypeBoxValidatorCompiler(route);
+      // A POST without a body is read as {}: the schema then says what is missing.
+      return route.httpPart === 'body' ? (data: unknown) => validate(data ?? {}) : validate;
+    })
+    .withTypeProvider<TypeBoxTypeProvider>();
+
+  // Fastify reads text/plain by default; a string body would then be a schema error (400)
+  // instead of the unsupported media type it is.
+  app.removeContentTypeParser('text/plain');
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: `Converge ${service} service`, version: '1.0.0', description: description ?? '' },
+    },
   });
+
+  app.setErrorHandler(handleError);
 
   app.setNotFoundHandler((request, reply) => problem(reply, 404, 'Not found', `no route ${request.method} ${request.url}`));
 

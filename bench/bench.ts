@@ -1,0 +1,178 @@
+// `npm run bench`: starts the cluster (one process per service, PostgreSQL + RabbitMQ),
+// warms up, then measures: a rate sweep for the highest sustainable order rate, the
+// spread and hot-product scenarios at that rate, a read scenario, and the embedded
+// mode's sustainable rate. CPU and memory of every process and the backlog (outboxes +
+// queues) are sampled each second. Writes bench/results/<timestamp>.json and .md with
+// an SVG plot of latency against offered rate.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { startCluster, sampleProcess, type Cluster } from './cluster.ts';
+import { Histogram, type Summary } from './histogram.ts';
+import { prepareFixture, pricedIn, runLoad, type Fixture, type LoadReport } from './load.ts';
+import { renderMarkdown, renderSvg, type BenchResult, type StepResult } from './report.ts';
+
+const { values } = parseArgs({
+  options: {
+    rates: { type: 'string', default: '100,200,300,500,700,1000,1400' },
+    step: { type: 'string', default: '20' },
+    scenario: { type: 'string', default: '30' },
+    out: { type: 'string', default: 'bench/results' },
+    'skip-embedded': { type: 'boolean', default: false },
+  },
+});
+const rates = values.rates.split(',').map(Number);
+const stepSec = Number(values.step);
+const scenarioSec = Number(values.scenario);
+const log = (line: string) => process.stderr.write(`${line}\n`);
+
+async function backlog(cluster: Cluster): Promise<number> {
+  let total = 0;
+  for (const name of ['order', 'inventory', 'payment'] as const) {
+    const [row] = await cluster.dbs[name].query<{ n: number }>('SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL');
+    total += (row?.n ?? 0) + (await cluster.queueDepth(name));
+  }
+  return total;
+}
+
+/** Samples CPU and memory of the service processes and the servers while `work` runs. */
+async function sampled<T>(cluster: Cluster, work: () => Promise<T>): Promise<{ result: T; resources: StepResult['resources']; backlog: number[] }> {
+  const pids: Record<string, number | undefined> = { ...cluster.pids() };
+  const find = (pattern: string) => {
+    try {
+      return Number(execFileSync('pgrep', ['-o', '-f', pattern]).toString().trim().split('\n')[0]);
+    } catch {
+      return undefined;
+    }
+  };
+  pids.postgres = find('postgres -D');
+  pids.rabbitmq = find('beam.smp');
+  const first = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, pid === undefined ? undefined : sampleProcess(pid)]));
+  const started = Date.now();
+  const backlogs: number[] = [];
+  const peakRss: Record<string, number> = {};
+  const timer = setInterval(() => {
+    void backlog(cluster).then((n) => backlogs.push(n), () => undefined);
+    for (const [k, pid] of Object.entries(pids)) {
+      const s = pid === undefined ? undefined : sampleProcess(pid);
+      if (s !== undefined) peakRss[k] = Math.max(peakRss[k] ?? 0, s.rssMb);
+    }
+  }, 1000);
+  const result = await work();
+  clearInterval(timer);
+  const seconds = (Date.now() - started) / 1000;
+  const resources: StepResult['resources'] = {};
+  for (const [k, pid] of Object.entries(pids)) {
+    const a = first[k];
+    const b = pid === undefined ? undefined : sampleProcess(pid);
+    if (a !== undefined && b !== undefined) resources[k] = { cpuPercent: Math.round(((b.cpuSeconds - a.cpuSeconds) / seconds) * 100), peakRssMb: Math.round(peakRss[k] ?? b.rssMb) };
+  }
+  return { result, resources, backlog: backlogs };
+}
+
+function sustainable(report: LoadReport, backlogs: number[], rate: number): boolean {
+  const tail = backlogs.slice(-3);
+  const growing = tail.length > 0 && Math.min(...tail) > Math.max(50, rate * 0.5);
+  return report.achievedRate >= rate * 0.97 && report.placement.p99 < 50 && !growing && Object.keys(report.errors).length === 0;
+}
+
+async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: number, scenario: string): Promise<StepResult> {
+  log(`\n${scenario}: ${rate} orders/s for ${seconds} s`);
+  const { result, resources, backlog: backlogs } = await sampled(cluster, () =>
+    runLoad({ orderUrl: cluster.urls.order, fixture, rate, durationSec: seconds, orderDb: cluster.dbs.order, settleTimeoutMs: 30_000, progress: (l) => process.stderr.write(`\r  ${l}   `) }));
+  process.stderr.write('\n');
+  const { acknowledged, ...rest } = result;
+  const ok = sustainable(result, backlogs, rate);
+  log(`  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : 'NOT sustainable'}`);
+  return { scenario, ...rest, placed: acknowledged.length, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0, resources };
+}
+
+async function reads(cluster: Cluster, fixture: Fixture, orderIds: string[], rate: number, seconds: number): Promise<{ rate: number; order: Summary; product: Summary; errors: number }> {
+  log(`\nreads: ${rate} requests/s for ${seconds} s (half GET /orders/{id}, half GET /products/{id})`);
+  const order = new Histogram();
+  const product = new Histogram();
+  let errors = 0;
+  const start = performance.now();
+  const total = rate * seconds;
+  const pending: Promise<void>[] = [];
+  for (let i = 0; i < total; i++) {
+    const at = start + (i * 1000) / rate;
+    const wait = at - performance.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    const isOrder = i % 2 === 0;
+    const url = isOrder ? `${cluster.urls.order}/orders/${orderIds[i % orderIds.length] ?? ''}` : `${cluster.urls.inventory}/products/${fixture.products[i % fixture.products.length] ?? ''}`;
+    pending.push(fetch(url).then(async (r) => {
+      await r.arrayBuffer();
+      if (!r.ok) errors += 1;
+      (isOrder ? order : product).record((performance.now() - at) * 1000);
+    }, () => {
+      errors += 1;
+    }));
+  }
+  await Promise.all(pending);
+  return { rate, order: order.summary(), product: product.summary(), errors };
+}
+
+function versions(): BenchResult['machine'] {
+  const run = (cmd: string, args: string[]) => {
+    try {
+      return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim().split('\n')[0] ?? '';
+    } catch {
+      return 'unknown';
+    }
+  };
+  return {
+    cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'unknown'}`,
+    memoryGb: Math.round(os.totalmem() / 1024 ** 3),
+    os: `${os.type()} ${os.release()}`,
+    node: process.version,
+    postgres: run('psql', ['-h', '127.0.0.1', '-U', 'postgres', '-Atc', 'SHOW server_version']),
+    rabbitmq: run('rabbitmqctl', ['version']),
+  };
+}
+
+async function main(): Promise<void> {
+  const startedAt = new Date();
+  const result: BenchResult = { startedAt: startedAt.toISOString(), machine: versions(), sweep: [], scenarios: [], reads: undefined, embedded: undefined, targets: { sustainedRate: 1000, placementP99Ms: 50, completionP99Ms: 500, hotRate: 500, readP99Ms: 5 } };
+  const cluster = await startCluster({ log: (l) => log(l) });
+  try {
+    const spread = await prepareFixture({ inventoryUrl: cluster.urls.inventory, paymentUrl: cluster.urls.payment, catalogue: 'spread', waitUntilPriced: pricedIn(cluster.dbs.order) });
+    const hot = await prepareFixture({ inventoryUrl: cluster.urls.inventory, paymentUrl: cluster.urls.payment, catalogue: 'hot', waitUntilPriced: pricedIn(cluster.dbs.order) });
+    log('warm-up: 50 orders/s for 10 s');
+    await runLoad({ orderUrl: cluster.urls.order, fixture: spread, rate: 50, durationSec: 10, orderDb: cluster.dbs.order });
+    let best = 0;
+    for (const rate of rates) {
+      const r = await step(cluster, spread, rate, stepSec, 'sweep');
+      result.sweep.push(r);
+      if (!r.sustainable) break;
+      best = rate;
+    }
+    const rate = Math.max(best, rates[0] ?? 50);
+    result.scenarios.push(await step(cluster, spread, rate, scenarioSec, 'spread'));
+    result.scenarios.push(await step(cluster, hot, rate, scenarioSec, 'hot'));
+    const [sample] = await cluster.dbs.order.query<{ ids: string[] }>('SELECT array_agg(order_id) AS ids FROM (SELECT order_id FROM orders LIMIT 5000) o');
+    result.reads = await reads(cluster, spread, sample?.ids ?? [], 500, 20);
+  } finally {
+    await cluster.stop();
+  }
+  if (!values['skip-embedded']) result.embedded = await embeddedRate();
+  result.finishedAt = new Date().toISOString();
+  const stamp = startedAt.toISOString().replace(/[:.]/g, '-');
+  fs.mkdirSync(values.out, { recursive: true });
+  const base = path.join(values.out, stamp);
+  fs.writeFileSync(`${base}.json`, JSON.stringify(result, null, 2));
+  fs.writeFileSync(`${base}.svg`, renderSvg(result));
+  fs.writeFileSync(`${base}.md`, renderMarkdown(result, `${stamp}.svg`));
+  log(`\nwrote ${base}.json, .md and .svg`);
+  console.log(fs.readFileSync(`${base}.md`, 'utf8'));
+}
+
+/** The embedded mode (one process, PGlite, local bus) under the same sweep, placement only. */
+async function embeddedRate(): Promise<BenchResult['embedded']> {
+  const { embeddedSweep } = await import('./embedded.ts');
+  return embeddedSweep(rates, stepSec, log);
+}
+
+await main();

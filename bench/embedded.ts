@@ -1,0 +1,52 @@
+// The embedded mode under load: `scripts/start.ts` in its own process on a temporary
+// data directory, the same open-loop sweep, placement latency and the outbox backlog
+// (from /status) to judge whether the rate is sustained.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { prepareFixture, runLoad } from './load.ts';
+import type { EmbeddedStep } from './report.ts';
+
+export async function embeddedSweep(rates: number[], stepSec: number, log: (line: string) => void): Promise<EmbeddedStep[]> {
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'converge-bench-'));
+  const base = 41_000 + Math.floor(Math.random() * 10_000);
+  const urls = { order: `http://127.0.0.1:${base + 1}`, inventory: `http://127.0.0.1:${base + 2}`, payment: `http://127.0.0.1:${base + 3}` };
+  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/start.ts'], {
+    env: { ...process.env, DATA_DIR: dataDir, GATEWAY_PORT: String(base), ORDER_PORT: String(base + 1), INVENTORY_PORT: String(base + 2), PAYMENT_PORT: String(base + 3), LOG_LEVEL: 'error' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const steps: EmbeddedStep[] = [];
+  try {
+    const deadline = Date.now() + 120_000;
+    while (!(await fetch(`http://127.0.0.1:${base}/readyz`).then((r) => r.ok, () => false))) {
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error('embedded mode did not start');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const fixture = await prepareFixture({ inventoryUrl: urls.inventory, paymentUrl: urls.payment, catalogue: 'spread', users: 20 });
+    const backlog = async () => {
+      let total = 0;
+      for (const url of Object.values(urls)) total += ((await (await fetch(`${url}/status`)).json()) as { outbox: { backlog: number } }).outbox.backlog;
+      return total;
+    };
+    for (const rate of rates) {
+      log(`\nembedded: ${rate} orders/s for ${stepSec} s`);
+      const report = await runLoad({ orderUrl: urls.order, fixture, rate, durationSec: stepSec, progress: (l) => process.stderr.write(`\r  ${l}   `) });
+      process.stderr.write('\n');
+      const backlogEnd = await backlog();
+      const sustainable = report.achievedRate >= rate * 0.97 && report.placement.p99 < 50 && backlogEnd <= Math.max(50, rate * 0.5) && Object.keys(report.errors).length === 0;
+      steps.push({ rate, achievedRate: report.achievedRate, placement: report.placement, backlogEnd, sustainable });
+      log(`  achieved ${report.achievedRate.toFixed(0)}/s placement p99 ${report.placement.p99} ms backlog ${backlogEnd} → ${sustainable ? 'sustainable' : 'NOT sustainable'}`);
+      if (!sustainable) break;
+      // Let the backlog drain before the next step.
+      const drainBy = Date.now() + 60_000;
+      while ((await backlog()) > 0 && Date.now() < drainBy) await new Promise((r) => setTimeout(r, 500));
+    }
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 3000));
+    if (child.exitCode === null) child.kill('SIGKILL');
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
+  return steps;
+}
