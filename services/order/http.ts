@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import { Quantity, Uuid, UserId, type OrderLine } from '@converge/contracts';
 import { ConflictError, InvalidError, NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
 import Type, { type Static } from 'typebox';
-import { executeOrderCommand, getOrder, listOrders, priceLines, type OrderView } from './store.ts';
+import { executeOrderCommand, getOrder, listOrders, priceLines, viewOf, type OrderView } from './store.ts';
 
 export const PlaceOrder = Type.Object(
   {
@@ -103,9 +103,9 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
       const { items, currency } = await priceOrder(db, body);
       const orderId = crypto.randomUUID();
       const view = await db.transaction(async (tx) => {
-        await executeOrderCommand(tx, orderId, { type: 'PlaceOrder', orderId, userId: body.userId, items, currency, now: at }, { source: 'order', now: at });
-        const created = await getOrder(tx, orderId);
-        if (created === undefined) throw new Error(`order ${orderId} vanished inside its own transaction`);
+        const { order } = await executeOrderCommand(tx, orderId, { type: 'PlaceOrder', orderId, userId: body.userId, items, currency, now: at }, { source: 'order', now: at });
+        if (order.status === 'NONE') throw new Error(`order ${orderId} was not created`);
+        const created = viewOf(order, at);
         await tx.query(
           `UPDATE idempotency_keys SET state = 'done', order_id = $3, response_status = 201, response_body = $4::jsonb WHERE user_id = $1 AND key = $2`,
           [body.userId, key, orderId, JSON.stringify(created)],

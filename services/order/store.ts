@@ -19,7 +19,8 @@ export async function loadOrder(tx: Sql, orderId: string, lock: boolean): Promis
 export async function executeOrderCommand(
   tx: Sql, orderId: string, command: OrderCommand, context: AppendContext,
 ): Promise<{ order: Order; events: OrderEvent[] }> {
-  const state = await loadOrder(tx, orderId, true);
+  // A new order's id was just drawn at random: there is no stream to load or lock.
+  const state = command.type === 'PlaceOrder' ? initialOrder : await loadOrder(tx, orderId, true);
   const events = decide(command, state);
   if (events.length === 0) return { order: state, events };
   await appendToOutbox(tx, context, events.map((e) => ({ ...e, subject: orderId })), state.version);
@@ -83,4 +84,13 @@ export async function upsertCatalogue(tx: Sql, product: { productId: string; nam
      ON CONFLICT (product_id) DO UPDATE SET name = $2, price = $3, currency = $4`,
     [product.productId, product.name, product.price, product.currency],
   );
+}
+
+/** The API's view of an order, from its folded state. */
+export function viewOf(order: Exclude<Order, { status: 'NONE' }>, updatedAt: Date): OrderView {
+  return {
+    orderId: order.orderId, userId: order.userId, status: order.status, items: order.items, totalAmount: order.totalAmount,
+    currency: order.currency, ...('reason' in order ? { reason: order.reason } : {}), version: order.version,
+    createdAt: order.createdAt, updatedAt: updatedAt.toISOString(),
+  };
 }

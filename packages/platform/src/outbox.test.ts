@@ -129,7 +129,7 @@ describe.each(backends)('outbox on $name', (backend) => {
 
       const stale = db.transaction((tx) => appendToOutbox(tx, context, [stockAdjusted(subject)], 1));
       await expect(stale).rejects.toBeInstanceOf(ConflictError);
-      await expect(stale).rejects.toThrow(`stream ${subject} is at version 2, expected 1`);
+      await expect(stale).rejects.toThrow(`stream ${subject} is no longer at version 1`);
       const [appended] = await db.transaction((tx) => appendToOutbox(tx, context, [stockAdjusted(subject)], 2));
 
       expect(appended?.sequence).toBe(3);

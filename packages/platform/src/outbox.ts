@@ -54,13 +54,9 @@ export async function appendToOutbox(
   const envelopes: Envelope[] = [];
   for (const event of events) {
     let version = versions.get(event.subject);
-    if (version === undefined) {
-      const current = await streamVersion(tx, event.subject);
-      if (expectedVersion !== undefined && current !== expectedVersion) {
-        throw new ConflictError(`stream ${event.subject} is at version ${current}, expected ${expectedVersion}`);
-      }
-      version = current;
-    }
+    // With an expected version there is nothing to read: if another writer got there
+    // first, the (subject, sequence) key refuses this append below.
+    version ??= expectedVersion ?? (await streamVersion(tx, event.subject));
     version += 1;
     versions.set(event.subject, version);
     const id = crypto.randomUUID();
@@ -92,7 +88,10 @@ export async function appendToOutbox(
     );
   } catch (error) {
     if ((error as { code?: string }).code === '23505') {
-      throw new ConflictError(`a concurrent writer appended to ${envelopes[0]?.subject ?? 'the stream'} first`);
+      const subject = envelopes[0]?.subject ?? 'the stream';
+      throw new ConflictError(expectedVersion === undefined
+        ? `a concurrent writer appended to ${subject} first`
+        : `stream ${subject} is no longer at version ${expectedVersion}`);
     }
     throw error;
   }
