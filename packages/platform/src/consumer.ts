@@ -82,12 +82,11 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       // reservation of the same order) must not interleave, in this process or another.
       await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${name}:${message.subject}`]);
       const key = [name, message.source, message.subject];
-      await tx.query(
-        'INSERT INTO consumer_positions (consumer, source, subject, last_sequence) VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING',
-        key,
-      );
+      // Creates the position on first sight and locks it either way, in one statement.
       const [position] = await tx.query<{ last_sequence: number }>(
-        'SELECT last_sequence FROM consumer_positions WHERE consumer = $1 AND source = $2 AND subject = $3 FOR UPDATE',
+        `INSERT INTO consumer_positions (consumer, source, subject, last_sequence) VALUES ($1, $2, $3, 0)
+         ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = consumer_positions.last_sequence
+         RETURNING last_sequence`,
         key,
       );
       const last = position?.last_sequence ?? 0;
