@@ -86,7 +86,7 @@ async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: n
   const { acknowledged, ...rest } = result;
   const ok = sustainable(result, backlogs, rate);
   log(`  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : 'NOT sustainable'}`);
-  return { scenario, ...rest, placed: acknowledged.length, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0, resources };
+  return { scenario, ...rest, placed: acknowledged.length, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0, backlogSeries: backlogs, resources };
 }
 
 async function reads(cluster: Cluster, fixture: Fixture, orderIds: string[], rate: number, seconds: number): Promise<{ rate: number; order: Summary; product: Summary; errors: number }> {

@@ -8,6 +8,8 @@ export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   sustainable: boolean;
   backlogMax: number;
   backlogEnd: number;
+  /** Unpublished outbox rows plus messages waiting in queues, sampled each second. */
+  backlogSeries: number[];
   resources: Record<string, { cpuPercent: number; peakRssMb: number }>;
 };
 
