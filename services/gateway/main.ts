@@ -1,0 +1,48 @@
+// The gateway process: config → the app over the services' base URLs → listen. The
+// embedded mode (scripts/start.ts) calls startGateway with the ports it opened; run
+// alone (`tsx services/gateway/main.ts`) it reads where the services are from the
+// environment.
+import { pathToFileURL } from 'node:url';
+import { createLogger, loadConfig, setting, type HttpApp, type Logger } from '@converge/platform';
+import { createGateway, type Upstreams } from './http.ts';
+
+export type RunningGateway = { app: HttpApp; url: string; stop(): Promise<void> };
+
+export async function startGateway(options: { log: Logger; upstreams: Upstreams; port: number; host?: string }): Promise<RunningGateway> {
+  const app = await createGateway({ log: options.log, upstreams: options.upstreams });
+  const url = await app.listen({ port: options.port, host: options.host ?? '127.0.0.1' });
+  return { app, url, stop: () => app.close() };
+}
+
+export const gatewayConfig = {
+  HOST: setting.string('127.0.0.1'),
+  GATEWAY_PORT: setting.int(3000, 0, 65_535),
+  ORDER_URL: setting.string('http://127.0.0.1:3001'),
+  INVENTORY_URL: setting.string('http://127.0.0.1:3002'),
+  PAYMENT_URL: setting.string('http://127.0.0.1:3003'),
+  LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
+};
+
+async function main(): Promise<void> {
+  const config = loadConfig(gatewayConfig);
+  const log = createLogger('gateway', config.LOG_LEVEL);
+  const gateway = await startGateway({
+    log,
+    host: config.HOST,
+    port: config.GATEWAY_PORT,
+    upstreams: { order: config.ORDER_URL, inventory: config.INVENTORY_URL, payment: config.PAYMENT_URL },
+  });
+  log.info('gateway listening', { url: gateway.url });
+  const stop = () => {
+    gateway.stop().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((error: unknown) => {
+    console.error(error instanceof Error ? error.message : error);
+    process.exit(1);
+  });
+}
