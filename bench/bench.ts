@@ -16,7 +16,7 @@ import { renderMarkdown, renderSvg, type BenchResult, type StepResult } from './
 
 const { values } = parseArgs({
   options: {
-    rates: { type: 'string', default: '100,200,300,500,700,1000,1400' },
+    rates: { type: 'string', default: '25,50,100,200,300,500,700,1000,1400' },
     step: { type: 'string', default: '20' },
     scenario: { type: 'string', default: '30' },
     out: { type: 'string', default: 'bench/results' },
