@@ -5,14 +5,27 @@
 //   tsx scripts/service.ts order|inventory|payment
 import { pathToFileURL } from 'node:url';
 import { eventTypesOf } from '@converge/contracts';
-import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, setting, startService, type ServiceDefinition } from '@converge/platform';
+import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
+import { parseBusFaults, withFaults, type BusFaults } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import { inventoryService } from '../services/inventory/main.ts';
 import { orderService } from '../services/order/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
 
-export const clusterConfig = (service: ServiceName) => ({
+const busFaultsSetting = (testing: boolean): Spec<BusFaults | undefined> => ({
+  parse: (raw, key) => {
+    if (raw === undefined || raw === '') return undefined;
+    if (!testing) throw new Error(`${key} is a test-only fault switch and is refused unless NODE_ENV=test`);
+    try {
+      return parseBusFaults(raw);
+    } catch (error) {
+      throw new Error(`${key}: ${(error as Error).message}`, { cause: error });
+    }
+  },
+});
+
+export const clusterConfig = (service: ServiceName, testing = false) => ({
   /** The PostgreSQL server; each service's database is created on it if missing. */
   PG_URL: setting.string('postgres://postgres@127.0.0.1:5432/postgres'),
   /** Overrides the database for this service entirely (e.g. ORDER_DATABASE_URL). */
@@ -27,20 +40,29 @@ export const clusterConfig = (service: ServiceName) => ({
   RELAY: setting.bool(true),
   PAYMENT_ALLOW_FAULTS: setting.bool(false),
   LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
+  /**
+   * Test-only fault switch (the chaos suite): `duplicate=0.1,delay=0.1,max-delay-ms=3000`
+   * duplicates and delays that fraction of deliveries. Refused at start-up unless
+   * NODE_ENV=test, so a production config cannot turn it on, even by mistake.
+   */
+  BUS_FAULTS: busFaultsSetting(testing),
 });
 
 export async function runService(service: ServiceName, env: Record<string, string | undefined> = process.env): Promise<() => Promise<void>> {
   const prefixed = (key: string) => env[`${service.toUpperCase()}_${key}`] ?? env[key];
-  const config = loadConfig(clusterConfig(service), new Proxy({}, { get: (_target, key: string) => prefixed(key) }));
+  const config = loadConfig(clusterConfig(service, env.NODE_ENV === 'test'), new Proxy({}, { get: (_target, key: string) => prefixed(key) }));
   const log = createLogger(service, config.LOG_LEVEL);
   const databaseFor = async (name: string) => config.DATABASE_URL !== undefined && name === service
     ? config.DATABASE_URL
     : ensureDatabase(config.PG_URL, `${config.DATABASE_PREFIX}${name}`);
   const db = await openPostgres(service, await databaseFor(service), { max: config.DB_POOL_SIZE, log: (m, f) => log.warn(m, f) });
-  const bus = await createRabbitBus({
+  const rabbit = await createRabbitBus({
     url: config.AMQP_URL, exchange: config.AMQP_EXCHANGE, queuePrefix: config.AMQP_QUEUE_PREFIX,
     log: (level, message, fields) => log[level](message, fields),
   });
+  const faulty = config.BUS_FAULTS === undefined ? undefined : withFaults(rabbit, config.BUS_FAULTS);
+  if (faulty !== undefined) log.warn('test-only bus faults are ON', { ...config.BUS_FAULTS });
+  const bus = faulty ?? rabbit;
   let definition: ServiceDefinition;
   const closeLater: (() => Promise<void>)[] = [];
   if (service === 'payment') {
@@ -51,7 +73,7 @@ export async function runService(service: ServiceName, env: Record<string, strin
     definition = service === 'order' ? orderService : inventoryService;
   }
   await bus.declare(service, definition.sources.flatMap((source) => eventTypesOf(source)));
-  const running = await startService(definition, { db, bus, log, relay: config.RELAY });
+  const running = await startService(definition, { db, bus, log, relay: config.RELAY, ...(faulty === undefined ? {} : { faults: faulty.faultStats }) });
   const url = await running.listen(config.PORT, config.HOST);
   log.info('service ready', { url, relay: config.RELAY });
   return async () => {

@@ -8,6 +8,7 @@ import {
   createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
   type Bus, type BusFaults, type Db, type Logger, type RunningService, type ServiceDeps,
 } from '@converge/platform';
+import type { FaultStats } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import { inventoryService } from '../services/inventory/main.ts';
 import { orderService } from '../services/order/main.ts';
@@ -54,7 +55,7 @@ export async function openDatabase(storage: Storage, name: string, log: Logger):
   return openPostgres(name, url, { log: (message, fields) => log.warn(message, fields) });
 }
 
-export async function openBus(choice: BusChoice, storage: Storage, log: Logger): Promise<{ bus: Bus; busDb?: Db }> {
+export async function openBus(choice: BusChoice, storage: Storage, log: Logger): Promise<{ bus: Bus; busDb?: Db; faults?: FaultStats }> {
   if (choice.kind === 'rabbitmq') {
     const bus = await createRabbitBus({
       url: choice.url,
@@ -65,7 +66,9 @@ export async function openBus(choice: BusChoice, storage: Storage, log: Logger):
     return { bus };
   }
   const busDb = await openPglite('bus', storage.kind === 'pglite' && storage.dataDir !== undefined ? path.join(storage.dataDir, 'bus') : undefined);
-  return { bus: await createLocalBus(busDb, choice.faults === undefined ? {} : { faults: choice.faults }), busDb };
+  if (choice.faults === undefined) return { bus: await createLocalBus(busDb), busDb };
+  const bus = await createLocalBus(busDb, { faults: choice.faults });
+  return { bus, busDb, faults: bus.faultStats };
 }
 
 export async function startSystem(options: SystemOptions): Promise<System> {
@@ -76,7 +79,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     payment: await openDatabase(options.storage, 'payment', log),
     provider: await openDatabase(options.storage, 'provider', log),
   };
-  const { bus, busDb } = await openBus(options.bus, options.storage, log);
+  const { bus, busDb, faults } = await openBus(options.bus, options.storage, log);
   const provider = await openSimulatedProvider(dbs.provider);
   const definitions = {
     order: orderService,
@@ -88,6 +91,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
       db: dbs[name], bus, log,
       relay: relay ?? !(options.withoutRelay ?? []).includes(name),
       ...(options.consumer === undefined ? {} : { consumer: options.consumer }),
+      ...(faults === undefined ? {} : { faults }),
     });
   // Queues are declared before any relay runs, so no early event is routed nowhere.
   for (const name of serviceNames) await bus.declare(name, definitions[name].sources.flatMap((source) => eventTypesOf(source)));

@@ -96,6 +96,27 @@ describe.each(backends)('consumer on $name', (backend) => {
       return started;
     }
 
+    it('given its database out of reach for longer than the retries, when a message arrives, then it waits for the database instead of parking the message, and takes effect once', async () => {
+      const db = await backend.open();
+      let reachable = false;
+      const refused = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }));
+      const away: Db = {
+        ...db,
+        query: <R extends object>(text: string, params?: readonly unknown[]) => (reachable ? db.query<R>(text, params) : refused()),
+        transaction: (fn) => (reachable ? db.transaction(fn) : refused()),
+      };
+      const c = await consumer(away, recordingHandler());
+      const m = stockAdjusted(crypto.randomUUID(), 1);
+
+      const outcome = c.process(m);
+      await eventually(() => Promise.resolve(c.stats.retries >= 6 ? true : undefined), 5_000, 'twice as many retries as attempts');
+      reachable = true;
+
+      expect(await outcome).toBe('applied');
+      expect(await effects(db)).toEqual(tag(m.subject, 1));
+      expect(await deadLetters(db)).toHaveLength(0);
+    });
+
     it('given a message already applied, when it is delivered again, then it is a duplicate and takes effect once', async () => {
       const db = await backend.open();
       const c = await consumer(db, recordingHandler());

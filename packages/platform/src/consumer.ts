@@ -5,7 +5,9 @@
 //   → ack only after commit.
 // Transient failures retry with exponential backoff and jitter while the message stays
 // unacked; after `maxAttempts`, or at once for a PermanentError, the message is parked
-// in dead_letters with its reason and acked, so it never blocks other subjects.
+// in dead_letters with its reason and acked, so it never blocks other subjects. A
+// failure while the consumer's own database is out of reach (a restart) is not the
+// message's fault: it retries without counting attempts, so nothing is parked for it.
 // Messages about one subject (from any source) are handled one at a time, in arrival
 // order; different subjects run concurrently up to the bus prefetch.
 import { checkEnvelope, eventTypesOf, type DomainEvent, type Envelope } from '@converge/contracts';
@@ -132,13 +134,25 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     log.warn('message dead-lettered', { consumer: name, messageId: id, reason, error });
   }
 
+  const databaseDown = () => db.query('SELECT 1').then(() => false, () => true);
+
   // Applies with retries; parks the message when it can never succeed or retries run out.
   async function applyWithRetry(message: Message, fromHold: boolean): Promise<Outcome> {
-    for (let attempt = 1; ; attempt++) {
+    let attempt = 0;
+    let outage = 0;
+    for (;;) {
       try {
         return await apply(message, fromHold);
       } catch (error) {
         const permanent = error instanceof PermanentError;
+        if (!permanent && !stopped && (await databaseDown())) {
+          outage += 1;
+          stats.retries += 1;
+          if (outage === 1 || outage % 20 === 0) log.warn('database unreachable; retrying', { consumer: name, messageId: message.id, error: (error as Error).message });
+          await sleep(backoffDelay(outage, backoff));
+          continue;
+        }
+        attempt += 1;
         if (permanent || attempt >= maxAttempts || stopped) {
           if (stopped && !permanent) throw error;
           await deadLetter(message, message.id, permanent ? error.reason : 'retries exhausted', (error as Error).message, attempt);

@@ -65,6 +65,13 @@ export async function openPostgres(name: string, url: string, options: PostgresO
   const pool = new pg.Pool({ connectionString: url, max: options.max ?? 10, types: { getTypeParser: typeParser } });
   // An idle client whose server went away must not crash the process; the pool replaces it.
   pool.on('error', (error) => options.log?.('idle database client failed', { db: name, error: error.message }));
+  // The pool listens for errors only on idle clients. A checked-out one whose server goes
+  // away between statements (a transaction waiting for the broker), or right after it
+  // changed hands (a release and the server's FATAL read in one socket chunk, before the
+  // new holder resumed), emits an 'error' nobody hears, and that kills the process. So
+  // every client always has a listener; the failing statement reports the error, and a
+  // client that failed is discarded on release.
+  pool.on('connect', (client) => client.on('error', () => undefined));
   const client = await pool.connect();
   client.release();
   const listeners = new Set<pg.Client>();

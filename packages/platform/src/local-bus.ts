@@ -6,6 +6,9 @@
 import type { Envelope } from '@converge/contracts';
 import type { Bus, Delivery, SubscribeOptions, Subscription } from './bus.ts';
 import type { Db } from './db.ts';
+import { withFaults, type BusFaults, type FaultStats } from './faulty-bus.ts';
+
+export type { BusFaults } from './faulty-bus.ts';
 
 type QueueConsumer = { onDelivery: (d: Delivery) => Promise<void>; prefetch: number; closed: boolean; unacked: Set<number> };
 
@@ -17,10 +20,8 @@ type QueueState = {
   timer: NodeJS.Timeout | undefined;
 };
 
-/** Test-only faults: duplicate or delay some deliveries (off unless asked for). */
-export type BusFaults = { duplicateRate: number; delayRate: number; maxDelayMs: number };
-
-export async function createLocalBus(db: Db, options: { faults?: BusFaults; pollMs?: number } = {}): Promise<Bus & { faultStats: { duplicated: number; delayed: number } }> {
+/** `faults` (tests only) duplicates or delays some deliveries: see faulty-bus.ts. */
+export async function createLocalBus(db: Db, options: { faults?: BusFaults; pollMs?: number } = {}): Promise<Bus & { faultStats: FaultStats }> {
   await db.exec(`
     CREATE TABLE IF NOT EXISTS bus_bindings (queue text NOT NULL, routing_key text NOT NULL, PRIMARY KEY (queue, routing_key));
     CREATE TABLE IF NOT EXISTS bus_messages (
@@ -33,8 +34,6 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
   }
   const queues = new Map<string, QueueState>();
   const pollMs = options.pollMs ?? 250;
-  const faults = options.faults;
-  const faultStats = { duplicated: 0, delayed: 0 };
   let closed = false;
   const isClosed = () => closed;
 
@@ -129,24 +128,11 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
       nack: (delayMs = 0) =>
         settle(() => db.query('UPDATE bus_messages SET available_at = $2 WHERE id = $1', [row.id, Date.now() + delayMs])),
     };
-    const handOut = () =>
-      onDelivery(delivery).catch(() => delivery.nack(100));
-    if (faults !== undefined && Math.random() < faults.duplicateRate) {
-      faultStats.duplicated += 1;
-      const copy: Delivery = { ...delivery, redelivered: true, ack: () => Promise.resolve(), nack: () => Promise.resolve() };
-      void onDelivery(copy).catch(() => undefined);
-    }
-    if (faults !== undefined && Math.random() < faults.delayRate) {
-      faultStats.delayed += 1;
-      setTimeout(() => void handOut(), Math.random() * faults.maxDelayMs);
-    } else {
-      void handOut();
-    }
+    void onDelivery(delivery).catch(() => delivery.nack(100));
   }
 
-  return {
+  const bus: Bus = {
     kind: 'local',
-    faultStats,
     publish: async (messages: readonly Envelope[]) => {
       if (closed) throw new Error('bus is closed');
       const rows: { queue: string; key: string; id: string; body: string }[] = [];
@@ -194,4 +180,5 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
       await Promise.resolve();
     },
   };
+  return options.faults === undefined ? { ...bus, faultStats: { duplicated: 0, delayed: 0 } } : withFaults(bus, options.faults);
 }

@@ -5,6 +5,7 @@ import type { Bus } from './bus.ts';
 import { startConsumer, type Consumer, type Handler } from './consumer.ts';
 import type { Db } from './db.ts';
 import { registerDeadLetterRoutes } from './dead-letters.ts';
+import type { FaultStats } from './faulty-bus.ts';
 import { createHttpApp, type HttpApp } from './http.ts';
 import type { Logger } from './log.ts';
 import { migrate, platformMigrations } from './migrate.ts';
@@ -20,6 +21,8 @@ export type ServiceDeps = {
   /** false to run without publishing (a crash window between commit and publish, in tests). */
   relay?: boolean;
   consumer?: { maxAttempts?: number; backoff?: Backoff; prefetch?: number };
+  /** Counters of the test-only bus fault switch, shown on /status when it is on. */
+  faults?: FaultStats;
 };
 
 export type ServiceDefinition<Extra = void> = {
@@ -70,7 +73,7 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
   });
   registerDeadLetterRoutes(app, db, consumer);
   const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
-  registerStatusRoutes(app, definition.name, db, consumer);
+  registerStatusRoutes(app, definition.name, db, consumer, deps.faults);
   await app.ready();
   let stopped = false;
   return {

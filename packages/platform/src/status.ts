@@ -1,9 +1,11 @@
 // What a service can say about its own consistency: outbox backlog and age, what its
 // consumer did with the messages it received, early messages held, dead letters.
-// As JSON for the dashboard (/status) and as Prometheus text (/metrics).
+// As JSON for the dashboard (/status) and as Prometheus text (/metrics). Under the
+// test-only bus fault switch, also how many deliveries it duplicated and delayed.
 import Type, { type Static } from 'typebox';
 import type { Consumer } from './consumer.ts';
 import type { Db } from './db.ts';
+import type { FaultStats } from './faulty-bus.ts';
 import type { HttpApp } from './http.ts';
 import { outboxStatus } from './relay.ts';
 
@@ -13,9 +15,13 @@ export const StatusSchema = Type.Object({
   consumer: Type.Record(Type.String(), Type.Integer()),
   held: Type.Integer(),
   deadLetters: Type.Integer(),
+  busFaults: Type.Optional(Type.Object(
+    { duplicated: Type.Integer(), delayed: Type.Integer() },
+    { description: 'Deliveries the test-only bus fault switch (BUS_FAULTS) duplicated and delayed; absent when it is off.' },
+  )),
 });
 
-export async function serviceStatus(service: string, db: Db, consumer: Consumer): Promise<Static<typeof StatusSchema>> {
+export async function serviceStatus(service: string, db: Db, consumer: Consumer, faults?: FaultStats): Promise<Static<typeof StatusSchema>> {
   const [counts] = await db.query<{ held: number; dead: number }>(
     `SELECT (SELECT count(*) FROM held_messages)::int AS held,
             (SELECT count(*) FROM dead_letters WHERE status = 'parked')::int AS dead`,
@@ -26,6 +32,7 @@ export async function serviceStatus(service: string, db: Db, consumer: Consumer)
     consumer: { ...consumer.stats },
     held: counts?.held ?? 0,
     deadLetters: counts?.dead ?? 0,
+    ...(faults === undefined ? {} : { busFaults: { ...faults } }),
   };
 }
 
@@ -34,11 +41,12 @@ export function registerStatusRoutes(
   service: string,
   db: Db,
   consumer: Consumer,
+  faults?: FaultStats,
 ): void {
   app.get('/status', { schema: { tags: ['operations'], summary: 'Outbox, consumer and dead-letter figures', response: { 200: StatusSchema } } }, () =>
-    serviceStatus(service, db, consumer));
+    serviceStatus(service, db, consumer, faults));
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
-    const s = await serviceStatus(service, db, consumer);
+    const s = await serviceStatus(service, db, consumer, faults);
     const label = `service="${service}"`;
     const lines = [
       '# HELP converge_outbox_backlog Events committed and not yet published.',
@@ -56,6 +64,11 @@ export function registerStatusRoutes(
       '# HELP converge_dead_letters Messages parked for an operator.',
       '# TYPE converge_dead_letters gauge',
       `converge_dead_letters{${label}} ${s.deadLetters}`,
+      ...(s.busFaults === undefined ? [] : [
+        '# HELP converge_bus_faults_total Deliveries the test-only fault switch duplicated or delayed.',
+        '# TYPE converge_bus_faults_total counter',
+        ...Object.entries(s.busFaults).map(([fault, n]) => `converge_bus_faults_total{${label},fault="${fault}"} ${n}`),
+      ]),
     ];
     return reply.type('text/plain; version=0.0.4').send(lines.join('\n') + '\n');
   });
