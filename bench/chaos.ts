@@ -25,6 +25,8 @@ import { prepareFixture, pricedIn, runLoad, type LoadReport } from './load.ts';
 const exec = promisify(execFile);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const minimumOrders = 500;
+/** The cluster of the scenario running now, for a clean-up on Ctrl-C. */
+let current: Cluster | undefined;
 
 export type Result = {
   scenario: string;
@@ -52,6 +54,7 @@ async function runScenario(name: ScenarioName, options: Options): Promise<Result
   try {
     const live = await startCluster({ ...(scenario.env === undefined ? {} : { env: scenario.env }), log: (line) => options.log(`${name} ${line}`) });
     cluster = live;
+    current = live;
     const { dbs } = live;
     const fixture = await prepareFixture({ inventoryUrl: live.urls.inventory, paymentUrl: live.urls.payment, catalogue: 'spread', waitUntilPriced: pricedIn(dbs.order) });
     lap('setupSec', began);
@@ -98,6 +101,7 @@ async function runScenario(name: ScenarioName, options: Options): Promise<Result
     const keepData = options.keep && !checks.every((c) => c.pass);
     if (keepData && cluster !== undefined) console.log(`  keeping the databases ${cluster.name}_* and queues ${cluster.name}.* for inspection`);
     await cluster?.stop({ keepData }).catch((error: unknown) => checks.push(check('cleaned up', false, String(error))));
+    current = undefined;
     lap('totalSec', began);
   }
   result.pass = checks.length > 0 && checks.every((c) => c.pass);
@@ -169,20 +173,25 @@ async function main(): Promise<number> {
   const logStream = fs.createWriteStream(logFile);
   console.log(`chaos: ${chosen.join(', ')} at ${rate}/s; the services' stderr goes to ${logFile}`);
   const onSignal = () => {
-    console.error('\ninterrupted: starting RabbitMQ and PostgreSQL again if this run stopped them');
-    void restoreServers().finally(() => process.exit(130));
+    console.error('\ninterrupted: starting RabbitMQ and PostgreSQL again if this run stopped them, and removing the cluster');
+    const timeout = new Promise((resolve) => setTimeout(resolve, 30_000));
+    void restoreServers()
+      .then(() => Promise.race([current?.stop().catch(() => undefined), timeout]))
+      .finally(() => process.exit(130));
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
+  // Written after every scenario, so an interrupted run keeps what it found.
+  const file = path.join(root, 'bench', 'results', `chaos-${stamp}.json`);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const about = { startedAt: started.toISOString(), target, rate, versions: await versions() };
   const results: Result[] = [];
   for (const name of chosen) {
     results.push(await runScenario(name, { rate, ...(seconds === undefined ? {} : { seconds }), quietTimeoutMs, short: smoke, keep: values.keep, log: (line) => logStream.write(`${line}\n`) }));
+    fs.writeFileSync(file, `${JSON.stringify({ ...about, results }, null, 2)}\n`);
   }
   logStream.end();
-  const file = path.join(root, 'bench', 'results', `chaos-${stamp}.json`);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, `${JSON.stringify({ startedAt: started.toISOString(), target, rate, versions: await versions(), results }, null, 2)}\n`);
   console.log(`\n${results.map((r) => `${r.pass ? 'PASS' : 'FAIL'} ${r.scenario} (${r.orders} orders, ${r.durations.totalSec ?? '?'} s)`).join('\n')}`);
   console.log(`results: ${path.relative(root, file)}`);
   return results.every((r) => r.pass) ? 0 : 1;
