@@ -68,16 +68,17 @@ export async function adjustStock(
 }
 
 export async function applyMoves(tx: Sql, moves: readonly Move[], now: Date): Promise<void> {
-  for (const move of moves) {
-    const updated = await tx.query(
-      `UPDATE products SET stock_quantity = stock_quantity + $2, reserved = reserved + $3, sold = sold + $4, updated_at = $5
-        WHERE product_id = $1 AND stock_quantity + $2 >= 0 AND reserved + $3 >= 0 RETURNING 1`,
-      [move.productId, move.available, move.reserved, move.sold, now],
-    );
-    // The rules checked this under the same row locks; reaching here means a bug, and
-    // failing the transaction keeps the stock consistent.
-    if (updated.length !== 1) throw new Error(`stock move on ${move.productId} would break conservation`);
-  }
+  if (moves.length === 0) return;
+  const updated = await tx.query<{ product_id: string }>(
+    `UPDATE products p SET stock_quantity = p.stock_quantity + m.available, reserved = p.reserved + m.reserved, sold = p.sold + m.sold, updated_at = $2
+       FROM jsonb_to_recordset($1::jsonb) AS m("productId" uuid, available int, reserved int, sold int)
+      WHERE p.product_id = m."productId" AND p.stock_quantity + m.available >= 0 AND p.reserved + m.reserved >= 0
+     RETURNING p.product_id`,
+    [JSON.stringify(moves), now],
+  );
+  // The rules checked this under the same row locks; reaching here means a bug, and
+  // failing the transaction keeps the stock consistent.
+  if (updated.length !== moves.length) throw new Error(`stock moves on ${moves.map((m) => m.productId).join(', ')} would break conservation`);
 }
 
 type ReservationRow = { order_id: string; status: Reservation['status']; items: StockLine[]; reason: string | null };

@@ -3,7 +3,7 @@
 //   ProductAdded      → its price enters the local catalogue used to price new orders
 // A reply about an order that is no longer PENDING (cancelled meanwhile) decides
 // nothing: payment refunds on its own when it sees the cancellation.
-import { PermanentError, type Handler } from '@converge/platform';
+import { NotFoundError, PermanentError, type Handler } from '@converge/platform';
 import type { OrderCommand } from './order.ts';
 import { executeOrderCommand, upsertCatalogue } from './store.ts';
 
@@ -31,10 +31,13 @@ export const handleOrderMessage: Handler = async (tx, message, { now }) => {
     default:
       return;
   }
-  const [known] = await tx.query('SELECT 1 FROM orders WHERE order_id = $1', [orderId]);
-  if (known === undefined) throw new PermanentError(`${message.type} for unknown order ${orderId}`, 'unknown order');
-  await executeOrderCommand(tx, orderId, command, {
-    source: 'order', now, correlationId: message.correlationid, causationId: message.id,
-    ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
-  });
+  try {
+    await executeOrderCommand(tx, orderId, command, {
+      source: 'order', now, correlationId: message.correlationid, causationId: message.id,
+      ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
+    });
+  } catch (error) {
+    if (error instanceof NotFoundError) throw new PermanentError(`${message.type} for unknown order ${orderId}`, 'unknown order');
+    throw error;
+  }
 };

@@ -3,13 +3,16 @@
 // transaction that updates the folded row in `orders`. The row lock taken first
 // serialises writers of one order; the (subject, sequence) key catches anything else.
 import type { Envelope } from '@converge/contracts';
-import { appendToOutbox, type AppendContext, type Sql } from '@converge/platform';
+import { appendToOutbox, NotFoundError, type AppendContext, type Sql } from '@converge/platform';
 import { decide, evolve, initialOrder, type Order, type OrderCommand, type OrderEvent } from './order.ts';
 
 export async function loadOrder(tx: Sql, orderId: string, lock: boolean): Promise<Order> {
-  if (lock) await tx.query('SELECT 1 FROM orders WHERE order_id = $1 FOR UPDATE', [orderId]);
+  // Locking the folded row and reading the stream is one statement; no row, no stream.
   const rows = await tx.query<{ envelope: Envelope<OrderEvent['type'], OrderEvent['data']> }>(
-    'SELECT envelope FROM outbox WHERE subject = $1 ORDER BY sequence',
+    lock
+      ? `SELECT e.envelope FROM orders o JOIN outbox e ON e.subject = o.order_id::text
+          WHERE o.order_id = $1 ORDER BY e.sequence FOR UPDATE OF o`
+      : 'SELECT envelope FROM outbox WHERE subject = $1 ORDER BY sequence',
     [orderId],
   );
   return rows.reduce<Order>((state, { envelope }) => evolve(state, { type: envelope.type, data: envelope.data } as OrderEvent), initialOrder);
@@ -21,6 +24,7 @@ export async function executeOrderCommand(
 ): Promise<{ order: Order; events: OrderEvent[] }> {
   // A new order's id was just drawn at random: there is no stream to load or lock.
   const state = command.type === 'PlaceOrder' ? initialOrder : await loadOrder(tx, orderId, true);
+  if (command.type !== 'PlaceOrder' && state.status === 'NONE') throw new NotFoundError(`no order ${orderId}`);
   const events = decide(command, state);
   if (events.length === 0) return { order: state, events };
   await appendToOutbox(tx, context, events.map((e) => ({ ...e, subject: orderId })), state.version);

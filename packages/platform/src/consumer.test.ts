@@ -117,6 +117,44 @@ describe.each(backends)('consumer on $name', (backend) => {
       expect(await deadLetters(db)).toHaveLength(0);
     });
 
+    it('given 120 messages about 40 subjects arriving at once, when they are handled, then they share transactions and each subject takes effect in order', async () => {
+      const db = await backend.open();
+      const c = await consumer(db, recordingHandler());
+      const subjects = Array.from({ length: 40 }, () => crypto.randomUUID());
+      const messages = [1, 2, 3].flatMap((sequence) => subjects.map((subject) => stockAdjusted(subject, sequence)));
+
+      const outcomes = await Promise.all(messages.map((m) => c.process(m)));
+
+      expect(new Set(outcomes)).toEqual(new Set(['applied']));
+      expect(c.stats.batches).toBeLessThan(60);
+      expect(c.stats.fallbacks).toBe(0);
+      const applied = await effects(db);
+      expect(applied).toHaveLength(120);
+      for (const subject of subjects) expect(applied.filter((e) => e.startsWith(subject))).toEqual(tag(subject, 1, 2, 3));
+      const positions = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM consumer_positions WHERE last_sequence = 3');
+      expect(positions).toEqual([{ n: 40 }]);
+    });
+
+    it('given a batch holding a duplicate, an early message and one that can never succeed, when it is handled, then only the bad one is parked and every other takes its single-message outcome', async () => {
+      const db = await backend.open();
+      const bad = crypto.randomUUID();
+      const c = await consumer(db, recordingHandler((m) => {
+        if (m.subject === bad) throw new PermanentError('a rule refuses this message', 'refused');
+      }));
+      const seen = stockAdjusted(crypto.randomUUID(), 1);
+      await c.process(seen);
+      const fine = Array.from({ length: 10 }, () => stockAdjusted(crypto.randomUUID(), 1));
+      const early = stockAdjusted(crypto.randomUUID(), 2);
+
+      const outcomes = await Promise.all([structuredClone(seen), ...fine, early, stockAdjusted(bad, 1)].map((m) => c.process(m)));
+
+      expect(outcomes).toEqual(['duplicate', ...fine.map(() => 'applied'), 'held', 'dead-lettered']);
+      expect(c.stats.fallbacks).toBeGreaterThan(0);
+      expect((await effects(db)).sort()).toEqual([seen, ...fine].map((m) => `${m.subject}:1`).sort());
+      expect((await deadLetters(db)).map((d) => d.reason)).toEqual(['refused']);
+      expect(await db.query('SELECT sequence FROM held_messages')).toEqual([{ sequence: 2 }]);
+    });
+
     it('given a message already applied, when it is delivered again, then it is a duplicate and takes effect once', async () => {
       const db = await backend.open();
       const c = await consumer(db, recordingHandler());

@@ -9,12 +9,13 @@
 // failure while the consumer's own database is out of reach (a restart) is not the
 // message's fault: it retries without counting attempts, so nothing is parked for it.
 // Messages about one subject (from any source) are handled one at a time, in arrival
-// order; different subjects run concurrently up to the bus prefetch.
+// order; messages about different subjects share transactions (consumer-batch.ts).
 import { checkEnvelope, eventTypesOf, type DomainEvent, type Envelope } from '@converge/contracts';
 import type { Bus, Delivery, Subscription } from './bus.ts';
 import type { Db, Sql } from './db.ts';
 import { PermanentError } from './errors.ts';
 import type { Logger } from './log.ts';
+import { applyBatch } from './consumer-batch.ts';
 import { appendToOutbox, type Outgoing } from './outbox.ts';
 import { backoffDelay, sleep, type Backoff } from './retry.ts';
 
@@ -40,12 +41,23 @@ export type ConsumerOptions = {
   maxAttempts?: number;
   backoff?: Backoff;
   prefetch?: number;
+  /** At most this many messages share one transaction (1 turns batching off). */
+  batchSize?: number;
+  /**
+   * Batches in flight at once. One by default: handlers lock rows in their own order
+   * (the products of an order), so two batches of one process could deadlock; one
+   * batch at a time cannot, and while it runs the next one grows.
+   */
+  concurrency?: number;
   now?: () => Date;
 };
 
 export type Outcome = 'applied' | 'duplicate' | 'stale' | 'held' | 'dead-lettered';
 
-export type ConsumerStats = Record<Outcome | 'retries' | 'received', number>;
+/** What applying one message did, and whether the subject's next message is already held. */
+export type Applied = { outcome: Outcome; more: boolean };
+
+export type ConsumerStats = Record<Outcome | 'retries' | 'received' | 'batches' | 'fallbacks', number>;
 
 export type Consumer = {
   readonly name: string;
@@ -62,46 +74,54 @@ export type Consumer = {
 export async function startConsumer(options: ConsumerOptions, subscribe = true): Promise<Consumer> {
   const { name, db, bus, log, handle } = options;
   const maxAttempts = options.maxAttempts ?? 5;
+  const batchSize = options.batchSize ?? 64;
+  const concurrency = options.concurrency ?? 1;
   const backoff = options.backoff ?? { baseMs: 50, capMs: 2000 };
   const now = options.now ?? (() => new Date());
-  const stats: ConsumerStats = { received: 0, applied: 0, duplicate: 0, stale: 0, held: 0, 'dead-lettered': 0, retries: 0 };
+  const stats: ConsumerStats = { received: 0, applied: 0, duplicate: 0, stale: 0, held: 0, 'dead-lettered': 0, retries: 0, batches: 0, fallbacks: 0 };
   const lanes = new Map<string, Promise<unknown>>();
   let stopped = false;
 
   // One transaction: the effect of one message, or nothing.
-  // `replay` (an operator's dead-letter replay) may find its inbox row already written
-  // when the message was held before it failed; the position alone then decides.
-  async function apply(message: Message, fromHold: boolean, replay = false): Promise<Outcome> {
+  // Round trips are what a message costs, so the bookkeeping is one statement: the inbox
+  // row (a duplicate stops here), then a lock on the entity, so that messages about one
+  // entity from different sources (a cancellation and a reservation of the same order)
+  // never interleave, in this process or another, then the subject's position, created
+  // on first sight and row-locked either way. `pos` reads from `entity`, so the lock is
+  // always taken before the position row. A replay (an operator's dead-letter replay)
+  // may find its inbox row already written when the message was held before it failed;
+  // the position alone then decides.
+  async function apply(message: Message, fromHold: boolean, replay = false): Promise<Applied> {
     return db.transaction(async (tx) => {
-      if (!fromHold) {
-        const fresh = await tx.query(
-          'INSERT INTO inbox (consumer, message_id, type) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1',
-          [name, message.id, message.type],
-        );
-        if (fresh.length === 0 && !replay) return 'duplicate';
-      }
-      // Messages about one entity from different sources (a cancellation and a
-      // reservation of the same order) must not interleave, in this process or another.
-      await tx.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`${name}:${message.subject}`]);
       const key = [name, message.source, message.subject];
-      // Creates the position on first sight and locks it either way, in one statement.
-      const [position] = await tx.query<{ last_sequence: number }>(
-        `INSERT INTO consumer_positions (consumer, source, subject, last_sequence) VALUES ($1, $2, $3, 0)
-         ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = consumer_positions.last_sequence
-         RETURNING last_sequence`,
-        key,
+      const [claim] = await tx.query<{ fresh: boolean; last: number | null }>(
+        `WITH fresh AS (
+           INSERT INTO inbox (consumer, message_id, type) SELECT $1, $4, $5 WHERE NOT $6
+           ON CONFLICT DO NOTHING RETURNING 1
+         ), entity AS (
+           SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $3, 0)) AS locked
+            WHERE $6 OR $7 OR EXISTS (SELECT 1 FROM fresh)
+         ), pos AS (
+           INSERT INTO consumer_positions (consumer, source, subject, last_sequence)
+           SELECT $1, $2, $3, 0 FROM entity
+           ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = consumer_positions.last_sequence
+           RETURNING last_sequence
+         )
+         SELECT EXISTS (SELECT 1 FROM fresh) AS fresh, (SELECT last_sequence FROM pos) AS last`,
+        [...key, message.id, message.type, fromHold, replay],
       );
-      const last = position?.last_sequence ?? 0;
+      if (claim?.last === null || claim?.last === undefined) return { outcome: 'duplicate', more: false };
+      const last = claim.last;
       if (message.sequence <= last) {
         if (fromHold) await tx.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [...key, message.sequence]);
-        return 'stale';
+        return { outcome: 'stale', more: false };
       }
       if (message.sequence > last + 1) {
         await tx.query(
           'INSERT INTO held_messages (consumer, source, subject, sequence, envelope) VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING',
           [...key, message.sequence, JSON.stringify(message)],
         );
-        return 'held';
+        return { outcome: 'held', more: false };
       }
       const at = now();
       await handle(tx, message, {
@@ -110,14 +130,17 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
           await appendToOutbox(tx, { source: name, now: at, correlationId: message.correlationid, causationId: message.id, ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }) }, events);
         },
       });
-      await tx.query(
-        'UPDATE consumer_positions SET last_sequence = $4, updated_at = now() WHERE consumer = $1 AND source = $2 AND subject = $3',
-        [...key, message.sequence],
+      // Advances the position, clears this message from the hold if it came from there,
+      // and says whether the next one is already waiting: one statement.
+      const [advanced] = await tx.query<{ more: boolean }>(
+        `WITH unheld AS (
+           DELETE FROM held_messages WHERE $5 AND consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4
+         )
+         UPDATE consumer_positions SET last_sequence = $4, updated_at = now() WHERE consumer = $1 AND source = $2 AND subject = $3
+         RETURNING EXISTS (SELECT 1 FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4 + 1) AS more`,
+        [...key, message.sequence, fromHold],
       );
-      if (fromHold) {
-        await tx.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [...key, message.sequence]);
-      }
-      return 'applied';
+      return { outcome: 'applied', more: advanced?.more ?? false };
     });
   }
 
@@ -137,7 +160,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   const databaseDown = () => db.query('SELECT 1').then(() => false, () => true);
 
   // Applies with retries; parks the message when it can never succeed or retries run out.
-  async function applyWithRetry(message: Message, fromHold: boolean): Promise<Outcome> {
+  async function applyWithRetry(message: Message, fromHold: boolean): Promise<Applied> {
     let attempt = 0;
     let outage = 0;
     for (;;) {
@@ -159,7 +182,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
           if (fromHold) {
             await db.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [name, message.source, message.subject, message.sequence]);
           }
-          return 'dead-lettered';
+          return { outcome: 'dead-lettered', more: false };
         }
         stats.retries += 1;
         await sleep(backoffDelay(attempt, backoff));
@@ -176,14 +199,81 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         [name, source, subject],
       );
       if (next === undefined) return;
-      const outcome = await applyWithRetry(next.envelope, true);
+      const { outcome, more } = await applyWithRetry(next.envelope, true);
       count(outcome);
-      if (outcome !== 'applied') return;
+      if (!more) return;
     }
   }
 
   function count(outcome: Outcome) {
     if (outcome !== 'dead-lettered') stats[outcome] += 1;
+  }
+
+  // Deliveries wait here until a batch takes them. A batch takes, in arrival order, at
+  // most one message per subject and none whose subject is busy (in a batch, a drain of
+  // the hold or a sweep), so one subject's messages still apply one at a time, in order.
+  type Waiting = { message: Message; resolve: (outcome: Outcome) => void; reject: (error: unknown) => void };
+  const waiting: Waiting[] = [];
+  let batchesInFlight = 0;
+
+  function occupy(subjects: Iterable<string>, run: Promise<unknown>) {
+    const settled = run.catch(() => undefined);
+    for (const subject of subjects) lanes.set(subject, settled);
+    void settled.then(() => {
+      for (const subject of subjects) if (lanes.get(subject) === settled) lanes.delete(subject);
+      pump();
+    });
+  }
+
+  function pump() {
+    while (batchesInFlight < concurrency && waiting.length > 0) {
+      const batch: Waiting[] = [];
+      const subjects = new Set<string>();
+      const passed = new Set<string>();
+      for (let k = 0; k < waiting.length && batch.length < batchSize;) {
+        const item = waiting[k];
+        if (item === undefined) break;
+        const subject = item.message.subject;
+        if (lanes.has(subject) || subjects.has(subject) || passed.has(subject)) {
+          passed.add(subject);
+          k += 1;
+          continue;
+        }
+        subjects.add(subject);
+        batch.push(item);
+        waiting.splice(k, 1);
+      }
+      if (batch.length === 0) return;
+      batchesInFlight += 1;
+      stats.batches += 1;
+      const run = runBatch(batch).finally(() => {
+        batchesInFlight -= 1;
+      });
+      occupy(subjects, run);
+    }
+  }
+
+  async function runBatch(batch: Waiting[]): Promise<void> {
+    let results: Applied[] | undefined;
+    if (batch.length > 1 && !stopped) {
+      try {
+        results = await applyBatch(db, name, batch.map((item) => item.message), handle, now());
+      } catch {
+        // Rolled back whole; below, each message is applied alone, and the one at fault
+        // is retried, logged and parked on its own.
+        stats.fallbacks += 1;
+      }
+    }
+    await Promise.all(batch.map(async (item, k) => {
+      try {
+        const { outcome, more } = results?.[k] ?? (await applyWithRetry(item.message, false));
+        count(outcome);
+        if (more) await drainHeld(item.message.source, item.message.subject);
+        item.resolve(outcome);
+      } catch (error) {
+        item.reject(error);
+      }
+    }));
   }
 
   async function processBody(body: unknown, messageId?: string): Promise<Outcome> {
@@ -194,20 +284,10 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       return 'dead-lettered';
     }
     const message = checked.value;
-    const lane = message.subject;
-    const previous = lanes.get(lane) ?? Promise.resolve();
-    const run = previous.then(async () => {
-      const outcome = await applyWithRetry(message, false);
-      count(outcome);
-      if (outcome === 'applied') await drainHeld(message.source, message.subject);
-      return outcome;
+    return new Promise<Outcome>((resolve, reject) => {
+      waiting.push({ message, resolve, reject });
+      pump();
     });
-    const settled = run.catch(() => undefined);
-    lanes.set(lane, settled);
-    void settled.then(() => {
-      if (lanes.get(lane) === settled) lanes.delete(lane);
-    });
-    return run;
   }
 
   async function onDelivery(delivery: Delivery) {
@@ -237,9 +317,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       [name],
     );
     for (const { source, subject } of ready) {
-      const lane = subject;
-      const run = (lanes.get(lane) ?? Promise.resolve()).then(() => drainHeld(source, subject));
-      lanes.set(lane, run.catch(() => undefined));
+      const run = (lanes.get(subject) ?? Promise.resolve()).then(() => drainHeld(source, subject));
+      occupy([subject], run);
       await run;
     }
     return ready.length;
@@ -250,9 +329,9 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     stats,
     process: processBody,
     applyOnce: async (message) => {
-      const outcome = await apply(message, false, true);
+      const { outcome, more } = await apply(message, false, true);
       count(outcome);
-      if (outcome === 'applied') await drainHeld(message.source, message.subject);
+      if (more) await drainHeld(message.source, message.subject);
       return outcome;
     },
     sweepHeld,
@@ -260,7 +339,11 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       stopped = true;
       clearInterval(sweeper);
       await subscription?.close();
-      await Promise.allSettled([...lanes.values()]);
+      // What was handed to us is still applied (or fails, and the broker has it again).
+      while (waiting.length > 0 || lanes.size > 0) {
+        pump();
+        await Promise.allSettled([...lanes.values()]);
+      }
     },
   };
 }

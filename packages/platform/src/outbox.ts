@@ -50,17 +50,13 @@ export async function appendToOutbox(
   events: readonly Outgoing[],
   expectedVersion?: number,
 ): Promise<Envelope[]> {
-  const versions = new Map<string, number>();
-  const envelopes: Envelope[] = [];
-  for (const event of events) {
-    let version = versions.get(event.subject);
-    // With an expected version there is nothing to read: if another writer got there
-    // first, the (subject, sequence) key refuses this append below.
-    version ??= expectedVersion ?? (await streamVersion(tx, event.subject));
-    version += 1;
-    versions.set(event.subject, version);
+  // Each event's sequence is its subject's current version plus its rank among this
+  // append's events of that subject: computed by the INSERT itself, so an append is
+  // one round trip. Without an expected version two concurrent writers of a subject
+  // compute the same sequence and the (subject, sequence) key refuses the second.
+  const envelopes: Envelope[] = events.map((event) => {
     const id = crypto.randomUUID();
-    const envelope: Envelope = {
+    return {
       specversion: '1.0',
       id,
       source: context.source,
@@ -69,23 +65,28 @@ export async function appendToOutbox(
       time: context.now.toISOString(),
       datacontenttype: 'application/json',
       dataversion: catalogue[event.type].version,
-      sequence: version,
+      sequence: 0,
       correlationid: context.correlationId ?? id,
       ...(context.causationId === undefined ? {} : { causationid: context.causationId }),
       ...(context.traceparent === undefined ? {} : { traceparent: context.traceparent }),
       data: event.data,
     };
-    envelopes.push(envelope);
-  }
+  });
   if (envelopes.length === 0) return envelopes;
   try {
-    await tx.query(
+    const rows = await tx.query<{ id: string; sequence: number }>(
       `INSERT INTO outbox (id, type, subject, sequence, partition, envelope)
-       SELECT (e->>'id')::uuid, e->>'type', e->>'subject', (e->>'sequence')::int, ($2::int[])[n], e
-       FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, n)
-       ORDER BY n`,
-      [JSON.stringify(envelopes), envelopes.map((e) => partitionOf(e.subject))],
+       SELECT id, type, subject, sequence, partition, jsonb_set(e, '{sequence}', to_jsonb(sequence))
+         FROM (SELECT (e->>'id')::uuid AS id, e->>'type' AS type, e->>'subject' AS subject, ($2::int[])[n] AS partition, e, n,
+                      coalesce($3::int, (SELECT max(o.sequence) FROM outbox o WHERE o.subject = e->>'subject'), 0)
+                        + row_number() OVER (PARTITION BY e->>'subject' ORDER BY n) AS sequence
+                 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, n)) AS appended
+        ORDER BY n
+       RETURNING id, sequence`,
+      [JSON.stringify(envelopes), envelopes.map((e) => partitionOf(e.subject)), expectedVersion ?? null],
     );
+    const sequences = new Map(rows.map((row) => [row.id, row.sequence]));
+    for (const envelope of envelopes) envelope.sequence = sequences.get(envelope.id) ?? 0;
   } catch (error) {
     if ((error as { code?: string }).code === '23505') {
       const subject = envelopes[0]?.subject ?? 'the stream';

@@ -42,15 +42,13 @@ export async function outboxStatus(db: Db): Promise<OutboxStatus> {
 /** Publishes one batch; returns how many rows it published. */
 export async function relayBatch(db: Db, bus: Bus, batchSize: number): Promise<number> {
   return db.transaction(async (tx) => {
-    const partitions = await tx.query<{ partition: number }>(
-      'SELECT partition FROM outbox_partitions ORDER BY partition FOR UPDATE SKIP LOCKED',
-    );
-    if (partitions.length === 0) return 0;
+    // One statement locks the free partitions and reads their pending rows.
     const rows = await tx.query<{ position: number; envelope: Envelope }>(
-      `SELECT position, envelope FROM outbox
-        WHERE published_at IS NULL AND partition = ANY($1::smallint[])
-        ORDER BY position LIMIT $2`,
-      [partitions.map((p) => p.partition), batchSize],
+      `WITH held AS MATERIALIZED (SELECT partition FROM outbox_partitions ORDER BY partition FOR UPDATE SKIP LOCKED)
+       SELECT position, envelope FROM outbox
+        WHERE published_at IS NULL AND partition = ANY (ARRAY(SELECT partition FROM held))
+        ORDER BY position LIMIT $1`,
+      [batchSize],
     );
     if (rows.length === 0) return 0;
     await bus.publish(rows.map((row) => row.envelope));

@@ -48,6 +48,7 @@ export function registerStatusRoutes(
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
     const s = await serviceStatus(service, db, consumer, faults);
     const label = `service="${service}"`;
+    const { batches, fallbacks, ...messages } = s.consumer;
     const lines = [
       '# HELP converge_outbox_backlog Events committed and not yet published.',
       '# TYPE converge_outbox_backlog gauge',
@@ -57,7 +58,13 @@ export function registerStatusRoutes(
       `converge_outbox_oldest_age_seconds{${label}} ${s.outbox.oldestAgeSeconds}`,
       '# HELP converge_messages_total Messages received by the consumer, by outcome.',
       '# TYPE converge_messages_total counter',
-      ...Object.entries(s.consumer).map(([outcome, n]) => `converge_messages_total{${label},outcome="${outcome}"} ${n}`),
+      ...Object.entries(messages).map(([outcome, n]) => `converge_messages_total{${label},outcome="${outcome}"} ${n}`),
+      '# HELP converge_consumer_batches_total Transactions that applied several messages at once.',
+      '# TYPE converge_consumer_batches_total counter',
+      `converge_consumer_batches_total{${label}} ${batches}`,
+      '# HELP converge_consumer_batch_fallbacks_total Batches rolled back and applied message by message.',
+      '# TYPE converge_consumer_batch_fallbacks_total counter',
+      `converge_consumer_batch_fallbacks_total{${label}} ${fallbacks}`,
       '# HELP converge_held_messages Early messages waiting for their predecessor.',
       '# TYPE converge_held_messages gauge',
       `converge_held_messages{${label}} ${s.held}`,

@@ -1,0 +1,79 @@
+// Many messages, one transaction. Under load most of a message's cost is round trips
+// and commits, so the consumer applies the messages it holds together: one statement
+// records every inbox row, locks every entity and reads every position; the handlers
+// run one after another in the same transaction; one statement advances every
+// position; one commit. The rules are the single-message ones (duplicate, stale, held,
+// applied), and a batch holds at most one message per subject, so per-subject order is
+// untouched. If anything in the batch fails, the whole batch rolls back and the
+// consumer applies its messages one by one, where retries and dead letters work per
+// message: a bad message never takes the others down with it.
+import type { Db } from './db.ts';
+import type { Applied, Handler, Message } from './consumer.ts';
+import { appendToOutbox } from './outbox.ts';
+
+export async function applyBatch(db: Db, consumer: string, messages: readonly Message[], handle: Handler, at: Date): Promise<Applied[]> {
+  return db.transaction(async (tx) => {
+    const input = messages.map((m, i) => ({ i, source: m.source, subject: m.subject, id: m.id, type: m.type }));
+    // Entity locks are taken in subject order, so two batches never wait on each other
+    // in a cycle. `pos` reads from `entity`: every lock is held before any position row.
+    const claims = await tx.query<{ i: number; last: number | null }>(
+      `WITH input AS (
+         SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(i int, source text, subject text, id text, type text)
+       ), fresh AS (
+         INSERT INTO inbox (consumer, message_id, type) SELECT $1, id, type FROM input
+         ON CONFLICT DO NOTHING RETURNING message_id
+       ), entity AS MATERIALIZED (
+         SELECT source, subject, pg_advisory_xact_lock(hashtextextended($1 || ':' || subject, 0)) AS locked
+           FROM input WHERE id IN (SELECT message_id FROM fresh) ORDER BY subject
+       ), pos AS (
+         INSERT INTO consumer_positions (consumer, source, subject, last_sequence)
+         SELECT $1, source, subject, 0 FROM entity
+         ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = consumer_positions.last_sequence
+         RETURNING source, subject, last_sequence
+       )
+       SELECT input.i, pos.last_sequence AS last FROM input LEFT JOIN pos USING (source, subject)`,
+      [consumer, JSON.stringify(input)],
+    );
+    const lastOf = new Map(claims.map((c) => [c.i, c.last]));
+    const results: Applied[] = [];
+    const applied: { i: number; source: string; subject: string; sequence: number }[] = [];
+    for (const [i, message] of messages.entries()) {
+      const last = lastOf.get(i) ?? null;
+      if (last === null) {
+        results.push({ outcome: 'duplicate', more: false });
+      } else if (message.sequence <= last) {
+        results.push({ outcome: 'stale', more: false });
+      } else if (message.sequence > last + 1) {
+        await tx.query(
+          'INSERT INTO held_messages (consumer, source, subject, sequence, envelope) VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING',
+          [consumer, message.source, message.subject, message.sequence, JSON.stringify(message)],
+        );
+        results.push({ outcome: 'held', more: false });
+      } else {
+        await handle(tx, message, {
+          now: at,
+          emit: async (events) => {
+            await appendToOutbox(tx, { source: consumer, now: at, correlationId: message.correlationid, causationId: message.id, ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }) }, events);
+          },
+        });
+        results.push({ outcome: 'applied', more: false });
+        applied.push({ i, source: message.source, subject: message.subject, sequence: message.sequence });
+      }
+    }
+    if (applied.length > 0) {
+      const advanced = await tx.query<{ i: number; more: boolean }>(
+        `UPDATE consumer_positions p SET last_sequence = x.sequence, updated_at = now()
+           FROM jsonb_to_recordset($2::jsonb) AS x(i int, source text, subject text, sequence int)
+          WHERE p.consumer = $1 AND p.source = x.source AND p.subject = x.subject
+         RETURNING x.i, EXISTS (SELECT 1 FROM held_messages h
+                                 WHERE h.consumer = $1 AND h.source = x.source AND h.subject = x.subject AND h.sequence = x.sequence + 1) AS more`,
+        [consumer, JSON.stringify(applied)],
+      );
+      for (const { i, more } of advanced) {
+        const result = results[i];
+        if (result !== undefined) result.more = more;
+      }
+    }
+    return results;
+  });
+}
