@@ -11,12 +11,12 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startCluster, sampleProcess, type Cluster } from './cluster.ts';
 import { Histogram, type Summary } from './histogram.ts';
-import { prepareFixture, pricedIn, runLoad, type Fixture, type LoadReport } from './load.ts';
+import { getJson, prepareFixture, pricedIn, runLoad, type Fixture, type LoadReport } from './load.ts';
 import { renderMarkdown, renderSvg, type BenchResult, type StepResult } from './report.ts';
 
 const { values } = parseArgs({
   options: {
-    rates: { type: 'string', default: '25,50,100,200,300,500,700,1000,1400' },
+    rates: { type: 'string', default: '25,50,75,100,125,150,200,300,500,700,1000' },
     step: { type: 'string', default: '20' },
     scenario: { type: 'string', default: '30' },
     out: { type: 'string', default: 'bench/results' },
@@ -72,10 +72,12 @@ async function sampled<T>(cluster: Cluster, work: () => Promise<T>): Promise<{ r
   return { result, resources, backlog: backlogs };
 }
 
-function sustainable(report: LoadReport, backlogs: number[], rate: number): boolean {
+/** Achieved = offered, no errors, every order final, and the backlog not growing at the end. */
+function keepsUp(report: LoadReport, backlogs: number[], rate: number): boolean {
   const tail = backlogs.slice(-3);
   const growing = tail.length > 0 && Math.min(...tail) > Math.max(50, rate * 0.5);
-  return report.achievedRate >= rate * 0.97 && report.placement.p99 < 50 && !growing && Object.keys(report.errors).length === 0;
+  const unfinished = report.finals.PENDING ?? 0;
+  return report.achievedRate >= rate * 0.97 && !growing && unfinished === 0 && Object.keys(report.errors).length === 0;
 }
 
 async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: number, scenario: string): Promise<StepResult> {
@@ -84,9 +86,10 @@ async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: n
     runLoad({ orderUrl: cluster.urls.order, fixture, rate, durationSec: seconds, orderDb: cluster.dbs.order, settleTimeoutMs: 30_000, progress: (l) => process.stderr.write(`\r  ${l}   `) }));
   process.stderr.write('\n');
   const { acknowledged, ...rest } = result;
-  const ok = sustainable(result, backlogs, rate);
-  log(`  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : 'NOT sustainable'}`);
-  return { scenario, ...rest, placed: acknowledged.length, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0, backlogSeries: backlogs, resources };
+  const up = keepsUp(result, backlogs, rate);
+  const ok = up && result.placement.p99 < 50;
+  log(`  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : up ? 'keeps up' : 'falls behind'}`);
+  return { scenario, ...rest, placed: acknowledged.length, keepsUp: up, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0, backlogSeries: backlogs, resources };
 }
 
 async function reads(cluster: Cluster, fixture: Fixture, orderIds: string[], rate: number, seconds: number): Promise<{ rate: number; order: Summary; product: Summary; errors: number }> {
@@ -103,9 +106,8 @@ async function reads(cluster: Cluster, fixture: Fixture, orderIds: string[], rat
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
     const isOrder = i % 2 === 0;
     const url = isOrder ? `${cluster.urls.order}/orders/${orderIds[i % orderIds.length] ?? ''}` : `${cluster.urls.inventory}/products/${fixture.products[i % fixture.products.length] ?? ''}`;
-    pending.push(fetch(url).then(async (r) => {
-      await r.arrayBuffer();
-      if (!r.ok) errors += 1;
+    pending.push(getJson(url).then((r) => {
+      if (r.status !== 200) errors += 1;
       (isOrder ? order : product).record((performance.now() - at) * 1000);
     }, () => {
       errors += 1;
@@ -142,11 +144,13 @@ async function main(): Promise<void> {
     const hot = await prepareFixture({ inventoryUrl: cluster.urls.inventory, paymentUrl: cluster.urls.payment, catalogue: 'hot', waitUntilPriced: pricedIn(cluster.dbs.order) });
     log('warm-up: 50 orders/s for 10 s');
     await runLoad({ orderUrl: cluster.urls.order, fixture: spread, rate: 50, durationSec: 10, orderDb: cluster.dbs.order });
+    // The sweep goes on while the cluster keeps up; the scenarios run at the highest
+    // such rate, so their latencies are those of a loaded but not overrun system.
     let best = 0;
     for (const rate of rates) {
       const r = await step(cluster, spread, rate, stepSec, 'sweep');
       result.sweep.push(r);
-      if (!r.sustainable) break;
+      if (!r.keepsUp) break;
       best = rate;
     }
     const rate = Math.max(best, rates[0] ?? 50);

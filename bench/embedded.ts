@@ -34,10 +34,11 @@ export async function embeddedSweep(rates: number[], stepSec: number, log: (line
       const report = await runLoad({ orderUrl: urls.order, fixture, rate, durationSec: stepSec, progress: (l) => process.stderr.write(`\r  ${l}   `) });
       process.stderr.write('\n');
       const backlogEnd = await backlog();
-      const sustainable = report.achievedRate >= rate * 0.97 && report.placement.p99 < 50 && backlogEnd <= Math.max(50, rate * 0.5) && Object.keys(report.errors).length === 0;
-      steps.push({ rate, achievedRate: report.achievedRate, placement: report.placement, backlogEnd, sustainable });
-      log(`  achieved ${report.achievedRate.toFixed(0)}/s placement p99 ${report.placement.p99} ms backlog ${backlogEnd} → ${sustainable ? 'sustainable' : 'NOT sustainable'}`);
-      if (!sustainable) break;
+      const keepsUp = report.achievedRate >= rate * 0.97 && backlogEnd <= Math.max(50, rate * 0.5) && Object.keys(report.errors).length === 0;
+      const sustainable = keepsUp && report.placement.p99 < 50;
+      steps.push({ rate, achievedRate: report.achievedRate, placement: report.placement, backlogEnd, keepsUp, sustainable });
+      log(`  achieved ${report.achievedRate.toFixed(0)}/s placement p99 ${report.placement.p99} ms backlog ${backlogEnd} → ${sustainable ? 'sustainable' : keepsUp ? 'keeps up' : 'falls behind'}`);
+      if (!keepsUp) break;
       // Let the backlog drain before the next step.
       const drainBy = Date.now() + 60_000;
       while ((await backlog()) > 0 && Date.now() < drainBy) await new Promise((r) => setTimeout(r, 500));

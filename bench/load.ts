@@ -88,11 +88,19 @@ function schedule(rate: number, durationSec: number, arrival: 'constant' | 'pois
 // over kept-alive connections: a fraction of what fetch costs per request.
 const agent = new http.Agent({ keepAlive: true, maxSockets: 512 });
 
+export function getJson(url: string, timeoutMs = 10_000): Promise<{ status: number; body: unknown }> {
+  return requestJson('GET', url, undefined, {}, timeoutMs);
+}
+
 function postJson(url: string, body: string, headers: Record<string, string>, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+  return requestJson('POST', url, body, headers, timeoutMs);
+}
+
+function requestJson(method: string, url: string, body: string | undefined, headers: Record<string, string>, timeoutMs: number): Promise<{ status: number; body: unknown }> {
   return new Promise((resolve, reject) => {
     const request = http.request(url, {
-      method: 'POST', agent, timeout: timeoutMs,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
+      method, agent, timeout: timeoutMs,
+      headers: body === undefined ? headers : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
     }, (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));

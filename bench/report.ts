@@ -5,6 +5,9 @@ import type { LoadReport } from './load.ts';
 export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   scenario: string;
   placed: number;
+  /** Achieved = offered, every order reached its final state, the backlog did not grow: any latency. */
+  keepsUp: boolean;
+  /** Keeps up, and placement p99 stayed under the target: the issue's definition. */
   sustainable: boolean;
   backlogMax: number;
   backlogEnd: number;
@@ -13,7 +16,7 @@ export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   resources: Record<string, { cpuPercent: number; peakRssMb: number }>;
 };
 
-export type EmbeddedStep = { rate: number; achievedRate: number; placement: Summary; backlogEnd: number; sustainable: boolean };
+export type EmbeddedStep = { rate: number; achievedRate: number; placement: Summary; backlogEnd: number; keepsUp: boolean; sustainable: boolean };
 
 export type BenchResult = {
   startedAt: string;
@@ -26,12 +29,13 @@ export type BenchResult = {
   embedded: EmbeddedStep[] | undefined;
 };
 
-const highest = (steps: { rate?: number; offeredRate?: number; sustainable: boolean }[]) =>
-  Math.max(0, ...steps.filter((s) => s.sustainable).map((s) => s.offeredRate ?? s.rate ?? 0));
+type Judged = { rate?: number; offeredRate?: number; sustainable: boolean; keepsUp: boolean };
+const highest = (steps: Judged[], rule: 'sustainable' | 'keepsUp' = 'sustainable') =>
+  Math.max(0, ...steps.filter((s) => s[rule]).map((s) => s.offeredRate ?? s.rate ?? 0));
 
 export function renderMarkdown(r: BenchResult, svg: string): string {
   const row = (s: StepResult) =>
-    `| ${s.scenario} | ${s.offeredRate} | ${s.achievedRate.toFixed(0)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.backlogMax} | ${s.sustainable ? 'yes' : 'no'} |`;
+    `| ${s.scenario} | ${s.offeredRate} | ${s.achievedRate.toFixed(0)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.backlogMax} | ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`;
   const cpu = (s: StepResult) => Object.entries(s.resources).map(([k, v]) => `${k} ${v.cpuPercent}% / ${v.peakRssMb} MB`).join(', ');
   const spread = r.scenarios.find((s) => s.scenario === 'spread');
   const hot = r.scenarios.find((s) => s.scenario === 'hot');
@@ -42,15 +46,16 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     '',
     '| measure | target | measured |',
     '|---|---|---|',
-    `| highest sustainable order rate (cluster) | ≥ ${r.targets.sustainedRate}/s | ${highest(r.sweep)}/s |`,
-    `| placement p99 at that rate | < ${r.targets.placementP99Ms} ms | ${spread?.placement.p99 ?? '–'} ms |`,
-    `| completion p99 at that rate | < ${r.targets.completionP99Ms} ms | ${spread?.completion.p99 ?? '–'} ms |`,
+    `| highest sustainable order rate (cluster; placement p99 < ${r.targets.placementP99Ms} ms) | ≥ ${r.targets.sustainedRate}/s | ${highest(r.sweep)}/s |`,
+    `| highest rate the cluster keeps up with (achieved = offered, all final, backlog bounded) | – | ${highest(r.sweep, 'keepsUp')}/s |`,
+    `| placement p99, spread scenario at ${spread?.offeredRate ?? '–'}/s | < ${r.targets.placementP99Ms} ms | ${spread?.placement.p99 ?? '–'} ms |`,
+    `| completion p99, spread scenario at ${spread?.offeredRate ?? '–'}/s | < ${r.targets.completionP99Ms} ms | ${spread?.completion.p99 ?? '–'} ms |`,
     `| hot-product scenario | ≥ ${r.targets.hotRate}/s | ${hot === undefined ? '–' : `${hot.achievedRate.toFixed(0)}/s offered ${hot.offeredRate}/s, ${hot.sustainable ? 'sustained' : 'not sustained'}`} |`,
     `| read p99 (service, no gateway) | < ${r.targets.readP99Ms} ms | orders ${r.reads?.order.p99 ?? '–'} ms, products ${r.reads?.product.p99 ?? '–'} ms at ${r.reads?.rate ?? '–'}/s |`,
-    `| embedded mode sustainable rate | – | ${r.embedded === undefined ? 'not run' : `${highest(r.embedded)}/s`} |`,
+    `| embedded mode: sustainable / keeps up | – | ${r.embedded === undefined ? 'not run' : `${highest(r.embedded)}/s / ${highest(r.embedded, 'keepsUp')}/s`} |`,
     '',
-    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 | backlog max | sustainable |',
-    '|---|---|---|---|---|---|---|---|---|---|',
+    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 | backlog max | keeps up | sustainable |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
     ...r.sweep.map(row),
     ...r.scenarios.map(row),
     '',
@@ -60,7 +65,7 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     '',
     ...[...r.sweep, ...r.scenarios].map((s) => `- ${s.scenario} ${s.offeredRate}/s: ${cpu(s)}`),
     '',
-    ...(r.embedded === undefined ? [] : ['Embedded mode (one process, PGlite, local bus), placement latency:', '', '| offered/s | achieved/s | p50 ms | p99 ms | sustainable |', '|---|---|---|---|---|', ...r.embedded.map((e) => `| ${e.rate} | ${e.achievedRate.toFixed(0)} | ${e.placement.p50} | ${e.placement.p99} | ${e.sustainable ? 'yes' : 'no'} |`)]),
+    ...(r.embedded === undefined ? [] : ['Embedded mode (one process, PGlite, local bus), placement latency:', '', '| offered/s | achieved/s | p50 ms | p99 ms | backlog at end | keeps up | sustainable |', '|---|---|---|---|---|---|---|', ...r.embedded.map((e) => `| ${e.rate} | ${e.achievedRate.toFixed(0)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} | ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`)]),
     '',
   ];
   return lines.join('\n');
