@@ -7,7 +7,7 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, ty
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Type from 'typebox';
-import { ConflictError, InvalidError, NotFoundError, UnavailableError } from './errors.ts';
+import { ConflictError, InvalidError, isUnreachable, NotFoundError, UnavailableError } from './errors.ts';
 import type { Logger } from './log.ts';
 
 export type HttpApp = FastifyInstance<
@@ -56,6 +56,11 @@ export async function createHttpApp({ service, log, description, bodyLimit = 64 
     if (error instanceof NotFoundError) return problem(reply, 404, 'Not found', error.message);
     if (error instanceof ConflictError) return problem(reply, error.status, error.status === 412 ? 'Precondition failed' : 'Conflict', error.message);
     if (error instanceof UnavailableError) return problem(reply, 503, 'Unavailable', error.message);
+    if (isUnreachable(error)) {
+      log.warn('request failed: a dependency is out of reach', { method: request.method, url: request.url, error: error.message });
+      void reply.header('retry-after', '1');
+      return problem(reply, 503, 'Unavailable', 'The service cannot reach its database right now. Retry shortly (with the same Idempotency-Key where the request takes one).');
+    }
     const status = typeof error.statusCode === 'number' ? error.statusCode : 500;
     if (status >= 400 && status < 500) {
       const title = status === 413 ? 'Payload too large' : status === 414 ? 'URI too long' : status === 415 ? 'Unsupported media type' : 'Invalid request';
