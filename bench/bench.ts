@@ -17,6 +17,7 @@ import { renderMarkdown, renderSvg, type BenchResult, type StepResult } from './
 const { values } = parseArgs({
   options: {
     rates: { type: 'string', default: '25,50,75,100,125,150,200,300,500,700,1000' },
+    'embedded-rates': { type: 'string', default: '5,10,15,20,25,50,75,100' },
     step: { type: 'string', default: '20' },
     scenario: { type: 'string', default: '30' },
     out: { type: 'string', default: 'bench/results' },
@@ -176,7 +177,7 @@ async function main(): Promise<void> {
 /** The embedded mode (one process, PGlite, local bus) under the same sweep, placement only. */
 async function embeddedRate(): Promise<BenchResult['embedded']> {
   const { embeddedSweep } = await import('./embedded.ts');
-  return embeddedSweep(rates, stepSec, log);
+  return embeddedSweep(values['embedded-rates'].split(',').map(Number), stepSec, log);
 }
 
 await main();
