@@ -78,6 +78,7 @@ describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
     expect((await h.order(stuck.orderId)).status).toBe('PENDING');
     const metrics = await payment.inject({ method: 'GET', url: '/metrics' });
     expect(metrics.body).toContain('converge_dead_letters{service="payment"} 1');
+    expect(metrics.body).toMatch(/converge_event_loop_delay_seconds\{service="payment",quantile="0.99"\} \d+\.\d+/);
 
     const replay = await payment.inject({ method: 'POST', url: `/dead-letters/${parked.id}/replay`, headers: { 'x-actor': 'ops@example.com' } });
     expect(replay.json()).toEqual({ id: parked.id, outcome: 'applied' });

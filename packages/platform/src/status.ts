@@ -2,6 +2,7 @@
 // consumer did with the messages it received, early messages held, dead letters.
 // As JSON for the dashboard (/status) and as Prometheus text (/metrics). Under the
 // test-only bus fault switch, also how many deliveries it duplicated and delayed.
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import Type, { type Static } from 'typebox';
 import type { Consumer } from './consumer.ts';
 import type { Db } from './db.ts';
@@ -36,6 +37,35 @@ export async function serviceStatus(service: string, db: Db, consumer: Consumer,
   };
 }
 
+// How long callbacks wait for the event loop: a request's latency is its own work plus
+// this, once per await. Quantiles over the last minute (at least), in seconds.
+let loopDelay: { histogram: IntervalHistogram; since: number } | undefined;
+function watchEventLoop(): { histogram: IntervalHistogram; since: number } {
+  if (loopDelay === undefined) {
+    const histogram = monitorEventLoopDelay({ resolution: 10 });
+    histogram.enable();
+    loopDelay = { histogram, since: Date.now() };
+  }
+  return loopDelay;
+}
+
+function eventLoopDelayLines(label: string): string[] {
+  const watch = watchEventLoop();
+  const { histogram } = watch;
+  const seconds = (ns: number) => (Number.isFinite(ns) ? ns / 1e9 : 0).toFixed(6);
+  const lines = [
+    '# HELP converge_event_loop_delay_seconds Event loop delay over the last minute or more.',
+    '# TYPE converge_event_loop_delay_seconds summary',
+    ...[0.5, 0.9, 0.99].map((q) => `converge_event_loop_delay_seconds{${label},quantile="${q}"} ${seconds(histogram.percentile(q * 100))}`),
+    `converge_event_loop_delay_seconds_max{${label}} ${seconds(histogram.max)}`,
+  ];
+  if (Date.now() - watch.since > 60_000) {
+    histogram.reset();
+    watch.since = Date.now();
+  }
+  return lines;
+}
+
 export function registerStatusRoutes(
   app: HttpApp,
   service: string,
@@ -43,6 +73,7 @@ export function registerStatusRoutes(
   consumer: Consumer,
   faults?: FaultStats,
 ): void {
+  watchEventLoop();
   app.get('/status', { schema: { tags: ['operations'], summary: 'Outbox, consumer and dead-letter figures', response: { 200: StatusSchema } } }, () =>
     serviceStatus(service, db, consumer, faults));
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
@@ -77,6 +108,7 @@ export function registerStatusRoutes(
         ...Object.entries(s.busFaults).map(([fault, n]) => `converge_bus_faults_total{${label},fault="${fault}"} ${n}`),
       ]),
     ];
+    lines.push(...eventLoopDelayLines(label));
     return reply.type('text/plain; version=0.0.4').send(lines.join('\n') + '\n');
   });
 }
