@@ -119,6 +119,10 @@ function requestJson(method: string, url: string, body: string | undefined, head
   });
 }
 
+// Up to 20 attempts, 50 ms doubling to at most 1 s apart: about 15 s in all.
+const maxAttempts = 20;
+const retryDelay = (attempt: number) => Math.min(1000, 50 * 2 ** (attempt - 1));
+
 export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   const random = options.random ?? Math.random;
   const mix = options.mix ?? defaultMix;
@@ -148,20 +152,23 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
             placedAt.set(answer.orderId, performance.timeOrigin + scheduledAt);
             return;
           }
-          // 409: our own earlier attempt is still in flight on the server; ask again.
-          if (response.status === 409 && attempt < 20) {
-            await new Promise((r) => setTimeout(r, 50));
+          // 409: our own earlier attempt is still in flight on the server; 503: the
+          // service is there but its database is not. Both: ask again, same key.
+          if ((response.status === 409 || response.status === 503) && attempt < maxAttempts) {
+            await new Promise((r) => setTimeout(r, retryDelay(attempt)));
             continue;
           }
           count(`http ${response.status}`);
           return;
         } catch (error) {
+          // A refused or dropped connection (a service restarting) is retried with the
+          // same key for as long as a restart takes, as a patient client would.
           const kind = (error as Error).name === 'TimeoutError' ? 'timeout' : 'network';
-          if (attempt >= 5) {
+          if (attempt >= maxAttempts) {
             count(kind);
             return;
           }
-          await new Promise((r) => setTimeout(r, 50 * attempt));
+          await new Promise((r) => setTimeout(r, retryDelay(attempt)));
         }
       }
     } finally {
