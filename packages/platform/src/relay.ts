@@ -42,13 +42,18 @@ export async function outboxStatus(db: Db): Promise<OutboxStatus> {
 /** Publishes one batch; returns how many rows it published. */
 export async function relayBatch(db: Db, bus: Bus, batchSize: number): Promise<number> {
   return db.transaction(async (tx) => {
-    // One statement locks the free partitions and reads their pending rows.
+    // Two statements, not one: the rows must be read with a snapshot taken after the
+    // partitions are locked, or a batch another relay committed while we waited for
+    // its locks would still look unpublished, and go out twice.
+    const partitions = await tx.query<{ partition: number }>(
+      'SELECT partition FROM outbox_partitions ORDER BY partition FOR UPDATE SKIP LOCKED',
+    );
+    if (partitions.length === 0) return 0;
     const rows = await tx.query<{ position: number; envelope: Envelope }>(
-      `WITH held AS MATERIALIZED (SELECT partition FROM outbox_partitions ORDER BY partition FOR UPDATE SKIP LOCKED)
-       SELECT position, envelope FROM outbox
-        WHERE published_at IS NULL AND partition = ANY (ARRAY(SELECT partition FROM held))
-        ORDER BY position LIMIT $1`,
-      [batchSize],
+      `SELECT position, envelope FROM outbox
+        WHERE published_at IS NULL AND partition = ANY($1::smallint[])
+        ORDER BY position LIMIT $2`,
+      [partitions.map((p) => p.partition), batchSize],
     );
     if (rows.length === 0) return 0;
     await bus.publish(rows.map((row) => row.envelope));
