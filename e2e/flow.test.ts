@@ -115,19 +115,32 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given a request still in flight, when the same key arrives, then it is told 409 and no second order exists', async () => {
+  it.skipIf(skip)('given two requests with the same key at once, when both are placed, then one order exists and both answer it', async () => {
+    const user = await h.user(1000);
+    const product = await h.product(5);
+    const items = [{ productId: product, quantity: 1 }];
+    const answers = await Promise.all(Array.from({ length: 8 }, () => h.place(user, items, 'same-key')));
+    expect(answers.map((a) => a.status)).toEqual(answers.map(() => 201));
+    expect(new Set(answers.map((a) => a.orderId)).size).toBe(1);
+    const [row] = await h.system.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM orders WHERE user_id = $1', [user]);
+    expect(row?.n).toBe(1);
+    await h.check();
+  });
+
+  it.skipIf(skip)('given a claim left without a response by a request that died, when the key is used again, then it is freed at once and the retry places the order', async () => {
     const user = await h.user(1000);
     const product = await h.product(1);
     const items = [{ productId: product, quantity: 1 }];
     await h.system.dbs.order.query(
-      `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, 'busy', $2, 'in_flight', now())`,
+      `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, 'died', $2, 'in_flight', now())`,
       [user, requestHash({ userId: user, items })],
     );
-    const busy = await h.place(user, items, 'busy');
-    expect(busy.status).toBe(409);
-    expect(busy.body).toMatchObject({ status: 409, title: 'Conflict' });
+    const first = await h.place(user, items, 'died');
+    const retry = await h.place(user, items, 'died');
+    expect(first.status).toBe(409);
+    expect(retry.status).toBe(201);
     const [row] = await h.system.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM orders WHERE user_id = $1', [user]);
-    expect(row?.n).toBe(0);
-    await h.system.dbs.order.query(`DELETE FROM idempotency_keys WHERE user_id = $1`, [user]);
+    expect(row?.n).toBe(1);
+    await h.check();
   });
 });

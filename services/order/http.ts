@@ -1,8 +1,9 @@
-// The order API. Placing an order: the Idempotency-Key is claimed first (a concurrent
-// duplicate gets 409, a replay gets the first response, a different body under the
-// same key 422), the server prices every line from its catalogue (a client never sends
-// prices), then the order's first event, its row and the stored response commit in
-// one transaction. Bad input is refused before anything is written.
+// The order API. Placing an order: a key seen before replays the first response (a
+// different body under the same key gets 422); otherwise the server prices every line
+// from its catalogue (a client never sends prices), and the order's first event, its
+// row and the key with the response commit in one transaction, so a concurrent request
+// with the same key waits for it and replays it. Bad input is refused before anything
+// is written.
 import crypto from 'node:crypto';
 import { Quantity, Uuid, UserId, type OrderLine } from '@converge/contracts';
 import { ConflictError, InvalidError, NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
@@ -31,7 +32,6 @@ export const OrderSchema = Type.Object({
   updatedAt: Type.String({ format: 'date-time' }),
 });
 
-const IdempotencyLeaseMs = 30_000;
 const etag = (order: OrderView) => `"${order.orderId}:${order.version}"`;
 
 export function requestHash(body: PlaceOrder): string {
@@ -39,32 +39,22 @@ export function requestHash(body: PlaceOrder): string {
   return crypto.createHash('sha256').update(canonical).digest('hex');
 }
 
-type KeyRow = { request_hash: string; state: 'in_flight' | 'done'; response_status: number | null; response_body: OrderView | null; created_at: Date };
+type KeyRow = { request_hash: string; response_body: OrderView | null };
 
-type Claim = { kind: 'claimed' } | { kind: 'replay'; body: OrderView };
+/** Rolls the placing transaction back when the key turns out to be taken. */
+class KeyTaken extends Error {}
 
-/** Claims (user, key) for this request, or says what the first request with it got. */
-async function claimKey(db: Db, userId: string, key: string, hash: string, now: Date): Promise<Claim> {
-  const [inserted] = await db.query(
-    `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, $2, $3, 'in_flight', $4)
-     ON CONFLICT DO NOTHING RETURNING 1`,
-    [userId, key, hash, now],
-  );
-  if (inserted !== undefined) return { kind: 'claimed' };
-  const [row] = await db.query<KeyRow>('SELECT request_hash, state, response_status, response_body, created_at FROM idempotency_keys WHERE user_id = $1 AND key = $2', [userId, key]);
-  if (row === undefined) return claimKey(db, userId, key, hash, now);
-  if (row.request_hash !== hash) throw new InvalidError('this Idempotency-Key was used with a different request body');
-  if (row.state === 'done' && row.response_body !== null) return { kind: 'replay', body: row.response_body };
-  if (now.getTime() - row.created_at.getTime() < IdempotencyLeaseMs) {
-    throw new ConflictError('a request with this Idempotency-Key is still in progress');
+/** What the first request with this key got: its order again, or 422 for another body. */
+async function replayKey(db: Db, userId: string, key: string, hash: string): Promise<OrderView> {
+  const [row] = await db.query<KeyRow>('SELECT request_hash, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2', [userId, key]);
+  if (row === undefined || row.response_body === null) {
+    // A claim without a response was left by an earlier version that claimed keys
+    // before placing; its request died. Free the key for the retry.
+    await db.query(`DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND state = 'in_flight'`, [userId, key]);
+    throw new ConflictError('a request with this Idempotency-Key did not complete; retry');
   }
-  // The first request died before it committed: take its claim over, once.
-  const [taken] = await db.query(
-    `UPDATE idempotency_keys SET created_at = $3 WHERE user_id = $1 AND key = $2 AND state = 'in_flight' AND created_at = $4 RETURNING 1`,
-    [userId, key, now, row.created_at],
-  );
-  if (taken === undefined) throw new ConflictError('a request with this Idempotency-Key is still in progress');
-  return { kind: 'claimed' };
+  if (row.request_hash !== hash) throw new InvalidError('this Idempotency-Key was used with a different request body');
+  return row.response_body;
 }
 
 async function priceOrder(db: Db, body: PlaceOrder): Promise<{ items: OrderLine[]; currency: string }> {
@@ -95,28 +85,32 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
     const at = now();
     const body = request.body;
     const key = request.headers['idempotency-key'];
-    const claim = await claimKey(db, body.userId, key, requestHash(body), at);
-    if (claim.kind === 'replay') {
-      return reply.code(201).header('idempotent-replayed', 'true').header('etag', etag(claim.body)).send(claim.body);
-    }
+    const hash = requestHash(body);
+    // A replay is rare, so it is not looked for first: it prices and places like a new
+    // order, finds its key taken at the end, rolls back and answers the first response.
+    const { items, currency } = await priceOrder(db, body);
+    const orderId = crypto.randomUUID();
     try {
-      const { items, currency } = await priceOrder(db, body);
-      const orderId = crypto.randomUUID();
       const view = await db.transaction(async (tx) => {
         const { order } = await executeOrderCommand(tx, orderId, { type: 'PlaceOrder', orderId, userId: body.userId, items, currency, now: at }, { source: 'order', now: at });
         if (order.status === 'NONE') throw new Error(`order ${orderId} was not created`);
         const created = viewOf(order, at);
-        await tx.query(
-          `UPDATE idempotency_keys SET state = 'done', order_id = $3, response_status = 201, response_body = $4::jsonb WHERE user_id = $1 AND key = $2`,
-          [body.userId, key, orderId, JSON.stringify(created)],
+        // The key is claimed by the same transaction that creates the order: a request
+        // that dies leaves no claim behind, and a concurrent one with the same key waits
+        // here for this commit, then finds the key taken and replays this order.
+        const [claimed] = await tx.query(
+          `INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
+           VALUES ($1, $2, $3, 'done', $4, 201, $5::jsonb, $6) ON CONFLICT DO NOTHING RETURNING 1`,
+          [body.userId, key, hash, orderId, JSON.stringify(created), at],
         );
+        if (claimed === undefined) throw new KeyTaken();
         return created;
       });
       return await reply.code(201).header('location', `/orders/${orderId}`).header('etag', etag(view)).send(view);
     } catch (error) {
-      // Nothing was written for this request: free the key so a corrected retry can use it.
-      await db.query(`DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND state = 'in_flight'`, [body.userId, key]);
-      throw error;
+      if (!(error instanceof KeyTaken)) throw error;
+      const first = await replayKey(db, body.userId, key, hash);
+      return reply.code(201).header('idempotent-replayed', 'true').header('etag', etag(first)).send(first);
     }
   });
 
