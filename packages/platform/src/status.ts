@@ -39,10 +39,11 @@ export async function serviceStatus(service: string, db: Db, consumer: Consumer,
 
 // How long callbacks wait for the event loop: a request's latency is its own work plus
 // this, once per await. Quantiles over the last minute (at least), in seconds.
+const loopResolutionMs = 10;
 let loopDelay: { histogram: IntervalHistogram; since: number } | undefined;
 function watchEventLoop(): { histogram: IntervalHistogram; since: number } {
   if (loopDelay === undefined) {
-    const histogram = monitorEventLoopDelay({ resolution: 10 });
+    const histogram = monitorEventLoopDelay({ resolution: loopResolutionMs });
     histogram.enable();
     loopDelay = { histogram, since: Date.now() };
   }
@@ -52,7 +53,8 @@ function watchEventLoop(): { histogram: IntervalHistogram; since: number } {
 function eventLoopDelayLines(label: string): string[] {
   const watch = watchEventLoop();
   const { histogram } = watch;
-  const seconds = (ns: number) => (Number.isFinite(ns) ? ns / 1e9 : 0).toFixed(6);
+  // The histogram records whole timer intervals; the delay is what exceeds the interval.
+  const seconds = (ns: number) => (Number.isFinite(ns) ? Math.max(0, ns / 1e6 - loopResolutionMs) / 1e3 : 0).toFixed(6);
   const lines = [
     '# HELP converge_event_loop_delay_seconds Event loop delay over the last minute or more.',
     '# TYPE converge_event_loop_delay_seconds summary',
