@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import type { Db } from '@converge/platform';
 import type { Acknowledged } from '../e2e/invariants.ts';
+import { waitUntilPriced } from '../services/order/store.ts';
 import { Histogram, type Summary } from './histogram.ts';
 
 export type Mix = { ok: number; outOfStock: number; declined: number };
@@ -273,12 +274,7 @@ export async function prepareFixture(options: {
 /** Waits until the order database's catalogue holds every product. */
 export function pricedIn(orderDb: Db, timeoutMs = 60_000): (productIds: string[]) => Promise<void> {
   return async (productIds) => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const [row] = await orderDb.query<{ n: number }>('SELECT count(*)::int AS n FROM catalogue WHERE product_id = ANY($1::uuid[])', [productIds]);
-      if ((row?.n ?? 0) >= productIds.length) return;
-      if (Date.now() > deadline) throw new Error(`the order service knows ${row?.n ?? 0} of ${productIds.length} products after ${timeoutMs} ms`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    const { ok, known } = await waitUntilPriced(orderDb, productIds, timeoutMs, 100);
+    if (!ok) throw new Error(`the order service knows ${known} of ${productIds.length} products after ${timeoutMs} ms`);
   };
 }

@@ -7,6 +7,7 @@ import amqp from 'amqplib';
 import { dropDatabase, type Db } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { startSystem, serviceNames, type System, type SystemOptions } from '../scripts/system.ts';
+import { waitUntilPriced } from '../services/order/store.ts';
 import { assertInvariants, waitForQuiet, type Acknowledged, type Report } from './invariants.ts';
 
 export type ModeName = 'embedded' | 'postgres+rabbitmq';
@@ -62,12 +63,7 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
       const { status, body } = await inject('inventory', 'POST', '/products', { name: `product ${crypto.randomUUID().slice(0, 8)}`, price, stockQuantity: stock });
       if (status !== 201) throw new Error(`product not created: ${JSON.stringify(body)}`);
       const productId = body.productId as string;
-      // The order service prices from its replica of the catalogue: wait until it has it.
-      const deadline = Date.now() + 15_000;
-      while ((await dbs.order.query('SELECT 1 FROM catalogue WHERE product_id = $1', [productId])).length === 0) {
-        if (Date.now() > deadline) throw new Error(`product ${productId} never reached the order service`);
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      if (!(await waitUntilPriced(dbs.order, [productId], 15_000, 20)).ok) throw new Error(`product ${productId} never reached the order service`);
       return productId;
     },
     user: async (credit) => {

@@ -8,8 +8,9 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { ConfigError, createLogger, loadConfig, setting } from '@converge/platform';
 import { startGateway, type RunningGateway } from '../services/gateway/main.ts';
+import { waitUntilPriced } from '../services/order/store.ts';
 import { demoCatalogue, seedDemo } from './demo.ts';
-import { defaultPorts, serviceNames, startSystem, type ServiceName, type System } from './system.ts';
+import { defaultPorts, serviceNames, startSystem, type ServiceName } from './system.ts';
 
 const port = (fallback: number) => setting.int(fallback, 0, 65_535);
 
@@ -38,17 +39,6 @@ function baseUrl(host: string, listening: number): string {
 }
 
 const portOf = (url: string) => Number(new URL(url).port);
-
-/** Products reach the order service's catalogue through events: wait, so the first curl works. */
-async function waitForCatalogue(system: System, productId: string, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const rows = await system.dbs.order.query('SELECT 1 FROM catalogue WHERE product_id = $1', [productId]);
-    if (rows.length > 0) return true;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  return false;
-}
 
 async function main(): Promise<void> {
   const config = readConfig();
@@ -98,7 +88,8 @@ async function main(): Promise<void> {
     gateway = await startGateway({ log: log.child({ service: 'gateway' }), upstreams: urls, port: config.GATEWAY_PORT, host: config.HOST });
     const product = demoCatalogue[0];
     if (product === undefined) throw new Error('the demo catalogue is empty');
-    if (!(await waitForCatalogue(system, product.productId, 15_000))) {
+    // Products reach the order service through events: wait, so the first curl works.
+    if (!(await waitUntilPriced(system.dbs.order, [product.productId], 15_000)).ok) {
       console.warn(`the order service has not received the demo catalogue yet; orders may be refused for a moment`);
     }
     const site = baseUrl(config.HOST, portOf(gateway.url));

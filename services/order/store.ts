@@ -82,6 +82,22 @@ export async function priceLines(db: Sql, productIds: readonly string[]): Promis
   return new Map(rows.map((r) => [r.product_id, { price: r.price, currency: r.currency }]));
 }
 
+/**
+ * Products reach the order service's catalogue through events, a moment after they are
+ * created. Waits until it can price every one of `productIds`; resolves to how many it
+ * knows when `timeoutMs` runs out first.
+ */
+export async function waitUntilPriced(db: Sql, productIds: readonly string[], timeoutMs: number, pollMs = 50): Promise<{ ok: boolean; known: number }> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [row] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM catalogue WHERE product_id = ANY($1::uuid[])', [productIds]);
+    const known = row?.n ?? 0;
+    if (known >= new Set(productIds).size) return { ok: true, known };
+    if (Date.now() > deadline) return { ok: false, known };
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+  }
+}
+
 export async function upsertCatalogue(tx: Sql, product: { productId: string; name: string; price: number; currency: string }): Promise<void> {
   await tx.query(
     `INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, $2, $3, $4)
