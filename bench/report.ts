@@ -30,7 +30,7 @@ export type BenchResult = {
 };
 
 type Judged = { rate?: number; offeredRate?: number; sustainable: boolean; keepsUp: boolean };
-const highest = (steps: Judged[], rule: 'sustainable' | 'keepsUp' = 'sustainable') =>
+export const highest = (steps: Judged[], rule: 'sustainable' | 'keepsUp' = 'sustainable') =>
   Math.max(0, ...steps.filter((s) => s[rule]).map((s) => s.offeredRate ?? s.rate ?? 0));
 
 export function renderMarkdown(r: BenchResult, svg: string): string {

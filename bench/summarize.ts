@@ -2,7 +2,7 @@
 // several benchmark runs, as the Markdown table the README quotes. One run is an
 // anecdote; the median of three or more on a quiet machine is a figure.
 import fs from 'node:fs';
-import type { BenchResult, StepResult } from './report.ts';
+import { highest, type BenchResult, type StepResult } from './report.ts';
 
 const files = process.argv.slice(2).filter((f) => f.endsWith('.json'));
 if (files.length === 0) {
@@ -18,8 +18,6 @@ function median(values: number[]): number {
   return sorted.length % 2 === 1 ? (sorted[mid] ?? Number.NaN) : ((sorted[mid - 1] ?? 0) + (sorted[mid] ?? 0)) / 2;
 }
 
-const highest = (steps: { offeredRate?: number; rate?: number; keepsUp?: boolean; sustainable: boolean }[], rule: 'keepsUp' | 'sustainable') =>
-  Math.max(0, ...steps.filter((s) => s[rule] === true).map((s) => s.offeredRate ?? s.rate ?? 0));
 const scenario = (r: BenchResult, name: string): StepResult | undefined => r.scenarios.find((s) => s.scenario === name);
 const sweepAt = (r: BenchResult, rate: number) => r.sweep.find((s) => s.offeredRate === rate);
 const m = (pick: (r: BenchResult) => number | undefined) => {

@@ -7,9 +7,30 @@
 // untouched. If anything in the batch fails, the whole batch rolls back and the
 // consumer applies its messages one by one, where retries and dead letters work per
 // message: a bad message never takes the others down with it.
-import type { Db } from './db.ts';
+import type { Db, Sql } from './db.ts';
 import type { Applied, Handler, Message } from './consumer.ts';
 import { appendToOutbox } from './outbox.ts';
+
+/** Runs the handler for one message; what it emits carries the message's correlation. */
+export async function runHandler(tx: Sql, consumer: string, handle: Handler, message: Message, at: Date): Promise<void> {
+  await handle(tx, message, {
+    now: at,
+    emit: async (events) => {
+      await appendToOutbox(tx, {
+        source: consumer, now: at, correlationId: message.correlationid, causationId: message.id,
+        ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
+      }, events);
+    },
+  });
+}
+
+/** Keeps an early message until its predecessor has taken effect. */
+export async function holdMessage(tx: Sql, consumer: string, message: Message): Promise<void> {
+  await tx.query(
+    'INSERT INTO held_messages (consumer, source, subject, sequence, envelope) VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING',
+    [consumer, message.source, message.subject, message.sequence, JSON.stringify(message)],
+  );
+}
 
 export async function applyBatch(db: Db, consumer: string, messages: readonly Message[], handle: Handler, at: Date): Promise<Applied[]> {
   return db.transaction(async (tx) => {
@@ -44,18 +65,10 @@ export async function applyBatch(db: Db, consumer: string, messages: readonly Me
       } else if (message.sequence <= last) {
         results.push({ outcome: 'stale', more: false });
       } else if (message.sequence > last + 1) {
-        await tx.query(
-          'INSERT INTO held_messages (consumer, source, subject, sequence, envelope) VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING',
-          [consumer, message.source, message.subject, message.sequence, JSON.stringify(message)],
-        );
+        await holdMessage(tx, consumer, message);
         results.push({ outcome: 'held', more: false });
       } else {
-        await handle(tx, message, {
-          now: at,
-          emit: async (events) => {
-            await appendToOutbox(tx, { source: consumer, now: at, correlationId: message.correlationid, causationId: message.id, ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }) }, events);
-          },
-        });
+        await runHandler(tx, consumer, handle, message, at);
         results.push({ outcome: 'applied', more: false });
         applied.push({ i, source: message.source, subject: message.subject, sequence: message.sequence });
       }

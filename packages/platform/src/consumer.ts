@@ -15,8 +15,8 @@ import type { Bus, Delivery, Subscription } from './bus.ts';
 import type { Db, Sql } from './db.ts';
 import { PermanentError } from './errors.ts';
 import type { Logger } from './log.ts';
-import { applyBatch } from './consumer-batch.ts';
-import { appendToOutbox, type Outgoing } from './outbox.ts';
+import { applyBatch, holdMessage, runHandler } from './consumer-batch.ts';
+import type { Outgoing } from './outbox.ts';
 import { backoffDelay, sleep, type Backoff } from './retry.ts';
 
 export type Message = Envelope & DomainEvent;
@@ -94,7 +94,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   async function apply(message: Message, fromHold: boolean, replay = false): Promise<Applied> {
     return db.transaction(async (tx) => {
       const key = [name, message.source, message.subject];
-      const [claim] = await tx.query<{ fresh: boolean; last: number | null }>(
+      const [claim] = await tx.query<{ last: number | null }>(
         `WITH fresh AS (
            INSERT INTO inbox (consumer, message_id, type) SELECT $1, $4, $5 WHERE NOT $6
            ON CONFLICT DO NOTHING RETURNING 1
@@ -107,7 +107,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
            ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = consumer_positions.last_sequence
            RETURNING last_sequence
          )
-         SELECT EXISTS (SELECT 1 FROM fresh) AS fresh, (SELECT last_sequence FROM pos) AS last`,
+         SELECT (SELECT last_sequence FROM pos) AS last`,
         [...key, message.id, message.type, fromHold, replay],
       );
       if (claim?.last === null || claim?.last === undefined) return { outcome: 'duplicate', more: false };
@@ -117,19 +117,10 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         return { outcome: 'stale', more: false };
       }
       if (message.sequence > last + 1) {
-        await tx.query(
-          'INSERT INTO held_messages (consumer, source, subject, sequence, envelope) VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING',
-          [...key, message.sequence, JSON.stringify(message)],
-        );
+        await holdMessage(tx, name, message);
         return { outcome: 'held', more: false };
       }
-      const at = now();
-      await handle(tx, message, {
-        now: at,
-        emit: async (events) => {
-          await appendToOutbox(tx, { source: name, now: at, correlationId: message.correlationid, causationId: message.id, ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }) }, events);
-        },
-      });
+      await runHandler(tx, name, handle, message, now());
       // Advances the position, clears this message from the hold if it came from there,
       // and says whether the next one is already waiting: one statement.
       const [advanced] = await tx.query<{ more: boolean }>(
