@@ -14,7 +14,9 @@ import type { Acknowledged } from '../e2e/invariants.ts';
 import { inventorySources } from '../services/inventory/consumers.ts';
 import { orderSources } from '../services/order/consumers.ts';
 import { paymentSources } from '../services/payment/consumers.ts';
-import { clusterServices, type Cluster, type ClusterService } from './cluster.ts';
+import { orchestratorSources } from '../services/orchestrator/consumers.ts';
+import type { SagaMode } from '../packages/platform/src/saga.ts';
+import type { Cluster, ClusterService } from './cluster.ts';
 import { pricedIn, type Fixture, type LoadReport } from './load.ts';
 
 const exec = promisify(execFile);
@@ -86,7 +88,7 @@ export function brokerDepth(cluster: Cluster): (service: string) => Promise<numb
 async function killServices(run: Run): Promise<Injected> {
   const window = run.seconds - 5;
   const longest = Math.max(10, Math.min(20, window / 6)); // six kills must fit the window
-  const next = roundRobinWithJitter(clusterServices);
+  const next = roundRobinWithJitter(run.cluster.services);
   type Kill = { at: number; service: ClusterService; pid: number | undefined; backAfterSec?: number };
   const kills: Kill[] = [];
   const starting = new Map<ClusterService, Promise<void>>();
@@ -106,10 +108,10 @@ async function killServices(run: Run): Promise<Injected> {
     starting.set(service, restart);
   }
   await Promise.all(starting.values());
-  const perService = Object.fromEntries(clusterServices.map((s) => [s, kills.filter((k) => k.service === s).length]));
+  const perService = Object.fromEntries(run.cluster.services.map((s) => [s, kills.filter((k) => k.service === s).length]));
   return {
     evidence: { kills: kills.length, perService, schedule: kills },
-    verify: () => Promise.resolve(clusterServices.map((s) => check(`${s} killed at least twice`, (perService[s] ?? 0) >= 2, `${perService[s] ?? 0} kills`))),
+    verify: () => Promise.resolve(run.cluster.services.map((s) => check(`${s} killed at least twice`, (perService[s] ?? 0) >= 2, `${perService[s] ?? 0} kills`))),
   };
 }
 
@@ -199,7 +201,7 @@ async function duplicatesReorder(run: Run): Promise<Injected> {
   return {
     evidence,
     verify: async () => {
-      const statuses = await Promise.all(clusterServices.map(async (s) => {
+      const statuses = await Promise.all(run.cluster.services.map(async (s) => {
         const status = (await (await fetch(`${run.cluster.urls[s]}/status`)).json()) as { consumer: Record<string, number>; held: number; busFaults?: { duplicated: number; delayed: number } };
         return [s, { busFaults: status.busFaults, consumer: status.consumer }] as const;
       }));
@@ -218,7 +220,9 @@ async function duplicatesReorder(run: Run): Promise<Injected> {
 }
 
 // 5. Malformed messages: exactly those are dead-lettered and alerted; the rest completes.
-const sourcesOf: Record<ClusterService, readonly string[]> = { order: orderSources, inventory: inventorySources, payment: paymentSources };
+const sourcesOf = (mode: SagaMode): Record<ClusterService, readonly string[]> => ({
+  order: orderSources(mode), inventory: inventorySources(mode), payment: paymentSources(mode), orchestrator: mode === 'orchestration' ? orchestratorSources : [],
+});
 
 const poisonKinds = ['not JSON', 'not an envelope', 'unknown type', 'wrong source', 'payload against its schema'] as const;
 
@@ -255,7 +259,7 @@ async function poison(run: Run): Promise<Injected> {
         messageId: message.id, contentType: 'application/cloudevents+json', persistent: true,
       });
       await channel.waitForConfirms();
-      injected.push({ id: message.id, routingKey: message.routingKey, services: clusterServices.filter((s) => sourcesOf[s].includes(source)) });
+      injected.push({ id: message.id, routingKey: message.routingKey, services: run.cluster.services.filter((s) => sourcesOf(run.cluster.sagaMode)[s].includes(source)) });
     }
   } finally {
     await connection.close().catch(() => undefined);
@@ -269,8 +273,10 @@ async function poison(run: Run): Promise<Injected> {
     verify: async (load) => {
       const parked: string[] = [];
       const metrics: Record<string, number> = {};
-      for (const s of clusterServices) {
-        const rows = await run.cluster.dbs[s].query<{ consumer: string; message_id: string | null }>("SELECT consumer, message_id FROM dead_letters WHERE status = 'parked'");
+      for (const s of run.cluster.services) {
+        const db = s === 'orchestrator' ? run.cluster.dbs.orchestrator : run.cluster.dbs[s];
+        if (db === undefined) continue;
+        const rows = await db.query<{ consumer: string; message_id: string | null }>("SELECT consumer, message_id FROM dead_letters WHERE status = 'parked'");
         parked.push(...rows.map((r) => `${r.consumer} ${r.message_id ?? 'null'}`));
         const text = await (await fetch(`${run.cluster.urls[s]}/metrics`)).text();
         metrics[s] = Number(/^converge_dead_letters\{[^}]*\} (\d+)$/m.exec(text)?.[1] ?? -1);
@@ -279,7 +285,7 @@ async function poison(run: Run): Promise<Injected> {
       const missing = expected.filter((e) => !parked.includes(e));
       const unexpected = parked.filter((p) => !expected.includes(p));
       Object.assign(evidence, { parked: parked.length, missing, unexpected, deadLetterMetric: metrics });
-      const affected = clusterServices.filter((s) => expected.some((e) => e.startsWith(`${s} `)));
+      const affected = run.cluster.services.filter((s) => expected.some((e) => e.startsWith(`${s} `)));
       return [
         check('dead letters are exactly the injected messages', missing.length === 0 && unexpected.length === 0 && parked.length === expected.length,
           `${parked.length} parked, ${expected.length} expected; missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(unexpected)}`),

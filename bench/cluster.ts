@@ -10,13 +10,17 @@ import { dropDatabase, ensureDatabase, openPostgres, type Db } from '@converge/p
 import { servers, uniqueName } from '@converge/platform/testing';
 import type { Bus } from '../packages/platform/src/bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
+import type { SagaMode } from '../packages/platform/src/saga.ts';
 import type { CheckedDbs } from '../e2e/invariants.ts';
 
-export const clusterServices = ['order', 'inventory', 'payment'] as const;
+export const clusterServices = ['order', 'inventory', 'payment', 'orchestrator'] as const;
 export type ClusterService = (typeof clusterServices)[number];
 
 export type Cluster = {
   name: string;
+  sagaMode: SagaMode;
+  /** The processes of this run: the orchestrator only in orchestration mode (it idles otherwise). */
+  services: readonly ClusterService[];
   urls: Record<ClusterService, string>;
   dbs: CheckedDbs;
   bus: Bus;
@@ -30,24 +34,31 @@ export type Cluster = {
 export async function startCluster(options: { env?: Record<string, string>; log?: (line: string) => void } = {}): Promise<Cluster> {
   const name = uniqueName('run');
   const base = 21_000 + Math.floor(Math.random() * 20_000);
-  const ports: Record<ClusterService, number> = { order: base, inventory: base + 1, payment: base + 2 };
+  const ports: Record<ClusterService, number> = { order: base, inventory: base + 1, payment: base + 2, orchestrator: base + 3 };
   const urls = Object.fromEntries(clusterServices.map((s) => [s, `http://127.0.0.1:${ports[s]}`])) as Record<ClusterService, string>;
   const env = {
     PG_URL: servers.postgres, DATABASE_PREFIX: `${name}_`, AMQP_URL: servers.rabbitmq,
     AMQP_EXCHANGE: `${name}.events`, AMQP_QUEUE_PREFIX: `${name}.`, LOG_LEVEL: 'warn', ...options.env,
   };
+  const sagaMode: SagaMode = (options.env?.SAGA_MODE ?? process.env.SAGA_MODE) === 'orchestration' ? 'orchestration' : 'choreography';
+  const services = clusterServices.filter((s) => s !== 'orchestrator' || sagaMode === 'orchestration');
   const children = new Map<ClusterService, ChildProcess>();
 
   const start = async (service: ClusterService, extra: Record<string, string> = {}) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/service.ts', service], {
       env: { ...process.env, ...env, PORT: String(ports[service]), ...extra }, stdio: ['ignore', 'ignore', 'pipe'],
     });
-    child.stderr.on('data', (chunk: Buffer) => options.log?.(`[${service}] ${chunk.toString().trimEnd()}`));
+    // The last words of a process that dies during start-up go into the error.
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr = (stderr + chunk.toString()).slice(-4000);
+      options.log?.(`[${service}] ${chunk.toString().trimEnd()}`);
+    });
     children.set(service, child);
     const deadline = Date.now() + 90_000;
     while (!(await fetch(`${urls[service]}/readyz`).then((r) => r.ok, () => false))) {
-      if (Date.now() > deadline) throw new Error(`${service} not ready after 90 s`);
-      if (child.exitCode !== null) throw new Error(`${service} exited with ${child.exitCode}`);
+      if (Date.now() > deadline) throw new Error(`${service} not ready after 90 s:\n${stderr}`);
+      if (child.exitCode !== null) throw new Error(`${service} exited with ${child.exitCode}:\n${stderr}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   };
@@ -60,21 +71,26 @@ export async function startCluster(options: { env?: Record<string, string>; log?
   };
 
   const open = async (db: string): Promise<Db> => openPostgres(db, await ensureDatabase(servers.postgres, `${name}_${db}`), { max: 4 });
-  const dbs: CheckedDbs = { order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider') };
+  const dbs: CheckedDbs = {
+    order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider'),
+    ...(sagaMode === 'orchestration' ? { orchestrator: await open('orchestrator') } : {}),
+  };
   const bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${name}.events`, queuePrefix: `${name}.` });
-  await Promise.all(clusterServices.map((s) => start(s)));
+  await Promise.all(services.map((s) => start(s)));
 
   return {
     name,
+    sagaMode,
+    services,
     urls,
     dbs,
     bus,
-    pids: () => Object.fromEntries(clusterServices.map((s) => [s, children.get(s)?.pid])) as Record<ClusterService, number | undefined>,
+    pids: () => Object.fromEntries(services.map((s) => [s, children.get(s)?.pid])) as Record<ClusterService, number | undefined>,
     kill,
     start,
     queueDepth: (service) => bus.depth(service),
     stop: async ({ keepData = false } = {}) => {
-      for (const service of clusterServices) {
+      for (const service of services) {
         const child = children.get(service);
         if (child !== undefined && child.exitCode === null && child.signalCode === null) {
           const exited = new Promise((resolve) => child.once('exit', resolve));

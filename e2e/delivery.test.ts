@@ -11,7 +11,7 @@ import { inventoryService } from '../services/inventory/main.ts';
 import { orderService } from '../services/order/main.ts';
 import { executeOrderCommand } from '../services/order/store.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
-import { boot, modes, type Harness, type ModeName } from './harness.ts';
+import { backendOf, boot, modes, type Harness, type ModeName } from './harness.ts';
 
 async function allEvents(h: Harness): Promise<Envelope[]> {
   const events: Envelope[] = [];
@@ -63,13 +63,13 @@ async function truncateAll(db: Db): Promise<void> {
 async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payment'): Promise<Fresh> {
   const suite = uniqueName('shuffle');
   const open = async (db: string): Promise<Db> =>
-    mode === 'embedded' ? openPglite(db) : openPostgres(db, await ensureDatabase(servers.postgres, `${suite}_${db}`));
+    backendOf(mode) === 'embedded' ? openPglite(db) : openPostgres(db, await ensureDatabase(servers.postgres, `${suite}_${db}`));
   const db = await open(name);
   const busDb = await openPglite('bus');
   const bus = await createLocalBus(busDb);
   const providerDb = name === 'payment' ? await open('provider') : undefined;
-  const definition = name === 'order' ? orderService : name === 'inventory' ? inventoryService
-    : paymentService(await openSimulatedProvider(providerDb as Db));
+  const definition = name === 'order' ? orderService('choreography') : name === 'inventory' ? inventoryService('choreography')
+    : paymentService(await openSimulatedProvider(providerDb as Db), { mode: 'choreography' });
   const service = await startService(definition, { db, bus, log: silentLogger, relay: false });
   return {
     service, db, ...(providerDb === undefined ? {} : { extra: providerDb }),
@@ -81,7 +81,7 @@ async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payme
       await service.stop();
       await bus.close();
       for (const d of [db, busDb, providerDb]) await d?.close();
-      if (mode !== 'embedded') for (const d of [name, 'provider']) await dropDatabase(servers.postgres, `${suite}_${d}`);
+      if (backendOf(mode) !== 'embedded') for (const d of [name, 'provider']) await dropDatabase(servers.postgres, `${suite}_${d}`);
     },
   };
 }

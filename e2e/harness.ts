@@ -1,24 +1,38 @@
-// Boots the whole system for an end-to-end suite in one of two modes: embedded
+// Boots the whole system for an end-to-end suite on one of two backends, embedded
 // (PGlite + local bus, in memory) or real (PostgreSQL databases + RabbitMQ, unique
-// names per suite, dropped afterwards). Tests speak to the services through their HTTP
-// apps and end with the invariant checker.
+// names per suite, dropped afterwards), with the order saga choreographed or
+// orchestrated: four modes, and every suite runs in each. Tests speak to the services
+// through their HTTP apps and end with the invariant checker.
 import crypto from 'node:crypto';
 import amqp from 'amqplib';
-import { dropDatabase, type Db } from '@converge/platform';
+import { dropDatabase, type Db, type SagaMode } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { startSystem, serviceNames, type System, type SystemOptions } from '../scripts/system.ts';
 import { waitUntilPriced } from '../services/order/store.ts';
 import { assertInvariants, waitForQuiet, type Acknowledged, type Report } from './invariants.ts';
 
-export type ModeName = 'embedded' | 'postgres+rabbitmq';
+export type Backend = 'embedded' | 'postgres+rabbitmq';
+export type ModeName = Backend | `${Backend} · orchestration`;
+
+export const backendOf = (mode: ModeName): Backend => (mode.startsWith('embedded') ? 'embedded' : 'postgres+rabbitmq');
+export const sagaModeOf = (mode: ModeName): SagaMode => (mode.endsWith('orchestration') ? 'orchestration' : 'choreography');
 
 const realUp = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
 
-/** The modes every end-to-end suite runs in; the real one is skipped (with a notice) off CI when servers are down. */
+/**
+ * The modes every end-to-end suite runs in: each backend with the saga choreographed
+ * (the plain name) and orchestrated. The real backend is skipped (with a notice) off CI
+ * when its servers are down.
+ */
 export const modes: { name: ModeName; skip: boolean }[] = [
   { name: 'embedded', skip: false },
+  { name: 'embedded · orchestration', skip: false },
   { name: 'postgres+rabbitmq', skip: !realUp },
+  { name: 'postgres+rabbitmq · orchestration', skip: !realUp },
 ];
+
+/** Deadlines short enough for tests to see them expire, long enough not to fire on a busy machine. */
+export const testTimings = { deadlineMs: 4_000, attempts: 3, compensationAttempts: 3, maxDeadlineMs: 10_000 };
 
 export type Line = { productId: string; quantity: number };
 
@@ -39,12 +53,14 @@ export type Harness = {
 
 export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {}): Promise<Harness> {
   const suite = uniqueName('e2e');
+  const saga = { sagaMode: sagaModeOf(mode), orchestrator: { timings: testTimings, tickMs: 50 } };
   const options: SystemOptions =
-    mode === 'embedded'
-      ? { storage: { kind: 'pglite' }, bus: { kind: 'local' }, ...overrides }
+    backendOf(mode) === 'embedded'
+      ? { storage: { kind: 'pglite' }, bus: { kind: 'local' }, ...saga, ...overrides }
       : {
           storage: { kind: 'postgres', serverUrl: servers.postgres, databasePrefix: `${suite}_` },
           bus: { kind: 'rabbitmq', url: servers.rabbitmq, exchange: `${suite}.events`, queuePrefix: `${suite}.` },
+          ...saga,
           ...overrides,
         };
   const system = await startSystem({ consumer: { backoff: { baseMs: 20, capMs: 200 }, maxAttempts: 4 }, ...options });
@@ -93,11 +109,11 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     quiet: (timeoutMs = 30_000) => waitForQuiet({ dbs, queueDepth }, timeoutMs),
     check: async (expectedDeadLetters = 0) => {
       await harness.quiet();
-      return assertInvariants({ dbs, acknowledged, queueDepth, expectedDeadLetters });
+      return assertInvariants({ dbs, acknowledged, queueDepth, expectedDeadLetters, sagaMode: sagaModeOf(mode) });
     },
     stop: async () => {
       await system.stop();
-      if (mode === 'postgres+rabbitmq') await cleanUp(suite);
+      if (backendOf(mode) === 'postgres+rabbitmq') await cleanUp(suite);
     },
   };
   return harness;

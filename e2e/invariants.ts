@@ -1,12 +1,18 @@
 // The invariant checker: DESIGN.md's invariants 1–5 and 7–9, checked across the order,
-// inventory and payment databases and the payment provider's books, after the system
-// went quiet. It reads the databases directly (not the APIs), so it checks what was
+// inventory and payment databases and the payment provider's books (and, when the
+// orchestrator's database is given, its sagas: each final and agreeing with its order)
+// after the system went quiet. It reads the databases directly (not the APIs), so it checks what was
 // stored, and reports every violation with the evidence. Used by the end-to-end tests,
 // the chaos suite and the benchmark.
 import type { Db } from '@converge/platform';
 import { paymentIdFor } from '../services/payment/payment.ts';
 
-export type CheckedDbs = { order: Db; inventory: Db; payment: Db; provider: Db };
+export type CheckedDbs = { order: Db; inventory: Db; payment: Db; provider: Db; orchestrator?: Db };
+
+/** The services whose outbox, holds, dead letters and queue the checker looks at. */
+const servicesOf = (dbs: CheckedDbs): Record<string, Db> => ({
+  order: dbs.order, inventory: dbs.inventory, payment: dbs.payment, ...(dbs.orchestrator === undefined ? {} : { orchestrator: dbs.orchestrator }),
+});
 
 export type Acknowledged = { orderId: string; userId: string; idempotencyKey: string };
 
@@ -18,6 +24,8 @@ export type CheckInput = {
   queueDepth?: (service: string) => Promise<number>;
   /** Dead letters expected (e.g. injected poison); anything else is a violation. */
   expectedDeadLetters?: number;
+  /** In orchestration mode every order must have a saga that agrees with it. */
+  sagaMode?: 'choreography' | 'orchestration';
 };
 
 export type Violation = { invariant: number; message: string; evidence: unknown };
@@ -26,7 +34,7 @@ export type Report = { ok: boolean; violations: Violation[]; summary: Record<str
 
 type OrderRow = { order_id: string; user_id: string; status: string; total_amount: number; items: { productId: string; quantity: number }[] };
 
-export async function checkInvariants({ dbs, acknowledged = [], queueDepth, expectedDeadLetters = 0 }: CheckInput): Promise<Report> {
+export async function checkInvariants({ dbs, acknowledged = [], queueDepth, expectedDeadLetters = 0, sagaMode = 'choreography' }: CheckInput): Promise<Report> {
   const violations: Violation[] = [];
   const fail = (invariant: number, message: string, evidence: unknown) => violations.push({ invariant, message, evidence });
 
@@ -113,6 +121,20 @@ export async function checkInvariants({ dbs, acknowledged = [], queueDepth, expe
     }
   }
 
+  // 3 and 5, orchestrated: every order has one saga, final, and saga and order agree.
+  if (sagaMode === 'orchestration') {
+    if (dbs.orchestrator === undefined) throw new Error('orchestration mode: the checker needs the orchestrator database');
+    const sagas = new Map((await dbs.orchestrator.query<{ saga_id: string; status: string }>('SELECT saga_id, status FROM sagas')).map((s) => [s.saga_id, s.status]));
+    for (const o of orders) {
+      const saga = sagas.get(o.order_id);
+      const agrees = o.status === 'COMPLETED' ? saga === 'COMPLETED' : saga === 'COMPENSATED' || saga === 'RESOLVED';
+      if (saga === undefined) fail(3, `order ${o.order_id} has no saga`, { order: o.order_id, status: o.status });
+      else if (!agrees) fail(5, `${o.status} order ${o.order_id} has a ${saga} saga`, { order: o.order_id, status: o.status, saga });
+    }
+    const orphans = [...sagas.keys()].filter((id) => !byId.has(id));
+    if (orphans.length > 0) fail(3, `${orphans.length} sagas belong to no order`, orphans.slice(0, 5));
+  }
+
   // 7. Each effect at most once: one creation and at most one outcome per order stream.
   const streams = await dbs.order.query<{ subject: string; created: number; outcomes: number }>(
     `SELECT subject, count(*) FILTER (WHERE type = 'OrderCreated')::int AS created,
@@ -130,7 +152,7 @@ export async function checkInvariants({ dbs, acknowledged = [], queueDepth, expe
 
   // 8. Nothing stuck: outboxes drained, holds and queues empty, dead letters as expected.
   let deadLetters = 0;
-  for (const [name, db] of Object.entries({ order: dbs.order, inventory: dbs.inventory, payment: dbs.payment })) {
+  for (const [name, db] of Object.entries(servicesOf(dbs))) {
     const [row] = await db.query<{ backlog: number; held: number; dead: number }>(
       `SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL)::int AS backlog,
               (SELECT count(*) FROM held_messages)::int AS held,
@@ -192,7 +214,7 @@ export async function waitForQuiet(input: Pick<CheckInput, 'dbs' | 'queueDepth'>
   let last = '';
   while (Date.now() < deadline) {
     const parts: number[] = [];
-    for (const [name, db] of Object.entries({ order: input.dbs.order, inventory: input.dbs.inventory, payment: input.dbs.payment })) {
+    for (const [name, db] of Object.entries(servicesOf(input.dbs))) {
       const [row] = await db.query<{ n: number }>(
         `SELECT ((SELECT count(*) FROM outbox WHERE published_at IS NULL) + (SELECT count(*) FROM held_messages))::int AS n`,
       );
@@ -200,10 +222,14 @@ export async function waitForQuiet(input: Pick<CheckInput, 'dbs' | 'queueDepth'>
     }
     const [pending] = await input.dbs.order.query<{ n: number }>(`SELECT count(*)::int AS n FROM orders WHERE status = 'PENDING'`);
     parts.push(pending?.n ?? 0);
+    if (input.dbs.orchestrator !== undefined) {
+      const [active] = await input.dbs.orchestrator.query<{ n: number }>(`SELECT count(*)::int AS n FROM sagas WHERE status IN ('RUNNING', 'COMPENSATING')`);
+      parts.push(active?.n ?? 0);
+    }
     last = parts.join(',');
     calm = parts.every((n) => n === 0) ? calm + 1 : 0;
     if (calm >= 3) return;
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  throw new Error(`system not quiet after ${timeoutMs} ms (outbox+held, queue per service, pending orders: ${last})`);
+  throw new Error(`system not quiet after ${timeoutMs} ms (outbox+held, queue per service, pending orders, active sagas: ${last})`);
 }

@@ -23,9 +23,11 @@ function readConfig() {
       ORDER_INSTANCES: setting.int(1, 1, 16),
       INVENTORY_INSTANCES: setting.int(1, 1, 16),
       PAYMENT_INSTANCES: setting.int(1, 1, 16),
+      ORCHESTRATOR_INSTANCES: setting.int(1, 1, 16),
       ORDER_PORT: setting.int(defaultPorts.order, 1, 65_535),
       INVENTORY_PORT: setting.int(defaultPorts.inventory, 1, 65_535),
       PAYMENT_PORT: setting.int(defaultPorts.payment, 1, 65_535),
+      ORCHESTRATOR_PORT: setting.int(defaultPorts.orchestrator, 1, 65_535),
       SEED_DEMO: setting.bool(true),
     });
   } catch (error) {
@@ -62,10 +64,14 @@ async function seed(inventoryUrl: string, paymentUrl: string): Promise<void> {
 
 async function main(): Promise<void> {
   const config = readConfig();
-  const instances: Record<ServiceName, number> = { order: config.ORDER_INSTANCES, inventory: config.INVENTORY_INSTANCES, payment: config.PAYMENT_INSTANCES };
-  const basePorts: Record<ServiceName, number> = { order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT };
+  const instances: Record<ServiceName, number> = {
+    order: config.ORDER_INSTANCES, inventory: config.INVENTORY_INSTANCES, payment: config.PAYMENT_INSTANCES, orchestrator: config.ORCHESTRATOR_INSTANCES,
+  };
+  const basePorts: Record<ServiceName, number> = {
+    order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT,
+  };
   const members: Member[] = [];
-  const urls: Record<ServiceName, string[]> = { order: [], inventory: [], payment: [] };
+  const urls: Record<ServiceName, string[]> = { order: [], inventory: [], payment: [], orchestrator: [] };
   for (const service of serviceNames) {
     for (let i = 0; i < instances[service]; i++) {
       const port = basePorts[service] + 100 * i;
@@ -76,7 +82,10 @@ async function main(): Promise<void> {
   const first = (service: ServiceName) => urls[service][0] ?? '';
   members.push({
     name: 'gateway', script: 'services/gateway/main.ts', args: [], restarts: 0,
-    env: { GATEWAY_PORT: String(config.GATEWAY_PORT), ORDER_URL: first('order'), INVENTORY_URL: first('inventory'), PAYMENT_URL: first('payment') },
+    env: {
+      GATEWAY_PORT: String(config.GATEWAY_PORT), ORDER_URL: first('order'), INVENTORY_URL: first('inventory'),
+      PAYMENT_URL: first('payment'), ORCHESTRATOR_URL: first('orchestrator'),
+    },
   });
 
   let stopping = false;

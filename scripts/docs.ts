@@ -8,8 +8,10 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Type from 'typebox';
 import { EnvelopeSchema, catalogue, eventTypes, type EventType } from '@converge/contracts';
-import { inventoryService } from '../services/inventory/main.ts';
-import { orderService } from '../services/order/main.ts';
+import { sagaModes, type SagaMode } from '@converge/platform';
+import { inventorySources } from '../services/inventory/consumers.ts';
+import { orchestratorSources } from '../services/orchestrator/consumers.ts';
+import { orderSources } from '../services/order/consumers.ts';
 import { paymentSources } from '../services/payment/consumers.ts';
 import { serviceNames, startSystem } from './system.ts';
 
@@ -20,12 +22,15 @@ const exchange = 'converge.events';
 const queueOf = (service: string): string => `converge.${service}`;
 const amqpBinding = { bindingVersion: '0.3.0' } as const;
 
-// Payment's definition needs a provider; its sources are all the document needs.
-const consumers: readonly { name: string; sources: readonly string[] }[] = [
-  orderService,
-  inventoryService,
-  { name: 'payment', sources: paymentSources },
-];
+// Who consumes what depends on the saga mode; the document shows both.
+const sourcesIn: Record<string, (mode: SagaMode) => readonly string[]> = {
+  order: orderSources,
+  inventory: inventorySources,
+  payment: paymentSources,
+  orchestrator: (mode) => (mode === 'orchestration' ? orchestratorSources : []),
+};
+const consumers = Object.entries(sourcesIn).map(([name, sources]) => ({ name, modes: sagaModes.filter((mode) => sources(mode).length > 0), sourcesIn: sources }));
+const modesConsuming = (consumer: (typeof consumers)[number], source: string) => consumer.modes.filter((mode) => consumer.sourcesIn(mode).includes(source));
 
 /** Pretty JSON with a trailing newline; symbol keys (TypeBox's own) are dropped. */
 const json = (value: unknown): string => `${JSON.stringify(value, null, 2)}\n`;
@@ -76,12 +81,16 @@ function messageOf(type: EventType) {
 }
 
 export function buildAsyncApi(): Record<string, unknown> {
-  const consumersOf = (type: EventType) => consumers.filter((c) => c.sources.includes(catalogue[type].source)).map((c) => c.name);
+  const consumersOf = (type: EventType) => consumers.flatMap((c) => {
+    const modes = modesConsuming(c, catalogue[type].source);
+    if (modes.length === 0) return [];
+    return [{ name: c.name, when: modes.length === sagaModes.length ? '' : ` (SAGA_MODE=${modes.join(', ')} only)` }];
+  });
   const channels = Object.fromEntries(eventTypes.map((type) => [type, {
     address: type,
     title: type,
     summary: catalogue[type].summary,
-    description: `Published by ${catalogue[type].source}; consumed by ${consumersOf(type).join(', ') || 'no service'}.`,
+    description: `Published by ${catalogue[type].source}; consumed by ${consumersOf(type).map((c) => `${c.name}${c.when}`).join(', ') || 'no service'}.`,
     messages: { [type]: { $ref: `#/components/messages/${type}` } },
     bindings: {
       amqp: { is: 'routingKey', exchange: { name: exchange, type: 'topic', durable: true, autoDelete: false, vhost: '/' }, ...amqpBinding },
@@ -98,11 +107,11 @@ export function buildAsyncApi(): Record<string, unknown> {
         tags: [{ name: source }],
         bindings: { amqp: { deliveryMode: 2, ...amqpBinding } },
       }],
-      ...consumersOf(type).map((consumer): [string, object] => [`${consumer}.receive.${type}`, {
+      ...consumersOf(type).map(({ name, when }): [string, object] => [`${name}.receive.${type}`, {
         action: 'receive',
         ...refs,
-        summary: `${consumer} consumes ${type} from queue ${queueOf(consumer)}, once in effect (inbox), in sequence order per subject.`,
-        tags: [{ name: consumer }],
+        summary: `${name} consumes ${type} from queue ${queueOf(name)}, once in effect (inbox), in sequence order per subject${when}.`,
+        tags: [{ name }],
         bindings: { amqp: { ack: true, ...amqpBinding } },
       }]),
     ];

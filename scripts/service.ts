@@ -2,13 +2,15 @@
 // PostgreSQL server (created if missing) → migrate → RabbitMQ → HTTP + relay +
 // consumer → listen. Run as many instances of a service as wanted: they share its
 // database and its queue; relays split the outbox partitions between them.
-//   tsx scripts/service.ts order|inventory|payment
+//   tsx scripts/service.ts order|inventory|payment|orchestrator
 import { pathToFileURL } from 'node:url';
 import { eventTypesOf } from '@converge/contracts';
 import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
 import { parseBusFaults, withFaults, type BusFaults } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import { inventoryService } from '../services/inventory/main.ts';
+import { defaultTimings } from '../services/orchestrator/fulfilment.ts';
+import { orchestratorService } from '../services/orchestrator/main.ts';
 import { orderService } from '../services/order/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
@@ -39,6 +41,17 @@ export const clusterConfig = (service: ServiceName, testing = false) => ({
   PORT: setting.int(defaultPorts[service], 0, 65_535),
   RELAY: setting.bool(true),
   PAYMENT_ALLOW_FAULTS: setting.bool(false),
+  /** How the order saga runs: every service of a deployment must agree. */
+  SAGA_MODE: setting.oneOf(['choreography', 'orchestration'], 'choreography'),
+  /** Orchestrator: a step's first wait for its reply (later attempts wait twice as long, up to the max). */
+  SAGA_STEP_DEADLINE_MS: setting.int(defaultTimings.deadlineMs, 10, 3_600_000),
+  SAGA_STEP_MAX_DEADLINE_MS: setting.int(defaultTimings.maxDeadlineMs, 10, 86_400_000),
+  /** Orchestrator: sends of a step's command before it counts as failed (and is compensated). */
+  SAGA_STEP_ATTEMPTS: setting.int(defaultTimings.attempts, 1, 100),
+  /** Orchestrator: sends of a compensation before the saga is parked as NEEDS_ATTENTION. */
+  SAGA_COMPENSATION_ATTEMPTS: setting.int(defaultTimings.compensationAttempts, 1, 100),
+  /** Orchestrator: a saga not final and unchanged this long counts as stuck (converge_sagas_stuck). */
+  SAGA_STUCK_AFTER_MS: setting.int(60_000, 1_000, 86_400_000),
   LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
   /**
    * Test-only fault switch (the chaos suite): `duplicate=0.1,delay=0.1,max-delay-ms=3000`
@@ -65,17 +78,27 @@ export async function runService(service: ServiceName, env: Record<string, strin
   const bus = faulty ?? rabbit;
   let definition: ServiceDefinition;
   const closeLater: (() => Promise<void>)[] = [];
+  const mode = config.SAGA_MODE;
   if (service === 'payment') {
     const providerDb = await openPostgres('provider', await databaseFor('provider'), { max: 5 });
     closeLater.push(() => providerDb.close());
-    definition = paymentService(await openSimulatedProvider(providerDb), { allowFaults: config.PAYMENT_ALLOW_FAULTS });
+    definition = paymentService(await openSimulatedProvider(providerDb), { mode, allowFaults: config.PAYMENT_ALLOW_FAULTS });
+  } else if (service === 'orchestrator') {
+    definition = orchestratorService({
+      mode,
+      stuckAfterMs: config.SAGA_STUCK_AFTER_MS,
+      timings: {
+        deadlineMs: config.SAGA_STEP_DEADLINE_MS, maxDeadlineMs: config.SAGA_STEP_MAX_DEADLINE_MS,
+        attempts: config.SAGA_STEP_ATTEMPTS, compensationAttempts: config.SAGA_COMPENSATION_ATTEMPTS,
+      },
+    });
   } else {
-    definition = service === 'order' ? orderService : inventoryService;
+    definition = service === 'order' ? orderService(mode) : inventoryService(mode);
   }
   await bus.declare(service, definition.sources.flatMap((source) => eventTypesOf(source)));
   const running = await startService(definition, { db, bus, log, relay: config.RELAY, ...(faulty === undefined ? {} : { faults: faulty.faultStats }) });
   const url = await running.listen(config.PORT, config.HOST);
-  log.info('service ready', { url, relay: config.RELAY });
+  log.info('service ready', { url, relay: config.RELAY, sagaMode: mode });
   return async () => {
     await running.stop();
     await bus.close();

@@ -23,6 +23,8 @@ function readConfig() {
       ORDER_PORT: port(defaultPorts.order),
       INVENTORY_PORT: port(defaultPorts.inventory),
       PAYMENT_PORT: port(defaultPorts.payment),
+      ORCHESTRATOR_PORT: port(defaultPorts.orchestrator),
+      SAGA_MODE: setting.oneOf(['choreography', 'orchestration'], 'choreography'),
       LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'warn'),
     });
   } catch (error) {
@@ -44,9 +46,9 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger('converge', config.LOG_LEVEL);
   const dataDir = path.resolve(config.DATA_DIR);
-  const ports: Record<ServiceName, number> = { order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT };
+  const ports: Record<ServiceName, number> = { order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT };
 
-  const system = await startSystem({ storage: { kind: 'pglite', dataDir }, bus: { kind: 'local' }, log });
+  const system = await startSystem({ storage: { kind: 'pglite', dataDir }, bus: { kind: 'local' }, log, sagaMode: config.SAGA_MODE });
   let gateway: RunningGateway | undefined;
   let stopping: Promise<void> | undefined;
   const stop = () => {

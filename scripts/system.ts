@@ -6,19 +6,20 @@ import path from 'node:path';
 import { eventTypesOf } from '@converge/contracts';
 import {
   createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
-  type Bus, type BusFaults, type Db, type Logger, type RunningService, type ServiceDeps,
+  type Bus, type BusFaults, type Db, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
 } from '@converge/platform';
 import type { FaultStats } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import { inventoryService } from '../services/inventory/main.ts';
+import { orchestratorService, type OrchestratorOptions } from '../services/orchestrator/main.ts';
 import { orderService } from '../services/order/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
 import type { SimulatedProvider } from '../services/payment/provider.ts';
 
-export const serviceNames = ['order', 'inventory', 'payment'] as const;
+export const serviceNames = ['order', 'inventory', 'payment', 'orchestrator'] as const;
 export type ServiceName = (typeof serviceNames)[number];
 
-export const defaultPorts: Record<ServiceName | 'gateway', number> = { gateway: 3000, order: 3001, inventory: 3002, payment: 3003 };
+export const defaultPorts: Record<ServiceName | 'gateway', number> = { gateway: 3000, order: 3001, inventory: 3002, payment: 3003, orchestrator: 3004 };
 
 export type Storage =
   | { kind: 'pglite'; dataDir?: string }
@@ -36,7 +37,23 @@ export type SystemOptions = {
   withoutRelay?: readonly ServiceName[];
   consumer?: ServiceDeps['consumer'];
   allowFaults?: boolean;
+  /** Choreography (default) or orchestration of the order saga. */
+  sagaMode?: SagaMode;
+  /** The orchestrator's deadlines and thresholds (tests shorten them). */
+  orchestrator?: Omit<OrchestratorOptions, 'mode'>;
 };
+
+/** Every service of the system, wired for one saga mode. */
+export function serviceDefinitions(
+  mode: SagaMode, provider: SimulatedProvider, options: { allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'> } = {},
+): Record<ServiceName, ServiceDefinition> {
+  return {
+    order: orderService(mode),
+    inventory: inventoryService(mode),
+    payment: paymentService(provider, { mode, allowFaults: options.allowFaults ?? false }),
+    orchestrator: orchestratorService({ mode, ...options.orchestrator }),
+  };
+}
 
 export type System = {
   services: Record<ServiceName, RunningService>;
@@ -77,15 +94,15 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     order: await openDatabase(options.storage, 'order', log),
     inventory: await openDatabase(options.storage, 'inventory', log),
     payment: await openDatabase(options.storage, 'payment', log),
+    orchestrator: await openDatabase(options.storage, 'orchestrator', log),
     provider: await openDatabase(options.storage, 'provider', log),
   };
   const { bus, busDb, faults } = await openBus(options.bus, options.storage, log);
   const provider = await openSimulatedProvider(dbs.provider);
-  const definitions = {
-    order: orderService,
-    inventory: inventoryService,
-    payment: paymentService(provider, { allowFaults: options.allowFaults ?? false }),
-  };
+  const definitions = serviceDefinitions(options.sagaMode ?? 'choreography', provider, {
+    ...(options.allowFaults === undefined ? {} : { allowFaults: options.allowFaults }),
+    ...(options.orchestrator === undefined ? {} : { orchestrator: options.orchestrator }),
+  });
   const start = (name: ServiceName, relay?: boolean) =>
     startService(definitions[name], {
       db: dbs[name], bus, log,
@@ -98,6 +115,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
   const services = {
     inventory: await start('inventory'),
     payment: await start('payment'),
+    orchestrator: await start('orchestrator'),
     order: await start('order'),
   };
   return {

@@ -125,3 +125,9 @@ export async function setReservationStatus(
 export async function recordItems(tx: Sql, orderId: string, items: readonly StockLine[]): Promise<void> {
   await tx.query('UPDATE reservations SET items = $2::jsonb WHERE order_id = $1', [orderId, JSON.stringify(items)]);
 }
+
+/** Whether this service already published an event of `type` about `subject`. */
+export async function hasEmitted(tx: Sql, subject: string, type: string): Promise<boolean> {
+  const [row] = await tx.query('SELECT 1 FROM outbox WHERE subject = $1 AND type = $2 LIMIT 1', [subject, type]);
+  return row !== undefined;
+}

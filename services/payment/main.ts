@@ -1,7 +1,7 @@
 // The payment service: payments and refunds through a PaymentProvider (see DESIGN.md).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { migrate, type Db, type ServiceDefinition } from '@converge/platform';
+import { migrate, type Db, type SagaMode, type ServiceDefinition } from '@converge/platform';
 import { paymentHandler, paymentSources } from './consumers.ts';
 import { registerPaymentRoutes } from './http.ts';
 import { simulatedProvider, type SimulatedProvider } from './provider.ts';
@@ -14,13 +14,13 @@ export async function openSimulatedProvider(db: Db): Promise<SimulatedProvider> 
   return simulatedProvider(db);
 }
 
-export function paymentService(provider: SimulatedProvider, options: { allowFaults?: boolean } = {}): ServiceDefinition {
+export function paymentService(provider: SimulatedProvider, options: { mode: SagaMode; allowFaults?: boolean }): ServiceDefinition {
   return {
     name: 'payment',
     description: 'Charges and refunds orders through the payment provider.',
     migrations: path.join(here, 'migrations'),
-    sources: paymentSources,
-    handle: paymentHandler(provider),
+    sources: paymentSources(options.mode),
+    handle: paymentHandler(provider, options.mode),
     routes: (app, { db }) => registerPaymentRoutes(app, db, provider, options.allowFaults ?? false),
   };
 }

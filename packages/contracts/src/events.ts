@@ -88,6 +88,21 @@ export const PaymentRefunded = Type.Object(
   strict,
 );
 
+// Commands of the orchestrated saga (SAGA_MODE=orchestration): the orchestrator tells a
+// service to do one step; the service's reply is one of its ordinary events. Every
+// command is idempotent at its target, so a retry after a missed deadline is harmless.
+const Reason = Type.String({ maxLength: 500 });
+export const ReserveInventory = Type.Object(
+  { orderId: Uuid, userId: UserId, items: Type.Array(StockLine, { minItems: 1, maxItems: 100 }), totalAmount: Money, currency: Currency },
+  strict,
+);
+export const ReleaseInventory = Type.Object({ orderId: Uuid, reason: Reason }, strict);
+export const CommitInventory = Type.Object({ orderId: Uuid }, strict);
+export const ProcessPayment = Type.Object({ orderId: Uuid, userId: UserId, amount: Money, currency: Currency }, strict);
+export const RefundPayment = Type.Object({ orderId: Uuid, userId: UserId, amount: Money, currency: Currency, reason: Reason }, strict);
+export const CompleteOrder = Type.Object({ orderId: Uuid }, strict);
+export const FailOrder = Type.Object({ orderId: Uuid, reason: Reason }, strict);
+
 export const catalogue = {
   OrderCreated: { source: 'order', version: 1, schema: OrderCreated, summary: 'An order was accepted and is PENDING.' },
   OrderCompleted: { source: 'order', version: 1, schema: OrderCompleted, summary: 'Stock reserved and payment taken; final.' },
@@ -102,7 +117,35 @@ export const catalogue = {
   PaymentProcessed: { source: 'payment', version: 1, schema: PaymentProcessed, summary: 'The order total was captured.' },
   PaymentFailed: { source: 'payment', version: 1, schema: PaymentFailed, summary: 'The charge was declined or could not be made.' },
   PaymentRefunded: { source: 'payment', version: 1, schema: PaymentRefunded, summary: 'A captured payment was given back.' },
-} as const satisfies Record<string, { source: string; version: number; schema: TSchema; summary: string }>;
+  ReserveInventory: {
+    source: 'orchestrator', version: 1, schema: ReserveInventory, target: 'inventory',
+    summary: 'Command: reserve every line or none. Replies InventoryReserved or InventoryRejected.',
+  },
+  ReleaseInventory: {
+    source: 'orchestrator', version: 1, schema: ReleaseInventory, target: 'inventory',
+    summary: 'Command (compensation): give the reservation back, or refuse a later one. Replies InventoryReleased.',
+  },
+  CommitInventory: {
+    source: 'orchestrator', version: 1, schema: CommitInventory, target: 'inventory',
+    summary: 'Command: reserved stock becomes sold. Replies InventoryCommitted.',
+  },
+  ProcessPayment: {
+    source: 'orchestrator', version: 1, schema: ProcessPayment, target: 'payment',
+    summary: 'Command: charge the order total. Replies PaymentProcessed or PaymentFailed.',
+  },
+  RefundPayment: {
+    source: 'orchestrator', version: 1, schema: RefundPayment, target: 'payment',
+    summary: 'Command (compensation): refund a captured payment, or refuse a later charge. Replies PaymentRefunded or PaymentFailed.',
+  },
+  CompleteOrder: {
+    source: 'orchestrator', version: 1, schema: CompleteOrder, target: 'order',
+    summary: 'Command: the order is paid for. Replies OrderCompleted, or OrderCancelled when the user cancelled first.',
+  },
+  FailOrder: {
+    source: 'orchestrator', version: 1, schema: FailOrder, target: 'order',
+    summary: 'Command (compensation): the order cannot be fulfilled. Replies OrderFailed, or OrderCancelled when the user cancelled first.',
+  },
+} as const satisfies Record<string, { source: string; version: number; schema: TSchema; summary: string; target?: string }>;
 
 export type Catalogue = typeof catalogue;
 export type EventType = keyof Catalogue;
@@ -114,6 +157,12 @@ export const eventTypes = Object.keys(catalogue) as EventType[];
 
 export function eventTypesOf(source: string): EventType[] {
   return eventTypes.filter((type) => catalogue[type].source === source);
+}
+
+export type CommandType = { [T in EventType]: Catalogue[T] extends { target: string } ? T : never }[EventType];
+
+export function isCommandType(type: string): type is CommandType {
+  return isEventType(type) && 'target' in catalogue[type];
 }
 
 export function isEventType(type: string): type is EventType {

@@ -11,5 +11,6 @@ export * from './migrate.ts';
 export * from './outbox.ts';
 export * from './relay.ts';
 export * from './retry.ts';
+export * from './saga.ts';
 export * from './service.ts';
 export * from './status.ts';

@@ -33,6 +33,10 @@ export type ServiceDefinition<Extra = void> = {
   sources: readonly string[];
   handle: Handler;
   routes(app: HttpApp, deps: Required<Pick<ServiceDeps, 'db' | 'log' | 'now'>> & { bus: Bus }): Extra;
+  /** Work beside the consumer and the relay (the orchestrator's deadline timer). */
+  background?(deps: { db: Db; log: Logger; now: () => Date }): { stop(): Promise<void> };
+  /** More Prometheus lines for /metrics. */
+  metrics?(deps: { db: Db; now: () => Date }): () => Promise<string[]>;
 };
 
 export type RunningService<Extra = void> = {
@@ -73,7 +77,8 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
   });
   registerDeadLetterRoutes(app, db, consumer);
   const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
-  registerStatusRoutes(app, definition.name, db, consumer, deps.faults);
+  registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now }));
+  const background = definition.background?.({ db, log, now });
   await app.ready();
   let stopped = false;
   return {
@@ -88,6 +93,7 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
       if (stopped) return;
       stopped = true;
       await app.close();
+      await background?.stop();
       await consumer.stop();
       await relay?.stop();
     },

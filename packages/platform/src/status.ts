@@ -74,6 +74,7 @@ export function registerStatusRoutes(
   db: Db,
   consumer: Consumer,
   faults?: FaultStats,
+  more?: () => Promise<string[]>,
 ): void {
   watchEventLoop();
   app.get('/status', { schema: { tags: ['operations'], summary: 'Outbox, consumer and dead-letter figures', response: { 200: StatusSchema } } }, () =>
@@ -110,7 +111,7 @@ export function registerStatusRoutes(
         ...Object.entries(s.busFaults).map(([fault, n]) => `converge_bus_faults_total{${label},fault="${fault}"} ${n}`),
       ]),
     ];
-    lines.push(...eventLoopDelayLines(label));
+    lines.push(...eventLoopDelayLines(label), ...(more === undefined ? [] : await more()));
     return reply.type('text/plain; version=0.0.4').send(lines.join('\n') + '\n');
   });
 }
