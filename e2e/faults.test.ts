@@ -5,13 +5,17 @@
 import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { boot, modes, type Harness } from './harness.ts';
+import { boot, modes, sagaModeOf, type Harness } from './harness.ts';
 
-const count = async (h: Harness, service: 'order' | 'inventory' | 'payment', sql: string, params: unknown[] = []) =>
+const count = async (h: Harness, service: 'order' | 'inventory' | 'payment' | 'orchestrator', sql: string, params: unknown[] = []) =>
   (await h.system.dbs[service].query<{ n: number }>(`SELECT count(*)::int AS n FROM ${sql}`, params))[0]?.n ?? 0;
 
 describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
   let h: Harness;
+  const orchestrated = sagaModeOf(name) === 'orchestration';
+  // What asks payment to charge, and who consumes the order service's events, in this mode.
+  const chargeRequest = orchestrated ? 'ProcessPayment' : 'InventoryReserved';
+  const orderConsumers = orchestrated ? (['orchestrator'] as const) : (['inventory', 'payment'] as const);
   beforeAll(async () => {
     if (!skip) h = await boot(name);
   });
@@ -70,7 +74,7 @@ describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
       if (Date.now() > deadline) throw new Error('never dead-lettered');
       await new Promise((r) => setTimeout(r, 20));
     }
-    expect(parked).toMatchObject({ reason: 'retries exhausted', type: 'InventoryReserved', subject: stuck.orderId });
+    expect(parked).toMatchObject({ reason: 'retries exhausted', type: chargeRequest, subject: stuck.orderId });
     expect(parked.error).toContain('payment provider failed');
 
     const behind = await Promise.all([1, 2, 3].map(() => h.place(user, [{ productId: product, quantity: 1 }])));
@@ -105,18 +109,19 @@ describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
     const placed = await h.place(user, [{ productId: product, quantity: 1 }]);
     expect((await h.waitFinal(placed.orderId)).status).toBe('COMPLETED');
     await h.quiet();
-    const parked = await h.system.dbs.inventory.query<{ reason: string; error: string; message_id: string }>(
+    const [consumer, ...others] = orderConsumers;
+    const parked = await h.system.dbs[consumer].query<{ reason: string; error: string; message_id: string }>(
       "SELECT reason, error, message_id FROM dead_letters WHERE status = 'parked' AND reason = 'invalid message' ORDER BY parked_at",
     );
     expect(parked).toHaveLength(3);
-    // OrderCreated is bound to payment's queue too: each consumer parks its own copy.
-    expect(await count(h, 'payment', "dead_letters WHERE status = 'parked' AND reason = 'invalid message'")).toBe(3);
+    // OrderCreated may be bound to several queues: each consumer parks its own copy.
+    for (const other of others) expect(await count(h, other, "dead_letters WHERE status = 'parked' AND reason = 'invalid message'")).toBe(3);
     expect(new Set(parked.map((p) => p.message_id))).toEqual(new Set(poison.map((p) => p.id)));
     expect(parked.map((p) => p.error).join(' ')).toMatch(/data\/orderId/);
     // Still invalid: a replay says so and changes nothing.
-    const [first] = await h.system.dbs.inventory.query<{ id: string }>("SELECT id FROM dead_letters WHERE reason = 'invalid message' LIMIT 1");
-    const replay = await h.system.services.inventory.app.inject({ method: 'POST', url: `/dead-letters/${first?.id ?? ''}/replay` });
+    const [first] = await h.system.dbs[consumer].query<{ id: string }>("SELECT id FROM dead_letters WHERE reason = 'invalid message' LIMIT 1");
+    const replay = await h.system.services[consumer].app.inject({ method: 'POST', url: `/dead-letters/${first?.id ?? ''}/replay` });
     expect(replay.json()).toMatchObject({ outcome: 'failed' });
-    await h.check(6);
+    await h.check(3 * orderConsumers.length);
   });
 });

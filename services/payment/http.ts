@@ -58,6 +58,7 @@ export function registerPaymentRoutes(app: HttpApp, db: Db, provider: SimulatedP
           down: Type.Optional(Type.Boolean()),
           failNext: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })),
           delayMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000 })),
+          refundsDown: Type.Optional(Type.Boolean()),
         }, { additionalProperties: false }),
       },
     }, (request) => {

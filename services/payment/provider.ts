@@ -25,6 +25,8 @@ export type ProviderFaults = {
   failNext: number;
   /** Each call takes this long. */
   delayMs: number;
+  /** Refunds fail as if the provider were down; charges still work. */
+  refundsDown: boolean;
 };
 
 export type SimulatedProvider = PaymentProvider & {
@@ -35,7 +37,7 @@ export type SimulatedProvider = PaymentProvider & {
 };
 
 export function simulatedProvider(db: Db): SimulatedProvider {
-  const faults: ProviderFaults = { down: false, failNext: 0, delayMs: 0 };
+  const faults: ProviderFaults = { down: false, failNext: 0, delayMs: 0, refundsDown: false };
   const disturb = async () => {
     if (faults.delayMs > 0) await sleep(faults.delayMs);
     if (faults.down) throw new ProviderUnavailableError('payment provider unavailable');
@@ -76,6 +78,7 @@ export function simulatedProvider(db: Db): SimulatedProvider {
     },
     refund: async ({ paymentId }) => {
       await disturb();
+      if (faults.refundsDown) throw new ProviderUnavailableError('payment provider refuses refunds for now (injected)');
       await db.transaction(async (tx) => {
         const [charge] = await tx.query<{ user_id: string; amount: number }>(
           `UPDATE provider_charges SET status = 'refunded' WHERE payment_id = $1 AND status = 'captured' RETURNING user_id, amount`,

@@ -293,6 +293,38 @@ describe.each(backends)('consumer on $name', (backend) => {
       ]);
     });
 
+    it('given a command parked for good, when later commands about its subject arrive, then they are not held behind it, and a replay still runs it', async () => {
+      const db = await backend.open();
+      let broken = true;
+      const handle = recordingHandler((m) => {
+        if (broken && m.sequence === 2) throw new Error('provider refuses refunds');
+      });
+      const name = uniqueName('c');
+      const c = await startConsumer(
+        { name, db, bus, log: silentLogger, sources: ['orchestrator'], handle, maxAttempts: 2, backoff: { baseMs: 5, capMs: 20 } }, false,
+      );
+      cleanups.push(() => c.stop());
+      const orderId = crypto.randomUUID();
+      const refund = (sequence: number) => message(
+        { type: 'RefundPayment', data: { orderId, userId: 'u-1', amount: 100, currency: 'EUR', reason: 'timed out' } }, 'orchestrator', orderId, sequence,
+      );
+
+      // The third arrives before the second (held); the second is parked: its turn passes on.
+      expect(await c.process(refund(1))).toBe('applied');
+      expect(await c.process(refund(3))).toBe('held');
+      expect(await c.process(refund(2))).toBe('dead-lettered');
+      expect(await effects(db)).toEqual(tag(orderId, 1, 3));
+      expect(await c.process(refund(4))).toBe('applied');
+      expect(await effects(db)).toEqual(tag(orderId, 1, 3, 4));
+
+      broken = false;
+      const [parked] = await deadLetters(db);
+      expect(await replayDeadLetter(db, c, parked?.id ?? '', 'operator')).toMatchObject({ outcome: 'applied' });
+      expect(await effects(db)).toEqual(tag(orderId, 1, 3, 4, 2));
+      expect(await db.query('SELECT last_sequence FROM consumer_positions WHERE consumer = $1 AND subject = $2', [name, orderId])).toEqual([{ last_sequence: 4 }]);
+      expect(await db.query('SELECT 1 FROM held_messages WHERE consumer = $1', [name])).toHaveLength(0);
+    });
+
     it.each([
       { failing: 1, arrival: [1, 2, 3], outcomes: ['dead-lettered', 'held', 'held'] },
       { failing: 2, arrival: [2, 1, 3], outcomes: ['held', 'applied', 'held'] },

@@ -10,7 +10,11 @@
 // message's fault: it retries without counting attempts, so nothing is parked for it.
 // Messages about one subject (from any source) are handled one at a time, in arrival
 // order; messages about different subjects share transactions (consumer-batch.ts).
-import { checkEnvelope, eventTypesOf, type DomainEvent, type Envelope } from '@converge/contracts';
+// Commands (an orchestrator telling this service to do a step) are idempotent and
+// safe in any order, and the saga retries them when no reply comes: so a parked
+// command does not hold back the later commands about its subject, and an operator's
+// replay of one runs it even after later ones took effect.
+import { checkEnvelope, eventTypesOf, isCommandType, type DomainEvent, type Envelope } from '@converge/contracts';
 import type { Bus, Delivery, Subscription } from './bus.ts';
 import type { Db, Sql } from './db.ts';
 import { PermanentError } from './errors.ts';
@@ -112,7 +116,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       );
       if (claim?.last === null || claim?.last === undefined) return { outcome: 'duplicate', more: false };
       const last = claim.last;
-      if (message.sequence <= last) {
+      const rerun = replay && isCommandType(message.type);
+      if (message.sequence <= last && !rerun) {
         if (fromHold) await tx.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [...key, message.sequence]);
         return { outcome: 'stale', more: false };
       }
@@ -127,7 +132,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         `WITH unheld AS (
            DELETE FROM held_messages WHERE $5 AND consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4
          )
-         UPDATE consumer_positions SET last_sequence = $4, updated_at = now() WHERE consumer = $1 AND source = $2 AND subject = $3
+         UPDATE consumer_positions SET last_sequence = greatest(last_sequence, $4), updated_at = now() WHERE consumer = $1 AND source = $2 AND subject = $3
          RETURNING EXISTS (SELECT 1 FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4 + 1) AS more`,
         [...key, message.sequence, fromHold],
       );
@@ -170,6 +175,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         if (permanent || attempt >= maxAttempts || stopped) {
           if (stopped && !permanent) throw error;
           await deadLetter(message, message.id, permanent ? error.reason : 'retries exhausted', (error as Error).message, attempt);
+          if (isCommandType(message.type)) return { outcome: 'dead-lettered', more: await passParkedCommand(message) };
           if (fromHold) {
             await db.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [name, message.source, message.subject, message.sequence]);
           }
@@ -179,6 +185,27 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         await sleep(backoffDelay(attempt, backoff));
       }
     }
+  }
+
+  // A parked command gives its turn to the next one: the position moves past it (it was
+  // its turn, or it would have been held, not run), and the next may be waiting.
+  async function passParkedCommand(message: Message): Promise<boolean> {
+    const [passed] = await db.query<{ more: boolean }>(
+      `WITH unheld AS (
+         DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4
+       ), moved AS (
+         UPDATE consumer_positions SET last_sequence = $4, updated_at = now()
+          WHERE consumer = $1 AND source = $2 AND subject = $3 AND last_sequence = $4 - 1
+         RETURNING 1
+       ), created AS (
+         INSERT INTO consumer_positions (consumer, source, subject, last_sequence) SELECT $1, $2, $3, $4 WHERE $4 = 1
+         ON CONFLICT DO NOTHING RETURNING 1
+       )
+       SELECT (EXISTS (SELECT 1 FROM moved) OR EXISTS (SELECT 1 FROM created))
+          AND EXISTS (SELECT 1 FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4 + 1) AS more`,
+      [name, message.source, message.subject, message.sequence],
+    );
+    return passed?.more ?? false;
   }
 
   // After sequence n took effect, n+1 may be waiting in the hold.
