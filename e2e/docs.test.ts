@@ -32,6 +32,7 @@ const documented = {
   order: ['POST /orders', 'GET /orders/{id}', 'POST /orders/{id}/cancel', 'GET /orders'],
   inventory: ['GET /products', 'POST /products', 'POST /products/{id}/restock', 'GET /products/{id}'],
   payment: ['GET /payments', 'GET /users/{id}/credit', 'POST /users/{id}/credit'],
+  orchestrator: ['GET /sagas', 'GET /sagas/{id}', 'POST /sagas/{id}/retry', 'POST /sagas/{id}/resolve'],
 };
 const everyService = ['GET /dead-letters', 'POST /dead-letters/{id}/replay', 'POST /dead-letters/replay'];
 const methods = new Set(['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace']);
@@ -59,7 +60,8 @@ beforeAll(async () => {
 describe('generated API documents', () => {
   it('are committed as generated (run npm run docs)', async () => {
     expect(Object.keys(docs).sort()).toEqual([
-      'docs/README.md', 'docs/asyncapi.json', 'docs/openapi/inventory.json', 'docs/openapi/order.json', 'docs/openapi/payment.json',
+      'docs/README.md', 'docs/asyncapi.json', 'docs/openapi/inventory.json', 'docs/openapi/orchestrator.json', 'docs/openapi/order.json',
+      'docs/openapi/payment.json',
     ]);
     for (const [file, content] of Object.entries(docs)) {
       expect(await readCommitted(file), `${file} is stale: run npm run docs`).toBe(content);
@@ -161,6 +163,11 @@ describe('AsyncAPI document', () => {
       'order.receive.PaymentProcessed', 'order.receive.PaymentFailed', 'inventory.receive.PaymentFailed',
       'inventory.receive.OrderCancelled', 'payment.receive.OrderCancelled', 'inventory.receive.OrderCompleted',
       'order.receive.ProductAdded',
+      // Orchestration: the saga's commands go to the services, every reply to the orchestrator.
+      'inventory.receive.ReserveInventory', 'inventory.receive.ReleaseInventory', 'inventory.receive.CommitInventory',
+      'payment.receive.ProcessPayment', 'payment.receive.RefundPayment', 'order.receive.CompleteOrder', 'order.receive.FailOrder',
+      'orchestrator.receive.OrderCreated', 'orchestrator.receive.OrderCancelled', 'orchestrator.receive.InventoryReserved',
+      'orchestrator.receive.PaymentProcessed', 'orchestrator.receive.PaymentRefunded',
     ]));
     expect(received.filter((id) => id.startsWith('order.receive.Order'))).toEqual([]);
   });

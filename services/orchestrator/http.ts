@@ -51,7 +51,12 @@ const OperatorNote = Type.Object({ note: Type.String({ minLength: 1, maxLength: 
 export function registerSagaRoutes<Data>(
   app: HttpApp, db: Db, definition: SagaDefinition<Data>, options: { mode: SagaMode; now: () => Date; stuckAfterMs: number },
 ): void {
-  const withHistory = async (saga: Saga<Data>) => ({ ...saga, history: await sagaHistory(db, saga.id) });
+  // Log entries name their step by index; the view adds its name for readers.
+  const withHistory = async (saga: Saga<Data>) => ({
+    ...saga,
+    history: (await sagaHistory(db, saga.id)).map((entry) =>
+      typeof entry.step === 'number' ? { ...entry, stepName: saga.steps[entry.step]?.name ?? String(entry.step) } : entry),
+  });
 
   app.get('/sagas/:id', {
     schema: { tags: ['sagas'], summary: 'A saga: its state, every step with times, attempts and errors, and its history', params: SagaId, response: { 200: SagaWithHistory, ...problems(400, 404) } },
