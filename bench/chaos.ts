@@ -85,7 +85,7 @@ async function runScenario(name: ScenarioName, options: Options): Promise<Result
     const queueDepth = brokerDepth(live);
     const quiet = await waitForQuiet({ dbs, queueDepth }, options.quietTimeoutMs).then(() => undefined, (error: unknown) => (error as Error).message);
     lap('quietSec', quietStart);
-    const report = await checkInvariants({ dbs, acknowledged, queueDepth, expectedDeadLetters: injected.expectedDeadLetters ?? 0 });
+    const report = await checkInvariants({ dbs, acknowledged, queueDepth, expectedDeadLetters: injected.expectedDeadLetters ?? 0, sagaMode: live.sagaMode });
     result.invariants = { ok: report.ok, summary: report.summary, violations: report.violations.slice(0, 50) };
     checks.push(
       check('enough work', acknowledged.length >= minimumOrders, `${acknowledged.length} acknowledged orders (at least ${minimumOrders} needed; "too little work" otherwise), achieved ${load.achievedRate.toFixed(0)}/s of ${options.rate}/s`),

@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { boot, modes, type Harness } from './harness.ts';
 
-type Service = 'order' | 'inventory' | 'payment';
+type Service = 'order' | 'inventory' | 'payment' | 'orchestrator';
 type Fixtures = { product: string; user: string; order: string; many: string[] };
 type Request = { url: string; body?: string; contentType?: string; headers: Record<string, string> };
 type Case = { service: Service; what: string; status: number; request: (f: Fixtures) => Request };
@@ -34,8 +34,10 @@ const restock: Endpoint = { service: 'inventory', route: 'POST /products/{id}/re
 const addCredit: Endpoint = { service: 'payment', route: 'POST /users/{id}/credit', url: (f) => `/users/${f.user}/credit`, valid: () => ({ amount: 1 }) };
 const replayOne = (service: Service): Endpoint => ({ service, route: `${service} POST /dead-letters/{id}/replay`, url: () => `/dead-letters/${uuid()}/replay`, valid: () => ({}) });
 const replayMany = (service: Service): Endpoint => ({ service, route: `${service} POST /dead-letters/replay`, url: () => '/dead-letters/replay', valid: () => ({ all: true }) });
-const services: Service[] = ['order', 'inventory', 'payment'];
-const endpoints = [placeOrder, cancelOrder, addProduct, restock, addCredit, ...services.flatMap((s) => [replayOne(s), replayMany(s)])];
+const retrySaga: Endpoint = { service: 'orchestrator', route: 'POST /sagas/{id}/retry', url: () => `/sagas/${uuid()}/retry`, valid: () => ({ note: 'fixed' }) };
+const resolveSaga: Endpoint = { service: 'orchestrator', route: 'POST /sagas/{id}/resolve', url: () => `/sagas/${uuid()}/resolve`, valid: () => ({ note: 'settled' }) };
+const services: Service[] = ['order', 'inventory', 'payment', 'orchestrator'];
+const endpoints = [placeOrder, cancelOrder, addProduct, restock, addCredit, retrySaga, resolveSaga, ...services.flatMap((s) => [replayOne(s), replayMany(s)])];
 
 /** A raw body: `text` as is, as JSON unless told otherwise (null: no content type), with the endpoint's headers unless `headers` replaces them. */
 function raw(e: Endpoint, what: string, status: number, text: (f: Fixtures) => string | undefined, options: { contentType?: string | null; url?: (f: Fixtures) => string; headers?: Record<string, string> } = {}): Case {
@@ -139,6 +141,15 @@ const cases: Case[] = [
   bad(addCredit, 'unknown field', 400, () => ({ amount: 1, currency: 'EUR' })),
   ...quantities.map(([label, amount]) => bad(addCredit, `amount ${label}`, 400, () => ({ amount }))),
 
+  ...[retrySaga, resolveSaga].flatMap((e) => [
+    bad(e, 'unknown saga', 404, e.valid),
+    bad(e, 'missing note', 400, () => ({})),
+    bad(e, 'empty note', 400, () => ({ note: '' })),
+    bad(e, 'note as a number', 400, () => ({ note: 1 })),
+    bad(e, 'note of 1001 characters', 400, () => ({ note: 'n'.repeat(1001) })),
+    bad(e, 'unknown field', 400, () => ({ note: 'x', force: true })),
+  ]),
+
   ...services.flatMap((s) => [
     raw(replayOne(s), 'id not a uuid', 400, () => undefined, { url: () => '/dead-letters/42/replay' }),
     raw(replayOne(s), 'unknown dead letter', 404, () => undefined),
@@ -156,6 +167,7 @@ const watched = {
   order: ['orders', 'outbox', 'idempotency_keys', 'dead_letters', 'dead_letter_audit'],
   inventory: ['products', 'stock_adjustments', 'outbox', 'dead_letters', 'dead_letter_audit'],
   payment: ['payments', 'outbox', 'dead_letters', 'dead_letter_audit'],
+  orchestrator: ['sagas', 'saga_log', 'outbox', 'dead_letters', 'dead_letter_audit'],
   provider: ['provider_accounts'],
 } as const;
 const totals = { 'inventory stock': ['inventory', 'SELECT coalesce(sum(stock_quantity), 0)::int AS n FROM products'], 'provider credit': ['provider', 'SELECT coalesce(sum(credit), 0)::int AS n FROM provider_accounts'] } as const;

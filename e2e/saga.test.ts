@@ -165,6 +165,12 @@ describe.each(orchestrated)('saga orchestration ($name)', ({ name, skip }) => {
     expect(after.history.at(-1)).toMatchObject({ type: 'ReplyIgnored', reply: 'InventoryReserved', messageId: copy.id });
     expect(after.history.filter((e) => e.type === 'StepSucceeded' && e.reply === 'InventoryReserved')).toHaveLength(1);
     expect(await count('orchestrator', 'outbox WHERE subject = $1', [orderId])).toBe(commands);
+    const metrics = (await h.system.services.orchestrator.app.inject({ method: 'GET', url: '/metrics' })).body;
+    expect(metrics).toMatch(/^converge_sagas\{state="COMPLETED"\} [1-9]\d*$/m);
+    expect(metrics).toMatch(/^converge_sagas_stuck 0$/m);
+    for (const step of ['reserve', 'pay', 'complete', 'commit']) {
+      expect(metrics).toMatch(new RegExp(`^converge_saga_step_duration_seconds\\{step="${step}",quantile="0.99"\\} \\d+\\.\\d+$`, 'm'));
+    }
     await h.check();
   });
 
