@@ -34,7 +34,7 @@ const documented = {
   payment: ['GET /payments', 'GET /users/{id}/credit', 'POST /users/{id}/credit'],
   orchestrator: ['GET /sagas', 'GET /sagas/{id}', 'POST /sagas/{id}/retry', 'POST /sagas/{id}/resolve'],
 };
-const everyService = ['GET /dead-letters', 'POST /dead-letters/{id}/replay', 'POST /dead-letters/replay'];
+const everyService = ['GET /dead-letters', 'POST /dead-letters/{id}/replay', 'POST /dead-letters/replay', 'GET /events'];
 const methods = new Set(['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace']);
 
 /** Resolves a local JSON pointer (`#/a/b`) in a document. */

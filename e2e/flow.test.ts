@@ -143,4 +143,33 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     expect(row?.n).toBe(1);
     await h.check();
   });
+
+  it.skipIf(skip)('given orders of every outcome, when every service\'s feed is read from the start, then it holds exactly what the service published, each subject in order', async () => {
+    const product = await h.product(10, 500);
+    const rich = await h.user(100_000);
+    const poor = await h.user(100);
+    for (const placed of [await h.place(rich, [{ productId: product, quantity: 2 }]), await h.place(poor, [{ productId: product, quantity: 1 }])]) {
+      await h.waitFinal(placed.orderId);
+    }
+    await h.quiet();
+    for (const service of ['order', 'inventory', 'payment', 'orchestrator'] as const) {
+      const read: { position: number; event: { id: string; subject: string; sequence: number } }[] = [];
+      for (let after = 0; ;) {
+        const page = (await h.system.services[service].app.inject({ method: 'GET', url: `/events?after=${after}&limit=7` }))
+          .json<{ events: typeof read; next: number; head: number }>();
+        read.push(...page.events);
+        if (page.next === page.head) break;
+        after = page.next;
+      }
+      const published = await h.system.dbs[service].query<{ id: string }>('SELECT id::text AS id FROM outbox WHERE published_at IS NOT NULL');
+      expect(read.map((e) => e.position), service).toEqual(read.map((_, i) => i + 1));
+      expect(new Set(read.map((e) => e.event.id)), service).toEqual(new Set(published.map((p) => p.id)));
+      const last = new Map<string, number>();
+      for (const { event } of read) {
+        expect(event.sequence, `${service} ${event.subject}`).toBe((last.get(event.subject) ?? 0) + 1);
+        last.set(event.subject, event.sequence);
+      }
+    }
+    await h.check();
+  });
 });

@@ -153,13 +153,20 @@ export async function checkInvariants({ dbs, acknowledged = [], queueDepth, expe
   // 8. Nothing stuck: outboxes drained, holds and queues empty, dead letters as expected.
   let deadLetters = 0;
   for (const [name, db] of Object.entries(servicesOf(dbs))) {
-    const [row] = await db.query<{ backlog: number; held: number; dead: number }>(
+    const [row] = await db.query<{ backlog: number; held: number; dead: number; published: number; positioned: number; head: number }>(
       `SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL)::int AS backlog,
               (SELECT count(*) FROM held_messages)::int AS held,
-              (SELECT count(*) FROM dead_letters WHERE status = 'parked')::int AS dead`,
+              (SELECT count(*) FROM dead_letters WHERE status = 'parked')::int AS dead,
+              (SELECT count(*) FROM outbox WHERE published_at IS NOT NULL)::int AS published,
+              (SELECT count(feed_position) FROM outbox)::int AS positioned,
+              (SELECT coalesce(max(feed_position), 0) FROM outbox)::int AS head`,
     );
     if (row === undefined) continue;
     if (row.backlog > 0) fail(8, `${name} outbox holds ${row.backlog} unpublished events`, row);
+    // The feed serves every published event, positions 1..n without a gap.
+    if (row.positioned !== row.published || row.head !== row.published) {
+      fail(8, `${name} feed: ${row.published} events published, ${row.positioned} in the feed, head at ${row.head}`, row);
+    }
     if (row.held > 0) fail(8, `${name} holds ${row.held} early messages whose predecessors never came`, row);
     deadLetters += row.dead;
     if (queueDepth !== undefined) {

@@ -4,6 +4,7 @@ export * from './consumer.ts';
 export * from './db.ts';
 export * from './dead-letters.ts';
 export * from './errors.ts';
+export * from './feed.ts';
 export * from './http.ts';
 export * from './local-bus.ts';
 export * from './log.ts';

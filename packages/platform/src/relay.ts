@@ -5,10 +5,12 @@
 // a subject (always in one partition) is never published by two relays at once nor
 // out of order, and a crash before the mark only causes a re-publish, which consumers
 // drop as a duplicate. It wakes on NOTIFY from the outbox trigger and polls as a
-// fallback, and backs off while the broker or the database is down.
+// fallback, and backs off while the broker or the database is down. Marking a row
+// published also gives it its place in the service's feed (feed.ts).
 import type { Envelope } from '@converge/contracts';
 import type { Bus } from './bus.ts';
 import type { Db } from './db.ts';
+import { markPublished } from './feed.ts';
 import type { Logger } from './log.ts';
 import { backoffDelay } from './retry.ts';
 
@@ -57,7 +59,7 @@ export async function relayBatch(db: Db, bus: Bus, batchSize: number): Promise<n
     );
     if (rows.length === 0) return 0;
     await bus.publish(rows.map((row) => row.envelope));
-    await tx.query('UPDATE outbox SET published_at = now() WHERE position = ANY($1::bigint[])', [rows.map((r) => r.position)]);
+    await markPublished(tx, rows.map((r) => r.position));
     return rows.length;
   });
 }

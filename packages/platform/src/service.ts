@@ -5,6 +5,7 @@ import type { Bus } from './bus.ts';
 import { startConsumer, type Consumer, type Handler } from './consumer.ts';
 import type { Db } from './db.ts';
 import { registerDeadLetterRoutes } from './dead-letters.ts';
+import { registerFeedRoutes } from './feed.ts';
 import type { FaultStats } from './faulty-bus.ts';
 import { createHttpApp, type HttpApp } from './http.ts';
 import type { Logger } from './log.ts';
@@ -76,6 +77,7 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
     ...deps.consumer,
   });
   registerDeadLetterRoutes(app, db, consumer);
+  registerFeedRoutes(app, db);
   const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
   registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now }));
   const background = definition.background?.({ db, log, now });

@@ -1,0 +1,72 @@
+// The feed: every service serves the events it published, in the order it published
+// them, as `GET /events?after=<position>&limit=`, so a consumer can catch up, rebuild a
+// read model or repair a gap without the broker. A position is handed out when the
+// relay marks its event published, under one lock held until that marking commits:
+// positions become visible in order and without gaps, so a reader that has seen
+// position n will never meet a smaller one (an insert-time bigserial would let a
+// transaction that commits late appear behind what readers already took). Per subject
+// the feed keeps the stream's order, because the relay publishes a subject in order.
+import type { Envelope } from '@converge/contracts';
+import Type from 'typebox';
+import type { Db, Sql } from './db.ts';
+import { problems, type HttpApp } from './http.ts';
+
+// One key for the whole database: feed positions are a single sequence per service.
+const feedLock = 727_002;
+
+/** Marks rows published and gives them the next feed positions, in the given order. */
+export async function markPublished(tx: Sql, positions: readonly number[]): Promise<void> {
+  if (positions.length === 0) return;
+  // Two statements: the lock first, so that the second one's snapshot sees every
+  // position handed out before it (a statement's snapshot predates locks it takes).
+  await tx.query('SELECT pg_advisory_xact_lock($1)', [feedLock]);
+  await tx.query(
+    `UPDATE outbox o SET published_at = now(), feed_position = head.n + x.k
+       FROM (SELECT coalesce(max(feed_position), 0) AS n FROM outbox) head,
+            unnest($1::bigint[]) WITH ORDINALITY AS x(position, k)
+      WHERE o.position = x.position`,
+    [positions],
+  );
+}
+
+export type FeedEntry = { position: number; event: Envelope };
+export type FeedPage = { events: FeedEntry[]; next: number; head: number };
+
+/** Events after `after`, at most `limit`, and the newest position there is. */
+export async function readFeed(db: Sql, after: number, limit: number): Promise<FeedPage> {
+  const rows = await db.query<{ position: number; envelope: Envelope }>(
+    'SELECT feed_position AS position, envelope FROM outbox WHERE feed_position > $1 ORDER BY feed_position LIMIT $2',
+    [after, limit],
+  );
+  const [top] = await db.query<{ head: number }>('SELECT coalesce(max(feed_position), 0)::bigint AS head FROM outbox');
+  const events = rows.map((r) => ({ position: r.position, event: r.envelope }));
+  return { events, next: events.at(-1)?.position ?? after, head: top?.head ?? 0 };
+}
+
+const FeedEntrySchema = Type.Object({
+  position: Type.Integer({ minimum: 1 }),
+  event: Type.Unknown({ description: 'The CloudEvents envelope as it was published (see the AsyncAPI document).' }),
+});
+
+export function registerFeedRoutes(app: HttpApp, db: Db): void {
+  app.get('/events', {
+    schema: {
+      tags: ['operations'],
+      summary: 'The events this service published, in publish order, after a position',
+      description: 'Positions start at 1 and have no gaps; a position once seen is never followed by a smaller one. ' +
+        'Read on with `after` = `next` until `next` = `head`.',
+      querystring: Type.Object({
+        after: Type.Optional(Type.Integer({ minimum: 0, description: 'The last position already read (0: from the start).' })),
+        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+      }, { additionalProperties: false }),
+      response: {
+        200: Type.Object({
+          events: Type.Array(FeedEntrySchema),
+          next: Type.Integer({ minimum: 0, description: 'The position to ask after next time.' }),
+          head: Type.Integer({ minimum: 0, description: 'The newest position when this page was read.' }),
+        }),
+        ...problems(400),
+      },
+    },
+  }, (request) => readFeed(db, request.query.after ?? 0, request.query.limit ?? 100));
+}
