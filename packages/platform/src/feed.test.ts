@@ -27,7 +27,7 @@ afterAll(async () => {
   if (serverUrl !== undefined) await dropDatabase(servers.postgres, database);
 });
 
-async function opened(db: Db): Promise<Db> {
+function opened(db: Db): Db {
   cleanups.push(() => db.close());
   return db;
 }
@@ -53,7 +53,7 @@ async function fresh(db: Db): Promise<Db> {
 }
 
 async function openBus() {
-  const busDb = await opened(await openPglite('feed-test-bus'));
+  const busDb = opened(await openPglite('feed-test-bus'));
   const bus = await createLocalBus(busDb);
   cleanups.push(() => bus.close());
   return bus;
@@ -99,7 +99,7 @@ describe.each(backends)('feed on $name', (backend) => {
   // Needs two transactions at once: PostgreSQL only (PGlite has one connection).
   if (backend.second !== undefined) it.skipIf(!backend.up)('given a transaction that commits after later ones were published, when a reader follows the feed, then it still reads that one, after them, never behind its position', async () => {
     const db = await fresh(await backend.open());
-    const other = await (backend.second as () => Promise<Db>)();
+    const other = await backend.second();
     const bus = await openBus();
     const late = crypto.randomUUID();
     let release: () => void = () => undefined;
@@ -158,7 +158,7 @@ describe.each(backends)('feed on $name', (backend) => {
     try {
       ids = (await Promise.all(writers)).flat();
       await eventually(async () => ((await readFeed(db, 0, 1)).head === ids.length ? true : undefined), 30_000, 'every event in the feed');
-      await eventually(async () => (read.length >= ids.length ? true : undefined), 30_000, 'the reader to catch up');
+      await eventually(() => Promise.resolve(read.length >= ids.length ? true : undefined), 30_000, 'the reader to catch up');
     } finally {
       reading = false;
       await reader;
