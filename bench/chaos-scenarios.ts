@@ -15,6 +15,7 @@ import { inventorySources } from '../services/inventory/consumers.ts';
 import { orderSources } from '../services/order/consumers.ts';
 import { paymentSources } from '../services/payment/consumers.ts';
 import { orchestratorSources } from '../services/orchestrator/consumers.ts';
+import { querySources } from '../services/query/consumers.ts';
 import type { SagaMode } from '../packages/platform/src/saga.ts';
 import type { Cluster, ClusterService } from './cluster.ts';
 import { pricedIn, type Fixture, type LoadReport } from './load.ts';
@@ -43,7 +44,14 @@ export type Run = {
   note(line: string): void;
 };
 
-export type Scenario = { seconds: number; shortSeconds: number; env?: Record<string, string>; inject(run: Run): Promise<Injected> };
+export type Scenario = {
+  seconds: number;
+  shortSeconds: number;
+  /** The shortest load that lets the fault mean something for a cluster of this many services. */
+  minSeconds?: (services: number) => number;
+  env?: Record<string, string>;
+  inject(run: Run): Promise<Injected>;
+};
 
 export const check = (name: string, pass: boolean, detail: string): Check => ({ name, pass, detail });
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
@@ -87,7 +95,8 @@ export function brokerDepth(cluster: Cluster): (service: string) => Promise<numb
 // schedule), but a process is never killed while it is still starting.
 async function killServices(run: Run): Promise<Injected> {
   const window = run.seconds - 5;
-  const longest = Math.max(10, Math.min(20, window / 6)); // six kills must fit the window
+  // Two kills per service must fit the window (minSeconds makes it long enough).
+  const longest = Math.max(10, Math.min(20, window / (2 * run.cluster.services.length)));
   const next = roundRobinWithJitter(run.cluster.services);
   type Kill = { at: number; service: ClusterService; pid: number | undefined; backAfterSec?: number };
   const kills: Kill[] = [];
@@ -222,6 +231,7 @@ async function duplicatesReorder(run: Run): Promise<Injected> {
 // 5. Malformed messages: exactly those are dead-lettered and alerted; the rest completes.
 const sourcesOf = (mode: SagaMode): Record<ClusterService, readonly string[]> => ({
   order: orderSources(mode), inventory: inventorySources(mode), payment: paymentSources(mode), orchestrator: mode === 'orchestration' ? orchestratorSources : [],
+  query: querySources,
 });
 
 const poisonKinds = ['not JSON', 'not an envelope', 'unknown type', 'wrong source', 'payload against its schema'] as const;
@@ -274,7 +284,7 @@ async function poison(run: Run): Promise<Injected> {
       const parked: string[] = [];
       const metrics: Record<string, number> = {};
       for (const s of run.cluster.services) {
-        const db = s === 'orchestrator' ? run.cluster.dbs.orchestrator : run.cluster.dbs[s];
+        const db = s === 'orchestrator' ? run.cluster.dbs.orchestrator : s === 'query' ? run.cluster.dbs.query : run.cluster.dbs[s];
         if (db === undefined) continue;
         const rows = await db.query<{ consumer: string; message_id: string | null }>("SELECT consumer, message_id FROM dead_letters WHERE status = 'parked'");
         parked.push(...rows.map((r) => `${r.consumer} ${r.message_id ?? 'null'}`));
@@ -369,7 +379,7 @@ async function placeOrder(orderUrl: string, userId: string, productId: string): 
 }
 
 export const scenarios = {
-  'kill-services': { seconds: 120, shortSeconds: 65, inject: killServices },
+  'kill-services': { seconds: 120, shortSeconds: 65, minSeconds: (services) => 2 * services * 10 + 10, inject: killServices },
   'broker-outage': { seconds: 100, shortSeconds: 70, inject: brokerOutage },
   'db-restart': { seconds: 60, shortSeconds: 40, inject: dbRestart },
   'duplicates-reorder': {

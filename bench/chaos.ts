@@ -58,7 +58,7 @@ async function runScenario(name: ScenarioName, options: Options): Promise<Result
     const { dbs } = live;
     const fixture = await prepareFixture({ inventoryUrl: live.urls.inventory, paymentUrl: live.urls.payment, catalogue: 'spread', waitUntilPriced: pricedIn(dbs.order) });
     lap('setupSec', began);
-    const seconds = options.seconds ?? (options.short ? scenario.shortSeconds : scenario.seconds);
+    const seconds = Math.max(options.seconds ?? (options.short ? scenario.shortSeconds : scenario.seconds), scenario.minSeconds?.(live.services.length) ?? 0);
     const loadStart = Date.now();
     const elapsed = () => (Date.now() - loadStart) / 1000;
     const run: Run = { cluster: live, fixture, seconds, short: options.short, elapsed, note: (line) => console.log(`  [${name} t=${elapsed().toFixed(0)}s] ${line}`) };

@@ -13,7 +13,7 @@ import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import type { SagaMode } from '../packages/platform/src/saga.ts';
 import type { CheckedDbs } from '../e2e/invariants.ts';
 
-export const clusterServices = ['order', 'inventory', 'payment', 'orchestrator'] as const;
+export const clusterServices = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
 export type ClusterService = (typeof clusterServices)[number];
 
 export type Cluster = {
@@ -34,7 +34,7 @@ export type Cluster = {
 export async function startCluster(options: { env?: Record<string, string>; log?: (line: string) => void } = {}): Promise<Cluster> {
   const name = uniqueName('run');
   const base = 21_000 + Math.floor(Math.random() * 20_000);
-  const ports: Record<ClusterService, number> = { order: base, inventory: base + 1, payment: base + 2, orchestrator: base + 3 };
+  const ports: Record<ClusterService, number> = { order: base, inventory: base + 1, payment: base + 2, orchestrator: base + 3, query: base + 4 };
   const urls = Object.fromEntries(clusterServices.map((s) => [s, `http://127.0.0.1:${ports[s]}`])) as Record<ClusterService, string>;
   const env = {
     PG_URL: servers.postgres, DATABASE_PREFIX: `${name}_`, AMQP_URL: servers.rabbitmq,
@@ -74,6 +74,7 @@ export async function startCluster(options: { env?: Record<string, string>; log?
   const dbs: CheckedDbs = {
     order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider'),
     ...(sagaMode === 'orchestration' ? { orchestrator: await open('orchestrator') } : {}),
+    query: await open('query'),
   };
   const bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${name}.events`, queuePrefix: `${name}.` });
   await Promise.all(services.map((s) => start(s)));

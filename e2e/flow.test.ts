@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { requestHash } from '../services/order/http.ts';
 import { boot, modes, type Harness } from './harness.ts';
+import { checkInvariants } from './invariants.ts';
 
 describe.each(modes)('order flow ($name)', ({ name, skip }) => {
   let h: Harness;
@@ -169,6 +170,23 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
         expect(event.sequence, `${service} ${event.subject}`).toBe((last.get(event.subject) ?? 0) + 1);
         last.set(event.subject, event.sequence);
       }
+    }
+    await h.check();
+  });
+
+  it.skipIf(skip)('given the read models, when one drifts from its events, then the checker reports it as invariant 6', async () => {
+    const product = await h.product(5, 200);
+    const user = await h.user(10_000);
+    await h.waitFinal((await h.place(user, [{ productId: product, quantity: 1 }])).orderId);
+    await h.quiet();
+    const query = h.system.dbs.query;
+    expect((await h.system.services.query.app.inject({ method: 'GET', url: `/products/${product}` })).json()).toMatchObject({ stockQuantity: 4, reserved: 0, sold: 1 });
+    await query.query('UPDATE product_availability SET sold = sold + 1 WHERE product_id = $1', [product]);
+    try {
+      const report = await checkInvariants({ dbs: h.system.dbs });
+      expect(report.violations.filter((v) => v.invariant === 6).map((v) => v.message)).toEqual([`product availability ${product} differs from the fold of its events`]);
+    } finally {
+      await query.query('UPDATE product_availability SET sold = sold - 1 WHERE product_id = $1', [product]);
     }
     await h.check();
   });

@@ -184,7 +184,7 @@ describe('gateway and dashboard (embedded)', () => {
     expect(overview.status).toBe(200);
     const body = overview.body as unknown as Overview;
     expect(body.ready).toBe(true);
-    expect(body.services.map((s) => s.name)).toEqual(['order', 'inventory', 'payment', 'orchestrator']);
+    expect(body.services.map((s) => s.name)).toEqual(['order', 'inventory', 'payment', 'orchestrator', 'query']);
     for (const s of body.services) {
       expect(s).toMatchObject({ up: true, ready: true, checks: { database: true }, error: null });
       const status = s.status;

@@ -5,13 +5,19 @@
 // stored, and reports every violation with the evidence. Used by the end-to-end tests,
 // the chaos suite and the benchmark.
 import type { Db } from '@converge/platform';
+import type { Envelope } from '@converge/contracts';
 import { paymentIdFor } from '../services/payment/payment.ts';
+import { foldReadModels, type SourceEvent } from '../services/query/fold.ts';
+import type { Availability } from '../services/query/projections/product-availability.ts';
+import type { OrderSummary } from '../services/query/projections/order-summary.ts';
+import type { UserOrder } from '../services/query/projections/user-orders.ts';
 
-export type CheckedDbs = { order: Db; inventory: Db; payment: Db; provider: Db; orchestrator?: Db };
+export type CheckedDbs = { order: Db; inventory: Db; payment: Db; provider: Db; orchestrator?: Db; query?: Db };
 
 /** The services whose outbox, holds, dead letters and queue the checker looks at. */
 const servicesOf = (dbs: CheckedDbs): Record<string, Db> => ({
   order: dbs.order, inventory: dbs.inventory, payment: dbs.payment, ...(dbs.orchestrator === undefined ? {} : { orchestrator: dbs.orchestrator }),
+  ...(dbs.query === undefined ? {} : { query: dbs.query }),
 });
 
 export type Acknowledged = { orderId: string; userId: string; idempotencyKey: string };
@@ -135,6 +141,9 @@ export async function checkInvariants({ dbs, acknowledged = [], queueDepth, expe
     if (orphans.length > 0) fail(3, `${orphans.length} sagas belong to no order`, orphans.slice(0, 5));
   }
 
+  // 6. Every read model equals a fold of its sources' events (their feeds, in order).
+  if (dbs.query !== undefined) await checkReadModels(dbs, dbs.query, fail);
+
   // 7. Each effect at most once: one creation and at most one outcome per order stream.
   const streams = await dbs.order.query<{ subject: string; created: number; outcomes: number }>(
     `SELECT subject, count(*) FILTER (WHERE type = 'OrderCreated')::int AS created,
@@ -199,6 +208,41 @@ export async function checkInvariants({ dbs, acknowledged = [], queueDepth, expe
       pending: pending.length, products: products.length, deadLetters, netCaptured,
     },
   };
+}
+
+/** JSON with object keys sorted at every depth (jsonb keeps its own key order). */
+function canonical(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    v !== null && typeof v === 'object' && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v);
+}
+
+async function checkReadModels(dbs: CheckedDbs, query: Db, fail: (invariant: number, message: string, evidence: unknown) => void): Promise<void> {
+  const events: SourceEvent[] = [];
+  for (const source of [dbs.order, dbs.inventory, dbs.payment]) {
+    const rows = await source.query<{ envelope: Envelope & SourceEvent }>('SELECT envelope FROM outbox WHERE feed_position IS NOT NULL ORDER BY feed_position');
+    events.push(...rows.map((r) => r.envelope));
+  }
+  const folded = foldReadModels(events);
+  const compare = <T>(model: string, expected: Map<string, T>, actual: Map<string, T>) => {
+    for (const [id, value] of expected) {
+      if (canonical(actual.get(id)) !== canonical(value)) fail(6, `${model} ${id} differs from the fold of its events`, { expected: value, actual: actual.get(id) ?? null });
+    }
+    const extra = [...actual.keys()].filter((id) => !expected.has(id));
+    if (extra.length > 0) fail(6, `${model} holds ${extra.length} rows no event explains`, extra.slice(0, 5));
+  };
+  const summaries = await query.query<{ order_id: string; document: OrderSummary }>('SELECT order_id, document FROM order_summaries');
+  compare('order summary', folded.summaries, new Map(summaries.map((r) => [r.order_id, r.document])));
+  const users = await query.query<{ order_id: string; user_id: string; status: UserOrder['status']; total_amount: number; currency: string; lines: number; created_at: Date; updated_at: Date }>('SELECT * FROM user_orders');
+  compare('user order', folded.userOrders, new Map(users.map((r) => [r.order_id, {
+    orderId: r.order_id, userId: r.user_id, status: r.status, totalAmount: r.total_amount, currency: r.currency, lines: r.lines,
+    createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString(),
+  } satisfies UserOrder])));
+  const products = await query.query<{ product_id: string; name: string | null; price: number | null; currency: string | null; stock_quantity: number; reserved: number; sold: number }>('SELECT * FROM product_availability');
+  compare('product availability', folded.availability, new Map(products.map((r) => [r.product_id, {
+    productId: r.product_id, name: r.name, price: r.price, currency: r.currency, stockQuantity: r.stock_quantity, reserved: r.reserved, sold: r.sold,
+  } satisfies Availability])));
+  const counts = Object.fromEntries((await query.query<{ status: string; n: number }>('SELECT status, n FROM order_counts WHERE n <> 0')).map((r) => [r.status, r.n]));
+  if (canonical(counts) !== canonical(folded.counts)) fail(6, 'order counts differ from the fold of the order events', { expected: folded.counts, actual: counts });
 }
 
 export function formatReport(report: Report): string {

@@ -24,10 +24,12 @@ function readConfig() {
       INVENTORY_INSTANCES: setting.int(1, 1, 16),
       PAYMENT_INSTANCES: setting.int(1, 1, 16),
       ORCHESTRATOR_INSTANCES: setting.int(1, 1, 16),
+      QUERY_INSTANCES: setting.int(1, 1, 16),
       ORDER_PORT: setting.int(defaultPorts.order, 1, 65_535),
       INVENTORY_PORT: setting.int(defaultPorts.inventory, 1, 65_535),
       PAYMENT_PORT: setting.int(defaultPorts.payment, 1, 65_535),
       ORCHESTRATOR_PORT: setting.int(defaultPorts.orchestrator, 1, 65_535),
+      QUERY_PORT: setting.int(defaultPorts.query, 1, 65_535),
       SEED_DEMO: setting.bool(true),
     });
   } catch (error) {
@@ -66,12 +68,13 @@ async function main(): Promise<void> {
   const config = readConfig();
   const instances: Record<ServiceName, number> = {
     order: config.ORDER_INSTANCES, inventory: config.INVENTORY_INSTANCES, payment: config.PAYMENT_INSTANCES, orchestrator: config.ORCHESTRATOR_INSTANCES,
+    query: config.QUERY_INSTANCES,
   };
   const basePorts: Record<ServiceName, number> = {
-    order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT,
+    order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT, query: config.QUERY_PORT,
   };
   const members: Member[] = [];
-  const urls: Record<ServiceName, string[]> = { order: [], inventory: [], payment: [], orchestrator: [] };
+  const urls: Record<ServiceName, string[]> = { order: [], inventory: [], payment: [], orchestrator: [], query: [] };
   for (const service of serviceNames) {
     for (let i = 0; i < instances[service]; i++) {
       const port = basePorts[service] + 100 * i;
@@ -84,7 +87,7 @@ async function main(): Promise<void> {
     name: 'gateway', script: 'services/gateway/main.ts', args: [], restarts: 0,
     env: {
       GATEWAY_PORT: String(config.GATEWAY_PORT), ORDER_URL: first('order'), INVENTORY_URL: first('inventory'),
-      PAYMENT_URL: first('payment'), ORCHESTRATOR_URL: first('orchestrator'),
+      PAYMENT_URL: first('payment'), ORCHESTRATOR_URL: first('orchestrator'), QUERY_URL: first('query'),
     },
   });
 

@@ -12,6 +12,7 @@ import { sagaModes, type SagaMode } from '@converge/platform';
 import { inventorySources } from '../services/inventory/consumers.ts';
 import { orchestratorSources } from '../services/orchestrator/consumers.ts';
 import { orderSources } from '../services/order/consumers.ts';
+import { querySources } from '../services/query/consumers.ts';
 import { paymentSources } from '../services/payment/consumers.ts';
 import { serviceNames, startSystem } from './system.ts';
 
@@ -28,6 +29,7 @@ const sourcesIn: Record<string, (mode: SagaMode) => readonly string[]> = {
   inventory: inventorySources,
   payment: paymentSources,
   orchestrator: (mode) => (mode === 'orchestration' ? orchestratorSources : []),
+  query: () => querySources,
 };
 const consumers = Object.entries(sourcesIn).map(([name, sources]) => ({ name, modes: sagaModes.filter((mode) => sources(mode).length > 0), sourcesIn: sources }));
 const modesConsuming = (consumer: (typeof consumers)[number], source: string) => consumer.modes.filter((mode) => consumer.sourcesIn(mode).includes(source));

@@ -2,7 +2,7 @@
 // PostgreSQL server (created if missing) → migrate → RabbitMQ → HTTP + relay +
 // consumer → listen. Run as many instances of a service as wanted: they share its
 // database and its queue; relays split the outbox partitions between them.
-//   tsx scripts/service.ts order|inventory|payment|orchestrator
+//   tsx scripts/service.ts order|inventory|payment|orchestrator|query
 import { pathToFileURL } from 'node:url';
 import { eventTypesOf } from '@converge/contracts';
 import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
@@ -12,6 +12,7 @@ import { inventoryService } from '../services/inventory/main.ts';
 import { defaultTimings } from '../services/orchestrator/fulfilment.ts';
 import { orchestratorService } from '../services/orchestrator/main.ts';
 import { orderService } from '../services/order/main.ts';
+import { queryService } from '../services/query/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
 
@@ -92,6 +93,8 @@ export async function runService(service: ServiceName, env: Record<string, strin
         attempts: config.SAGA_STEP_ATTEMPTS, compensationAttempts: config.SAGA_COMPENSATION_ATTEMPTS,
       },
     });
+  } else if (service === 'query') {
+    definition = queryService;
   } else {
     definition = service === 'order' ? orderService(mode) : inventoryService(mode);
   }

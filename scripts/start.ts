@@ -24,6 +24,7 @@ function readConfig() {
       INVENTORY_PORT: port(defaultPorts.inventory),
       PAYMENT_PORT: port(defaultPorts.payment),
       ORCHESTRATOR_PORT: port(defaultPorts.orchestrator),
+      QUERY_PORT: port(defaultPorts.query),
       SAGA_MODE: setting.oneOf(['choreography', 'orchestration'], 'choreography'),
       LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'warn'),
     });
@@ -46,7 +47,7 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger('converge', config.LOG_LEVEL);
   const dataDir = path.resolve(config.DATA_DIR);
-  const ports: Record<ServiceName, number> = { order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT };
+  const ports: Record<ServiceName, number> = { order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT, query: config.QUERY_PORT };
 
   const system = await startSystem({ storage: { kind: 'pglite', dataDir }, bus: { kind: 'local' }, log, sagaMode: config.SAGA_MODE });
   let gateway: RunningGateway | undefined;

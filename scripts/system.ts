@@ -13,13 +13,14 @@ import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import { inventoryService } from '../services/inventory/main.ts';
 import { orchestratorService, type OrchestratorOptions } from '../services/orchestrator/main.ts';
 import { orderService } from '../services/order/main.ts';
+import { queryService } from '../services/query/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
 import type { SimulatedProvider } from '../services/payment/provider.ts';
 
-export const serviceNames = ['order', 'inventory', 'payment', 'orchestrator'] as const;
+export const serviceNames = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
 export type ServiceName = (typeof serviceNames)[number];
 
-export const defaultPorts: Record<ServiceName | 'gateway', number> = { gateway: 3000, order: 3001, inventory: 3002, payment: 3003, orchestrator: 3004 };
+export const defaultPorts: Record<ServiceName | 'gateway', number> = { gateway: 3000, order: 3001, inventory: 3002, payment: 3003, orchestrator: 3004, query: 3005 };
 
 export type Storage =
   | { kind: 'pglite'; dataDir?: string }
@@ -52,6 +53,7 @@ export function serviceDefinitions(
     inventory: inventoryService(mode),
     payment: paymentService(provider, { mode, allowFaults: options.allowFaults ?? false }),
     orchestrator: orchestratorService({ mode, ...options.orchestrator }),
+    query: queryService,
   };
 }
 
@@ -95,6 +97,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     inventory: await openDatabase(options.storage, 'inventory', log),
     payment: await openDatabase(options.storage, 'payment', log),
     orchestrator: await openDatabase(options.storage, 'orchestrator', log),
+    query: await openDatabase(options.storage, 'query', log),
     provider: await openDatabase(options.storage, 'provider', log),
   };
   const { bus, busDb, faults } = await openBus(options.bus, options.storage, log);
@@ -116,6 +119,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     inventory: await start('inventory'),
     payment: await start('payment'),
     orchestrator: await start('orchestrator'),
+    query: await start('query'),
     order: await start('order'),
   };
   return {

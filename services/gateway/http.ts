@@ -13,7 +13,7 @@ import { NotFoundError, StatusSchema, createHttpApp, type HttpApp, type Logger }
 import Type, { type Static } from 'typebox';
 import { Compile } from 'typebox/compile';
 
-export const upstreamNames = ['order', 'inventory', 'payment', 'orchestrator'] as const;
+export const upstreamNames = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
 export type UpstreamName = (typeof upstreamNames)[number];
 export type Upstreams = Record<UpstreamName, string>;
 

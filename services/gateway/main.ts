@@ -21,6 +21,7 @@ export const gatewayConfig = {
   INVENTORY_URL: setting.string('http://127.0.0.1:3002'),
   PAYMENT_URL: setting.string('http://127.0.0.1:3003'),
   ORCHESTRATOR_URL: setting.string('http://127.0.0.1:3004'),
+  QUERY_URL: setting.string('http://127.0.0.1:3005'),
   LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
 };
 
@@ -31,7 +32,7 @@ async function main(): Promise<void> {
     log,
     host: config.HOST,
     port: config.GATEWAY_PORT,
-    upstreams: { order: config.ORDER_URL, inventory: config.INVENTORY_URL, payment: config.PAYMENT_URL, orchestrator: config.ORCHESTRATOR_URL },
+    upstreams: { order: config.ORDER_URL, inventory: config.INVENTORY_URL, payment: config.PAYMENT_URL, orchestrator: config.ORCHESTRATOR_URL, query: config.QUERY_URL },
   });
   log.info('gateway listening', { url: gateway.url });
   const stop = () => {

@@ -1,0 +1,77 @@
+// The query API: reads from the read models only, never from another service.
+import { UserId, Uuid } from '@converge/contracts';
+import { NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
+import Type from 'typebox';
+import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts } from './store.ts';
+
+const Status = Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]);
+const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(schema: T) => Type.Union([schema, Type.Null()]);
+
+const SummarySchema = Type.Object({
+  orderId: Uuid,
+  userId: Nullable(Type.String()),
+  status: Nullable(Status),
+  items: Type.Array(Type.Object({ productId: Uuid, quantity: Type.Integer(), unitPrice: Type.Integer() })),
+  totalAmount: Nullable(Type.Integer()),
+  currency: Nullable(Type.String()),
+  reason: Nullable(Type.String()),
+  stock: Nullable(Type.Object({ outcome: Type.String(), reason: Type.Optional(Type.String()) })),
+  payment: Nullable(Type.Object({ paymentId: Uuid, outcome: Type.String(), amount: Type.Integer(), reason: Type.Optional(Type.String()) })),
+  timeline: Type.Array(Type.Object({ at: Type.String(), source: Type.String(), type: Type.String(), detail: Type.Optional(Type.String()) })),
+  createdAt: Nullable(Type.String()),
+  updatedAt: Type.String(),
+}, { description: 'Fields a source has not reported yet are null.' });
+
+const UserOrderSchema = Type.Object({
+  orderId: Uuid, userId: Type.String(), status: Status, totalAmount: Type.Integer(), currency: Type.String(), lines: Type.Integer(),
+  createdAt: Type.String({ format: 'date-time' }), updatedAt: Type.String({ format: 'date-time' }),
+});
+
+const AvailabilitySchema = Type.Object({
+  productId: Uuid, name: Nullable(Type.String()), price: Nullable(Type.Integer()), currency: Nullable(Type.String()),
+  stockQuantity: Type.Integer(), reserved: Type.Integer(), sold: Type.Integer(),
+});
+
+export function registerQueryRoutes(app: HttpApp, db: Db): void {
+  app.get('/orders/:id', {
+    schema: { tags: ['query'], summary: "An order's summary: lines, stock outcome, payment and status timeline", params: Type.Object({ id: Uuid }), response: { 200: SummarySchema, ...problems(400, 404) } },
+  }, async (request) => {
+    const summary = await getSummary(db, request.params.id);
+    if (summary === undefined) throw new NotFoundError(`no order ${request.params.id} in the read model`);
+    return summary;
+  });
+
+  app.get('/users/:id/orders', {
+    schema: {
+      tags: ['query'],
+      summary: "A user's orders, newest first",
+      params: Type.Object({ id: UserId }),
+      querystring: Type.Object({
+        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
+        before: Type.Optional(Type.String({ format: 'date-time', description: 'Page on: the createdAt of the last order of the previous page.' })),
+      }, { additionalProperties: false }),
+      response: { 200: Type.Object({ items: Type.Array(UserOrderSchema) }), ...problems(400) },
+    },
+  }, async (request) => ({ items: await listUserOrders(db, request.params.id, request.query.limit ?? 50, request.query.before) }));
+
+  app.get('/products/:id', {
+    schema: { tags: ['query'], summary: "A product's availability: in stock, reserved, sold", params: Type.Object({ id: Uuid }), response: { 200: AvailabilitySchema, ...problems(400, 404) } },
+  }, async (request) => {
+    const availability = await getAvailability(db, request.params.id);
+    if (availability === undefined) throw new NotFoundError(`no product ${request.params.id} in the read model`);
+    return availability;
+  });
+
+  app.get('/products', {
+    schema: {
+      tags: ['query'],
+      summary: 'Availability of every product, by product id',
+      querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })), after: Type.Optional(Uuid) }, { additionalProperties: false }),
+      response: { 200: Type.Object({ items: Type.Array(AvailabilitySchema) }), ...problems(400) },
+    },
+  }, async (request) => ({ items: await listAvailability(db, request.query.limit ?? 100, request.query.after) }));
+
+  app.get('/system', {
+    schema: { tags: ['query'], summary: 'Orders per status', response: { 200: Type.Object({ orders: Type.Record(Type.String(), Type.Integer()) }) } },
+  }, async () => ({ orders: await orderCounts(db) }));
+}

@@ -1,0 +1,98 @@
+// The read models, pure: given events, when they are folded, then this document. The
+// events of different sources reach the query service in any interleaving (each
+// source's own events in order); every interleaving must give the same documents.
+import type { DomainEvent } from '@converge/contracts';
+import { describe, expect, it } from 'vitest';
+import { foldReadModels, type SourceEvent } from './fold.ts';
+import { countChanges } from './projections/order-counts.ts';
+
+const orderId = '00000000-0000-4000-8000-00000000000a';
+const productA = '00000000-0000-4000-8000-0000000000a1';
+const productB = '00000000-0000-4000-8000-0000000000b2';
+const paymentId = '00000000-0000-4000-8000-0000000000cc';
+let clock = Date.parse('2026-11-22T10:00:00.000Z');
+const at = () => new Date((clock += 10)).toISOString();
+const from = (source: string, event: DomainEvent): SourceEvent => ({ ...event, source, time: at() });
+
+const catalogue = [
+  from('inventory', { type: 'ProductAdded', data: { productId: productA, name: 'Beans', price: 500, currency: 'EUR', stockQuantity: 10 } }),
+  from('inventory', { type: 'ProductAdded', data: { productId: productB, name: 'Mill', price: 9000, currency: 'EUR', stockQuantity: 2 } }),
+];
+const items = [{ productId: productA, quantity: 2 }, { productId: productB, quantity: 1 }];
+const orderEvents = [
+  from('order', { type: 'OrderCreated', data: { orderId, userId: 'ada', items: items.map((i) => ({ ...i, unitPrice: i.productId === productA ? 500 : 9000 })), totalAmount: 10_000, currency: 'EUR', createdAt: new Date(clock).toISOString() } }),
+  from('order', { type: 'OrderCompleted', data: { orderId, userId: 'ada', totalAmount: 10_000, currency: 'EUR' } }),
+];
+const inventoryEvents = [
+  from('inventory', { type: 'InventoryReserved', data: { orderId, userId: 'ada', items, totalAmount: 10_000, currency: 'EUR' } }),
+  from('inventory', { type: 'InventoryCommitted', data: { orderId, items } }),
+];
+const paymentEvents = [from('payment', { type: 'PaymentProcessed', data: { orderId, paymentId, userId: 'ada', amount: 10_000, currency: 'EUR' } })];
+
+/** Every interleaving of the lists that keeps each list's own order. */
+function interleavings<T>(lists: T[][]): T[][] {
+  const nonEmpty = lists.filter((l) => l.length > 0);
+  if (nonEmpty.length === 0) return [[]];
+  return nonEmpty.flatMap((list, i) => {
+    const [head, ...tail] = list as [T, ...T[]];
+    const rest = nonEmpty.map((l, j) => (j === i ? tail : l));
+    return interleavings(rest).map((r) => [head, ...r]);
+  });
+}
+
+describe('read models', () => {
+  it('given a completed order, when its events are folded, then the summary has lines, stock outcome, payment and the timeline in time order', () => {
+    const { summaries, userOrders, counts } = foldReadModels([...catalogue, ...orderEvents, ...inventoryEvents, ...paymentEvents]);
+    expect(summaries.get(orderId)).toMatchObject({
+      orderId, userId: 'ada', status: 'COMPLETED', totalAmount: 10_000, currency: 'EUR', reason: null,
+      stock: { outcome: 'COMMITTED' }, payment: { paymentId, outcome: 'PROCESSED', amount: 10_000 },
+    });
+    expect(summaries.get(orderId)?.timeline.map((e) => e.type)).toEqual(['OrderCreated', 'OrderCompleted', 'InventoryReserved', 'InventoryCommitted', 'PaymentProcessed']);
+    expect(userOrders.get(orderId)).toMatchObject({ userId: 'ada', status: 'COMPLETED', lines: 2, totalAmount: 10_000 });
+    expect(counts).toEqual({ COMPLETED: 1 });
+  });
+
+  it('given the three sources interleaved in every possible way, when folded, then every read model comes out the same', () => {
+    const orders = interleavings([orderEvents, inventoryEvents, paymentEvents]);
+    expect(orders).toHaveLength(30);
+    const results = orders.map((o) => foldReadModels([...catalogue, ...o]));
+    const canonical = (m: ReturnType<typeof foldReadModels>) => JSON.stringify({
+      summaries: [...m.summaries.values()], users: [...m.userOrders.values()], products: [...m.availability.values()].sort((a, b) => (a.productId < b.productId ? -1 : 1)), counts: m.counts,
+    });
+    for (const result of results) expect(canonical(result)).toBe(canonical(results[0] as ReturnType<typeof foldReadModels>));
+  });
+
+  it('given stock moves on several products, when folded in any order, then availability is the sum of the deltas', () => {
+    const restock = from('inventory', { type: 'StockAdjusted', data: { productId: productA, delta: 5, reason: 'restock', stockQuantity: 15, reserved: 0, sold: 0 } });
+    const released = from('inventory', { type: 'InventoryReleased', data: { orderId, items: [{ productId: productB, quantity: 1 }], reason: 'payment failed' } });
+    const moves = [...inventoryEvents, restock, released];
+    for (const order of [moves, [...moves].reverse()]) {
+      const { availability } = foldReadModels([...order, ...catalogue]);
+      expect(availability.get(productA)).toEqual({ productId: productA, name: 'Beans', price: 500, currency: 'EUR', stockQuantity: 13, reserved: 0, sold: 2 });
+      expect(availability.get(productB)).toEqual({ productId: productB, name: 'Mill', price: 9000, currency: 'EUR', stockQuantity: 2, reserved: -1, sold: 1 });
+    }
+  });
+
+  it('given a declined payment, when folded, then the summary says why and the stock went back', () => {
+    const declined = [
+      from('order', orderEvents[0] as DomainEvent),
+      from('inventory', inventoryEvents[0] as DomainEvent),
+      from('payment', { type: 'PaymentFailed', data: { orderId, paymentId, userId: 'ada', amount: 10_000, reason: 'insufficient credit' } }),
+      from('inventory', { type: 'InventoryReleased', data: { orderId, items, reason: 'payment failed: insufficient credit' } }),
+      from('order', { type: 'OrderFailed', data: { orderId, userId: 'ada', reason: 'payment failed: insufficient credit' } }),
+    ];
+    const { summaries, counts, availability } = foldReadModels([...catalogue, ...declined]);
+    expect(summaries.get(orderId)).toMatchObject({
+      status: 'FAILED', reason: 'payment failed: insufficient credit', stock: { outcome: 'RELEASED' },
+      payment: { outcome: 'FAILED', reason: 'insufficient credit' },
+    });
+    expect(counts).toEqual({ FAILED: 1 });
+    expect(availability.get(productA)).toMatchObject({ stockQuantity: 10, reserved: 0, sold: 0 });
+  });
+
+  it('given a status change, when counted, then the old status loses one and the new gains one', () => {
+    expect(countChanges(null, 'PENDING')).toEqual([{ status: 'PENDING', by: 1 }]);
+    expect(countChanges('PENDING', 'COMPLETED')).toEqual([{ status: 'PENDING', by: -1 }, { status: 'COMPLETED', by: 1 }]);
+    expect(countChanges('FAILED', 'FAILED')).toEqual([]);
+  });
+});

@@ -1,0 +1,12 @@
+// The system view: how many orders are in each status. It moves with the order
+// summaries' status changes, in the same transaction, so it always equals a count over
+// them; a status is counted once the order itself (OrderCreated) has been seen.
+import type { OrderStatus } from './order-summary.ts';
+
+export type CountChange = { status: OrderStatus; by: 1 | -1 };
+
+/** How the counts move when an order's status goes from `before` to `after`. */
+export function countChanges(before: OrderStatus | null, after: OrderStatus | null): CountChange[] {
+  if (before === after) return [];
+  return [...(before === null ? [] : [{ status: before, by: -1 as const }]), ...(after === null ? [] : [{ status: after, by: 1 as const }])];
+}
