@@ -7,7 +7,7 @@ import type { Envelope } from '@converge/contracts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { boot, modes, sagaModeOf, type Harness } from './harness.ts';
 
-const count = async (h: Harness, service: 'order' | 'inventory' | 'payment' | 'orchestrator', sql: string, params: unknown[] = []) =>
+const count = async (h: Harness, service: 'order' | 'inventory' | 'payment' | 'orchestrator' | 'query', sql: string, params: unknown[] = []) =>
   (await h.system.dbs[service].query<{ n: number }>(`SELECT count(*)::int AS n FROM ${sql}`, params))[0]?.n ?? 0;
 
 describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
@@ -15,7 +15,7 @@ describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
   const orchestrated = sagaModeOf(name) === 'orchestration';
   // What asks payment to charge, and who consumes the order service's events, in this mode.
   const chargeRequest = orchestrated ? 'ProcessPayment' : 'InventoryReserved';
-  const orderConsumers = orchestrated ? (['orchestrator'] as const) : (['inventory', 'payment'] as const);
+  const orderConsumers = orchestrated ? (['orchestrator', 'query'] as const) : (['inventory', 'payment', 'query'] as const);
   beforeAll(async () => {
     if (!skip) h = await boot(name);
   });
