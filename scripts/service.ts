@@ -53,6 +53,8 @@ export const clusterConfig = (service: ServiceName, testing = false) => ({
   SAGA_COMPENSATION_ATTEMPTS: setting.int(defaultTimings.compensationAttempts, 1, 100),
   /** Orchestrator: a saga not final and unchanged this long counts as stuck (converge_sagas_stuck). */
   SAGA_STUCK_AFTER_MS: setting.int(60_000, 1_000, 86_400_000),
+  /** Query: how long a read carrying a consistency token waits for its write before answering 503. */
+  QUERY_READ_WAIT_MS: setting.int(2_000, 0, 30_000),
   LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
   /**
    * Test-only fault switch (the chaos suite): `duplicate=0.1,delay=0.1,max-delay-ms=3000`
@@ -94,7 +96,7 @@ export async function runService(service: ServiceName, env: Record<string, strin
       },
     });
   } else if (service === 'query') {
-    definition = queryService;
+    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS });
   } else {
     definition = service === 'order' ? orderService(mode) : inventoryService(mode);
   }

@@ -53,7 +53,7 @@ export function serviceDefinitions(
     inventory: inventoryService(mode),
     payment: paymentService(provider, { mode, allowFaults: options.allowFaults ?? false }),
     orchestrator: orchestratorService({ mode, ...options.orchestrator }),
-    query: queryService,
+    query: queryService(),
   };
 }
 

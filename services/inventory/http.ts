@@ -2,7 +2,7 @@
 // event (ProductAdded, StockAdjusted) in one transaction; the relay publishes later.
 import crypto from 'node:crypto';
 import { Currency, Money, Quantity, Uuid } from '@converge/contracts';
-import { ConflictError, NotFoundError, appendToOutbox, problems, type Db, type HttpApp } from '@converge/platform';
+import { ConflictError, NotFoundError, appendToOutbox, consistencyHeader, formatToken, problems, streamVersion, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
 import type { Product } from './inventory.ts';
 import { adjustStock, getProduct, insertProduct, listProducts } from './store.ts';
@@ -79,6 +79,8 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
       }]);
       return true;
     });
+    // Its ProductAdded is version 1 of the product's stream, whether just written or before.
+    void reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: product.productId, sequence: 1 }));
     if (created) return reply.code(201).header('location', `/products/${product.productId}`).send(product);
     const existing = await getProduct(db, product.productId);
     if (existing?.name !== product.name || existing.price !== product.price || existing.currency !== product.currency) {
@@ -96,7 +98,7 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
       body: Restock,
       response: { 200: ProductSchema, ...problems(400, 404, 409, 413, 415) },
     },
-  }, async (request) => {
+  }, async (request, reply) => {
     const at = now();
     const { id } = request.params;
     const reason = request.body.reason ?? 'restock';
@@ -112,6 +114,8 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
       }]);
       return adjusted;
     });
+    // The product's stream as it stands: this restock, or (a retried key) the first one and anything since.
+    void reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: id, sequence: await streamVersion(db, id) }));
     if (product !== undefined) return product;
     const current = await getProduct(db, id);
     if (current === undefined) throw new NotFoundError(`no product ${id}`);

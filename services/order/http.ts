@@ -6,7 +6,7 @@
 // is written.
 import crypto from 'node:crypto';
 import { Quantity, Uuid, UserId, type OrderLine } from '@converge/contracts';
-import { ConflictError, InvalidError, NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
+import { ConflictError, InvalidError, NotFoundError, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
 import Type, { type Static } from 'typebox';
 import { executeOrderCommand, getOrder, listOrders, priceLines, viewOf, type OrderView } from './store.ts';
 
@@ -33,6 +33,8 @@ export const OrderSchema = Type.Object({
 });
 
 const etag = (order: OrderView) => `"${order.orderId}:${order.version}"`;
+/** The order's stream at this version: a read model that has applied it shows this write. */
+const token = (order: OrderView) => formatToken({ source: 'order', subject: order.orderId, sequence: order.version });
 
 export function requestHash(body: PlaceOrder): string {
   const canonical = JSON.stringify({ userId: body.userId, items: body.items.map((i) => [i.productId, i.quantity]) });
@@ -106,11 +108,11 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
         if (claimed === undefined) throw new KeyTaken();
         return created;
       });
-      return await reply.code(201).header('location', `/orders/${orderId}`).header('etag', etag(view)).send(view);
+      return await reply.code(201).header('location', `/orders/${orderId}`).header('etag', etag(view)).header(consistencyHeader, token(view)).send(view);
     } catch (error) {
       if (!(error instanceof KeyTaken)) throw error;
       const first = await replayKey(db, body.userId, key, hash);
-      return reply.code(201).header('idempotent-replayed', 'true').header('etag', etag(first)).send(first);
+      return reply.code(201).header('idempotent-replayed', 'true').header('etag', etag(first)).header(consistencyHeader, token(first)).send(first);
     }
   });
 
@@ -156,6 +158,6 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
       return getOrder(tx, id);
     });
     if (view === undefined) throw new NotFoundError(`no order ${id}`);
-    return reply.header('etag', etag(view)).send(view);
+    return reply.header('etag', etag(view)).header(consistencyHeader, token(view)).send(view);
   });
 }

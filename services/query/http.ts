@@ -1,6 +1,9 @@
-// The query API: reads from the read models only, never from another service.
+// The query API: reads from the read models only, never from another service. A read
+// that carries a write's consistency token (header `Consistency-Token`) is answered
+// only once the read models have applied that write: it waits for it, bounded, and
+// otherwise answers 503 saying how far behind they are, never older data as fresh.
 import { UserId, Uuid } from '@converge/contracts';
-import { NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
+import { ConsistencyTokenSchema, NotFoundError, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
 import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts } from './store.ts';
 
@@ -32,9 +35,22 @@ const AvailabilitySchema = Type.Object({
   stockQuantity: Type.Integer(), reserved: Type.Integer(), sold: Type.Integer(),
 });
 
-export function registerQueryRoutes(app: HttpApp, db: Db): void {
+const TokenHeader = Type.Object({ [consistencyHeader]: Type.Optional(ConsistencyTokenSchema) });
+
+export function registerQueryRoutes(app: HttpApp, db: Db, options: { consumer: string; sources: readonly string[]; waitMs: number }): void {
+  // Every route here reads the read models: a token makes it wait for the write first.
+  app.addHook('preHandler', async (request, reply) => {
+    const header = request.headers[consistencyHeader];
+    if (typeof header !== 'string') return;
+    const { waitedMs } = await waitForToken(db, options.consumer, parseToken(header), { timeoutMs: options.waitMs, sources: options.sources });
+    void reply.header('consistency-waited-ms', String(waitedMs));
+  });
+
   app.get('/orders/:id', {
-    schema: { tags: ['query'], summary: "An order's summary: lines, stock outcome, payment and status timeline", params: Type.Object({ id: Uuid }), response: { 200: SummarySchema, ...problems(400, 404) } },
+    schema: {
+      tags: ['query'], summary: "An order's summary: lines, stock outcome, payment and status timeline",
+      params: Type.Object({ id: Uuid }), headers: TokenHeader, response: { 200: SummarySchema, ...problems(400, 404, 503) },
+    },
   }, async (request) => {
     const summary = await getSummary(db, request.params.id);
     if (summary === undefined) throw new NotFoundError(`no order ${request.params.id} in the read model`);
@@ -46,16 +62,20 @@ export function registerQueryRoutes(app: HttpApp, db: Db): void {
       tags: ['query'],
       summary: "A user's orders, newest first",
       params: Type.Object({ id: UserId }),
+      headers: TokenHeader,
       querystring: Type.Object({
         limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
         before: Type.Optional(Type.String({ format: 'date-time', description: 'Page on: the createdAt of the last order of the previous page.' })),
       }, { additionalProperties: false }),
-      response: { 200: Type.Object({ items: Type.Array(UserOrderSchema) }), ...problems(400) },
+      response: { 200: Type.Object({ items: Type.Array(UserOrderSchema) }), ...problems(400, 503) },
     },
   }, async (request) => ({ items: await listUserOrders(db, request.params.id, request.query.limit ?? 50, request.query.before) }));
 
   app.get('/products/:id', {
-    schema: { tags: ['query'], summary: "A product's availability: in stock, reserved, sold", params: Type.Object({ id: Uuid }), response: { 200: AvailabilitySchema, ...problems(400, 404) } },
+    schema: {
+      tags: ['query'], summary: "A product's availability: in stock, reserved, sold",
+      params: Type.Object({ id: Uuid }), headers: TokenHeader, response: { 200: AvailabilitySchema, ...problems(400, 404, 503) },
+    },
   }, async (request) => {
     const availability = await getAvailability(db, request.params.id);
     if (availability === undefined) throw new NotFoundError(`no product ${request.params.id} in the read model`);
@@ -66,12 +86,16 @@ export function registerQueryRoutes(app: HttpApp, db: Db): void {
     schema: {
       tags: ['query'],
       summary: 'Availability of every product, by product id',
+      headers: TokenHeader,
       querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })), after: Type.Optional(Uuid) }, { additionalProperties: false }),
-      response: { 200: Type.Object({ items: Type.Array(AvailabilitySchema) }), ...problems(400) },
+      response: { 200: Type.Object({ items: Type.Array(AvailabilitySchema) }), ...problems(400, 503) },
     },
   }, async (request) => ({ items: await listAvailability(db, request.query.limit ?? 100, request.query.after) }));
 
   app.get('/system', {
-    schema: { tags: ['query'], summary: 'Orders per status', response: { 200: Type.Object({ orders: Type.Record(Type.String(), Type.Integer()) }) } },
+    schema: {
+      tags: ['query'], summary: 'Orders per status', headers: TokenHeader,
+      response: { 200: Type.Object({ orders: Type.Record(Type.String(), Type.Integer()) }), ...problems(400, 503) },
+    },
   }, async () => ({ orders: await orderCounts(db) }));
 }

@@ -55,7 +55,7 @@ export async function createHttpApp({ service, log, description, bodyLimit = 64 
     if (error instanceof InvalidError) return problem(reply, error.status, error.status === 422 ? 'Unprocessable request' : 'Invalid request', error.message, error.details);
     if (error instanceof NotFoundError) return problem(reply, 404, 'Not found', error.message);
     if (error instanceof ConflictError) return problem(reply, error.status, error.status === 412 ? 'Precondition failed' : 'Conflict', error.message);
-    if (error instanceof UnavailableError) return problem(reply, 503, 'Unavailable', error.message);
+    if (error instanceof UnavailableError) return problem(reply.header('retry-after', '1'), 503, 'Unavailable', error.message);
     if (isUnreachable(error)) {
       log.warn('request failed: a dependency is out of reach', { method: request.method, url: request.url, error: error.message });
       void reply.header('retry-after', '1');

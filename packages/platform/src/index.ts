@@ -1,5 +1,6 @@
 export * from './bus.ts';
 export * from './config.ts';
+export * from './consistency.ts';
 export * from './consumer.ts';
 export * from './db.ts';
 export * from './dead-letters.ts';
