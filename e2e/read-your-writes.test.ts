@@ -63,6 +63,12 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('read 
     expect(behind.json<{ detail: string }>().detail).toMatch(new RegExp(`has not applied ${token} yet: it is at version 0 of that stream after \\d+ ms`));
     // Without a token the read answers from what the model has: this order is not in it yet.
     expect((await query(`/orders/${orderId}`)).statusCode).toBe(404);
+    type Projections = { projections: { name: string; applied: number; delayMs: { p99: number; samples: number }; lag: { events: number; seconds: number } }[] };
+    const lagging = (await query('/projections')).json<Projections>().projections.find((p) => p.name === 'order-summary');
+    expect(lagging?.lag.events).toBeGreaterThanOrEqual(1);
+    expect(lagging?.lag.seconds).toBeGreaterThan(0);
+    const metrics = (await query('/metrics')).body;
+    expect(metrics).toMatch(/^converge_projection_lag_events\{model="order-summary"\} [1-9]\d*$/m);
 
     await h.system.restart('query');
     const caughtUp = await query(`/orders/${orderId}`, token);
@@ -70,6 +76,14 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('read 
     expect(Number(caughtUp.headers['consistency-waited-ms'])).toBeGreaterThanOrEqual(0);
     await h.waitFinal(orderId);
     await h.check();
+    const projections = (await query('/projections')).json<Projections>().projections;
+    expect(projections.map((p) => p.name)).toEqual(['order-summary', 'user-orders', 'product-availability', 'order-counts']);
+    for (const p of projections) {
+      expect(p.applied, p.name).toBeGreaterThan(0);
+      expect(p.delayMs.samples, p.name).toBeGreaterThan(0);
+      expect(p.lag, p.name).toEqual({ events: 0, seconds: 0 });
+    }
+    expect((await query('/metrics')).body).toMatch(/^converge_projection_delay_seconds_count\{model="order-summary"\} [1-9]\d*$/m);
   });
 
   it.skipIf(skip)('given a malformed token, or one from a source the read models do not follow, when a read carries it, then 400 or 422 problem+json', async () => {

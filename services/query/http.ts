@@ -5,6 +5,7 @@
 import { UserId, Uuid } from '@converge/contracts';
 import { ConsistencyTokenSchema, NotFoundError, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
+import { readModels, type LagTracker } from './lag.ts';
 import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts } from './store.ts';
 
 const Status = Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]);
@@ -37,7 +38,40 @@ const AvailabilitySchema = Type.Object({
 
 const TokenHeader = Type.Object({ [consistencyHeader]: Type.Optional(ConsistencyTokenSchema) });
 
-export function registerQueryRoutes(app: HttpApp, db: Db, options: { consumer: string; sources: readonly string[]; waitMs: number }): void {
+const ProjectionSchema = Type.Object({
+  name: Type.String(),
+  applied: Type.Integer({ description: 'Events this read model applied since the process started.' }),
+  delayMs: Type.Object(
+    { p50: Type.Number(), p99: Type.Number(), max: Type.Number(), samples: Type.Integer() },
+    { description: 'Commit at the source to applied here, over the last 1,000 events.' },
+  ),
+  lag: Type.Object(
+    { events: Type.Integer(), seconds: Type.Number() },
+    { description: 'Events waiting for the read side (queue and hold), and how long ago the last applied one was committed while any wait.' },
+  ),
+});
+
+export type LagProbe = { lag: LagTracker; waiting(): Promise<number> };
+
+/** The current lag of one read model: events waiting, and how far behind in time while any wait. */
+export async function currentLag(probe: LagProbe, model: (typeof readModels)[number], now: Date): Promise<{ events: number; seconds: number }> {
+  const events = await probe.waiting();
+  const last = probe.lag.report(model).lastEventTime;
+  return { events, seconds: events > 0 && last !== undefined ? Math.max(0, (now.getTime() - last) / 1000) : 0 };
+}
+
+export function registerQueryRoutes(
+  app: HttpApp, db: Db, options: { consumer: string; sources: readonly string[]; waitMs: number; probe: LagProbe; now: () => Date },
+): void {
+  app.get('/projections', {
+    schema: { tags: ['query'], summary: 'Each read model: events applied, delay from commit to applied, current lag', response: { 200: Type.Object({ projections: Type.Array(ProjectionSchema) }) } },
+  }, async () => ({
+    projections: await Promise.all(readModels.map(async (name) => {
+      const { applied, delayMs } = options.probe.lag.report(name);
+      return { name, applied, delayMs, lag: await currentLag(options.probe, name, options.now()) };
+    })),
+  }));
+
   // Every route here reads the read models: a token makes it wait for the write first.
   app.addHook('preHandler', async (request, reply) => {
     const header = request.headers[consistencyHeader];

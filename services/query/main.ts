@@ -2,9 +2,10 @@
 // in a database of its own (see DESIGN.md).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ServiceDefinition } from '@converge/platform';
-import { handleQueryMessage, querySources } from './consumers.ts';
-import { registerQueryRoutes } from './http.ts';
+import type { Bus, Db, ServiceDefinition } from '@converge/platform';
+import { queryHandler, querySources } from './consumers.ts';
+import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
+import { createLagTracker, readModels } from './lag.ts';
 
 export type QueryOptions = {
   /** How long a read carrying a consistency token may wait for the write (503 after). */
@@ -12,12 +13,34 @@ export type QueryOptions = {
 };
 
 export function queryService(options: QueryOptions = {}): ServiceDefinition {
+  const lag = createLagTracker();
+  // What waits for the read side: the queue, and early messages held for a predecessor.
+  const probe = (db: Db, bus: Bus): LagProbe => ({
+    lag,
+    waiting: async () => {
+      const [held] = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM held_messages WHERE consumer = 'query'");
+      return Math.max(0, await bus.depth('query')) + (held?.n ?? 0);
+    },
+  });
   return {
     name: 'query',
     description: 'Read models of orders, users and products, folded from every service\'s events.',
     migrations: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
     sources: querySources,
-    handle: handleQueryMessage,
-    routes: (app, { db }) => registerQueryRoutes(app, db, { consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000 }),
+    handle: queryHandler(lag),
+    routes: (app, { db, bus, now }) =>
+      registerQueryRoutes(app, db, { consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now }),
+    metrics: ({ db, bus, now }) => async () => {
+      const current = await Promise.all(readModels.map(async (model) => ({ model, ...(await currentLag(probe(db, bus), model, now())) })));
+      return [
+        ...lag.metricLines(),
+        '# HELP converge_projection_lag_events Events waiting for the read models (queue and hold).',
+        '# TYPE converge_projection_lag_events gauge',
+        ...current.map((c) => `converge_projection_lag_events{model="${c.model}"} ${c.events}`),
+        '# HELP converge_projection_lag_seconds How long ago the last applied event was committed, while events wait.',
+        '# TYPE converge_projection_lag_seconds gauge',
+        ...current.map((c) => `converge_projection_lag_seconds{model="${c.model}"} ${c.seconds.toFixed(3)}`),
+      ];
+    },
   };
 }

@@ -37,7 +37,7 @@ export type ServiceDefinition<Extra = void> = {
   /** Work beside the consumer and the relay (the orchestrator's deadline timer). */
   background?(deps: { db: Db; log: Logger; now: () => Date }): { stop(): Promise<void> };
   /** More Prometheus lines for /metrics. */
-  metrics?(deps: { db: Db; now: () => Date }): () => Promise<string[]>;
+  metrics?(deps: { db: Db; now: () => Date; bus: Bus }): () => Promise<string[]>;
 };
 
 export type RunningService<Extra = void> = {
@@ -79,7 +79,7 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
   registerDeadLetterRoutes(app, db, consumer);
   registerFeedRoutes(app, db);
   const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
-  registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now }));
+  registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now, bus }));
   const background = definition.background?.({ db, log, now });
   await app.ready();
   let stopped = false;
