@@ -46,7 +46,8 @@ export async function startCluster(options: { env?: Record<string, string>; log?
 
   const start = async (service: ClusterService, extra: Record<string, string> = {}) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/service.ts', service], {
-      env: { ...process.env, ...env, PORT: String(ports[service]), ...extra }, stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, ...env, PORT: String(ports[service]), ORDER_URL: urls.order, INVENTORY_URL: urls.inventory, PAYMENT_URL: urls.payment, ...extra },
+      stdio: ['ignore', 'ignore', 'pipe'],
     });
     // The last words of a process that dies during start-up go into the error.
     let stderr = '';

@@ -79,7 +79,9 @@ async function main(): Promise<void> {
     for (let i = 0; i < instances[service]; i++) {
       const port = basePorts[service] + 100 * i;
       urls[service].push(`http://${config.HOST}:${port}`);
-      members.push({ name: `${service}#${i + 1}`, script: 'scripts/service.ts', args: [service], env: { [`${service.toUpperCase()}_PORT`]: String(port) }, restarts: 0 });
+      // The query service reads the first instance's feeds for rebuilds.
+      const feeds = { ORDER_URL: `http://${config.HOST}:${basePorts.order}`, INVENTORY_URL: `http://${config.HOST}:${basePorts.inventory}`, PAYMENT_URL: `http://${config.HOST}:${basePorts.payment}` };
+      members.push({ name: `${service}#${i + 1}`, script: 'scripts/service.ts', args: [service], env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds }, restarts: 0 });
     }
   }
   const first = (service: ServiceName) => urls[service][0] ?? '';
@@ -135,7 +137,7 @@ async function main(): Promise<void> {
   console.log(`
 Converge is running in cluster mode (PostgreSQL + RabbitMQ, ${members.length} processes).
   dashboard   ${gateway}/
-${serviceNames.map((s) => `  ${s.padEnd(11)} ${urls[s].join(' ')}`).join('\n')}
+${serviceNames.map((s) => `  ${s.padEnd(13)} ${urls[s].join(' ')}`).join('\n')}
 Place an order:
   curl -s -X POST ${gateway}/api/order/orders -H 'content-type: application/json' -H "idempotency-key: $(uuidgen || date +%s%N)" \\
     -d '{"userId":"alice","items":[{"productId":"${product}","quantity":1}]}'

@@ -12,6 +12,7 @@ import { inventoryService } from '../services/inventory/main.ts';
 import { defaultTimings } from '../services/orchestrator/fulfilment.ts';
 import { orchestratorService } from '../services/orchestrator/main.ts';
 import { orderService } from '../services/order/main.ts';
+import { httpFeed } from '../services/query/feeds.ts';
 import { queryService } from '../services/query/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
@@ -55,6 +56,10 @@ export const clusterConfig = (service: ServiceName, testing = false) => ({
   SAGA_STUCK_AFTER_MS: setting.int(60_000, 1_000, 86_400_000),
   /** Query: how long a read carrying a consistency token waits for its write before answering 503. */
   QUERY_READ_WAIT_MS: setting.int(2_000, 0, 30_000),
+  /** Query: where the sources' feeds are, for rebuilds. */
+  ORDER_URL: setting.string(`http://127.0.0.1:${defaultPorts.order}`),
+  INVENTORY_URL: setting.string(`http://127.0.0.1:${defaultPorts.inventory}`),
+  PAYMENT_URL: setting.string(`http://127.0.0.1:${defaultPorts.payment}`),
   LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
   /**
    * Test-only fault switch (the chaos suite): `duplicate=0.1,delay=0.1,max-delay-ms=3000`
@@ -96,7 +101,8 @@ export async function runService(service: ServiceName, env: Record<string, strin
       },
     });
   } else if (service === 'query') {
-    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS });
+    const feeds = [httpFeed('order', config.ORDER_URL), httpFeed('inventory', config.INVENTORY_URL), httpFeed('payment', config.PAYMENT_URL)];
+    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds });
   } else {
     definition = service === 'order' ? orderService(mode) : inventoryService(mode);
   }

@@ -102,7 +102,7 @@ async function main(): Promise<void> {
       `  Converge is running (embedded: PGlite in ${dataDir}, in-process bus)`,
       '',
       `  Dashboard   ${site}/`,
-      ...serviceNames.map((name) => `  ${name.padEnd(11)} ${urls[name]}   (OpenAPI: ${urls[name]}/openapi.json)`),
+      ...serviceNames.map((name) => `  ${name.padEnd(13)} ${urls[name]}   (OpenAPI: ${urls[name]}/openapi.json)`),
       '',
       `  Place an order for alice (${product.name}); the same Idempotency-Key again replays the first answer:`,
       `    curl -s -X POST ${site}/api/order/orders -H 'content-type: application/json' -H 'idempotency-key: ${crypto.randomUUID()}' -d '${order}'`,

@@ -6,13 +6,16 @@ import path from 'node:path';
 import { eventTypesOf } from '@converge/contracts';
 import {
   createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
-  type Bus, type BusFaults, type Db, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
+  UnavailableError,
+  type Bus, type BusFaults, type Db, type FeedPage, type HttpApp, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
 } from '@converge/platform';
 import type { FaultStats } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import { inventoryService } from '../services/inventory/main.ts';
 import { orchestratorService, type OrchestratorOptions } from '../services/orchestrator/main.ts';
 import { orderService } from '../services/order/main.ts';
+import { querySources } from '../services/query/consumers.ts';
+import type { FeedSource } from '../services/query/feeds.ts';
 import { queryService } from '../services/query/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
 import type { SimulatedProvider } from '../services/payment/provider.ts';
@@ -45,15 +48,31 @@ export type SystemOptions = {
 };
 
 /** Every service of the system, wired for one saga mode. */
+/** A source's feed read through its HTTP app in this process (embedded mode, tests). */
+function inProcessFeed(source: string, app: () => HttpApp | undefined): FeedSource {
+  return {
+    source,
+    read: async (after, limit) => {
+      const running = app();
+      if (running === undefined) throw new UnavailableError(`${source} is not running`);
+      const response = await running.inject({ method: 'GET', url: `/events?after=${after}&limit=${limit}` });
+      if (response.statusCode !== 200) throw new UnavailableError(`${source} feed answered ${response.statusCode}`);
+      return response.json<FeedPage>();
+    },
+  };
+}
+
 export function serviceDefinitions(
-  mode: SagaMode, provider: SimulatedProvider, options: { allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'> } = {},
+  mode: SagaMode, provider: SimulatedProvider,
+  options: { allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'>; appOf?: (name: string) => HttpApp | undefined } = {},
 ): Record<ServiceName, ServiceDefinition> {
   return {
     order: orderService(mode),
     inventory: inventoryService(mode),
     payment: paymentService(provider, { mode, allowFaults: options.allowFaults ?? false }),
     orchestrator: orchestratorService({ mode, ...options.orchestrator }),
-    query: queryService(),
+    // Rebuilds read the other services' feeds through their HTTP apps, in process.
+    query: queryService({ feeds: () => querySources.map((source) => inProcessFeed(source, () => options.appOf?.(source))) }),
   };
 }
 
@@ -102,9 +121,12 @@ export async function startSystem(options: SystemOptions): Promise<System> {
   };
   const { bus, busDb, faults } = await openBus(options.bus, options.storage, log);
   const provider = await openSimulatedProvider(dbs.provider);
+  // The services, once started: the query service reads their feeds for rebuilds.
+  const started: { services?: Partial<Record<ServiceName, RunningService>> } = {};
   const definitions = serviceDefinitions(options.sagaMode ?? 'choreography', provider, {
     ...(options.allowFaults === undefined ? {} : { allowFaults: options.allowFaults }),
     ...(options.orchestrator === undefined ? {} : { orchestrator: options.orchestrator }),
+    appOf: (name) => started.services?.[name as ServiceName]?.app,
   });
   const start = (name: ServiceName, relay?: boolean) =>
     startService(definitions[name], {
@@ -122,6 +144,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     query: await start('query'),
     order: await start('order'),
   };
+  started.services = services;
   return {
     services,
     dbs,

@@ -5,7 +5,9 @@
 import { UserId, Uuid } from '@converge/contracts';
 import { ConsistencyTokenSchema, NotFoundError, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
-import { readModels, type LagTracker } from './lag.ts';
+import type { FeedSource } from './feeds.ts';
+import { readModels, type LagTracker, type ReadModel } from './lag.ts';
+import { rebuildReadModel, type Rebuilt } from './rebuild.ts';
 import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts } from './store.ts';
 
 const Status = Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]);
@@ -61,8 +63,26 @@ export async function currentLag(probe: LagProbe, model: (typeof readModels)[num
 }
 
 export function registerQueryRoutes(
-  app: HttpApp, db: Db, options: { consumer: string; sources: readonly string[]; waitMs: number; probe: LagProbe; now: () => Date },
+  app: HttpApp, db: Db,
+  options: { consumer: string; sources: readonly string[]; waitMs: number; probe: LagProbe; now: () => Date; feeds: () => readonly FeedSource[] },
 ): void {
+  app.post('/projections/:name/rebuild', {
+    schema: {
+      tags: ['query'],
+      summary: 'Rebuilds a read model (or all) from the feeds while the old one serves, then switches atomically',
+      params: Type.Object({ name: Type.Union([...readModels.map((m) => Type.Literal(m)), Type.Literal('all')]) }),
+      response: {
+        200: Type.Object({ rebuilt: Type.Array(Type.Object({ model: Type.String(), events: Type.Integer(), rows: Type.Integer(), tookMs: Type.Integer() })) }),
+        ...problems(400, 503),
+      },
+    },
+  }, async (request) => {
+    const models: ReadModel[] = request.params.name === 'all' ? [...readModels] : [request.params.name];
+    const rebuilt: Rebuilt[] = [];
+    for (const model of models) rebuilt.push(await rebuildReadModel(db, options.feeds(), model, { consumer: options.consumer }));
+    return { rebuilt };
+  });
+
   app.get('/projections', {
     schema: { tags: ['query'], summary: 'Each read model: events applied, delay from commit to applied, current lag', response: { 200: Type.Object({ projections: Type.Array(ProjectionSchema) }) } },
   }, async () => ({

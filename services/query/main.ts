@@ -2,14 +2,17 @@
 // in a database of its own (see DESIGN.md).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Bus, Db, ServiceDefinition } from '@converge/platform';
+import { UnavailableError, type Bus, type Db, type ServiceDefinition } from '@converge/platform';
 import { queryHandler, querySources } from './consumers.ts';
 import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
+import type { FeedSource } from './feeds.ts';
 import { createLagTracker, readModels } from './lag.ts';
 
 export type QueryOptions = {
   /** How long a read carrying a consistency token may wait for the write (503 after). */
   waitMs?: number;
+  /** The feeds of the sources, for rebuilds (HTTP in a deployment, in-process in embedded mode). */
+  feeds?: () => readonly FeedSource[];
 };
 
 export function queryService(options: QueryOptions = {}): ServiceDefinition {
@@ -29,7 +32,10 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
     sources: querySources,
     handle: queryHandler(lag),
     routes: (app, { db, bus, now }) =>
-      registerQueryRoutes(app, db, { consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now }),
+      registerQueryRoutes(app, db, {
+        consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now,
+        feeds: options.feeds ?? (() => { throw new UnavailableError('no feed sources configured for rebuilds'); }),
+      }),
     metrics: ({ db, bus, now }) => async () => {
       const current = await Promise.all(readModels.map(async (model) => ({ model, ...(await currentLag(probe(db, bus), model, now())) })));
       return [

@@ -1,0 +1,24 @@
+// `npm run rebuild -- <read model>|all`: asks the query service to rebuild read models
+// from the services' feeds (POST /projections/{name}/rebuild) and prints what it did.
+// QUERY_URL says where the query service is (default http://127.0.0.1:3005).
+import { readModels } from '../services/query/lag.ts';
+
+const name = process.argv[2] ?? '';
+const choices = [...readModels, 'all'];
+if (!choices.includes(name)) {
+  console.error(`usage: npm run rebuild -- ${choices.join('|')}`);
+  process.exit(2);
+}
+const base = (process.env.QUERY_URL ?? 'http://127.0.0.1:3005').replace(/\/+$/, '');
+const response = await fetch(`${base}/projections/${name}/rebuild`, { method: 'POST' }).catch((error: unknown) => {
+  console.error(`cannot reach the query service at ${base}: ${(error as Error).message}`);
+  process.exit(1);
+});
+const body = await response.text();
+if (!response.ok) {
+  console.error(`rebuild failed: ${response.status} ${body}`);
+  process.exit(1);
+}
+for (const r of (JSON.parse(body) as { rebuilt: { model: string; events: number; rows: number; tookMs: number }[] }).rebuilt) {
+  console.log(`${r.model.padEnd(22)} ${String(r.rows).padStart(7)} rows from ${String(r.events).padStart(8)} events in ${r.tookMs} ms`);
+}
