@@ -5,6 +5,7 @@
 import { UserId, Uuid } from '@converge/contracts';
 import { ConsistencyTokenSchema, NotFoundError, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
+import type { CaughtUp } from './catch-up.ts';
 import type { FeedSource } from './feeds.ts';
 import { readModels, type LagTracker, type ReadModel } from './lag.ts';
 import { rebuildReadModel, type Rebuilt } from './rebuild.ts';
@@ -64,8 +65,19 @@ export async function currentLag(probe: LagProbe, model: (typeof readModels)[num
 
 export function registerQueryRoutes(
   app: HttpApp, db: Db,
-  options: { consumer: string; sources: readonly string[]; waitMs: number; probe: LagProbe; now: () => Date; feeds: () => readonly FeedSource[] },
+  options: {
+    consumer: string; sources: readonly string[]; waitMs: number; probe: LagProbe; now: () => Date;
+    feeds: () => readonly FeedSource[]; catchUp: () => Promise<CaughtUp>;
+  },
 ): void {
+  app.post('/projections/catch-up', {
+    schema: {
+      tags: ['query'],
+      summary: 'Reads every source feed from its checkpoint and applies what the broker lost (the rest is found applied)',
+      response: { 200: Type.Object({ read: Type.Integer() }, { additionalProperties: Type.Integer() }), ...problems(503) },
+    },
+  }, () => options.catchUp());
+
   app.post('/projections/:name/rebuild', {
     schema: {
       tags: ['query'],

@@ -5,18 +5,24 @@ import { fileURLToPath } from 'node:url';
 import { UnavailableError, type Bus, type Db, type ServiceDefinition } from '@converge/platform';
 import { queryHandler, querySources } from './consumers.ts';
 import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
+import { watchForGaps, type CatchUpWatch } from './catch-up.ts';
 import type { FeedSource } from './feeds.ts';
 import { createLagTracker, readModels } from './lag.ts';
 
 export type QueryOptions = {
   /** How long a read carrying a consistency token may wait for the write (503 after). */
   waitMs?: number;
-  /** The feeds of the sources, for rebuilds (HTTP in a deployment, in-process in embedded mode). */
+  /** The feeds of the sources, for rebuilds and catch-ups (HTTP in a deployment, in-process in embedded mode). */
   feeds?: () => readonly FeedSource[];
+  /** How long an event may wait in the hold for its predecessor before the feeds are read. */
+  gapAfterMs?: number;
 };
 
 export function queryService(options: QueryOptions = {}): ServiceDefinition {
   const lag = createLagTracker();
+  // The running instance's gap watch, for the operator's catch-up and the metrics.
+  const live: { watch?: CatchUpWatch } = {};
+  const feeds = options.feeds ?? (() => { throw new UnavailableError('no feed sources configured'); });
   // What waits for the read side: the queue, and early messages held for a predecessor.
   const probe = (db: Db, bus: Bus): LagProbe => ({
     lag,
@@ -33,13 +39,25 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
     handle: queryHandler(lag),
     routes: (app, { db, bus, now }) =>
       registerQueryRoutes(app, db, {
-        consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now,
-        feeds: options.feeds ?? (() => { throw new UnavailableError('no feed sources configured for rebuilds'); }),
+        consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now, feeds,
+        catchUp: () => {
+          if (live.watch === undefined) throw new UnavailableError('the query service is not consuming');
+          return live.watch.run('asked by an operator');
+        },
       }),
+    ...(options.feeds === undefined ? {} : {
+      background: ({ db, log, consumer }) => (live.watch = watchForGaps({ db, consumer, feeds, log, ...(options.gapAfterMs === undefined ? {} : { gapAfterMs: options.gapAfterMs }) })),
+    }),
     metrics: ({ db, bus, now }) => async () => {
       const current = await Promise.all(readModels.map(async (model) => ({ model, ...(await currentLag(probe(db, bus), model, now())) })));
       return [
         ...lag.metricLines(),
+        '# HELP converge_projection_catchups_total Catch-ups from the feeds (start-up, a gap noticed, an operator).',
+        '# TYPE converge_projection_catchups_total counter',
+        `converge_projection_catchups_total ${live.watch?.stats.runs ?? 0}`,
+        '# HELP converge_projection_recovered_total Events applied by catch-ups: what the broker had lost.',
+        '# TYPE converge_projection_recovered_total counter',
+        `converge_projection_recovered_total ${live.watch?.stats.recovered ?? 0}`,
         '# HELP converge_projection_lag_events Events waiting for the read models (queue and hold).',
         '# TYPE converge_projection_lag_events gauge',
         ...current.map((c) => `converge_projection_lag_events{model="${c.model}"} ${c.events}`),

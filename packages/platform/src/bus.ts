@@ -51,5 +51,10 @@ export interface Bus {
   declare(queue: string, types: readonly string[]): Promise<void>;
   /** Messages waiting in a queue, ready or unacked (for "is the system quiet" checks). */
   depth(queue: string): Promise<number>;
+  /**
+   * Drops every ready message of a queue and returns how many: what a broker that lost
+   * a queue does to its consumer (operations and fault tests). Optional for wrappers.
+   */
+  purge?(queue: string): Promise<number>;
   close(): Promise<void>;
 }

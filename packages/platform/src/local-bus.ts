@@ -174,6 +174,11 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
       const [row] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM bus_messages WHERE queue = $1', [queue]);
       return row?.n ?? 0;
     },
+    purge: async (queue) => {
+      const inflight = [...state(queue).inflight];
+      const rows = await db.query('DELETE FROM bus_messages WHERE queue = $1 AND NOT (id = ANY($2::bigint[])) RETURNING 1', [queue, inflight]);
+      return rows.length;
+    },
     close: async () => {
       closed = true;
       for (const s of queues.values()) clearTimeout(s.timer);

@@ -282,6 +282,10 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
       for (const consumer of consumers) if (consumer.name === name) held += consumer.live?.held.size ?? 0;
       return waiting + held;
     },
+    purge: async (queue) => {
+      const name = prefix + queue;
+      return withChannel((channel) => channel.purgeQueue(name).then((reply) => reply.messageCount));
+    },
     close: () =>
       (closing ??= (async () => {
         await Promise.all([...consumers].map(stop));

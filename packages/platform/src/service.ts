@@ -35,7 +35,7 @@ export type ServiceDefinition<Extra = void> = {
   handle: Handler;
   routes(app: HttpApp, deps: Required<Pick<ServiceDeps, 'db' | 'log' | 'now'>> & { bus: Bus }): Extra;
   /** Work beside the consumer and the relay (the orchestrator's deadline timer). */
-  background?(deps: { db: Db; log: Logger; now: () => Date }): { stop(): Promise<void> };
+  background?(deps: { db: Db; log: Logger; now: () => Date; consumer: Consumer }): { stop(): Promise<void> };
   /** More Prometheus lines for /metrics. */
   metrics?(deps: { db: Db; now: () => Date; bus: Bus }): () => Promise<string[]>;
 };
@@ -80,7 +80,7 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
   registerFeedRoutes(app, db);
   const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
   registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now, bus }));
-  const background = definition.background?.({ db, log, now });
+  const background = definition.background?.({ db, log, now, consumer });
   await app.ready();
   let stopped = false;
   return {
