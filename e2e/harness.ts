@@ -5,7 +5,7 @@
 // through their HTTP apps and end with the invariant checker.
 import crypto from 'node:crypto';
 import amqp from 'amqplib';
-import { dropDatabase, type Db, type SagaMode } from '@converge/platform';
+import { dropDatabase, redisCache, type Db, type SagaMode } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { startSystem, serviceNames, type System, type SystemOptions } from '../scripts/system.ts';
 import { waitUntilPriced } from '../services/order/store.ts';
@@ -17,7 +17,7 @@ export type ModeName = Backend | `${Backend} · orchestration`;
 export const backendOf = (mode: ModeName): Backend => (mode.startsWith('embedded') ? 'embedded' : 'postgres+rabbitmq');
 export const sagaModeOf = (mode: ModeName): SagaMode => (mode.endsWith('orchestration') ? 'orchestration' : 'choreography');
 
-const realUp = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
+const realUp = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq')) && (await serverAvailable('redis'));
 
 /**
  * The modes every end-to-end suite runs in: each backend with the saga choreographed
@@ -60,6 +60,7 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
       : {
           storage: { kind: 'postgres', serverUrl: servers.postgres, databasePrefix: `${suite}_` },
           bus: { kind: 'rabbitmq', url: servers.rabbitmq, exchange: `${suite}.events`, queuePrefix: `${suite}.` },
+          queryCache: redisCache({ url: servers.redis, prefix: `${suite}:` }),
           ...saga,
           ...overrides,
         };
@@ -113,6 +114,7 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     },
     stop: async () => {
       await system.stop();
+      await options.queryCache?.close();
       if (backendOf(mode) === 'postgres+rabbitmq') await cleanUp(suite);
     },
   };

@@ -5,7 +5,7 @@
 //   tsx scripts/service.ts order|inventory|payment|orchestrator|query
 import { pathToFileURL } from 'node:url';
 import { eventTypesOf } from '@converge/contracts';
-import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
+import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, redisCache, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
 import { parseBusFaults, withFaults, type BusFaults } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import { inventoryService } from '../services/inventory/main.ts';
@@ -56,6 +56,8 @@ export const clusterConfig = (service: ServiceName, testing = false) => ({
   SAGA_STUCK_AFTER_MS: setting.int(60_000, 1_000, 86_400_000),
   /** Query: how long a read carrying a consistency token waits for its write before answering 503. */
   QUERY_READ_WAIT_MS: setting.int(2_000, 0, 30_000),
+  /** Query: the Redis of the read cache; empty for an in-process cache per instance. */
+  REDIS_URL: setting.string('redis://127.0.0.1:6379'),
   /** Query: where the sources' feeds are, for rebuilds. */
   ORDER_URL: setting.string(`http://127.0.0.1:${defaultPorts.order}`),
   INVENTORY_URL: setting.string(`http://127.0.0.1:${defaultPorts.inventory}`),
@@ -102,7 +104,9 @@ export async function runService(service: ServiceName, env: Record<string, strin
     });
   } else if (service === 'query') {
     const feeds = [httpFeed('order', config.ORDER_URL), httpFeed('inventory', config.INVENTORY_URL), httpFeed('payment', config.PAYMENT_URL)];
-    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds });
+    const cache = config.REDIS_URL === '' ? undefined : redisCache({ url: config.REDIS_URL, prefix: `${config.DATABASE_PREFIX}cache:`, log: (m, f) => log.warn(m, f) });
+    if (cache !== undefined) closeLater.push(() => cache.close());
+    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds, ...(cache === undefined ? {} : { cache }) });
   } else {
     definition = service === 'order' ? orderService(mode) : inventoryService(mode);
   }

@@ -7,7 +7,7 @@ import { eventTypesOf } from '@converge/contracts';
 import {
   createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
   UnavailableError,
-  type Bus, type BusFaults, type Db, type FeedPage, type HttpApp, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
+  type Bus, type BusFaults, type Db, type FeedPage, type HttpApp, type ReadCache, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
 } from '@converge/platform';
 import type { FaultStats } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
@@ -45,6 +45,8 @@ export type SystemOptions = {
   sagaMode?: SagaMode;
   /** The orchestrator's deadlines and thresholds (tests shorten them). */
   orchestrator?: Omit<OrchestratorOptions, 'mode'>;
+  /** The query service's read cache (Redis); in-process by default. */
+  queryCache?: ReadCache;
 };
 
 /** Every service of the system, wired for one saga mode. */
@@ -64,7 +66,7 @@ function inProcessFeed(source: string, app: () => HttpApp | undefined): FeedSour
 
 export function serviceDefinitions(
   mode: SagaMode, provider: SimulatedProvider,
-  options: { allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'>; appOf?: (name: string) => HttpApp | undefined } = {},
+  options: { allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'>; appOf?: (name: string) => HttpApp | undefined; queryCache?: ReadCache } = {},
 ): Record<ServiceName, ServiceDefinition> {
   return {
     order: orderService(mode),
@@ -72,7 +74,10 @@ export function serviceDefinitions(
     payment: paymentService(provider, { mode, allowFaults: options.allowFaults ?? false }),
     orchestrator: orchestratorService({ mode, ...options.orchestrator }),
     // Rebuilds read the other services' feeds through their HTTP apps, in process.
-    query: queryService({ feeds: () => querySources.map((source) => inProcessFeed(source, () => options.appOf?.(source))) }),
+    query: queryService({
+      feeds: () => querySources.map((source) => inProcessFeed(source, () => options.appOf?.(source))),
+      ...(options.queryCache === undefined ? {} : { cache: options.queryCache }),
+    }),
   };
 }
 
@@ -127,6 +132,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     ...(options.allowFaults === undefined ? {} : { allowFaults: options.allowFaults }),
     ...(options.orchestrator === undefined ? {} : { orchestrator: options.orchestrator }),
     appOf: (name) => started.services?.[name as ServiceName]?.app,
+    ...(options.queryCache === undefined ? {} : { queryCache: options.queryCache }),
   });
   const start = (name: ServiceName, relay?: boolean) =>
     startService(definitions[name], {

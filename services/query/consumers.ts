@@ -2,7 +2,7 @@
 // services goes through each read model's fold, in the consumer's transaction (inbox,
 // per-subject order). An event about an order updates its summary, its row in the
 // user's list and the status counts; a stock move updates the products it touches.
-import type { Handler } from '@converge/platform';
+import type { Handler, ReadCache } from '@converge/platform';
 import type { LagTracker, ReadModel } from './lag.ts';
 import { countChanges } from './projections/order-counts.ts';
 import { emptySummary, evolveSummary, orderOf, summarises } from './projections/order-summary.ts';
@@ -12,13 +12,22 @@ import { applyAvailability, loadSummary, loadUserOrder, moveCounts, saveSummary,
 
 export const querySources = ['order', 'inventory', 'payment'] as const;
 
-export const queryHandler = (lag: LagTracker): Handler => async (tx, message, { now }) => {
+export const summaryKey = (orderId: string) => `order:${orderId}`;
+export const productKey = (productId: string) => `product:${productId}`;
+
+// A cached row is invalidated at its new version inside the transaction, before the
+// commit: a reader in between reads the old row and offers an older version, which the
+// cache refuses; were the transaction to roll back, the key would only miss until the
+// next write. (Invalidated after the commit instead, a read carrying a consistency
+// token could meet the old cached value in between.)
+export const queryHandler = (lag: LagTracker, cache: ReadCache): Handler => async (tx, message, { now }) => {
   const changed: ReadModel[] = [];
   const orderId = orderOf(message);
   if (orderId !== undefined && summarises(message.type)) {
     const before = (await loadSummary(tx, orderId)) ?? emptySummary(orderId, message.time);
     const after = evolveSummary(before, message);
-    await saveSummary(tx, after);
+    const version = await saveSummary(tx, after);
+    await cache.invalidate(summaryKey(orderId), version);
     changed.push('order-summary');
     const counts = countChanges(before.status, after.status);
     await moveCounts(tx, counts);
@@ -33,7 +42,8 @@ export const queryHandler = (lag: LagTracker): Handler => async (tx, message, { 
   }
   const deltas = availabilityDeltas(message);
   if (deltas.length > 0) {
-    await applyAvailability(tx, deltas, now);
+    const versions = await applyAvailability(tx, deltas, now);
+    for (const { productId, version } of versions) await cache.invalidate(productKey(productId), version);
     changed.push('product-availability');
   }
   // Recorded as the transaction ends; a transaction that then fails is retried and

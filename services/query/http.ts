@@ -3,7 +3,8 @@
 // only once the read models have applied that write: it waits for it, bounded, and
 // otherwise answers 503 saying how far behind they are, never older data as fresh.
 import { UserId, Uuid } from '@converge/contracts';
-import { ConsistencyTokenSchema, NotFoundError, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp } from '@converge/platform';
+import { ConsistencyTokenSchema, NotFoundError, cached, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp, type ReadCache } from '@converge/platform';
+import { productKey, summaryKey } from './consumers.ts';
 import Type from 'typebox';
 import type { CaughtUp } from './catch-up.ts';
 import type { FeedSource } from './feeds.ts';
@@ -67,7 +68,7 @@ export function registerQueryRoutes(
   app: HttpApp, db: Db,
   options: {
     consumer: string; sources: readonly string[]; waitMs: number; probe: LagProbe; now: () => Date;
-    feeds: () => readonly FeedSource[]; catchUp: () => Promise<CaughtUp>;
+    feeds: () => readonly FeedSource[]; catchUp: () => Promise<CaughtUp>; cache: ReadCache;
   },
 ): void {
   app.post('/projections/catch-up', {
@@ -91,7 +92,7 @@ export function registerQueryRoutes(
   }, async (request) => {
     const models: ReadModel[] = request.params.name === 'all' ? [...readModels] : [request.params.name];
     const rebuilt: Rebuilt[] = [];
-    for (const model of models) rebuilt.push(await rebuildReadModel(db, options.feeds(), model, { consumer: options.consumer }));
+    for (const model of models) rebuilt.push(await rebuildReadModel(db, options.feeds(), model, { consumer: options.consumer, cache: options.cache }));
     return { rebuilt };
   });
 
@@ -118,7 +119,7 @@ export function registerQueryRoutes(
       params: Type.Object({ id: Uuid }), headers: TokenHeader, response: { 200: SummarySchema, ...problems(400, 404, 503) },
     },
   }, async (request) => {
-    const summary = await getSummary(db, request.params.id);
+    const summary = await cached(options.cache, summaryKey(request.params.id), () => getSummary(db, request.params.id));
     if (summary === undefined) throw new NotFoundError(`no order ${request.params.id} in the read model`);
     return summary;
   });
@@ -143,7 +144,7 @@ export function registerQueryRoutes(
       params: Type.Object({ id: Uuid }), headers: TokenHeader, response: { 200: AvailabilitySchema, ...problems(400, 404, 503) },
     },
   }, async (request) => {
-    const availability = await getAvailability(db, request.params.id);
+    const availability = await cached(options.cache, productKey(request.params.id), () => getAvailability(db, request.params.id));
     if (availability === undefined) throw new NotFoundError(`no product ${request.params.id} in the read model`);
     return availability;
   });

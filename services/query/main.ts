@@ -2,7 +2,7 @@
 // in a database of its own (see DESIGN.md).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { UnavailableError, type Bus, type Db, type ServiceDefinition } from '@converge/platform';
+import { UnavailableError, memoryCache, type Bus, type Db, type ReadCache, type ServiceDefinition } from '@converge/platform';
 import { queryHandler, querySources } from './consumers.ts';
 import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
 import { watchForGaps, type CatchUpWatch } from './catch-up.ts';
@@ -16,10 +16,13 @@ export type QueryOptions = {
   feeds?: () => readonly FeedSource[];
   /** How long an event may wait in the hold for its predecessor before the feeds are read. */
   gapAfterMs?: number;
+  /** The read cache: Redis in a deployment, in-process by default. */
+  cache?: ReadCache;
 };
 
 export function queryService(options: QueryOptions = {}): ServiceDefinition {
   const lag = createLagTracker();
+  const cache = options.cache ?? memoryCache();
   // The running instance's gap watch, for the operator's catch-up and the metrics.
   const live: { watch?: CatchUpWatch } = {};
   const feeds = options.feeds ?? (() => { throw new UnavailableError('no feed sources configured'); });
@@ -36,10 +39,10 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
     description: 'Read models of orders, users and products, folded from every service\'s events.',
     migrations: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
     sources: querySources,
-    handle: queryHandler(lag),
+    handle: queryHandler(lag, cache),
     routes: (app, { db, bus, now }) =>
       registerQueryRoutes(app, db, {
-        consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now, feeds,
+        consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now, feeds, cache,
         catchUp: () => {
           if (live.watch === undefined) throw new UnavailableError('the query service is not consuming');
           return live.watch.run('asked by an operator');
@@ -52,6 +55,16 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
       const current = await Promise.all(readModels.map(async (model) => ({ model, ...(await currentLag(probe(db, bus), model, now())) })));
       return [
         ...lag.metricLines(),
+        '# HELP converge_cache_reads_total Reads of cached read models, by outcome (a miss reads the database).',
+        '# TYPE converge_cache_reads_total counter',
+        `converge_cache_reads_total{cache="${cache.kind}",outcome="hit"} ${cache.stats.hits}`,
+        `converge_cache_reads_total{cache="${cache.kind}",outcome="miss"} ${cache.stats.misses}`,
+        '# HELP converge_cache_errors_total Cache operations that failed (the database answered instead).',
+        '# TYPE converge_cache_errors_total counter',
+        `converge_cache_errors_total{cache="${cache.kind}"} ${cache.stats.errors}`,
+        '# HELP converge_cache_pending_invalidations Invalidations not yet delivered to the cache; their keys bypass it.',
+        '# TYPE converge_cache_pending_invalidations gauge',
+        `converge_cache_pending_invalidations{cache="${cache.kind}"} ${cache.stats.pendingInvalidations}`,
         '# HELP converge_projection_catchups_total Catch-ups from the feeds (start-up, a gap noticed, an operator).',
         '# TYPE converge_projection_catchups_total counter',
         `converge_projection_catchups_total ${live.watch?.stats.runs ?? 0}`,

@@ -7,7 +7,8 @@
 // for. The rebuilt table replaces the live one in that transaction: readers see the
 // old table until the commit and the new one after, and the consumer goes on with the
 // new one from exactly where the old one stood.
-import { UnavailableError, type Db, type Sql } from '@converge/platform';
+import { UnavailableError, type Db, type ReadCache, type Sql } from '@converge/platform';
+import { productKey, summaryKey } from './consumers.ts';
 import { sleep } from '@converge/platform';
 import { readFeedFrom, type FeedEvent, type FeedSource } from './feeds.ts';
 import { foldReadModels, type ReadModels } from './fold.ts';
@@ -22,7 +23,9 @@ const tableOf: Record<ReadModel, string> = {
 
 export type Rebuilt = { model: ReadModel; events: number; rows: number; tookMs: number };
 
-export async function rebuildReadModel(db: Db, feeds: readonly FeedSource[], model: ReadModel, options: { consumer: string; settleMs?: number }): Promise<Rebuilt> {
+export async function rebuildReadModel(
+  db: Db, feeds: readonly FeedSource[], model: ReadModel, options: { consumer: string; cache: ReadCache; settleMs?: number },
+): Promise<Rebuilt> {
   const started = Date.now();
   const table = tableOf[model];
   // Outside the lock: the bulk of the feeds.
@@ -49,7 +52,10 @@ export async function rebuildReadModel(db: Db, feeds: readonly FeedSource[], mod
     const shadow = `${table}_rebuild`;
     await tx.query(`DROP TABLE IF EXISTS ${shadow}`);
     await tx.query(`CREATE TABLE ${shadow} (LIKE ${table} INCLUDING ALL)`);
-    const rows = await fill(tx, model, shadow, folded);
+    const { rows, versions } = await fill(tx, model, table, shadow, folded);
+    // Rebuilt rows carry versions above the old ones: cached copies of the old table go
+    // (before the commit, as the consumer does: see consumers.ts).
+    for (const { key, version } of versions) await options.cache.invalidate(key, version);
     await tx.query(`DROP TABLE ${table}`);
     await tx.query(`ALTER TABLE ${shadow} RENAME TO ${table}`);
     return { model, events: events.length, rows, tookMs: Date.now() - started };
@@ -76,16 +82,22 @@ function missingFromFeeds(read: Map<string, { events: FeedEvent[] }>, positions:
   return undefined;
 }
 
-async function fill(tx: Sql, model: ReadModel, table: string, folded: ReadModels): Promise<number> {
+type Filled = { rows: number; versions: { key: string; version: number }[] };
+
+/** Writes the folded model into `table`; cached models take versions above the live rows' (`live`). */
+async function fill(tx: Sql, model: ReadModel, live: string, table: string, folded: ReadModels): Promise<Filled> {
   switch (model) {
     case 'order-summary': {
       const rows = [...folded.summaries.values()].map((d) => ({ order_id: d.orderId, status: d.status, document: d, updated_at: d.updatedAt }));
-      await tx.query(
-        `INSERT INTO ${table} (order_id, status, document, updated_at)
-         SELECT order_id, status, document, updated_at FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, document jsonb, updated_at timestamptz)`,
+      const written = await tx.query<{ id: string; version: number }>(
+        `INSERT INTO ${table} (order_id, status, document, updated_at, version)
+         SELECT x.order_id, x.status, x.document, x.updated_at, coalesce(o.version, 0) + 1
+           FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, document jsonb, updated_at timestamptz)
+           LEFT JOIN ${live} o USING (order_id)
+         RETURNING order_id::text AS id, version`,
         [JSON.stringify(rows)],
       );
-      return rows.length;
+      return { rows: rows.length, versions: written.map((w) => ({ key: summaryKey(w.id), version: w.version })) };
     }
     case 'user-orders': {
       const rows = [...folded.userOrders.values()];
@@ -95,22 +107,24 @@ async function fill(tx: Sql, model: ReadModel, table: string, folded: ReadModels
            FROM jsonb_to_recordset($1::jsonb) AS x("orderId" uuid, "userId" text, status text, "totalAmount" bigint, currency text, lines int, "createdAt" timestamptz, "updatedAt" timestamptz)`,
         [JSON.stringify(rows)],
       );
-      return rows.length;
+      return { rows: rows.length, versions: [] };
     }
     case 'product-availability': {
       const rows = [...folded.availability.values()];
-      await tx.query(
-        `INSERT INTO ${table} (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at)
-         SELECT "productId", name, price, currency, "stockQuantity", reserved, sold, now()
-           FROM jsonb_to_recordset($1::jsonb) AS x("productId" uuid, name text, price bigint, currency text, "stockQuantity" int, reserved int, sold int)`,
+      const written = await tx.query<{ id: string; version: number }>(
+        `INSERT INTO ${table} (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at, version)
+         SELECT x."productId", x.name, x.price, x.currency, x."stockQuantity", x.reserved, x.sold, now(), coalesce(o.version, 0) + 1
+           FROM jsonb_to_recordset($1::jsonb) AS x("productId" uuid, name text, price bigint, currency text, "stockQuantity" int, reserved int, sold int)
+           LEFT JOIN ${live} o ON o.product_id = x."productId"
+         RETURNING product_id::text AS id, version`,
         [JSON.stringify(rows)],
       );
-      return rows.length;
+      return { rows: rows.length, versions: written.map((w) => ({ key: productKey(w.id), version: w.version })) };
     }
     case 'order-counts': {
       const rows = Object.entries(folded.counts).map(([status, n]) => ({ status, n }));
       await tx.query(`INSERT INTO ${table} (status, n) SELECT status, n FROM jsonb_to_recordset($1::jsonb) AS x(status text, n int)`, [JSON.stringify(rows)]);
-      return rows.length;
+      return { rows: rows.length, versions: [] };
     }
     default:
       throw new Error(`unknown read model ${String(model)}`);

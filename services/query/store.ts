@@ -13,12 +13,15 @@ export async function loadSummary(tx: Sql, orderId: string): Promise<OrderSummar
   return row?.document;
 }
 
-export async function saveSummary(tx: Sql, doc: OrderSummary): Promise<void> {
-  await tx.query(
-    `INSERT INTO order_summaries (order_id, status, document, updated_at) VALUES ($1, $2, $3::jsonb, $4)
-     ON CONFLICT (order_id) DO UPDATE SET status = $2, document = $3::jsonb, updated_at = $4`,
+/** Saves the summary; returns the row's new version (for the cache). */
+export async function saveSummary(tx: Sql, doc: OrderSummary): Promise<number> {
+  const [row] = await tx.query<{ version: number }>(
+    `INSERT INTO order_summaries (order_id, status, document, updated_at, version) VALUES ($1, $2, $3::jsonb, $4, 1)
+     ON CONFLICT (order_id) DO UPDATE SET status = $2, document = $3::jsonb, updated_at = $4, version = order_summaries.version + 1
+     RETURNING version`,
     [doc.orderId, doc.status, JSON.stringify(doc), doc.updatedAt],
   );
+  return row?.version ?? 0;
 }
 
 export async function moveCounts(tx: Sql, changes: readonly CountChange[]): Promise<void> {
@@ -49,28 +52,32 @@ export async function saveUserOrder(tx: Sql, row: UserOrder): Promise<void> {
   );
 }
 
-/** Adds deltas to products, in product order (two instances never deadlock on them). */
-export async function applyAvailability(tx: Sql, deltas: readonly AvailabilityDelta[], at: Date): Promise<void> {
+/** Adds deltas to products, in product order (two instances never deadlock on them); returns each row's new version. */
+export async function applyAvailability(tx: Sql, deltas: readonly AvailabilityDelta[], at: Date): Promise<{ productId: string; version: number }[]> {
   const sorted = [...deltas].sort((a, b) => (a.productId < b.productId ? -1 : a.productId > b.productId ? 1 : 0));
+  const versions: { productId: string; version: number }[] = [];
   for (const d of sorted) {
-    await tx.query(
-      `INSERT INTO product_availability (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+    const [row] = await tx.query<{ version: number }>(
+      `INSERT INTO product_availability (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at, version)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)
        ON CONFLICT (product_id) DO UPDATE SET
          name = coalesce($2, product_availability.name), price = coalesce($3, product_availability.price),
          currency = coalesce($4, product_availability.currency),
          stock_quantity = product_availability.stock_quantity + $5, reserved = product_availability.reserved + $6,
-         sold = product_availability.sold + $7, updated_at = $8`,
+         sold = product_availability.sold + $7, updated_at = $8, version = product_availability.version + 1
+       RETURNING version`,
       [d.productId, d.name ?? null, d.price ?? null, d.currency ?? null, d.stockQuantity, d.reserved, d.sold, at],
     );
+    versions.push({ productId: d.productId, version: row?.version ?? 0 });
   }
+  return versions;
 }
 
 // ---- reads ----
 
-export async function getSummary(db: Sql, orderId: string): Promise<OrderSummary | undefined> {
-  const [row] = await db.query<{ document: OrderSummary }>('SELECT document FROM order_summaries WHERE order_id = $1', [orderId]);
-  return row?.document;
+export async function getSummary(db: Sql, orderId: string): Promise<{ version: number; value: OrderSummary } | undefined> {
+  const [row] = await db.query<{ document: OrderSummary; version: number }>('SELECT document, version FROM order_summaries WHERE order_id = $1', [orderId]);
+  return row === undefined ? undefined : { version: row.version, value: row.document };
 }
 
 export async function listUserOrders(db: Sql, userId: string, limit: number, before?: string): Promise<UserOrder[]> {
@@ -82,14 +89,14 @@ export async function listUserOrders(db: Sql, userId: string, limit: number, bef
   return rows.map(toUserOrder);
 }
 
-type AvailabilityRow = { product_id: string; name: string | null; price: number | null; currency: string | null; stock_quantity: number; reserved: number; sold: number };
+type AvailabilityRow = { product_id: string; name: string | null; price: number | null; currency: string | null; stock_quantity: number; reserved: number; sold: number; version: number };
 const toAvailability = (r: AvailabilityRow): Availability => ({
   productId: r.product_id, name: r.name, price: r.price, currency: r.currency, stockQuantity: r.stock_quantity, reserved: r.reserved, sold: r.sold,
 });
 
-export async function getAvailability(db: Sql, productId: string): Promise<Availability | undefined> {
+export async function getAvailability(db: Sql, productId: string): Promise<{ version: number; value: Availability } | undefined> {
   const [row] = await db.query<AvailabilityRow>('SELECT * FROM product_availability WHERE product_id = $1', [productId]);
-  return row === undefined ? undefined : toAvailability(row);
+  return row === undefined ? undefined : { version: row.version, value: toAvailability(row) };
 }
 
 export async function listAvailability(db: Sql, limit: number, after?: string): Promise<Availability[]> {

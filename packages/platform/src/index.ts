@@ -1,4 +1,5 @@
 export * from './bus.ts';
+export * from './cache.ts';
 export * from './config.ts';
 export * from './consistency.ts';
 export * from './consumer.ts';

@@ -6,6 +6,7 @@ import net from 'node:net';
 export const servers = {
   postgres: process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
   rabbitmq: process.env.TEST_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672',
+  redis: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379',
 } as const;
 
 export type ServerName = keyof typeof servers;
