@@ -19,11 +19,11 @@ export async function catchUp(db: Db, consumer: Consumer, feeds: readonly FeedSo
     for (;;) {
       const page = await feed.read(after, 500);
       if (page.events.length === 0) break;
-      for (const { event } of page.events) {
-        const outcome = await consumer.process(event);
-        result[outcome] = (result[outcome] ?? 0) + 1;
-        result.read += 1;
-      }
+      // A page at once: the consumer batches different subjects and keeps each
+      // subject's events in the order they are handed over (feed order).
+      const outcomes = await Promise.all(page.events.map(({ event }) => consumer.process(event)));
+      for (const outcome of outcomes) result[outcome] = (result[outcome] ?? 0) + 1;
+      result.read += outcomes.length;
       after = page.next;
       await db.query(
         `INSERT INTO feed_checkpoints (source, position, updated_at) VALUES ($1, $2, now())
