@@ -3,6 +3,7 @@
 // never reads an older state as if it were fresh; when the read side is behind for
 // longer than the bound, it says so (503 with how far behind), and catches up
 // afterwards. Rebuilds from the feeds, with orders flowing, equal the live models.
+import { eventually } from '@converge/platform/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { boot, modes, sagaModeOf, type Harness } from './harness.ts';
 
@@ -165,15 +166,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     expect(await snapshot()).toEqual(before);
   });
 
-  const until = async <T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const value = await probe();
-      if (value !== undefined) return value;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  };
+  const until = <T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> => eventually(probe, timeoutMs, what);
   const summaryStatus = async (orderId: string) => {
     const response = await query(`/orders/${orderId}`);
     return response.statusCode === 200 ? response.json<{ status: string | null }>().status ?? undefined : undefined;

@@ -7,6 +7,7 @@
 import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
 import { silentLogger, startService, type RunningService } from '@converge/platform';
+import { eventually } from '@converge/platform/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { orchestratorService } from '../services/orchestrator/main.ts';
 import { boot, modes, sagaModeOf, testTimings, type Harness } from './harness.ts';
@@ -17,15 +18,12 @@ type SagaView = { status: string; reason?: string; steps?: { name: string; statu
 const quick = { timings: { deadlineMs: 1_000, attempts: 2, compensationAttempts: 3, maxDeadlineMs: 2_000 }, tickMs: 25 };
 const slowChargeMs = 5_000;
 
-async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
+/** Polls until `probe` gives a value (false and undefined mean not yet). */
+const until = <T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 20_000): Promise<T> =>
+  eventually(async () => {
     const value = await probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
+    return value === false ? undefined : value;
+  }, timeoutMs, what);
 
 const orchestrated = modes.filter((m) => sagaModeOf(m.name) === 'orchestration');
 
