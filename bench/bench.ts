@@ -1,7 +1,9 @@
-// `npm run bench`: starts the cluster (one process per service, PostgreSQL + RabbitMQ),
-// warms up, then measures: a rate sweep for the highest sustainable order rate, the
-// spread and hot-product scenarios at that rate, a read scenario, and the embedded
-// mode's sustainable rate. CPU and memory of every process and the backlog (outboxes +
+// `npm run bench`: starts the cluster (one process per service, PostgreSQL + RabbitMQ +
+// Redis), warms up, then measures: a rate sweep for the highest sustainable order rate,
+// the spread and hot-product scenarios at that rate, a read scenario on the caught-up
+// cluster, and the embedded mode's sustainable rate. During every step the query
+// service is read at a steady rate (read latency under load) and its commit-to-read-
+// model delay histogram is scraped before and after (projection lag at that rate). CPU and memory of every process and the backlog (outboxes +
 // queues) are sampled each second. Writes bench/results/<timestamp>.json and .md with
 // an SVG plot of latency against offered rate.
 import { execFileSync } from 'node:child_process';
@@ -10,9 +12,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startCluster, sampleProcess, type Cluster } from './cluster.ts';
-import { Histogram, type Summary } from './histogram.ts';
-import { getJson, prepareFixture, pricedIn, runLoad, type Fixture, type LoadReport } from './load.ts';
-import { renderMarkdown, renderSvg, type BenchResult, type StepResult } from './report.ts';
+import { prepareFixture, pricedIn, runLoad, type Fixture, type LoadReport } from './load.ts';
+import { difference, histogramQuantile, parseHistogram, type Bucket } from './prometheus.ts';
+import { runReads, type ReadTargets } from './reads.ts';
+import { renderMarkdown, renderSvg, type BenchResult, type ProjectionDelay, type StepResult } from './report.ts';
 
 const { values } = parseArgs({
   options: {
@@ -20,6 +23,10 @@ const { values } = parseArgs({
     'embedded-rates': { type: 'string', default: '5,10,15,20,25,50,75,100' },
     step: { type: 'string', default: '20' },
     scenario: { type: 'string', default: '30' },
+    /** Reads of the query service per second during every load step. */
+    'read-rate': { type: 'string', default: '200' },
+    /** Reads per second of the read scenario, on the caught-up cluster. */
+    'read-scenario-rate': { type: 'string', default: '500' },
     out: { type: 'string', default: 'bench/results' },
     'skip-embedded': { type: 'boolean', default: false },
   },
@@ -27,6 +34,7 @@ const { values } = parseArgs({
 const rates = values.rates.split(',').map(Number);
 const stepSec = Number(values.step);
 const scenarioSec = Number(values.scenario);
+const readRate = Number(values['read-rate']);
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
 async function backlog(cluster: Cluster): Promise<number> {
@@ -81,41 +89,52 @@ function keepsUp(report: LoadReport, backlogs: number[], rate: number): boolean 
   return report.achievedRate >= rate * 0.97 && !growing && unfinished === 0 && Object.keys(report.errors).length === 0;
 }
 
+const delayHistogram = 'converge_projection_delay_seconds';
+
+async function scrapeDelays(cluster: Cluster): Promise<Map<string, Bucket[]>> {
+  const response = await fetch(`${cluster.urls.query}/metrics`);
+  if (!response.ok) throw new Error(`query /metrics answered ${response.status}`);
+  return parseHistogram(await response.text(), delayHistogram, 'model');
+}
+
+/** Per read model: events applied between two scrapes and their commit-to-applied quantiles (ms). */
+function projectionDelay(after: Map<string, Bucket[]>, before: Map<string, Bucket[]>): ProjectionDelay {
+  const ms = (seconds: number) => Math.round(seconds * 10_000) / 10;
+  return Object.fromEntries([...difference(after, before)].map(([model, buckets]) => [model, {
+    events: buckets.at(-1)?.count ?? 0, p50: ms(histogramQuantile(0.5, buckets)), p99: ms(histogramQuantile(0.99, buckets)),
+  }]));
+}
+
+/** What the read scenario and the reads under load ask for: orders the read models hold, the fixture's products and users. */
+async function readTargets(cluster: Cluster, fixture: Fixture): Promise<ReadTargets> {
+  const db = cluster.dbs.query;
+  if (db === undefined) throw new Error('the cluster has no query database');
+  const rows = await db.query<{ order_id: string }>('SELECT order_id FROM order_summaries ORDER BY updated_at DESC LIMIT 2000');
+  return { orderIds: rows.map((r) => r.order_id), productIds: fixture.products, userIds: fixture.users };
+}
+
 async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: number, scenario: string): Promise<StepResult> {
-  log(`\n${scenario}: ${rate} orders/s for ${seconds} s`);
-  const { result, resources, backlog: backlogs } = await sampled(cluster, () =>
-    runLoad({ orderUrl: cluster.urls.order, fixture, rate, durationSec: seconds, orderDb: cluster.dbs.order, settleTimeoutMs: 30_000, progress: (l) => process.stderr.write(`\r  ${l}   `) }));
+  log(`\n${scenario}: ${rate} orders/s for ${seconds} s, reading the query service at ${readRate}/s`);
+  const targets = await readTargets(cluster, fixture);
+  const before = await scrapeDelays(cluster);
+  const { result: [result, reads], resources, backlog: backlogs } = await sampled(cluster, () => Promise.all([
+    runLoad({ orderUrl: cluster.urls.order, fixture, rate, durationSec: seconds, orderDb: cluster.dbs.order, settleTimeoutMs: 30_000, progress: (l) => process.stderr.write(`\r  ${l}   `) }),
+    runReads({ queryUrl: cluster.urls.query, targets, rate: readRate, durationSec: seconds }),
+  ]));
+  // Every order of the step is final (or the settle timed out): the events it caused have
+  // been applied or are still waiting, and those still waiting are not in this figure.
+  const delays = projectionDelay(await scrapeDelays(cluster), before);
   process.stderr.write('\n');
   const { acknowledged, ...rest } = result;
   const up = keepsUp(result, backlogs, rate);
   const ok = up && result.placement.p99 < 50;
+  const worst = Math.max(0, ...Object.values(delays).map((d) => d.p99));
   log(`  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : up ? 'keeps up' : 'falls behind'}`);
-  return { scenario, ...rest, placed: acknowledged.length, keepsUp: up, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0, backlogSeries: backlogs, resources };
-}
-
-async function reads(cluster: Cluster, fixture: Fixture, orderIds: string[], rate: number, seconds: number): Promise<{ rate: number; order: Summary; product: Summary; errors: number }> {
-  log(`\nreads: ${rate} requests/s for ${seconds} s (half GET /orders/{id}, half GET /products/{id})`);
-  const order = new Histogram();
-  const product = new Histogram();
-  let errors = 0;
-  const start = performance.now();
-  const total = rate * seconds;
-  const pending: Promise<void>[] = [];
-  for (let i = 0; i < total; i++) {
-    const at = start + (i * 1000) / rate;
-    const wait = at - performance.now();
-    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    const isOrder = i % 2 === 0;
-    const url = isOrder ? `${cluster.urls.order}/orders/${orderIds[i % orderIds.length] ?? ''}` : `${cluster.urls.inventory}/products/${fixture.products[i % fixture.products.length] ?? ''}`;
-    pending.push(getJson(url).then((r) => {
-      if (r.status !== 200) errors += 1;
-      (isOrder ? order : product).record((performance.now() - at) * 1000);
-    }, () => {
-      errors += 1;
-    }));
-  }
-  await Promise.all(pending);
-  return { rate, order: order.summary(), product: product.summary(), errors };
+  log(`  reads p50 ${reads.all.p50} ms p99 ${reads.all.p99} ms; projection delay p99 ${worst} ms (slowest read model)`);
+  return {
+    scenario, ...rest, placed: acknowledged.length, keepsUp: up, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0,
+    backlogSeries: backlogs, resources, reads, projectionDelay: delays,
+  };
 }
 
 function versions(): BenchResult['machine'] {
@@ -138,7 +157,7 @@ function versions(): BenchResult['machine'] {
 
 async function main(): Promise<void> {
   const startedAt = new Date();
-  const result: BenchResult = { startedAt: startedAt.toISOString(), machine: versions(), sweep: [], scenarios: [], reads: undefined, embedded: undefined, targets: { sustainedRate: 1000, placementP99Ms: 50, completionP99Ms: 500, hotRate: 500, readP99Ms: 5 } };
+  const result: BenchResult = { startedAt: startedAt.toISOString(), machine: versions(), sweep: [], scenarios: [], reads: undefined, embedded: undefined, targets: { sustainedRate: 1000, placementP99Ms: 50, completionP99Ms: 500, hotRate: 500, readP99Ms: 5, projectionP99Ms: 100 } };
   const cluster = await startCluster({ log: (l) => log(l) });
   try {
     const spread = await prepareFixture({ inventoryUrl: cluster.urls.inventory, paymentUrl: cluster.urls.payment, catalogue: 'spread', waitUntilPriced: pricedIn(cluster.dbs.order) });
@@ -160,8 +179,10 @@ async function main(): Promise<void> {
     // Reads are measured on a cluster that has caught up, not one draining a backlog.
     const drainBy = Date.now() + 120_000;
     while ((await backlog(cluster)) > 0 && Date.now() < drainBy) await new Promise((r) => setTimeout(r, 500));
-    const [sample] = await cluster.dbs.order.query<{ ids: string[] }>('SELECT array_agg(order_id) AS ids FROM (SELECT order_id FROM orders LIMIT 5000) o');
-    result.reads = await reads(cluster, spread, sample?.ids ?? [], 500, 20);
+    const readScenarioRate = Number(values['read-scenario-rate']);
+    log(`\nreads: ${readScenarioRate} requests/s for 20 s of the query service, nothing else running`);
+    result.reads = await runReads({ queryUrl: cluster.urls.query, targets: await readTargets(cluster, spread), rate: readScenarioRate, durationSec: 20 });
+    log(`  p50 ${result.reads.all.p50} ms p99 ${result.reads.all.p99} ms`);
   } finally {
     await cluster.stop();
   }

@@ -1,6 +1,10 @@
 // The benchmark's result: its JSON shape, the Markdown summary and the latency plot.
 import type { Summary } from './histogram.ts';
 import type { LoadReport } from './load.ts';
+import type { ReadReport } from './reads.ts';
+
+/** Per read model: events applied during a step and their delay from commit at the source to applied (ms). */
+export type ProjectionDelay = Record<string, { events: number; p50: number; p99: number }>;
 
 export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   scenario: string;
@@ -14,6 +18,9 @@ export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   /** Unpublished outbox rows plus messages waiting in queues, sampled each second. */
   backlogSeries: number[];
   resources: Record<string, { cpuPercent: number; peakRssMb: number }>;
+  /** The query service read during the step (absent in results of older versions). */
+  reads?: ReadReport;
+  projectionDelay?: ProjectionDelay;
 };
 
 export type EmbeddedStep = { rate: number; achievedRate: number; placement: Summary; backlogEnd: number; keepsUp: boolean; sustainable: boolean };
@@ -22,10 +29,10 @@ export type BenchResult = {
   startedAt: string;
   finishedAt?: string;
   machine: { cpus: string; memoryGb: number; os: string; node: string; postgres: string; rabbitmq: string };
-  targets: { sustainedRate: number; placementP99Ms: number; completionP99Ms: number; hotRate: number; readP99Ms: number };
+  targets: { sustainedRate: number; placementP99Ms: number; completionP99Ms: number; hotRate: number; readP99Ms: number; projectionP99Ms?: number };
   sweep: StepResult[];
   scenarios: StepResult[];
-  reads: { rate: number; order: Summary; product: Summary; errors: number } | undefined;
+  reads: ReadReport | undefined;
   embedded: EmbeddedStep[] | undefined;
 };
 
@@ -33,9 +40,16 @@ type Judged = { rate?: number; offeredRate?: number; sustainable: boolean; keeps
 export const highest = (steps: Judged[], rule: 'sustainable' | 'keepsUp' = 'sustainable') =>
   Math.max(0, ...steps.filter((s) => s[rule]).map((s) => s.offeredRate ?? s.rate ?? 0));
 
+/** The slowest read model's delay quantile in a step: the read side is as fresh as its slowest model. */
+export const slowestProjection = (s: StepResult | undefined, q: 'p50' | 'p99'): number | undefined =>
+  s?.projectionDelay === undefined ? undefined : Math.max(0, ...Object.values(s.projectionDelay).map((d) => d[q]));
+
+const errorsOf = (reads: ReadReport | undefined) => Object.values(reads?.errors ?? {}).reduce((a, b) => a + b, 0);
+
 export function renderMarkdown(r: BenchResult, svg: string): string {
   const row = (s: StepResult) =>
-    `| ${s.scenario} | ${s.offeredRate} | ${s.achievedRate.toFixed(0)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.backlogMax} | ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`;
+    `| ${s.scenario} | ${s.offeredRate} | ${s.achievedRate.toFixed(0)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.reads?.all.p50 ?? '–'} | ${s.reads?.all.p99 ?? '–'} | ${slowestProjection(s, 'p50') ?? '–'} | ${slowestProjection(s, 'p99') ?? '–'} | ${s.backlogMax} | ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`;
+  const delays = (s: StepResult) => Object.entries(s.projectionDelay ?? {}).map(([model, d]) => `| ${s.scenario} ${s.offeredRate}/s | ${model} | ${d.events} | ${d.p50} | ${d.p99} |`);
   const cpu = (s: StepResult) => Object.entries(s.resources).map(([k, v]) => `${k} ${v.cpuPercent}% / ${v.peakRssMb} MB`).join(', ');
   const spread = r.scenarios.find((s) => s.scenario === 'spread');
   const hot = r.scenarios.find((s) => s.scenario === 'hot');
@@ -51,13 +65,23 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     `| placement p99, spread scenario at ${spread?.offeredRate ?? '–'}/s | < ${r.targets.placementP99Ms} ms | ${spread?.placement.p99 ?? '–'} ms |`,
     `| completion p99, spread scenario at ${spread?.offeredRate ?? '–'}/s | < ${r.targets.completionP99Ms} ms | ${spread?.completion.p99 ?? '–'} ms |`,
     `| hot-product scenario | ≥ ${r.targets.hotRate}/s | ${hot === undefined ? '–' : `${hot.achievedRate.toFixed(0)}/s offered ${hot.offeredRate}/s, ${hot.sustainable ? 'sustained' : 'not sustained'}`} |`,
-    `| read p99 (service, no gateway) | < ${r.targets.readP99Ms} ms | orders ${r.reads?.order.p99 ?? '–'} ms, products ${r.reads?.product.p99 ?? '–'} ms at ${r.reads?.rate ?? '–'}/s |`,
+    `| query read p99 under load (spread scenario; query service, no gateway) | < ${r.targets.readP99Ms} ms | ${spread?.reads === undefined ? '–' : `${spread.reads.all.p99} ms (p50 ${spread.reads.all.p50} ms) at ${spread.reads.rate} reads/s beside ${spread.offeredRate} orders/s, ${errorsOf(spread.reads)} errors`} |`,
+    `| commit-to-read-model delay p99, slowest read model (spread scenario) | < ${r.targets.projectionP99Ms ?? 100} ms | ${slowestProjection(spread, 'p99') ?? '–'} ms (p50 ${slowestProjection(spread, 'p50') ?? '–'} ms) |`,
+    `| query read p99, read scenario (nothing else running) | < ${r.targets.readP99Ms} ms | ${r.reads === undefined ? '–' : `${r.reads.all.p99} ms (p50 ${r.reads.all.p50} ms; order summary ${r.reads.orderSummary.p99}, product ${r.reads.product.p99}, user's orders ${r.reads.userOrders.p99}) at ${r.reads.rate}/s, ${errorsOf(r.reads)} errors`} |`,
     `| embedded mode: sustainable / keeps up | – | ${r.embedded === undefined ? 'not run' : `${highest(r.embedded)}/s / ${highest(r.embedded, 'keepsUp')}/s`} |`,
     '',
-    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 | backlog max | keeps up | sustainable |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    'Reads are of the query service during each step; projection delay is from commit at the source to applied in the slowest read model, estimated from the query service\'s histogram (interpolated in its buckets).',
+    '',
+    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 | read p50 ms | read p99 ms | projection p50 ms | projection p99 ms | backlog max | keeps up | sustainable |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...r.sweep.map(row),
     ...r.scenarios.map(row),
+    '',
+    'Commit-to-read-model delay per read model:',
+    '',
+    '| step | read model | events | p50 ms | p99 ms |',
+    '|---|---|---|---|---|',
+    ...[...r.sweep, ...r.scenarios].flatMap(delays),
     '',
     `![latency against offered rate](${svg})`,
     '',
