@@ -2,51 +2,82 @@
 // services goes through each read model's fold, in the consumer's transaction (inbox,
 // per-subject order). An event about an order updates its summary, its row in the
 // user's list and the status counts; a stock move updates the products it touches.
-import type { Handler, ReadCache } from '@converge/platform';
+// The consumer hands over a batch of due events at once (one per subject, except what
+// a closed gap releases, in order): each model loads the rows the batch touches in one
+// statement, folds every event onto them in memory and writes them back in one
+// statement, so a batch costs a handful of round trips rather than a handful per event.
+import type { BatchHandler, Handler, Message, ReadCache } from '@converge/platform';
 import type { LagTracker, ReadModel } from './lag.ts';
-import { countChanges } from './projections/order-counts.ts';
-import { emptySummary, evolveSummary, orderOf, summarises } from './projections/order-summary.ts';
-import { availabilityDeltas } from './projections/product-availability.ts';
-import { evolveUserOrder } from './projections/user-orders.ts';
-import { applyAvailability, loadSummary, loadUserOrder, moveCounts, saveSummary, saveUserOrder } from './store.ts';
+import { addUpCounts, countChanges, type CountChange } from './projections/order-counts.ts';
+import { emptySummary, evolveSummary, orderOf, summarises, type OrderSummary } from './projections/order-summary.ts';
+import { addUpDeltas, availabilityDeltas } from './projections/product-availability.ts';
+import { evolveUserOrder, type UserOrder } from './projections/user-orders.ts';
+import { applyAvailability, loadSummaries, loadUserOrders, moveCounts, saveSummaries, saveUserOrders } from './store.ts';
 
 export const querySources = ['order', 'inventory', 'payment'] as const;
 
 export const summaryKey = (orderId: string) => `order:${orderId}`;
 export const productKey = (productId: string) => `product:${productId}`;
 
-// A cached row is invalidated at its new version inside the transaction, before the
+/** The events of a batch that are about an order's summary, with the order. */
+const aboutOrders = (messages: readonly Message[]) =>
+  messages.flatMap((message) => {
+    const orderId = orderOf(message);
+    return orderId !== undefined && summarises(message.type) ? [{ orderId, message }] : [];
+  });
+
+// Cached rows are invalidated at their new versions inside the transaction, before the
 // commit: a reader in between reads the old row and offers an older version, which the
-// cache refuses; were the transaction to roll back, the key would only miss until the
+// cache refuses; were the transaction to roll back, the keys would only miss until the
 // next write. (Invalidated after the commit instead, a read carrying a consistency
 // token could meet the old cached value in between.)
-export const queryHandler = (lag: LagTracker, cache: ReadCache): Handler => async (tx, message, { now }) => {
-  const changed: ReadModel[] = [];
-  const orderId = orderOf(message);
-  if (orderId !== undefined && summarises(message.type)) {
-    const before = (await loadSummary(tx, orderId)) ?? emptySummary(orderId, message.time);
+export const projectBatch = (lag: LagTracker, cache: ReadCache): BatchHandler => async (tx, messages, { now }) => {
+  const changed = new Map<Message, ReadModel[]>(messages.map((m) => [m, []]));
+  const orders = aboutOrders(messages);
+  const orderIds = [...new Set(orders.map((o) => o.orderId))];
+  const fromOrderService = [...new Set(orders.filter((o) => o.message.source === 'order').map((o) => o.orderId))];
+  const [storedSummaries, storedUserOrders] = [await loadSummaries(tx, orderIds), await loadUserOrders(tx, fromOrderService)];
+
+  const summaries = new Map<string, OrderSummary>();
+  const userOrders = new Map<string, UserOrder>();
+  const counts: CountChange[] = [];
+  for (const { orderId, message } of orders) {
+    const models = changed.get(message) ?? [];
+    const before = summaries.get(orderId) ?? storedSummaries.get(orderId) ?? emptySummary(orderId, message.time);
     const after = evolveSummary(before, message);
-    const version = await saveSummary(tx, after);
-    await cache.invalidate(summaryKey(orderId), version);
-    changed.push('order-summary');
-    const counts = countChanges(before.status, after.status);
-    await moveCounts(tx, counts);
-    if (counts.length > 0) changed.push('order-counts');
+    summaries.set(orderId, after);
+    models.push('order-summary');
+    const moved = countChanges(before.status, after.status);
+    counts.push(...moved);
+    if (moved.length > 0) models.push('order-counts');
     if (message.source === 'order') {
-      const row = evolveUserOrder(await loadUserOrder(tx, orderId), message);
+      const row = evolveUserOrder(userOrders.get(orderId) ?? storedUserOrders.get(orderId), message);
       if (row !== undefined) {
-        await saveUserOrder(tx, row);
-        changed.push('user-orders');
+        userOrders.set(orderId, row);
+        models.push('user-orders');
       }
     }
   }
-  const deltas = availabilityDeltas(message);
-  if (deltas.length > 0) {
-    const versions = await applyAvailability(tx, deltas, now);
-    for (const { productId, version } of versions) await cache.invalidate(productKey(productId), version);
-    changed.push('product-availability');
-  }
+  const summaryVersions = await saveSummaries(tx, [...summaries.values()]);
+  await moveCounts(tx, addUpCounts(counts));
+  await saveUserOrders(tx, [...userOrders.values()]);
+
+  const deltas = messages.flatMap((message) => {
+    const found = availabilityDeltas(message);
+    if (found.length > 0) changed.get(message)?.push('product-availability');
+    return found;
+  });
+  const productVersions = await applyAvailability(tx, addUpDeltas(deltas), now);
+
+  await cache.invalidate([
+    ...summaryVersions.map(({ orderId, version }) => ({ key: summaryKey(orderId), version })),
+    ...productVersions.map(({ productId, version }) => ({ key: productKey(productId), version })),
+  ]);
   // Recorded as the transaction ends; a transaction that then fails is retried and
   // records again, so the figures may count a retried event twice, never miss one.
-  lag.record(changed, message.time, new Date());
+  const appliedAt = new Date();
+  for (const [message, models] of changed) lag.record(models, message.time, appliedAt);
 };
+
+/** One event alone (retries, a drained hold, replays): the batch fold of one. */
+export const queryHandler = (project: BatchHandler): Handler => (tx, message, { now }) => project(tx, [message], { now });

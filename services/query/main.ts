@@ -3,7 +3,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UnavailableError, memoryCache, type Bus, type Db, type ReadCache, type ServiceDefinition } from '@converge/platform';
-import { queryHandler, querySources } from './consumers.ts';
+import { projectBatch, queryHandler, querySources } from './consumers.ts';
 import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
 import { watchForGaps, type CatchUpWatch } from './catch-up.ts';
 import type { FeedSource } from './feeds.ts';
@@ -23,6 +23,7 @@ export type QueryOptions = {
 export function queryService(options: QueryOptions = {}): ServiceDefinition {
   const lag = createLagTracker();
   const cache = options.cache ?? memoryCache();
+  const project = projectBatch(lag, cache);
   // The running instance's gap watch, for the operator's catch-up and the metrics.
   const live: { watch?: CatchUpWatch } = {};
   const feeds = options.feeds ?? (() => { throw new UnavailableError('no feed sources configured'); });
@@ -39,7 +40,8 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
     description: 'Read models of orders, users and products, folded from every service\'s events.',
     migrations: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
     sources: querySources,
-    handle: queryHandler(lag, cache),
+    handle: queryHandler(project),
+    handleBatch: project,
     routes: (app, { db, bus, now }) =>
       registerQueryRoutes(app, db, {
         consumer: 'query', sources: querySources, waitMs: options.waitMs ?? 2_000, probe: probe(db, bus), now, feeds, cache,

@@ -1,10 +1,16 @@
 // The read models, pure: given events, when they are folded, then this document. The
 // events of different sources reach the query service in any interleaving (each
 // source's own events in order); every interleaving must give the same documents.
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { DomainEvent } from '@converge/contracts';
+import { memoryCache, migrate, openPglite, type Db, type Message } from '@converge/platform';
 import { describe, expect, it } from 'vitest';
+import { projectBatch, queryHandler } from './consumers.ts';
 import { foldReadModels, type SourceEvent } from './fold.ts';
-import { countChanges } from './projections/order-counts.ts';
+import { createLagTracker } from './lag.ts';
+import { addUpCounts, countChanges } from './projections/order-counts.ts';
+import { addUpDeltas, availabilityDeltas, emptyAvailability, evolveAvailability } from './projections/product-availability.ts';
 
 const orderId = '00000000-0000-4000-8000-00000000000a';
 const productA = '00000000-0000-4000-8000-0000000000a1';
@@ -94,5 +100,66 @@ describe('read models', () => {
     expect(countChanges(null, 'PENDING')).toEqual([{ status: 'PENDING', by: 1 }]);
     expect(countChanges('PENDING', 'COMPLETED')).toEqual([{ status: 'PENDING', by: -1 }, { status: 'COMPLETED', by: 1 }]);
     expect(countChanges('FAILED', 'FAILED')).toEqual([]);
+  });
+
+  it('given many orders\' status changes, when added up, then each status moves once by the net amount', () => {
+    const changes = [...countChanges(null, 'PENDING'), ...countChanges('PENDING', 'COMPLETED'), ...countChanges(null, 'PENDING'), ...countChanges(null, 'PENDING'), ...countChanges('PENDING', 'FAILED')];
+    expect(addUpCounts(changes).sort((a, b) => (a.status < b.status ? -1 : 1))).toEqual([{ status: 'COMPLETED', by: 1 }, { status: 'FAILED', by: 1 }, { status: 'PENDING', by: 1 }]);
+    expect(addUpCounts(countChanges(null, 'PENDING').concat(countChanges('PENDING', 'CANCELLED'), countChanges('CANCELLED', 'CANCELLED')))).toEqual([{ status: 'CANCELLED', by: 1 }]);
+  });
+
+  it('given a batch\'s stock moves, when added up per product, then applying the sums equals applying each move in turn', () => {
+    const events = [...catalogue, ...inventoryEvents, from('inventory', { type: 'StockAdjusted', data: { productId: productA, delta: -3, reason: 'count', stockQuantity: 5, reserved: 0, sold: 2 } })];
+    const deltas = events.flatMap((e) => availabilityDeltas(e));
+    const oneByOne = (productId: string) => deltas.filter((d) => d.productId === productId).reduce(evolveAvailability, emptyAvailability(productId));
+    const summed = addUpDeltas(deltas);
+    expect(summed).toHaveLength(2);
+    for (const sum of summed) expect(evolveAvailability(emptyAvailability(sum.productId), sum)).toEqual(oneByOne(sum.productId));
+  });
+});
+
+// The consumer hands the projection a batch of due events at once; a batch must leave
+// the read models exactly as the same events applied one at a time.
+describe('the projection on a database', () => {
+  const migrations = path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations');
+  const open = async (name: string) => {
+    const db = await openPglite(name);
+    await migrate(db, { query: migrations });
+    return db;
+  };
+  const tables = async (db: Db) => ({
+    summaries: await db.query('SELECT order_id, status, document FROM order_summaries ORDER BY order_id'),
+    users: await db.query('SELECT order_id, user_id, status, total_amount, lines FROM user_orders ORDER BY order_id'),
+    products: await db.query('SELECT product_id, name, price, stock_quantity, reserved, sold FROM product_availability ORDER BY product_id'),
+    counts: await db.query('SELECT status, n FROM order_counts WHERE n <> 0 ORDER BY status'),
+  });
+  const secondOrder = '00000000-0000-4000-8000-00000000000b';
+  const messages = (events: SourceEvent[]): Message[] => events.map((e, i): Message => ({
+    ...e, specversion: '1.0', id: `m${i}`, subject: 'orderId' in e.data ? e.data.orderId : 'productId' in e.data ? e.data.productId : 'x',
+    sequence: 1, datacontenttype: 'application/json', dataversion: 1, correlationid: 'c', causationid: 'c',
+  }));
+
+  it('given events of two orders and the catalogue, when applied as batches, then the read models equal those of the same events one by one', async () => {
+    const events = [
+      ...catalogue, ...orderEvents, ...inventoryEvents, ...paymentEvents,
+      from('order', { type: 'OrderCreated', data: { orderId: secondOrder, userId: 'bob', items: [{ productId: productA, quantity: 1, unitPrice: 500 }], totalAmount: 500, currency: 'EUR', createdAt: new Date(clock).toISOString() } }),
+      from('order', { type: 'OrderCancelled', data: { orderId: secondOrder, userId: 'bob', reason: 'changed mind' } }),
+    ];
+    const project = projectBatch(createLagTracker(), memoryCache());
+    const single = await open('one-by-one');
+    const batched = await open('batched');
+    try {
+      for (const message of messages(events)) await single.transaction((tx) => queryHandler(project)(tx, message, { now: new Date(clock), emit: () => Promise.resolve() }));
+      const all = messages(events);
+      // Two batches, the second with several events of one order (as a closed gap releases them).
+      await batched.transaction((tx) => project(tx, all.slice(0, 4), { now: new Date(clock) }));
+      await batched.transaction((tx) => project(tx, all.slice(4), { now: new Date(clock) }));
+      const expected = await tables(single);
+      expect(expected.counts).toEqual([{ status: 'CANCELLED', n: 1 }, { status: 'COMPLETED', n: 1 }]);
+      expect(await tables(batched)).toEqual(expected);
+    } finally {
+      await single.close();
+      await batched.close();
+    }
   });
 });

@@ -55,7 +55,7 @@ export async function rebuildReadModel(
     const { rows, versions } = await fill(tx, model, table, shadow, folded);
     // Rebuilt rows carry versions above the old ones: cached copies of the old table go
     // (before the commit, as the consumer does: see consumers.ts).
-    for (const { key, version } of versions) await options.cache.invalidate(key, version);
+    await options.cache.invalidate(versions);
     await tx.query(`DROP TABLE ${table}`);
     await tx.query(`ALTER TABLE ${shadow} RENAME TO ${table}`);
     return { model, events: events.length, rows, tookMs: Date.now() - started };

@@ -4,30 +4,45 @@
 // consumer's inbox and order-safe through its per-subject positions.
 import type { Sql } from '@converge/platform';
 import type { Availability, AvailabilityDelta } from './projections/product-availability.ts';
-import type { CountChange } from './projections/order-counts.ts';
+import type { CountMove } from './projections/order-counts.ts';
 import type { OrderSummary } from './projections/order-summary.ts';
 import type { UserOrder } from './projections/user-orders.ts';
 
-export async function loadSummary(tx: Sql, orderId: string): Promise<OrderSummary | undefined> {
-  const [row] = await tx.query<{ document: OrderSummary }>('SELECT document FROM order_summaries WHERE order_id = $1 FOR UPDATE', [orderId]);
-  return row?.document;
-}
+// Every write takes a batch of rows (the consumer applies many events per transaction)
+// in one statement, in key order, so two instances lock rows in the same order.
 
-/** Saves the summary; returns the row's new version (for the cache). */
-export async function saveSummary(tx: Sql, doc: OrderSummary): Promise<number> {
-  const [row] = await tx.query<{ version: number }>(
-    `INSERT INTO order_summaries (order_id, status, document, updated_at, version) VALUES ($1, $2, $3::jsonb, $4, 1)
-     ON CONFLICT (order_id) DO UPDATE SET status = $2, document = $3::jsonb, updated_at = $4, version = order_summaries.version + 1
-     RETURNING version`,
-    [doc.orderId, doc.status, JSON.stringify(doc), doc.updatedAt],
+export async function loadSummaries(tx: Sql, orderIds: readonly string[]): Promise<Map<string, OrderSummary>> {
+  if (orderIds.length === 0) return new Map();
+  const rows = await tx.query<{ order_id: string; document: OrderSummary }>(
+    'SELECT order_id, document FROM order_summaries WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE', [[...orderIds]],
   );
-  return row?.version ?? 0;
+  return new Map(rows.map((r) => [r.order_id, r.document]));
 }
 
-export async function moveCounts(tx: Sql, changes: readonly CountChange[]): Promise<void> {
-  for (const { status, by } of changes) {
-    await tx.query('INSERT INTO order_counts (status, n) VALUES ($1, $2) ON CONFLICT (status) DO UPDATE SET n = order_counts.n + $2', [status, by]);
-  }
+/** Saves the summaries; returns each row's new version (for the cache). */
+export async function saveSummaries(tx: Sql, docs: readonly OrderSummary[]): Promise<{ orderId: string; version: number }[]> {
+  if (docs.length === 0) return [];
+  const rows = await tx.query<{ order_id: string; version: number }>(
+    `INSERT INTO order_summaries (order_id, status, document, updated_at, version)
+     SELECT x.order_id, x.status, x.document, x.updated_at, 1
+       FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, document jsonb, updated_at timestamptz)
+      ORDER BY x.order_id
+     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, document = excluded.document, updated_at = excluded.updated_at, version = order_summaries.version + 1
+     RETURNING order_id, version`,
+    [JSON.stringify(docs.map((d) => ({ order_id: d.orderId, status: d.status, document: d, updated_at: d.updatedAt })))],
+  );
+  return rows.map((r) => ({ orderId: r.order_id, version: r.version }));
+}
+
+export async function moveCounts(tx: Sql, changes: readonly CountMove[]): Promise<void> {
+  const moves = changes.filter((c) => c.by !== 0);
+  if (moves.length === 0) return;
+  await tx.query(
+    `INSERT INTO order_counts (status, n)
+     SELECT x.status, x.by FROM unnest($1::text[], $2::int[]) AS x(status, by) ORDER BY x.status
+     ON CONFLICT (status) DO UPDATE SET n = order_counts.n + excluded.n`,
+    [moves.map((m) => m.status), moves.map((m) => m.by)],
+  );
 }
 
 type UserOrderRow = {
@@ -38,39 +53,47 @@ const toUserOrder = (r: UserOrderRow): UserOrder => ({
   createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString(),
 });
 
-export async function loadUserOrder(tx: Sql, orderId: string): Promise<UserOrder | undefined> {
-  const [row] = await tx.query<UserOrderRow>('SELECT * FROM user_orders WHERE order_id = $1 FOR UPDATE', [orderId]);
-  return row === undefined ? undefined : toUserOrder(row);
+export async function loadUserOrders(tx: Sql, orderIds: readonly string[]): Promise<Map<string, UserOrder>> {
+  if (orderIds.length === 0) return new Map();
+  const rows = await tx.query<UserOrderRow>('SELECT * FROM user_orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE', [[...orderIds]]);
+  return new Map(rows.map((r) => [r.order_id, toUserOrder(r)]));
 }
 
-export async function saveUserOrder(tx: Sql, row: UserOrder): Promise<void> {
+export async function saveUserOrders(tx: Sql, rows: readonly UserOrder[]): Promise<void> {
+  if (rows.length === 0) return;
   await tx.query(
     `INSERT INTO user_orders (order_id, user_id, status, total_amount, currency, lines, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-     ON CONFLICT (order_id) DO UPDATE SET status = $3, updated_at = $8`,
-    [row.orderId, row.userId, row.status, row.totalAmount, row.currency, row.lines, row.createdAt, row.updatedAt],
+     SELECT x.order_id, x.user_id, x.status, x.total_amount, x.currency, x.lines, x.created_at, x.updated_at
+       FROM jsonb_to_recordset($1::jsonb)
+         AS x(order_id uuid, user_id text, status text, total_amount bigint, currency text, lines int, created_at timestamptz, updated_at timestamptz)
+      ORDER BY x.order_id
+     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at`,
+    [JSON.stringify(rows.map((r) => ({
+      order_id: r.orderId, user_id: r.userId, status: r.status, total_amount: r.totalAmount, currency: r.currency, lines: r.lines, created_at: r.createdAt, updated_at: r.updatedAt,
+    })))],
   );
 }
 
-/** Adds deltas to products, in product order (two instances never deadlock on them); returns each row's new version. */
+/** Adds deltas to products (at most one per product), in product order; returns each row's new version. */
 export async function applyAvailability(tx: Sql, deltas: readonly AvailabilityDelta[], at: Date): Promise<{ productId: string; version: number }[]> {
-  const sorted = [...deltas].sort((a, b) => (a.productId < b.productId ? -1 : a.productId > b.productId ? 1 : 0));
-  const versions: { productId: string; version: number }[] = [];
-  for (const d of sorted) {
-    const [row] = await tx.query<{ version: number }>(
-      `INSERT INTO product_availability (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at, version)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1)
-       ON CONFLICT (product_id) DO UPDATE SET
-         name = coalesce($2, product_availability.name), price = coalesce($3, product_availability.price),
-         currency = coalesce($4, product_availability.currency),
-         stock_quantity = product_availability.stock_quantity + $5, reserved = product_availability.reserved + $6,
-         sold = product_availability.sold + $7, updated_at = $8, version = product_availability.version + 1
-       RETURNING version`,
-      [d.productId, d.name ?? null, d.price ?? null, d.currency ?? null, d.stockQuantity, d.reserved, d.sold, at],
-    );
-    versions.push({ productId: d.productId, version: row?.version ?? 0 });
-  }
-  return versions;
+  if (deltas.length === 0) return [];
+  const rows = await tx.query<{ product_id: string; version: number }>(
+    `INSERT INTO product_availability (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at, version)
+     SELECT x.product_id, x.name, x.price, x.currency, x.stock_quantity, x.reserved, x.sold, $2, 1
+       FROM jsonb_to_recordset($1::jsonb)
+         AS x(product_id uuid, name text, price bigint, currency text, stock_quantity int, reserved int, sold int)
+      ORDER BY x.product_id
+     ON CONFLICT (product_id) DO UPDATE SET
+       name = coalesce(excluded.name, product_availability.name), price = coalesce(excluded.price, product_availability.price),
+       currency = coalesce(excluded.currency, product_availability.currency),
+       stock_quantity = product_availability.stock_quantity + excluded.stock_quantity, reserved = product_availability.reserved + excluded.reserved,
+       sold = product_availability.sold + excluded.sold, updated_at = excluded.updated_at, version = product_availability.version + 1
+     RETURNING product_id, version`,
+    [JSON.stringify(deltas.map((d) => ({
+      product_id: d.productId, name: d.name ?? null, price: d.price ?? null, currency: d.currency ?? null, stock_quantity: d.stockQuantity, reserved: d.reserved, sold: d.sold,
+    }))), at],
+  );
+  return rows.map((r) => ({ productId: r.product_id, version: r.version }));
 }
 
 // ---- reads ----

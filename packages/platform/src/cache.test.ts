@@ -27,7 +27,7 @@ describe.each(caches)('$name cache', ({ up, open }) => {
     await cache.offer('k', 1, { n: 1 });
     expect(await cache.get('k')).toEqual({ n: 2 });
 
-    await cache.invalidate('k', 3);
+    await cache.invalidate([{ key: 'k', version: 3 }]);
     expect(await cache.get('k')).toBeUndefined();
     // A reader that fetched version 2 before the write cannot bring it back.
     await cache.offer('k', 2, { n: 2 });
@@ -103,8 +103,8 @@ it.skipIf(!redisUp)('given Redis out of reach, when reads and writes go on, then
       return Promise.resolve({ version: 2, value: 'new' });
     };
     expect(await cached(cache, 'p', fromDb)).toBe('new'); // the database answers
-    await cache.invalidate('p', 2); // cannot reach Redis: kept
-    expect(cache.stats.pendingInvalidations).toBe(1);
+    await cache.invalidate([{ key: 'p', version: 2 }, { key: 'q', version: 5 }]); // cannot reach Redis: kept
+    expect(cache.stats.pendingInvalidations).toBe(2);
     expect(cache.stats.errors).toBeGreaterThan(0);
 
     await link.restore();

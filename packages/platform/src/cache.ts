@@ -18,10 +18,12 @@ export interface ReadCache {
   get<T>(key: string): Promise<T | undefined>;
   /** Offers a value read from the database at `version`; refused when the cache knows a newer one. */
   offer(key: string, version: number, value: unknown): Promise<void>;
-  /** A write at `version` committed: no older value may be served for this key. */
-  invalidate(key: string, version: number): Promise<void>;
+  /** Writes at these versions are committing: no older value may be served for their keys (one round trip). */
+  invalidate(entries: readonly Invalidation[]): Promise<void>;
   close(): Promise<void>;
 }
+
+export type Invalidation = { key: string; version: number };
 
 type Entry = { v: number; value: unknown };
 
@@ -64,7 +66,10 @@ export function memoryCache(options: { maxEntries?: number } = {}): ReadCache {
       return Promise.resolve(entry.value as T);
     },
     offer: (key, version, value) => Promise.resolve(put(key, { v: version, value })),
-    invalidate: (key, version) => Promise.resolve(put(key, { v: version, value: null })),
+    invalidate: (invalidations) => {
+      for (const { key, version } of invalidations) put(key, { v: version, value: null });
+      return Promise.resolve();
+    },
     close: () => Promise.resolve(),
   };
 }
@@ -79,6 +84,8 @@ if current then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1`;
+
+const asError = (error: unknown) => (error instanceof Error ? error : new Error(String(error)));
 
 export function redisCache(options: { url: string; prefix?: string; ttlMs?: number; timeoutMs?: number; log?: (message: string, fields: Record<string, unknown>) => void }): ReadCache {
   const prefix = options.prefix ?? 'converge:cache:';
@@ -134,14 +141,20 @@ export function redisCache(options: { url: string; prefix?: string; ttlMs?: numb
       if (pending.has(key)) return;
       await store(key, version, value).catch((error: unknown) => failed('offer', error));
     },
-    invalidate: async (key, version) => {
-      try {
-        await store(key, version, null);
-      } catch (error) {
+    invalidate: async (invalidations) => {
+      if (invalidations.length === 0) return;
+      // One pipeline: each entry succeeds or fails on its own; a failed one is kept and
+      // retried, and its key bypasses the cache meanwhile.
+      const pipeline = client.pipeline();
+      for (const { key, version } of invalidations) pipeline.eval(setIfNotNewer, 1, prefix + key, String(version), JSON.stringify({ v: version, value: null }), ttl);
+      const replies = await pipeline.exec().catch((error: unknown) => invalidations.map(() => [asError(error), null] as const));
+      invalidations.forEach(({ key, version }, i) => {
+        const error = replies?.[i]?.[0] ?? (replies === null ? new Error('pipeline discarded') : null);
+        if (error === null) return;
         failed('invalidate', error);
         pending.set(key, Math.max(pending.get(key) ?? 0, version));
-        stats.pendingInvalidations = pending.size;
-      }
+      });
+      stats.pendingInvalidations = pending.size;
     },
     close: async () => {
       clearInterval(retry);

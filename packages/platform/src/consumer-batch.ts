@@ -8,7 +8,7 @@
 // consumer applies its messages one by one, where retries and dead letters work per
 // message: a bad message never takes the others down with it.
 import type { Db, Sql } from './db.ts';
-import type { Applied, Handler, Message } from './consumer.ts';
+import type { Applied, BatchHandler, Handler, Message } from './consumer.ts';
 import { appendToOutbox } from './outbox.ts';
 
 /** Runs the handler for one message; what it emits carries the message's correlation. */
@@ -32,7 +32,10 @@ export async function holdMessage(tx: Sql, consumer: string, message: Message): 
   );
 }
 
-export async function applyBatch(db: Db, consumer: string, messages: readonly Message[], handle: Handler, at: Date): Promise<Applied[]> {
+/** Applies a batch; `handle` is either the per-message handler or one for the batch's due messages at once. */
+export async function applyBatch(
+  db: Db, consumer: string, messages: readonly Message[], handle: Handler | { batch: BatchHandler }, at: Date,
+): Promise<Applied[]> {
   return db.transaction(async (tx) => {
     const input = messages.map((m, i) => ({ i, source: m.source, subject: m.subject, id: m.id, type: m.type }));
     // Entity locks are taken in subject order, so two batches never wait on each other
@@ -58,6 +61,7 @@ export async function applyBatch(db: Db, consumer: string, messages: readonly Me
     const lastOf = new Map(claims.map((c) => [c.i, c.last]));
     const results: Applied[] = [];
     const applied: { i: number; source: string; subject: string; sequence: number }[] = [];
+    const due: Message[] = [];
     for (const [i, message] of messages.entries()) {
       const last = lastOf.get(i) ?? null;
       if (last === null) {
@@ -68,11 +72,13 @@ export async function applyBatch(db: Db, consumer: string, messages: readonly Me
         await holdMessage(tx, consumer, message);
         results.push({ outcome: 'held', more: false });
       } else {
-        await runHandler(tx, consumer, handle, message, at);
+        if (typeof handle === 'function') await runHandler(tx, consumer, handle, message, at);
+        else due.push(message);
         results.push({ outcome: 'applied', more: false });
         applied.push({ i, source: message.source, subject: message.subject, sequence: message.sequence });
       }
     }
+    if (typeof handle !== 'function' && due.length > 0) await handle.batch(tx, due, { now: at });
     if (applied.length > 0) {
       const advanced = await tx.query<{ i: number; more: boolean }>(
         `UPDATE consumer_positions p SET last_sequence = x.sequence, updated_at = now()

@@ -2,7 +2,7 @@
 // says what is particular to it: migrate its database → HTTP (its routes, dead
 // letters, health) → consumer of the sources it listens to → relay of its outbox.
 import type { Bus } from './bus.ts';
-import { startConsumer, type Consumer, type Handler } from './consumer.ts';
+import { startConsumer, type BatchHandler, type Consumer, type Handler } from './consumer.ts';
 import type { Db } from './db.ts';
 import { registerDeadLetterRoutes } from './dead-letters.ts';
 import { registerFeedRoutes } from './feed.ts';
@@ -33,6 +33,8 @@ export type ServiceDefinition<Extra = void> = {
   /** Sources whose events this service consumes (all their types are bound). */
   sources: readonly string[];
   handle: Handler;
+  /** The same effect as `handle` on each message, for a whole batch at once (projections). */
+  handleBatch?: BatchHandler;
   routes(app: HttpApp, deps: Required<Pick<ServiceDeps, 'db' | 'log' | 'now'>> & { bus: Bus }): Extra;
   /** Work beside the consumer and the relay (the orchestrator's deadline timer). */
   background?(deps: { db: Db; log: Logger; now: () => Date; consumer: Consumer }): { stop(): Promise<void> };
@@ -73,6 +75,7 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
     log,
     sources: definition.sources,
     handle: definition.handle,
+    ...(definition.handleBatch === undefined ? {} : { handleBatch: definition.handleBatch }),
     now,
     ...deps.consumer,
   });

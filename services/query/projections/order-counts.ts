@@ -10,3 +10,12 @@ export function countChanges(before: OrderStatus | null, after: OrderStatus | nu
   if (before === after) return [];
   return [...(before === null ? [] : [{ status: before, by: -1 as const }]), ...(after === null ? [] : [{ status: after, by: 1 as const }])];
 }
+
+/** A status's count moving by any amount: the changes of many orders added up. */
+export type CountMove = { status: OrderStatus; by: number };
+
+export function addUpCounts(changes: readonly CountChange[]): CountMove[] {
+  const by = new Map<OrderStatus, number>();
+  for (const change of changes) by.set(change.status, (by.get(change.status) ?? 0) + change.by);
+  return [...by].filter(([, n]) => n !== 0).map(([status, n]) => ({ status, by: n }));
+}

@@ -57,3 +57,21 @@ export function evolveAvailability(doc: Availability, delta: AvailabilityDelta):
     sold: doc.sold + delta.sold,
   };
 }
+
+/** Many deltas as one per product (additions commute; a later name or price wins). */
+export function addUpDeltas(deltas: readonly AvailabilityDelta[]): AvailabilityDelta[] {
+  const byProduct = new Map<string, AvailabilityDelta>();
+  for (const d of deltas) {
+    const sum = byProduct.get(d.productId);
+    byProduct.set(d.productId, sum === undefined ? { ...d } : {
+      productId: d.productId,
+      ...((d.name ?? sum.name) === undefined ? {} : { name: d.name ?? sum.name }),
+      ...((d.price ?? sum.price) === undefined ? {} : { price: d.price ?? sum.price }),
+      ...((d.currency ?? sum.currency) === undefined ? {} : { currency: d.currency ?? sum.currency }),
+      stockQuantity: sum.stockQuantity + d.stockQuantity,
+      reserved: sum.reserved + d.reserved,
+      sold: sum.sold + d.sold,
+    });
+  }
+  return [...byProduct.values()];
+}
