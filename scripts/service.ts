@@ -56,6 +56,8 @@ export const clusterConfig = (service: ServiceName, testing = false) => ({
   SAGA_STUCK_AFTER_MS: setting.int(60_000, 1_000, 86_400_000),
   /** Query: how long a read carrying a consistency token waits for its write before answering 503. */
   QUERY_READ_WAIT_MS: setting.int(2_000, 0, 30_000),
+  /** Query: how often the sources' feeds are swept for events the broker lost (0: only on a gap, at start-up, on demand). */
+  QUERY_SWEEP_MS: setting.int(15_000, 0, 86_400_000),
   /** Query: the Redis of the read cache; empty for an in-process cache per instance. */
   REDIS_URL: setting.string('redis://127.0.0.1:6379'),
   /** Query: where the sources' feeds are, for rebuilds. */
@@ -106,7 +108,7 @@ export async function runService(service: ServiceName, env: Record<string, strin
     const feeds = [httpFeed('order', config.ORDER_URL), httpFeed('inventory', config.INVENTORY_URL), httpFeed('payment', config.PAYMENT_URL)];
     const cache = config.REDIS_URL === '' ? undefined : redisCache({ url: config.REDIS_URL, prefix: `${config.DATABASE_PREFIX}cache:`, log: (m, f) => log.warn(m, f) });
     if (cache !== undefined) closeLater.push(() => cache.close());
-    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds, ...(cache === undefined ? {} : { cache }) });
+    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds, watch: { sweepEveryMs: config.QUERY_SWEEP_MS }, ...(cache === undefined ? {} : { cache }) });
   } else {
     definition = service === 'order' ? orderService(mode) : inventoryService(mode);
   }

@@ -15,6 +15,7 @@ import { inventoryService } from '../services/inventory/main.ts';
 import { orchestratorService, type OrchestratorOptions } from '../services/orchestrator/main.ts';
 import { orderService } from '../services/order/main.ts';
 import { querySources } from '../services/query/consumers.ts';
+import type { WatchTimings } from '../services/query/catch-up.ts';
 import type { FeedSource } from '../services/query/feeds.ts';
 import { queryService } from '../services/query/main.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
@@ -47,6 +48,8 @@ export type SystemOptions = {
   orchestrator?: Omit<OrchestratorOptions, 'mode'>;
   /** The query service's read cache (Redis); in-process by default. */
   queryCache?: ReadCache;
+  /** When the query service reads the feeds for what the broker lost (tests shorten it). */
+  queryWatch?: WatchTimings;
 };
 
 /** Every service of the system, wired for one saga mode. */
@@ -66,7 +69,10 @@ function inProcessFeed(source: string, app: () => HttpApp | undefined): FeedSour
 
 export function serviceDefinitions(
   mode: SagaMode, provider: SimulatedProvider,
-  options: { allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'>; appOf?: (name: string) => HttpApp | undefined; queryCache?: ReadCache } = {},
+  options: {
+    allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'>; appOf?: (name: string) => HttpApp | undefined;
+    queryCache?: ReadCache; queryWatch?: WatchTimings;
+  } = {},
 ): Record<ServiceName, ServiceDefinition> {
   return {
     order: orderService(mode),
@@ -77,6 +83,7 @@ export function serviceDefinitions(
     query: queryService({
       feeds: () => querySources.map((source) => inProcessFeed(source, () => options.appOf?.(source))),
       ...(options.queryCache === undefined ? {} : { cache: options.queryCache }),
+      ...(options.queryWatch === undefined ? {} : { watch: options.queryWatch }),
     }),
   };
 }
@@ -133,6 +140,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     ...(options.orchestrator === undefined ? {} : { orchestrator: options.orchestrator }),
     appOf: (name) => started.services?.[name as ServiceName]?.app,
     ...(options.queryCache === undefined ? {} : { queryCache: options.queryCache }),
+    ...(options.queryWatch === undefined ? {} : { queryWatch: options.queryWatch }),
   });
   const start = (name: ServiceName, relay?: boolean) =>
     startService(definitions[name], {

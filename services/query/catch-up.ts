@@ -2,34 +2,49 @@
 // service's queue (deleted, purged, a broker rebuilt): the events in it never arrive.
 // The consumer notices by sequence — a later event of the same stream arrives and is
 // held for its missing predecessor — and the query service then reads each source's
-// feed from its checkpoint and hands every event to the consumer, whose inbox skips
-// what it applied already and whose per-subject order applies the rest, draining what
-// was held. The same runs at start-up (a queue may have been lost while the service
-// was down) and on demand (POST /projections/catch-up).
+// feed from its checkpoint and hands the events its inbox has never seen to the
+// consumer, whose per-subject order applies them and drains what was held. The same
+// runs at start-up (a queue may have been lost while the service was down), on demand
+// (POST /projections/catch-up) and as a periodic sweep, which finds what no later
+// event would reveal (a stream's last events lost) and keeps the checkpoints close to
+// the head, so every catch-up reads little. The sweep leaves alone events committed
+// in the last few seconds that it has not seen yet: they are on their way through the
+// broker, and it stops before them, to look again next time.
 import type { Consumer, Db, Logger, Outcome } from '@converge/platform';
 import type { FeedSource } from './feeds.ts';
 
 export type CaughtUp = { read: number } & Partial<Record<Outcome, number>>;
 
-export async function catchUp(db: Db, consumer: Consumer, feeds: readonly FeedSource[]): Promise<CaughtUp> {
+export async function catchUp(
+  db: Db, consumer: Consumer, feeds: readonly FeedSource[], options: { settledBefore?: Date } = {},
+): Promise<CaughtUp> {
   const result: CaughtUp = { read: 0 };
+  const settled = options.settledBefore?.getTime() ?? Number.POSITIVE_INFINITY;
   for (const feed of feeds) {
     const [checkpoint] = await db.query<{ position: number }>('SELECT position FROM feed_checkpoints WHERE source = $1', [feed.source]);
     let after = checkpoint?.position ?? 0;
     for (;;) {
       const page = await feed.read(after, 500);
-      if (page.events.length === 0) break;
-      // A page at once: the consumer batches different subjects and keeps each
+      const seen = new Set((await db.query<{ message_id: string }>(
+        'SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2::text[])', [consumer.name, page.events.map((e) => e.event.id)],
+      )).map((r) => r.message_id));
+      const recent = page.events.findIndex(({ event }) => !seen.has(event.id) && Date.parse(event.time) > settled);
+      const taken = recent === -1 ? page.events : page.events.slice(0, recent);
+      if (taken.length === 0) break;
+      // The unseen at once: the consumer batches different subjects and keeps each
       // subject's events in the order they are handed over (feed order).
-      const outcomes = await Promise.all(page.events.map(({ event }) => consumer.process(event)));
+      const unseen = taken.filter(({ event }) => !seen.has(event.id));
+      const outcomes = await Promise.all(unseen.map(({ event }) => consumer.process(event)));
       for (const outcome of outcomes) result[outcome] = (result[outcome] ?? 0) + 1;
-      result.read += outcomes.length;
-      after = page.next;
+      result.duplicate = (result.duplicate ?? 0) + taken.length - unseen.length;
+      result.read += taken.length;
+      after = taken.at(-1)?.position ?? after;
       await db.query(
         `INSERT INTO feed_checkpoints (source, position, updated_at) VALUES ($1, $2, now())
          ON CONFLICT (source) DO UPDATE SET position = greatest(feed_checkpoints.position, $2), updated_at = now()`,
         [feed.source, after],
       );
+      if (taken.length < page.events.length) break;
     }
   }
   return result;
@@ -37,21 +52,33 @@ export async function catchUp(db: Db, consumer: Consumer, feeds: readonly FeedSo
 
 export type CatchUpWatch = { run(reason: string): Promise<CaughtUp>; stats: { runs: number; recovered: number }; stop(): Promise<void> };
 
+export type WatchTimings = {
+  /** How long an event may wait in the hold for its predecessor before the feeds are read. */
+  gapAfterMs?: number;
+  /** How often the feeds are swept for what never arrived (0: never). */
+  sweepEveryMs?: number;
+  /** Events committed this recently and not seen yet are left to the broker by a sweep. */
+  settleMs?: number;
+};
+
 /**
- * Catches up now (start-up) and whenever an event has waited in the hold for longer
- * than `gapAfterMs`: its predecessor was lost on the way.
+ * Catches up now (start-up), whenever an event has waited in the hold for longer than
+ * `gapAfterMs` (its predecessor was lost on the way), and sweeps every `sweepEveryMs`.
  */
 export function watchForGaps(
-  options: { db: Db; consumer: Consumer; feeds: () => readonly FeedSource[]; log: Logger; gapAfterMs?: number; everyMs?: number },
+  options: { db: Db; consumer: Consumer; feeds: () => readonly FeedSource[]; log: Logger; now: () => Date; everyMs?: number } & WatchTimings,
 ): CatchUpWatch {
   const { db, consumer, log } = options;
   const gapAfterMs = options.gapAfterMs ?? 2_000;
+  const sweepEveryMs = options.sweepEveryMs ?? 15_000;
+  const settleMs = options.settleMs ?? 5_000;
   const stats = { runs: 0, recovered: 0 };
   let running: Promise<CaughtUp> | undefined;
   let stopped = false;
-  const run = (reason: string): Promise<CaughtUp> => (running ??= (async () => {
+  let lastSweep = options.now().getTime();
+  const run = (reason: string, settledBefore?: Date): Promise<CaughtUp> => (running ??= (async () => {
     try {
-      const result = await catchUp(db, consumer, options.feeds());
+      const result = await catchUp(db, consumer, options.feeds(), settledBefore === undefined ? {} : { settledBefore });
       stats.runs += 1;
       stats.recovered += result.applied ?? 0;
       if ((result.applied ?? 0) > 0) log.warn('caught up from the feeds', { reason, ...result });
@@ -76,6 +103,9 @@ export function watchForGaps(
       owed = false;
     } else if (await gapped()) {
       await run('a held event waited too long for its predecessor');
+    } else if (sweepEveryMs > 0 && options.now().getTime() - lastSweep >= sweepEveryMs) {
+      lastSweep = options.now().getTime();
+      await run('the periodic sweep of the feeds found events that never arrived', new Date(lastSweep - settleMs));
     }
   };
   const timer = setInterval(() => {

@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { UnavailableError, memoryCache, type Bus, type Db, type ReadCache, type ServiceDefinition } from '@converge/platform';
 import { projectBatch, queryHandler, querySources } from './consumers.ts';
 import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
-import { watchForGaps, type CatchUpWatch } from './catch-up.ts';
+import { watchForGaps, type CatchUpWatch, type WatchTimings } from './catch-up.ts';
 import type { FeedSource } from './feeds.ts';
 import { createLagTracker, readModels } from './lag.ts';
 
@@ -14,8 +14,8 @@ export type QueryOptions = {
   waitMs?: number;
   /** The feeds of the sources, for rebuilds and catch-ups (HTTP in a deployment, in-process in embedded mode). */
   feeds?: () => readonly FeedSource[];
-  /** How long an event may wait in the hold for its predecessor before the feeds are read. */
-  gapAfterMs?: number;
+  /** When the feeds are read for what the broker lost: a gap held too long, a periodic sweep. */
+  watch?: WatchTimings;
   /** The read cache: Redis in a deployment, in-process by default. */
   cache?: ReadCache;
 };
@@ -51,7 +51,7 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
         },
       }),
     ...(options.feeds === undefined ? {} : {
-      background: ({ db, log, consumer }) => (live.watch = watchForGaps({ db, consumer, feeds, log, ...(options.gapAfterMs === undefined ? {} : { gapAfterMs: options.gapAfterMs }) })),
+      background: ({ db, log, consumer, now }) => (live.watch = watchForGaps({ db, consumer, feeds, log, now, ...options.watch })),
     }),
     metrics: ({ db, bus, now }) => async () => {
       const current = await Promise.all(readModels.map(async (model) => ({ model, ...(await currentLag(probe(db, bus), model, now())) })));
