@@ -47,38 +47,60 @@ async function backlog(cluster: Cluster): Promise<number> {
 }
 
 /** Samples CPU and memory of the service processes and the servers while `work` runs. */
-async function sampled<T>(cluster: Cluster, work: () => Promise<T>): Promise<{ result: T; resources: StepResult['resources']; backlog: number[] }> {
-  const pids: Record<string, number | undefined> = { ...cluster.pids() };
-  const find = (pattern: string) => {
-    try {
-      return Number(execFileSync('pgrep', ['-o', '-f', pattern]).toString().trim().split('\n')[0]);
-    } catch {
-      return undefined;
-    }
-  };
-  pids.postgres = find('postgres -D');
-  pids.rabbitmq = find('beam.smp');
-  const first = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, pid === undefined ? undefined : sampleProcess(pid)]));
+/** Jiffies of the whole machine, busy and in all, from /proc/stat (Linux). */
+function machineTicks(): { busy: number; total: number } | undefined {
+  try {
+    const fields = (fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
+    const total = fields.reduce((a, b) => a + b, 0);
+    return { busy: total - (fields[3] ?? 0) - (fields[4] ?? 0), total };
+  } catch {
+    return undefined;
+  }
+}
+
+const pgrep = (...args: string[]): number[] => {
+  try {
+    return execFileSync('pgrep', args).toString().trim().split('\n').map(Number).filter((n) => n > 0);
+  } catch {
+    return [];
+  }
+};
+
+/**
+ * Samples CPU and memory of the service processes and the servers while `work` runs
+ * (PostgreSQL: every server process of the cluster, its backends included), and how
+ * busy the whole machine was: on a machine this size the services, the servers and
+ * the load generator share the cores.
+ */
+async function sampled<T>(cluster: Cluster, work: () => Promise<T>): Promise<{ result: T; resources: StepResult['resources']; machineBusyPercent: number | undefined; backlog: number[] }> {
+  const groups: Record<string, number[]> = Object.fromEntries(Object.entries(cluster.pids()).map(([k, pid]) => [k, pid === undefined ? [] : [pid]]));
+  groups.postgres = pgrep('-f', '^postgres:|bin/postgres ');
+  groups.rabbitmq = pgrep('-o', '-f', 'beam.smp');
+  const cpuOf = (pids: number[]) => pids.reduce((sum, pid) => sum + (sampleProcess(pid)?.cpuSeconds ?? 0), 0);
+  const first = Object.fromEntries(Object.entries(groups).map(([k, pids]) => [k, cpuOf(pids)]));
+  const machineFirst = machineTicks();
   const started = Date.now();
   const backlogs: number[] = [];
   const peakRss: Record<string, number> = {};
   const timer = setInterval(() => {
     void backlog(cluster).then((n) => backlogs.push(n), () => undefined);
-    for (const [k, pid] of Object.entries(pids)) {
-      const s = pid === undefined ? undefined : sampleProcess(pid);
-      if (s !== undefined) peakRss[k] = Math.max(peakRss[k] ?? 0, s.rssMb);
+    for (const [k, pids] of Object.entries(groups)) {
+      const rss = pids.reduce((sum, pid) => sum + (sampleProcess(pid)?.rssMb ?? 0), 0);
+      peakRss[k] = Math.max(peakRss[k] ?? 0, rss);
     }
   }, 1000);
   const result = await work();
   clearInterval(timer);
   const seconds = (Date.now() - started) / 1000;
+  const machineLast = machineTicks();
   const resources: StepResult['resources'] = {};
-  for (const [k, pid] of Object.entries(pids)) {
-    const a = first[k];
-    const b = pid === undefined ? undefined : sampleProcess(pid);
-    if (a !== undefined && b !== undefined) resources[k] = { cpuPercent: Math.round(((b.cpuSeconds - a.cpuSeconds) / seconds) * 100), peakRssMb: Math.round(peakRss[k] ?? b.rssMb) };
+  for (const [k, pids] of Object.entries(groups)) {
+    if (pids.length > 0) resources[k] = { cpuPercent: Math.round(((cpuOf(pids) - (first[k] ?? 0)) / seconds) * 100), peakRssMb: Math.round(peakRss[k] ?? 0) };
   }
-  return { result, resources, backlog: backlogs };
+  const machineBusyPercent = machineFirst === undefined || machineLast === undefined || machineLast.total === machineFirst.total
+    ? undefined
+    : Math.round(((machineLast.busy - machineFirst.busy) / (machineLast.total - machineFirst.total)) * 100);
+  return { result, resources, machineBusyPercent, backlog: backlogs };
 }
 
 /** Achieved = offered, no errors, every order final, and the backlog not growing at the end. */
@@ -117,7 +139,7 @@ async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: n
   log(`\n${scenario}: ${rate} orders/s for ${seconds} s, reading the query service at ${readRate}/s`);
   const targets = await readTargets(cluster, fixture);
   const before = await scrapeDelays(cluster);
-  const { result: [result, reads], resources, backlog: backlogs } = await sampled(cluster, () => Promise.all([
+  const { result: [result, reads], resources, machineBusyPercent, backlog: backlogs } = await sampled(cluster, () => Promise.all([
     runLoad({ orderUrl: cluster.urls.order, fixture, rate, durationSec: seconds, orderDb: cluster.dbs.order, settleTimeoutMs: 30_000, progress: (l) => process.stderr.write(`\r  ${l}   `) }),
     runReads({ queryUrl: cluster.urls.query, targets, rate: readRate, durationSec: seconds }),
   ]));
@@ -133,7 +155,7 @@ async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: n
   log(`  reads p50 ${reads.all.p50} ms p99 ${reads.all.p99} ms; projection delay p99 ${worst} ms (slowest read model)`);
   return {
     scenario, ...rest, placed: acknowledged.length, keepsUp: up, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0,
-    backlogSeries: backlogs, resources, reads, projectionDelay: delays,
+    backlogSeries: backlogs, resources, ...(machineBusyPercent === undefined ? {} : { machineBusyPercent }), reads, projectionDelay: delays,
   };
 }
 

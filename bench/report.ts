@@ -18,6 +18,8 @@ export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   /** Unpublished outbox rows plus messages waiting in queues, sampled each second. */
   backlogSeries: number[];
   resources: Record<string, { cpuPercent: number; peakRssMb: number }>;
+  /** How busy the machine's cores were, all processes together (absent in older results). */
+  machineBusyPercent?: number;
   /** The query service read during the step (absent in results of older versions). */
   reads?: ReadReport;
   projectionDelay?: ProjectionDelay;
@@ -85,9 +87,9 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     '',
     `![latency against offered rate](${svg})`,
     '',
-    'CPU (share of one core) and peak memory per process:',
+    'CPU (share of one core) and peak memory per process (PostgreSQL: all its processes, memory summed, so its shared buffers count once per process), and how busy the whole machine was:',
     '',
-    ...[...r.sweep, ...r.scenarios].map((s) => `- ${s.scenario} ${s.offeredRate}/s: ${cpu(s)}`),
+    ...[...r.sweep, ...r.scenarios].map((s) => `- ${s.scenario} ${s.offeredRate}/s: machine ${s.machineBusyPercent ?? '–'}% busy; ${cpu(s)}`),
     '',
     ...(r.embedded === undefined ? [] : ['Embedded mode (one process, PGlite, local bus), placement latency:', '', '| offered/s | achieved/s | p50 ms | p99 ms | backlog at end | keeps up | sustainable |', '|---|---|---|---|---|---|---|', ...r.embedded.map((e) => `| ${e.rate} | ${e.achievedRate.toFixed(0)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} | ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`)]),
     '',

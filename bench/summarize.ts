@@ -47,6 +47,7 @@ const lines = [
   `| spread scenario: commit-to-read-model p99, ms (slowest model) | ${m((r) => slowestProjection(scenario(r, 'spread'), 'p99'))} |`,
   `| read scenario: query read p50, ms (nothing else running) | ${m((r) => readsOf(r.reads)?.all.p50)} |`,
   `| read scenario: query read p99, ms (nothing else running) | ${m((r) => readsOf(r.reads)?.all.p99)} |`,
+  `| spread scenario: machine CPU busy, % | ${m((r) => scenario(r, 'spread')?.machineBusyPercent)} |`,
   `| embedded mode: highest rate kept up with, orders/s | ${m((r) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp')))} |`,
   '',
   '| offered orders/s | runs | achieved/s | placement p50 ms | placement p99 ms | completion p50 ms | completion p99 ms | read p99 ms | projection p99 ms | kept up |',
