@@ -3,14 +3,14 @@
 // only once the read models have applied that write: it waits for it, bounded, and
 // otherwise answers 503 saying how far behind they are, never older data as fresh.
 import { UserId, Uuid } from '@converge/contracts';
-import { ConsistencyTokenSchema, NotFoundError, cached, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp, type ReadCache } from '@converge/platform';
+import { ConsistencyTokenSchema, InvalidError, NotFoundError, cached, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp, type ReadCache } from '@converge/platform';
 import { productKey, summaryKey } from './consumers.ts';
 import Type from 'typebox';
 import type { CaughtUp } from './catch-up.ts';
 import type { FeedSource } from './feeds.ts';
 import { readModels, type LagTracker, type ReadModel } from './lag.ts';
 import { rebuildReadModel, type Rebuilt } from './rebuild.ts';
-import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts } from './store.ts';
+import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts, type UserOrdersCursor } from './store.ts';
 
 const Status = Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]);
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(schema: T) => Type.Union([schema, Type.Null()]);
@@ -54,6 +54,18 @@ const ProjectionSchema = Type.Object({
     { description: 'Events waiting for the read side (queue and hold), and how long ago the last applied one was committed while any wait.' },
   ),
 });
+
+// A page cursor is opaque to clients: the last order's creation time and id.
+const writeCursor = (cursor: UserOrdersCursor) => Buffer.from(`${cursor.createdAt}|${cursor.orderId}`).toString('base64url');
+function readCursor(text: string): UserOrdersCursor {
+  const [createdAt, orderId, ...rest] = Buffer.from(text, 'base64url').toString('utf8').split('|');
+  const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+  const instant = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$/;
+  if (createdAt === undefined || orderId === undefined || rest.length > 0 || !instant.test(createdAt) || Number.isNaN(Date.parse(createdAt)) || !uuid.test(orderId)) {
+    throw new InvalidError('cursor is not one this service handed out', [], 400);
+  }
+  return { createdAt, orderId };
+}
 
 export type LagProbe = { lag: LagTracker; waiting(): Promise<number> };
 
@@ -127,16 +139,28 @@ export function registerQueryRoutes(
   app.get('/users/:id/orders', {
     schema: {
       tags: ['query'],
-      summary: "A user's orders, newest first",
+      summary: "A user's orders, newest first, optionally of one status; paged by cursor",
       params: Type.Object({ id: UserId }),
       headers: TokenHeader,
       querystring: Type.Object({
         limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
-        before: Type.Optional(Type.String({ format: 'date-time', description: 'Page on: the createdAt of the last order of the previous page.' })),
+        status: Type.Optional(Status),
+        cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Page on: the `next` of the previous page.' })),
       }, { additionalProperties: false }),
-      response: { 200: Type.Object({ items: Type.Array(UserOrderSchema) }), ...problems(400, 503) },
+      response: {
+        200: Type.Object({
+          items: Type.Array(UserOrderSchema),
+          next: Nullable(Type.String({ description: 'The cursor of the next page; null on the last page.' })),
+        }),
+        ...problems(400, 503),
+      },
     },
-  }, async (request) => ({ items: await listUserOrders(db, request.params.id, request.query.limit ?? 50, request.query.before) }));
+  }, async (request) => {
+    const limit = request.query.limit ?? 50;
+    const items = await listUserOrders(db, request.params.id, { limit, status: request.query.status, after: request.query.cursor === undefined ? undefined : readCursor(request.query.cursor) });
+    const last = items.at(-1);
+    return { items, next: items.length === limit && last !== undefined ? writeCursor({ createdAt: last.createdAt, orderId: last.orderId }) : null };
+  });
 
   app.get('/products/:id', {
     schema: {

@@ -103,11 +103,18 @@ export async function getSummary(db: Sql, orderId: string): Promise<{ version: n
   return row === undefined ? undefined : { version: row.version, value: row.document };
 }
 
-export async function listUserOrders(db: Sql, userId: string, limit: number, before?: string): Promise<UserOrder[]> {
+/** Where a page of a user's orders ends: the last order's creation time and id. */
+export type UserOrdersCursor = { createdAt: string; orderId: string };
+
+export async function listUserOrders(
+  db: Sql, userId: string, options: { limit: number; status?: string | undefined; after?: UserOrdersCursor | undefined },
+): Promise<UserOrder[]> {
   const rows = await db.query<UserOrderRow>(
-    `SELECT * FROM user_orders WHERE user_id = $1 AND ($2::timestamptz IS NULL OR created_at < $2)
-      ORDER BY created_at DESC, order_id LIMIT $3`,
-    [userId, before ?? null, limit],
+    `SELECT * FROM user_orders
+      WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)
+        AND ($3::timestamptz IS NULL OR (created_at, order_id) < ($3::timestamptz, $4::uuid))
+      ORDER BY created_at DESC, order_id DESC LIMIT $5`,
+    [userId, options.status ?? null, options.after?.createdAt ?? null, options.after?.orderId ?? null, options.limit],
   );
   return rows.map(toUserOrder);
 }
