@@ -25,6 +25,7 @@ export async function catchUp(
     let after = checkpoint?.position ?? 0;
     for (;;) {
       const page = await feed.read(after, 500);
+      if (page.events.length === 0) break;
       const seen = new Set((await db.query<{ message_id: string }>(
         'SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2::text[])', [consumer.name, page.events.map((e) => e.event.id)],
       )).map((r) => r.message_id));
