@@ -73,7 +73,14 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('the q
       }
       const placed = await Promise.all(orders);
       for (const { orderId } of placed) await h.waitFinal(orderId);
-      await eventually(async () => ((await channel.checkQueue(queue).then(() => true, () => false)) ? true : undefined), 10_000, 'the queue declared again');
+      // A check of a missing queue closes its channel: each look takes a channel of its own.
+      const exists = async () => {
+        const probe = await connection.createChannel();
+        const found = await probe.checkQueue(queue).then(() => true, () => false);
+        await probe.close().catch(() => undefined);
+        return found;
+      };
+      await eventually(async () => ((await exists()) ? true : undefined), 10_000, 'the queue declared again');
       for (const { orderId } of placed) {
         const final = (await h.order(orderId)).status;
         await eventually(async () => ((await summaryStatus(orderId)) === final ? true : undefined), 20_000, `order ${orderId} in the read model`);
