@@ -13,7 +13,10 @@ export async function embeddedSweep(rates: number[], stepSec: number, log: (line
   const base = 41_000 + Math.floor(Math.random() * 10_000);
   const urls = { order: `http://127.0.0.1:${base + 1}`, inventory: `http://127.0.0.1:${base + 2}`, payment: `http://127.0.0.1:${base + 3}` };
   const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/start.ts'], {
-    env: { ...process.env, DATA_DIR: dataDir, GATEWAY_PORT: String(base), ORDER_PORT: String(base + 1), INVENTORY_PORT: String(base + 2), PAYMENT_PORT: String(base + 3), LOG_LEVEL: 'error' },
+    env: {
+      ...process.env, DATA_DIR: dataDir, GATEWAY_PORT: String(base), ORDER_PORT: String(base + 1), INVENTORY_PORT: String(base + 2), PAYMENT_PORT: String(base + 3),
+      ORCHESTRATOR_PORT: String(base + 4), QUERY_PORT: String(base + 5), LOG_LEVEL: 'error',
+    },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const steps: EmbeddedStep[] = [];

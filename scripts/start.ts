@@ -115,7 +115,7 @@ async function main(): Promise<void> {
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     console.error(`start-up failed: ${message}`);
-    if ((error as { code?: unknown }).code === 'EADDRINUSE') console.error('a port is taken: set GATEWAY_PORT, ORDER_PORT, INVENTORY_PORT or PAYMENT_PORT');
+    if ((error as { code?: unknown }).code === 'EADDRINUSE') console.error('a port is taken: set GATEWAY_PORT, ORDER_PORT, INVENTORY_PORT, PAYMENT_PORT, ORCHESTRATOR_PORT or QUERY_PORT');
     await stop().catch(() => undefined);
     process.exit(1);
   }
