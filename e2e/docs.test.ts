@@ -35,7 +35,7 @@ const documented = {
   orchestrator: ['GET /sagas', 'GET /sagas/{id}', 'POST /sagas/{id}/retry', 'POST /sagas/{id}/resolve'],
   query: ['GET /orders/{id}', 'GET /users/{id}/orders', 'GET /products/{id}', 'GET /products', 'GET /system'],
 };
-const everyService = ['GET /dead-letters', 'POST /dead-letters/{id}/replay', 'POST /dead-letters/replay', 'GET /events'];
+const everyService = ['GET /dead-letters', 'POST /dead-letters/{id}/replay', 'POST /dead-letters/replay', 'GET /events', 'GET /events/marks'];
 const methods = new Set(['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace']);
 
 /** Resolves a local JSON pointer (`#/a/b`) in a document. */

@@ -7,7 +7,7 @@ import { eventTypesOf } from '@converge/contracts';
 import {
   createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
   UnavailableError,
-  type Bus, type BusFaults, type Db, type FeedPage, type HttpApp, type ReadCache, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
+  type Bus, type BusFaults, type Db, type FeedMarks, type FeedPage, type HttpApp, type ReadCache, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
 } from '@converge/platform';
 import type { FaultStats } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
@@ -52,21 +52,23 @@ export type SystemOptions = {
   queryWatch?: WatchTimings;
 };
 
-/** Every service of the system, wired for one saga mode. */
 /** A source's feed read through its HTTP app in this process (embedded mode, tests). */
 function inProcessFeed(source: string, app: () => HttpApp | undefined): FeedSource {
+  const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
+    const running = app();
+    if (running === undefined) throw new UnavailableError(`${source} is not running`);
+    const response = await running.inject({ method: 'GET', url: `${path}?after=${after}&limit=${limit}` });
+    if (response.statusCode !== 200) throw new UnavailableError(`${source} feed answered ${response.statusCode}`);
+    return response.json<T>();
+  };
   return {
     source,
-    read: async (after, limit) => {
-      const running = app();
-      if (running === undefined) throw new UnavailableError(`${source} is not running`);
-      const response = await running.inject({ method: 'GET', url: `/events?after=${after}&limit=${limit}` });
-      if (response.statusCode !== 200) throw new UnavailableError(`${source} feed answered ${response.statusCode}`);
-      return response.json<FeedPage>();
-    },
+    read: (after, limit) => get<FeedPage>('/events', after, limit),
+    marks: (after, limit) => get<FeedMarks>('/events/marks', after, limit),
   };
 }
 
+/** Every service of the system, wired for one saga mode. */
 export function serviceDefinitions(
   mode: SagaMode, provider: SimulatedProvider,
   options: {

@@ -24,20 +24,26 @@ export async function catchUp(
     const [checkpoint] = await db.query<{ position: number }>('SELECT position FROM feed_checkpoints WHERE source = $1', [feed.source]);
     let after = checkpoint?.position ?? 0;
     for (;;) {
-      const page = await feed.read(after, 500);
-      if (page.events.length === 0) break;
+      // Marks first: a catch-up finds most events applied, and asks for the events of a
+      // page only when some of it is new.
+      const page = await feed.marks(after, 500);
+      if (page.marks.length === 0) break;
       const seen = new Set((await db.query<{ message_id: string }>(
-        'SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2::text[])', [consumer.name, page.events.map((e) => e.event.id)],
+        'SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2::text[])', [consumer.name, page.marks.map((m) => m.id)],
       )).map((r) => r.message_id));
-      const recent = page.events.findIndex(({ event }) => !seen.has(event.id) && Date.parse(event.time) > settled);
-      const taken = recent === -1 ? page.events : page.events.slice(0, recent);
+      const recent = page.marks.findIndex((m) => !seen.has(m.id) && Date.parse(m.time) > settled);
+      const taken = recent === -1 ? page.marks : page.marks.slice(0, recent);
       if (taken.length === 0) break;
-      // The unseen at once: the consumer batches different subjects and keeps each
-      // subject's events in the order they are handed over (feed order).
-      const unseen = taken.filter(({ event }) => !seen.has(event.id));
-      const outcomes = await Promise.all(unseen.map(({ event }) => consumer.process(event)));
-      for (const outcome of outcomes) result[outcome] = (result[outcome] ?? 0) + 1;
-      result.duplicate = (result.duplicate ?? 0) + taken.length - unseen.length;
+      const unseen = new Set(taken.filter((m) => !seen.has(m.id)).map((m) => m.id));
+      if (unseen.size > 0) {
+        // The same positions in full (a feed's positions never change); the unseen at
+        // once: the consumer batches different subjects and keeps each subject's events
+        // in the order they are handed over (feed order).
+        const { events } = await feed.read(after, taken.length);
+        const outcomes = await Promise.all(events.filter(({ event }) => unseen.has(event.id)).map(({ event }) => consumer.process(event)));
+        for (const outcome of outcomes) result[outcome] = (result[outcome] ?? 0) + 1;
+      }
+      result.duplicate = (result.duplicate ?? 0) + taken.length - unseen.size;
       result.read += taken.length;
       after = taken.at(-1)?.position ?? after;
       await db.query(
@@ -45,7 +51,7 @@ export async function catchUp(
          ON CONFLICT (source) DO UPDATE SET position = greatest(feed_checkpoints.position, $2), updated_at = now()`,
         [feed.source, after],
       );
-      if (taken.length < page.events.length) break;
+      if (taken.length < page.marks.length) break;
     }
   }
   return result;

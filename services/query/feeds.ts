@@ -1,23 +1,30 @@
 // Where the query service reads the other services' feeds (GET /events): over HTTP in
 // a deployment, through the in-process apps in embedded mode. Used to rebuild read
 // models without the broker.
-import type { FeedPage } from '@converge/platform';
+import type { FeedMarks, FeedPage } from '@converge/platform';
 import type { SourceEvent } from './fold.ts';
 
-export type FeedSource = { source: string; read(after: number, limit: number): Promise<FeedPage> };
+export type FeedSource = {
+  source: string;
+  read(after: number, limit: number): Promise<FeedPage>;
+  /** The same page, each event by id and commit time only. */
+  marks(after: number, limit: number): Promise<FeedMarks>;
+};
 
 /** An event as a feed serves it: with its stream (subject) and version there. */
 export type FeedEvent = SourceEvent & { subject: string; sequence: number };
 
 export function httpFeed(source: string, baseUrl: string): FeedSource {
   const base = baseUrl.replace(/\/+$/, '');
+  const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
+    const response = await fetch(`${base}${path}?after=${after}&limit=${limit}`, { signal: AbortSignal.timeout(10_000) });
+    if (!response.ok) throw new Error(`${source} feed answered ${response.status}`);
+    return (await response.json()) as T;
+  };
   return {
     source,
-    read: async (after, limit) => {
-      const response = await fetch(`${base}/events?after=${after}&limit=${limit}`, { signal: AbortSignal.timeout(10_000) });
-      if (!response.ok) throw new Error(`${source} feed answered ${response.status}`);
-      return (await response.json()) as FeedPage;
-    },
+    read: (after, limit) => get<FeedPage>('/events', after, limit),
+    marks: (after, limit) => get<FeedMarks>('/events/marks', after, limit),
   };
 }
 

@@ -5,7 +5,7 @@ import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
-import { readFeed, registerFeedRoutes } from './feed.ts';
+import { readFeed, readFeedMarks, registerFeedRoutes } from './feed.ts';
 import { createHttpApp } from './http.ts';
 import { createLocalBus } from './local-bus.ts';
 import { silentLogger } from './log.ts';
@@ -94,6 +94,10 @@ describe.each(backends)('feed on $name', (backend) => {
     expect(page).toMatchObject({ next: 20, head: 20 });
     expect(page.events.map((e) => e.position)).toEqual([19, 20]);
     expect(await readFeed(db, 20, 10)).toEqual({ events: [], next: 20, head: 20 });
+    // The marks of a page are its events by id and time, at the same positions.
+    const marks = await readFeedMarks(db, 12, 5);
+    const full = await readFeed(db, 12, 5);
+    expect(marks).toEqual({ marks: full.events.map((e) => ({ position: e.position, id: e.event.id, time: e.event.time })), next: full.next, head: 20 });
   });
 
   // Needs two transactions at once: PostgreSQL only (PGlite has one connection).
