@@ -55,7 +55,10 @@ const lines = [
   ...rates.map((rate) => {
     const steps = runs.map((r) => sweepAt(r, rate)).filter((s): s is StepResult => s !== undefined);
     const med = (pick: (s: StepResult) => number) => Number(median(steps.map(pick)).toFixed(1));
-    const optional = (pick: (s: StepResult) => number | undefined) => Number(median(steps.map(pick).filter((v): v is number => v !== undefined)).toFixed(1));
+    const optional = (pick: (s: StepResult) => number | undefined) => {
+      const value = median(steps.map(pick).filter((v): v is number => v !== undefined));
+      return Number.isNaN(value) ? '–' : Number(value.toFixed(1));
+    };
     return `| ${rate} | ${steps.length} | ${med((s) => s.achievedRate)} | ${med((s) => s.placement.p50)} | ${med((s) => s.placement.p99)} | ${med((s) => s.completion.p50)} | ${med((s) => s.completion.p99)} | ${optional((s) => readsOf(s.reads)?.all.p99)} | ${optional((s) => slowestProjection(s, 'p99'))} | ${steps.filter((s) => s.keepsUp).length} of ${steps.length} |`;
   }),
 ];

@@ -195,14 +195,19 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     }, 20_000, 'the user\'s orders in the read model');
 
     const seen: Page['items'] = [];
+    const sizes: number[] = [];
     let cursor: string | null = null;
     do {
       const response = await query(`/users/${user}/orders?limit=2${cursor === null ? '' : `&cursor=${cursor}`}`);
       expect(response.statusCode).toBe(200);
       const page = response.json<Page>();
       seen.push(...page.items);
+      sizes.push(page.items.length);
       cursor = page.next;
     } while (cursor !== null);
+    expect(sizes).toEqual([2, 2, 1]);
+    // A last page that is full says so: no cursor to an empty page.
+    expect((await query(`/users/${user}/orders?limit=5`)).json<Page>().next).toBeNull();
     expect(seen.map((o) => o.orderId).sort()).toEqual([...placed].sort());
     for (let i = 1; i < seen.length; i++) expect(Date.parse(seen[i - 1]?.createdAt ?? '') >= Date.parse(seen[i]?.createdAt ?? '')).toBe(true);
 

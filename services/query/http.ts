@@ -157,9 +157,11 @@ export function registerQueryRoutes(
     },
   }, async (request) => {
     const limit = request.query.limit ?? 50;
-    const items = await listUserOrders(db, request.params.id, { limit, status: request.query.status, after: request.query.cursor === undefined ? undefined : readCursor(request.query.cursor) });
+    // One row more than asked for tells whether another page follows.
+    const rows = await listUserOrders(db, request.params.id, { limit: limit + 1, status: request.query.status, after: request.query.cursor === undefined ? undefined : readCursor(request.query.cursor) });
+    const items = rows.slice(0, limit);
     const last = items.at(-1);
-    return { items, next: items.length === limit && last !== undefined ? writeCursor({ createdAt: last.createdAt, orderId: last.orderId }) : null };
+    return { items, next: rows.length > limit && last !== undefined ? writeCursor({ createdAt: last.createdAt, orderId: last.orderId }) : null };
   });
 
   app.get('/products/:id', {
