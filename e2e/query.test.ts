@@ -51,6 +51,8 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
   it.skipIf(skip)('given the read side stopped, when a read carries a fresh token, then it answers 503 saying how far behind it is; once running again, the same read succeeds', async () => {
     const product = await h.product(10, 300);
     const user = await h.user(10_000);
+    // The start-up catch-up would apply the order from the feeds; it has run before this.
+    await eventually(async () => (/^converge_projection_catchups_total [1-9]\d*$/m.test((await query('/metrics')).body) ? true : undefined), 10_000, 'the start-up catch-up');
     await h.system.services.query.consumer.stop();
     const placed = await h.system.services.order.app.inject({
       method: 'POST', url: '/orders', headers: { 'idempotency-key': 'ryw-stopped' }, payload: { userId: user, items: [{ productId: product, quantity: 1 }] },

@@ -51,7 +51,7 @@ const ProjectionSchema = Type.Object({
   ),
   lag: Type.Object(
     { events: Type.Integer(), seconds: Type.Number() },
-    { description: 'Events waiting for the read side (queue and hold), and how long ago the last applied one was committed while any wait.' },
+    { description: 'Events waiting for the read side (queue and hold), and, while any wait, how long ago the last applied one was committed (before any since the service started, how long it has run).' },
   ),
 });
 
@@ -72,8 +72,8 @@ export type LagProbe = { lag: LagTracker; waiting(): Promise<number> };
 /** The current lag of one read model: events waiting, and how far behind in time while any wait. */
 export async function currentLag(probe: LagProbe, model: (typeof readModels)[number], now: Date): Promise<{ events: number; seconds: number }> {
   const events = await probe.waiting();
-  const last = probe.lag.report(model).lastEventTime;
-  return { events, seconds: events > 0 && last !== undefined ? Math.max(0, (now.getTime() - last) / 1000) : 0 };
+  const last = probe.lag.report(model).lastEventTime ?? probe.lag.startedAt;
+  return { events, seconds: events > 0 ? Math.max(0, (now.getTime() - last) / 1000) : 0 };
 }
 
 export function registerQueryRoutes(

@@ -2,7 +2,8 @@
 // its commit at the source (the envelope's time) to now is recorded for every read
 // model it changed: a Prometheus histogram and the last 1,000 delays for quantiles.
 // The current lag is the events still waiting for the read side (queue and hold) and,
-// while any wait, how long ago the last applied event was committed.
+// while any wait, how long ago the last applied event was committed (before the first
+// one since the service started, how long it has been running).
 export const readModels = ['order-summary', 'user-orders', 'product-availability', 'order-counts'] as const;
 export type ReadModel = (typeof readModels)[number];
 
@@ -15,6 +16,8 @@ const window = 1_000;
 type Track = { applied: number; buckets: number[]; sum: number; recent: number[]; lastEventTime: number | undefined };
 
 export type LagTracker = {
+  /** When the tracker began: the lag's reference until the first event is applied. */
+  readonly startedAt: number;
   record(models: readonly ReadModel[], eventTime: string, appliedAt: Date): void;
   report(model: ReadModel): { applied: number; delayMs: { p50: number; p99: number; max: number; samples: number }; lastEventTime: number | undefined };
   metricLines(): string[];
@@ -22,9 +25,10 @@ export type LagTracker = {
 
 const quantile = (sorted: readonly number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
 
-export function createLagTracker(): LagTracker {
+export function createLagTracker(startedAt = Date.now()): LagTracker {
   const tracks = new Map<ReadModel, Track>(readModels.map((m) => [m, { applied: 0, buckets: bucketsSeconds.map(() => 0), sum: 0, recent: [], lastEventTime: undefined }]));
   return {
+    startedAt,
     record(models, eventTime, appliedAt) {
       const committed = Date.parse(eventTime);
       const delayMs = Math.max(0, appliedAt.getTime() - committed);

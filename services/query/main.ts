@@ -76,7 +76,7 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
         '# HELP converge_projection_lag_events Events waiting for the read models (queue and hold).',
         '# TYPE converge_projection_lag_events gauge',
         ...current.map((c) => `converge_projection_lag_events{model="${c.model}"} ${c.events}`),
-        '# HELP converge_projection_lag_seconds How long ago the last applied event was committed, while events wait.',
+        '# HELP converge_projection_lag_seconds While events wait, how long ago the last applied event was committed (or since the service started).',
         '# TYPE converge_projection_lag_seconds gauge',
         ...current.map((c) => `converge_projection_lag_seconds{model="${c.model}"} ${c.seconds.toFixed(3)}`),
       ];
