@@ -26,7 +26,7 @@ const kinds = [
 ] as const;
 type Kind = (typeof kinds)[number]['name'];
 
-export async function runReads(options: { queryUrl: string; targets: ReadTargets; rate: number; durationSec: number; stop?: () => boolean }): Promise<ReadReport> {
+export async function runReads(options: { queryUrl: string; targets: ReadTargets; rate: number; durationSec: number }): Promise<ReadReport> {
   const { queryUrl, targets, rate, durationSec } = options;
   if (targets.orderIds.length === 0) throw new Error('no orders in the read models to read');
   const histograms = Object.fromEntries(kinds.map((k) => [k.name, new Histogram()])) as Record<Kind, Histogram>;
@@ -35,7 +35,7 @@ export async function runReads(options: { queryUrl: string; targets: ReadTargets
   const start = performance.now();
   const total = Math.round(rate * durationSec);
   const pending: Promise<void>[] = [];
-  for (let i = 0; i < total && options.stop?.() !== true; i++) {
+  for (let i = 0; i < total; i++) {
     const at = start + (i * 1000) / rate;
     const wait = at - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));

@@ -36,7 +36,8 @@ export const projectBatch = (lag: LagTracker, cache: ReadCache): BatchHandler =>
   const orders = aboutOrders(messages);
   const orderIds = [...new Set(orders.map((o) => o.orderId))];
   const fromOrderService = [...new Set(orders.filter((o) => o.message.source === 'order').map((o) => o.orderId))];
-  const [storedSummaries, storedUserOrders] = [await loadSummaries(tx, orderIds), await loadUserOrders(tx, fromOrderService)];
+  const storedSummaries = await loadSummaries(tx, orderIds);
+  const storedUserOrders = await loadUserOrders(tx, fromOrderService);
 
   const summaries = new Map<string, OrderSummary>();
   const userOrders = new Map<string, UserOrder>();
