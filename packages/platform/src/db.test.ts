@@ -1,10 +1,12 @@
 // The PostgreSQL Db survives its server going away: a connection that dies in the
 // middle of a transaction fails that transaction, never the process, and the pool
 // serves the next one on a fresh connection (a server restart under load, the chaos
-// suite's db-restart).
+// suite's db-restart). Both Dbs count their statements and transactions for the cost
+// model.
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { dropDatabase, ensureDatabase, openPostgres, type Db } from './db.ts';
+import { costCounters } from './cost.ts';
+import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
 import { sleep } from './retry.ts';
 import { serverAvailable, servers, uniqueName } from './testing.ts';
 
@@ -46,5 +48,31 @@ describe.skipIf(!pgUp)('a PostgreSQL database', () => {
 
     await expect(failing).rejects.toThrow();
     expect(await db.transaction((tx) => tx.query<{ n: number }>('SELECT 1 AS n'))).toEqual([{ n: 1 }]);
+  });
+});
+
+describe('the cost counters', () => {
+  const counted = async (db: Db) => {
+    const before = costCounters();
+    await db.query('SELECT 1');
+    await db.transaction(async (tx) => {
+      await tx.query('SELECT $1::int AS n', [1]);
+      await tx.query('SELECT 2');
+    });
+    await db.transaction(() => Promise.reject(new Error('rolled back'))).catch(() => undefined);
+    const after = costCounters();
+    return { statements: after.statements - before.statements, transactions: after.transactions - before.transactions };
+  };
+
+  it('given an embedded database, count every statement and every transaction, rolled back or not', async () => {
+    const db = await openPglite('cost-test');
+    opened.push(db);
+    expect(await counted(db)).toEqual({ statements: 3, transactions: 2 });
+  });
+
+  it.skipIf(!pgUp)('given PostgreSQL, count the same (BEGIN and COMMIT are not statements of the code)', async () => {
+    const db = await openPostgres('cost-test', await ensureDatabase(servers.postgres, database), { max: 2 });
+    opened.push(db);
+    expect(await counted(db)).toEqual({ statements: 3, transactions: 2 });
   });
 });

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
 import pg from 'pg';
+import { countStatement, countTransaction } from './cost.ts';
 
 export type Row = Record<string, unknown>;
 
@@ -34,16 +35,22 @@ export async function openPglite(name: string, dataDir?: string): Promise<Db> {
   const lite = await PGlite.create(dataDir ?? 'memory://', {
     parsers: { [int8]: (value: string) => Number(value), [numeric]: (value: string) => Number(value) },
   });
-  const run = async <R extends object>(target: Pick<PGlite, 'query'>, text: string, params?: readonly unknown[]) =>
-    (await target.query<R>(text, params as unknown[] | undefined)).rows;
+  const run = async <R extends object>(target: Pick<PGlite, 'query'>, text: string, params?: readonly unknown[]) => {
+    countStatement();
+    return (await target.query<R>(text, params as unknown[] | undefined)).rows;
+  };
   return {
     kind: 'pglite',
     name,
     query: (text, params) => run(lite, text, params),
     exec: async (script) => {
+      countStatement();
       await lite.exec(script);
     },
-    transaction: (fn) => lite.transaction((tx) => fn({ query: (text, params) => run(tx, text, params) })),
+    transaction: (fn) => {
+      countTransaction();
+      return lite.transaction((tx) => fn({ query: (text, params) => run(tx, text, params) }));
+    },
     listen: async (channel, onNotify) => {
       const stop = await lite.listen(channel, () => onNotify());
       return stop;
@@ -92,18 +99,24 @@ export async function openPostgres(name: string, url: string, options: PostgresO
   return {
     kind: 'postgres',
     name,
-    query: async <R extends object>(text: string, params?: readonly unknown[]) =>
-      (await pool.query<R & pg.QueryResultRow>(prepared(text, params))).rows as R[],
+    query: async <R extends object>(text: string, params?: readonly unknown[]) => {
+      countStatement();
+      return (await pool.query<R & pg.QueryResultRow>(prepared(text, params))).rows as R[];
+    },
     exec: async (script) => {
+      countStatement();
       await pool.query(script);
     },
     transaction: async (fn) => {
+      countTransaction();
       const tx = await pool.connect();
       try {
         await tx.query('BEGIN');
         const result = await fn({
-          query: async <R extends object>(text: string, params?: readonly unknown[]) =>
-            (await tx.query<R & pg.QueryResultRow>(prepared(text, params))).rows as R[],
+          query: async <R extends object>(text: string, params?: readonly unknown[]) => {
+            countStatement();
+            return (await tx.query<R & pg.QueryResultRow>(prepared(text, params))).rows as R[];
+          },
         });
         await tx.query('COMMIT');
         tx.release();

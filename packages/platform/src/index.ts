@@ -3,6 +3,7 @@ export * from './cache.ts';
 export * from './config.ts';
 export * from './consistency.ts';
 export * from './consumer.ts';
+export * from './cost.ts';
 export * from './db.ts';
 export * from './dead-letters.ts';
 export * from './errors.ts';

@@ -1,10 +1,12 @@
 // What a service can say about its own consistency: outbox backlog and age, what its
 // consumer did with the messages it received, early messages held, dead letters.
 // As JSON for the dashboard (/status) and as Prometheus text (/metrics). Under the
-// test-only bus fault switch, also how many deliveries it duplicated and delayed.
+// test-only bus fault switch, also how many deliveries it duplicated and delayed. On
+// /metrics besides: the process's cost counters (cost.ts) for the benchmark.
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import Type, { type Static } from 'typebox';
 import type { Consumer } from './consumer.ts';
+import { costMetricLines } from './cost.ts';
 import type { Db } from './db.ts';
 import type { FaultStats } from './faulty-bus.ts';
 import type { HttpApp } from './http.ts';
@@ -111,7 +113,7 @@ export function registerStatusRoutes(
         ...Object.entries(s.busFaults).map(([fault, n]) => `converge_bus_faults_total{${label},fault="${fault}"} ${n}`),
       ]),
     ];
-    lines.push(...eventLoopDelayLines(label), ...(more === undefined ? [] : await more()));
+    lines.push(...eventLoopDelayLines(label), ...costMetricLines(label), ...(more === undefined ? [] : await more()));
     return reply.type('text/plain; version=0.0.4').send(lines.join('\n') + '\n');
   });
 }
