@@ -1,10 +1,9 @@
 // A cluster of real processes for the benchmark and the chaos suite: one OS process per
 // service (scripts/service.ts) on PostgreSQL and RabbitMQ, with names unique to the run
 // so nothing collides with a running deployment. It can kill (SIGKILL) and restart any
-// service, reports each process's pid for resource sampling, and opens the databases
-// for the invariant checker.
+// service, reports each process's pid for the cost model (bench/cost.ts), and opens
+// the databases for the invariant checker.
 import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
 import amqp from 'amqplib';
 import { dropDatabase, ensureDatabase, openPostgres, type Db } from '@converge/platform';
 import { servers, uniqueName } from '@converge/platform/testing';
@@ -112,17 +111,4 @@ export async function startCluster(options: { env?: Record<string, string>; log?
       await connection.close().catch(() => undefined);
     },
   };
-}
-
-/** CPU seconds and resident memory of a process, from /proc (Linux). */
-export function sampleProcess(pid: number): { cpuSeconds: number; rssMb: number } | undefined {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ticks = Number(fields[11]) + Number(fields[12]);
-    const rssPages = Number(fields[21]);
-    return { cpuSeconds: ticks / 100, rssMb: (rssPages * 4096) / 1024 / 1024 };
-  } catch {
-    return undefined;
-  }
 }

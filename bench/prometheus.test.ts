@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { difference, histogramQuantile, parseHistogram } from './prometheus.ts';
+import { difference, histogramQuantile, parseHistogram, parseSamples } from './prometheus.ts';
 
 const scrape = (counts: Record<string, [number, number, number, number]>) =>
   [
@@ -41,5 +41,20 @@ describe('reading a Prometheus histogram', () => {
 
   it('answers 0 for an empty histogram', () => {
     expect(histogramQuantile(0.99, [{ le: 1, count: 0 }, { le: Number.POSITIVE_INFINITY, count: 0 }])).toBe(0);
+  });
+});
+
+describe('reading counters', () => {
+  it('sums each metric over its label sets and skips comments', () => {
+    const samples = parseSamples([
+      '# HELP converge_db_statements_total Statements.',
+      '# TYPE converge_db_statements_total counter',
+      'converge_db_statements_total{service="order"} 12',
+      'converge_db_statements_total{service="order",pool="b"} 3',
+      'converge_bus_publishes_total 4',
+    ].join('\n'));
+    expect(samples.get('converge_db_statements_total')).toBe(15);
+    expect(samples.get('converge_bus_publishes_total')).toBe(4);
+    expect(samples.has('converge_db_transactions_total')).toBe(false);
   });
 });

@@ -3,6 +3,7 @@
 // happened between them, and quantiles by linear interpolation inside the bucket the
 // rank falls in (as histogram_quantile does). The benchmark measures the read models'
 // commit-to-applied delay per step this way, from the query service's own histogram.
+// Counters are read the same way: their sum over label sets, before and after a step.
 export type Bucket = { le: number; count: number };
 
 /** Buckets of histogram `name`, keyed by the value of `label`, sorted by upper bound. */
@@ -55,4 +56,16 @@ export function histogramQuantile(q: number, buckets: readonly Bucket[]): number
     below = bucket.count;
   }
   return lower;
+}
+
+/** Every sample of a scrape summed by metric name, over all its label sets (counters and gauges alike). */
+export function parseSamples(text: string): Map<string, number> {
+  const sums = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const match = /^([A-Za-z_:][\w:]*)(?:\{[^}]*\})?\s+(\S+)/.exec(line.trim());
+    if (match === null) continue;
+    const value = Number(match[2]);
+    if (Number.isFinite(value)) sums.set(match[1] ?? '', (sums.get(match[1] ?? '') ?? 0) + value);
+  }
+  return sums;
 }

@@ -1,4 +1,8 @@
 // The benchmark's result: its JSON shape, the Markdown summary and the latency plot.
+// Every target of issue 11 stands next to its measured figure with pass or fail, judged
+// on the unrounded value; a figure shown rounded is rounded against itself (latency and
+// cost up, rates down), so a pass is never a rounding.
+import { counterNames, perOrder, type CostModel, type CostPerOrder, type Counter } from './cost.ts';
 import type { Summary } from './histogram.ts';
 import type { LoadReport } from './load.ts';
 import type { ReadReport } from './reads.ts';
@@ -8,18 +12,21 @@ export type ProjectionDelay = Record<string, { events: number; p50: number; p99:
 
 export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   scenario: string;
+  sagaMode?: 'choreography' | 'orchestration';
   placed: number;
-  /** Achieved = offered, every order reached its final state, the backlog did not grow: any latency. */
+  /** Every scheduled order acknowledged at the offered rate, every order final, the backlog did not grow: any latency. */
   keepsUp: boolean;
-  /** Keeps up, and placement p99 stayed under the target: the issue's definition. */
+  /** Keeps up, and placement p99 stayed under the target. */
   sustainable: boolean;
   backlogMax: number;
   backlogEnd: number;
   /** Unpublished outbox rows plus messages waiting in queues, sampled each second. */
   backlogSeries: number[];
   resources: Record<string, { cpuPercent: number; peakRssMb: number }>;
-  /** How busy the machine's cores were, all processes together (absent in older results). */
+  /** How busy the machine's cores were (results before the cost model). */
   machineBusyPercent?: number;
+  /** What the step cost: CPU by process and machine, database and broker counters (absent in older results). */
+  cost?: CostModel;
   /** The query service read during the step (absent in results of older versions). */
   reads?: ReadReport;
   projectionDelay?: ProjectionDelay;
@@ -27,12 +34,25 @@ export type StepResult = Omit<LoadReport, 'acknowledged'> & {
 
 export type EmbeddedStep = { rate: number; achievedRate: number; placement: Summary; backlogEnd: number; keepsUp: boolean; sustainable: boolean };
 
+/** Issue 11's targets. */
+export const issueTargets = {
+  costRate: 100, machineCpuMsPerOrder: 4, choreographyRate: 500, orchestrationRate: 300, hotRate: 300,
+  mixedRate: 200, mixedReadRate: 200, placementP99Ms: 50, completionP99Ms: 500, readP99Ms: 20, projectionP99Ms: 200, embeddedRate: 100,
+};
+
 export type BenchResult = {
   startedAt: string;
   finishedAt?: string;
   machine: { cpus: string; memoryGb: number; os: string; node: string; postgres: string; rabbitmq: string };
-  targets: { sustainedRate: number; placementP99Ms: number; completionP99Ms: number; hotRate: number; readP99Ms: number; projectionP99Ms?: number };
+  /** Targets of the version that wrote the result (older results hold older targets). */
+  targets: Partial<typeof issueTargets> & Record<string, number | undefined>;
+  /** Which parts ran (absent: all of an older version's). */
+  parts?: string[];
+  /** Choreography, spread catalogue. */
   sweep: StepResult[];
+  hotSweep?: StepResult[];
+  orchestrationSweep?: StepResult[];
+  /** The cost step and the mixed scenario (older results: spread and hot at the best rate). */
   scenarios: StepResult[];
   reads: ReadReport | undefined;
   embedded: EmbeddedStep[] | undefined;
@@ -46,52 +66,112 @@ export const highest = (steps: Judged[], rule: 'sustainable' | 'keepsUp' = 'sust
 export const slowestProjection = (s: StepResult | undefined, q: 'p50' | 'p99'): number | undefined =>
   s?.projectionDelay === undefined ? undefined : Math.max(0, ...Object.values(s.projectionDelay).map((d) => d[q]));
 
+export const costOf = (s: StepResult | undefined): CostPerOrder | undefined => (s?.cost === undefined ? undefined : perOrder(s.cost));
+
+/** Rounded against the figure: a cost or latency up, a rate down. */
+export const ceil = (value: number | undefined, digits = 2) => (value === undefined || !Number.isFinite(value) ? '–' : (Math.ceil(value * 10 ** digits) / 10 ** digits).toFixed(digits));
+export const floor = (value: number | undefined, digits = 0) => (value === undefined || !Number.isFinite(value) ? '–' : (Math.floor(value * 10 ** digits) / 10 ** digits).toFixed(digits));
+const verdict = (ok: boolean | undefined) => (ok === undefined ? '–' : ok ? '**pass**' : '**FAIL**');
+
 const errorsOf = (reads: ReadReport | undefined) => Object.values(reads?.errors ?? {}).reduce((a, b) => a + b, 0);
 
+export const counterLabels: Record<Counter, string> = {
+  transactions: 'PostgreSQL transactions', statements: 'PostgreSQL statements', publishes: 'broker publishes', publishedEvents: 'published events',
+  publishedBytes: 'published bytes', deliveries: 'broker deliveries', deliveredEvents: 'delivered events', deliveredBytes: 'delivered bytes',
+};
+
+/** The cost model of one step as Markdown: CPU per completed order by process, then the counters by service. */
+export function renderCost(s: StepResult): string[] {
+  const c = costOf(s);
+  if (s.cost === undefined || c === undefined) return [`No cost model for ${s.scenario} ${s.offeredRate}/s (no order completed, or an older result).`];
+  const services = Object.keys(c.counters);
+  const groups = Object.keys(c.cpu);
+  return [
+    `${s.scenario} (${s.sagaMode ?? 'choreography'}) at ${s.offeredRate}/s: ${c.completed} orders completed of ${s.placed} placed (${Object.entries(s.finals).filter(([k]) => k !== 'COMPLETED').map(([k, n]) => `${n} ${k}`).join(', ') || 'no other'}), window ${s.cost.windowSec.toFixed(1)} s${s.keepsUp ? '' : '; **the step did not keep up**, so the figures are those of a backlog'}.`,
+    '',
+    '| CPU per completed order | ms |',
+    '|---|---|',
+    ...groups.map((g) => `| ${g} | ${ceil(c.cpu[g])} |`),
+    `| all of the above | ${ceil(c.attributed)} |`,
+    `| whole machine (/proc/stat, non-idle) | ${ceil(c.machine)} |`,
+    `| load generator (this process; reported apart) | ${ceil(c.generator)} |`,
+    `| **whole machine less load generator** | **${ceil(c.machineLessGenerator)}** |`,
+    `| of which none of the processes above | ${ceil(c.other)} |`,
+    `| of the machine, steal (hypervisor) | ${ceil(c.steal)} |`,
+    '',
+    `| per completed order | ${services.join(' | ')} | total |`,
+    `|---|${services.map(() => '---|').join('')}---|`,
+    ...(Object.keys(counterNames) as Counter[]).map((k) =>
+      `| ${counterLabels[k]} | ${services.map((sv) => ceil(c.counters[sv]?.[k])).join(' | ')} | ${ceil(c.totals[k])} |`),
+  ];
+}
+
 export function renderMarkdown(r: BenchResult, svg: string): string {
-  const row = (s: StepResult) =>
-    `| ${s.scenario} | ${s.offeredRate} | ${s.achievedRate.toFixed(0)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.reads?.all.p50 ?? '–'} | ${s.reads?.all.p99 ?? '–'} | ${slowestProjection(s, 'p50') ?? '–'} | ${slowestProjection(s, 'p99') ?? '–'} | ${s.backlogMax} | ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`;
+  const t = { ...issueTargets, ...r.targets };
+  const allSteps = [...r.sweep, ...(r.hotSweep ?? []), ...(r.orchestrationSweep ?? []), ...r.scenarios];
+  const row = (s: StepResult) => {
+    const c = costOf(s);
+    return `| ${s.scenario} | ${s.offeredRate} | ${floor(s.achievedRate)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.reads?.all.p50 ?? '–'} | ${s.reads?.all.p99 ?? '–'} | ${slowestProjection(s, 'p50') ?? '–'} | ${slowestProjection(s, 'p99') ?? '–'} | ${s.backlogMax} | ${ceil(c?.machineLessGenerator)} | ${ceil(c?.totals.statements, 1)} | ${ceil(c?.totals.deliveries)} | ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`;
+  };
   const delays = (s: StepResult) => Object.entries(s.projectionDelay ?? {}).map(([model, d]) => `| ${s.scenario} ${s.offeredRate}/s | ${model} | ${d.events} | ${d.p50} | ${d.p99} |`);
-  const cpu = (s: StepResult) => Object.entries(s.resources).map(([k, v]) => `${k} ${v.cpuPercent}% / ${v.peakRssMb} MB`).join(', ');
-  const spread = r.scenarios.find((s) => s.scenario === 'spread');
-  const hot = r.scenarios.find((s) => s.scenario === 'hot');
+  const ran = (part: string) => r.parts === undefined || r.parts.includes(part);
+  const cost = r.scenarios.find((s) => s.scenario === 'cost');
+  const mixed = r.scenarios.find((s) => s.scenario === 'mixed');
+  const costPer = costOf(cost);
+  const rateTarget = (label: string, part: string, steps: StepResult[] | undefined, target: number) => {
+    if (!ran(part) || steps === undefined || steps.length === 0) return `| ${label} | ≥ ${target}/s | not run | – |`;
+    const best = highest(steps, 'keepsUp');
+    const top = Math.max(...steps.map((s) => s.offeredRate));
+    const stopped = steps.at(-1)?.keepsUp === false ? `; fell behind at ${steps.at(-1)?.offeredRate}/s` : `; highest step run ${top}/s`;
+    return `| ${label} | ≥ ${target}/s | ${best}/s${stopped} | ${verdict(best >= target)} |`;
+  };
+  const mixedTarget = (label: string, target: number, value: number | undefined) =>
+    `| ${label} | < ${target} ms | ${mixed === undefined ? 'not run' : `${ceil(value)} ms`} | ${verdict(mixed === undefined || value === undefined ? undefined : value < target)} |`;
   const lines = [
     `# Benchmark ${r.startedAt}`,
     '',
-    `Machine: ${r.machine.cpus}, ${r.machine.memoryGb} GB, ${r.machine.os}; Node ${r.machine.node}; PostgreSQL ${r.machine.postgres}; RabbitMQ ${r.machine.rabbitmq}. Cluster mode: one process per service, PostgreSQL and RabbitMQ on the same machine.`,
+    `Machine: ${r.machine.cpus}, ${r.machine.memoryGb} GB, ${r.machine.os}; Node ${r.machine.node}; PostgreSQL ${r.machine.postgres}; RabbitMQ ${r.machine.rabbitmq}. Cluster mode: one process per service, PostgreSQL, RabbitMQ and Redis on the same machine.${r.parts === undefined ? '' : ` Parts run: ${r.parts.join(', ')}.`}`,
     '',
-    '| measure | target | measured |',
-    '|---|---|---|',
-    `| highest sustainable order rate (cluster; placement p99 < ${r.targets.placementP99Ms} ms) | ≥ ${r.targets.sustainedRate}/s | ${highest(r.sweep)}/s |`,
-    `| highest rate the cluster keeps up with (achieved = offered, all final, backlog bounded) | – | ${highest(r.sweep, 'keepsUp')}/s |`,
-    `| placement p99, spread scenario at ${spread?.offeredRate ?? '–'}/s | < ${r.targets.placementP99Ms} ms | ${spread?.placement.p99 ?? '–'} ms |`,
-    `| completion p99, spread scenario at ${spread?.offeredRate ?? '–'}/s | < ${r.targets.completionP99Ms} ms | ${spread?.completion.p99 ?? '–'} ms |`,
-    `| hot-product scenario | ≥ ${r.targets.hotRate}/s | ${hot === undefined ? '–' : `${hot.achievedRate.toFixed(0)}/s offered ${hot.offeredRate}/s, ${hot.sustainable ? 'sustained' : 'not sustained'}`} |`,
-    `| query read p99 under load (spread scenario; query service, no gateway) | < ${r.targets.readP99Ms} ms | ${spread?.reads === undefined ? '–' : `${spread.reads.all.p99} ms (p50 ${spread.reads.all.p50} ms) at ${spread.reads.rate} reads/s beside ${spread.offeredRate} orders/s, ${errorsOf(spread.reads)} errors`} |`,
-    `| commit-to-read-model delay p99, slowest read model (spread scenario) | < ${r.targets.projectionP99Ms ?? 100} ms | ${slowestProjection(spread, 'p99') ?? '–'} ms (p50 ${slowestProjection(spread, 'p50') ?? '–'} ms) |`,
-    `| query read p99, read scenario (nothing else running) | < ${r.targets.readP99Ms} ms | ${r.reads === undefined ? '–' : `${r.reads.all.p99} ms (p50 ${r.reads.all.p50} ms; order summary ${r.reads.orderSummary.p99}, product ${r.reads.product.p99}, user's orders ${r.reads.userOrders.p99}) at ${r.reads.rate}/s, ${errorsOf(r.reads)} errors`} |`,
-    `| embedded mode: sustainable / keeps up | – | ${r.embedded === undefined ? 'not run' : `${highest(r.embedded)}/s / ${highest(r.embedded, 'keepsUp')}/s`} |`,
+    '| target (issue 11) | target | measured | |',
+    '|---|---|---|---|',
+    `| machine CPU per completed order at a steady ${t.costRate}/s, all processes but the load generator | ≤ ${t.machineCpuMsPerOrder} ms | ${cost === undefined ? 'not run' : `${ceil(costPer?.machineLessGenerator)} ms at ${cost.offeredRate}/s${cost.keepsUp ? '' : ', not kept up'}`} | ${verdict(cost === undefined || costPer?.machineLessGenerator === undefined || cost.offeredRate !== t.costRate ? undefined : cost.keepsUp && costPer.machineLessGenerator <= t.machineCpuMsPerOrder)} |`,
+    rateTarget('keeps up, choreography (achieved = offered, every order final, backlog bounded)', 'sweep', r.sweep, t.choreographyRate),
+    rateTarget('keeps up, orchestration', 'orchestration', r.orchestrationSweep, t.orchestrationRate),
+    rateTarget('keeps up, hot product (5 products)', 'hot', r.hotSweep, t.hotRate),
+    mixedTarget(`placement p99 at ${mixed?.offeredRate ?? t.mixedRate} orders/s with ${mixed?.reads?.rate ?? t.mixedReadRate} query reads/s${mixed !== undefined && !mixed.keepsUp ? ' (not kept up)' : ''}`, t.placementP99Ms, mixed?.placement.p99),
+    mixedTarget('completion p99, same step', t.completionP99Ms, mixed?.completion.p99),
+    mixedTarget(`query read p99, same step (${errorsOf(mixed?.reads)} errors)`, t.readP99Ms, mixed?.reads?.all.p99),
+    mixedTarget('commit-to-read-model p99, slowest read model, same step', t.projectionP99Ms, slowestProjection(mixed, 'p99')),
+    `| embedded mode keeps up | ≥ ${t.embeddedRate}/s | ${r.embedded === undefined ? 'not run' : `${highest(r.embedded, 'keepsUp')}/s`} | ${verdict(r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp') >= t.embeddedRate)} |`,
+    `| query read p99, read scenario (nothing else running) | – | ${r.reads === undefined ? 'not run' : `${r.reads.all.p99} ms (p50 ${r.reads.all.p50} ms) at ${r.reads.rate}/s, ${errorsOf(r.reads)} errors`} | |`,
     '',
-    'Reads are of the query service during each step; projection delay is from commit at the source to applied in the slowest read model, estimated from the query service\'s histogram (interpolated in its buckets).',
+    '## Cost model',
     '',
-    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 | read p50 ms | read p99 ms | projection p50 ms | projection p99 ms | backlog max | keeps up | sustainable |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
-    ...r.sweep.map(row),
-    ...r.scenarios.map(row),
+    'Per completed order (orders of the step that reached COMPLETED; the 10 % declined or out of stock cost too and are not in the denominator). CPU from /proc over the step, from its first order until its backlog drained; PostgreSQL is the postmaster, its background processes and the backends of this run\'s databases (the load generator\'s own polling included), RabbitMQ is beam.smp and its children. Counters are the services\' own (converge_db_*, converge_bus_* on /metrics). A bus counter that reads 0 is one the bus does not count yet.',
+    '',
+    ...(cost === undefined ? ['The cost step was not run.'] : renderCost(cost)),
+    '',
+    '## Steps',
+    '',
+    'Reads are of the query service during the step; projection delay is from commit at the source to applied in the slowest read model, estimated from the query service\'s histogram (interpolated in its buckets). CPU ms is the whole machine less the load generator per completed order.',
+    '',
+    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 | read p50 ms | read p99 ms | projection p50 ms | projection p99 ms | backlog max | CPU ms/order | statements/order | deliveries/order | keeps up | sustainable |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ...allSteps.map(row),
     '',
     'Commit-to-read-model delay per read model:',
     '',
     '| step | read model | events | p50 ms | p99 ms |',
     '|---|---|---|---|---|',
-    ...[...r.sweep, ...r.scenarios].flatMap(delays),
+    ...allSteps.flatMap(delays),
     '',
     `![latency against offered rate](${svg})`,
     '',
-    'CPU (share of one core) and peak memory per process (PostgreSQL: all its processes, memory summed, so its shared buffers count once per process), and how busy the whole machine was:',
+    'Peak memory per process group (PostgreSQL summed over its processes, so its shared buffers count once per process):',
     '',
-    ...[...r.sweep, ...r.scenarios].map((s) => `- ${s.scenario} ${s.offeredRate}/s: machine ${s.machineBusyPercent ?? '–'}% busy; ${cpu(s)}`),
+    ...allSteps.map((s) => `- ${s.scenario} ${s.offeredRate}/s: ${Object.entries(s.resources).map(([k, v]) => `${k} ${v.peakRssMb} MB`).join(', ')}`),
     '',
-    ...(r.embedded === undefined ? [] : ['Embedded mode (one process, PGlite, local bus), placement latency:', '', '| offered/s | achieved/s | p50 ms | p99 ms | backlog at end | keeps up | sustainable |', '|---|---|---|---|---|---|---|', ...r.embedded.map((e) => `| ${e.rate} | ${e.achievedRate.toFixed(0)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} | ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`)]),
+    ...(r.embedded === undefined ? [] : ['Embedded mode (one process, PGlite, local bus), placement latency:', '', '| offered/s | achieved/s | p50 ms | p99 ms | backlog at end | keeps up | sustainable |', '|---|---|---|---|---|---|---|', ...r.embedded.map((e) => `| ${e.rate} | ${floor(e.achievedRate)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} | ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`)]),
     '',
   ];
   return lines.join('\n');
