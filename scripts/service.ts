@@ -4,7 +4,7 @@
 // database and its queue; relays split the outbox partitions between them.
 //   tsx scripts/service.ts order|inventory|payment|orchestrator|query
 import { pathToFileURL } from 'node:url';
-import { eventTypesOf } from '@converge/contracts';
+import { boundTypes } from '@converge/contracts';
 import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, redisCache, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
 import { parseBusFaults, withFaults, type BusFaults } from '../packages/platform/src/faulty-bus.ts';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
@@ -112,7 +112,7 @@ export async function runService(service: ServiceName, env: Record<string, strin
   } else {
     definition = service === 'order' ? orderService(mode) : inventoryService(mode);
   }
-  await bus.declare(service, definition.sources.flatMap((source) => eventTypesOf(source)));
+  await bus.declare(service, boundTypes(service, definition.sources));
   const running = await startService(definition, { db, bus, log, relay: config.RELAY, ...(faulty === undefined ? {} : { faults: faulty.faultStats }) });
   const url = await running.listen(config.PORT, config.HOST);
   log.info('service ready', { url, relay: config.RELAY, sagaMode: mode });

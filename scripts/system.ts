@@ -2,8 +2,9 @@
 // Embedded mode (npm start) uses PGlite directories and the local bus; tests use the
 // same composition in memory, or against PostgreSQL and RabbitMQ. Cluster mode runs
 // one process per service instead (scripts/service.ts), with the same definitions.
+import fs from 'node:fs';
 import path from 'node:path';
-import { eventTypesOf } from '@converge/contracts';
+import { boundTypes } from '@converge/contracts';
 import {
   createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
   UnavailableError,
@@ -101,8 +102,42 @@ export type System = {
   stop(): Promise<void>;
 };
 
+// An embedded database's start-up is mostly PGlite zeroing its shared buffers (128MB
+// by default, most of the CPU of an open); a demo's tables fit in far less. Set in the
+// directory's postgresql.auto.conf, so it takes effect from the next open on.
+const embeddedSharedBuffers = '16MB';
+
+async function openEmbedded(name: string, dir: string): Promise<Db> {
+  const db = await openPglite(name, dir);
+  const [current] = await db.query<{ shared_buffers: string }>('SHOW shared_buffers');
+  if (current?.shared_buffers !== embeddedSharedBuffers) await db.exec(`ALTER SYSTEM SET shared_buffers = '${embeddedSharedBuffers}'`);
+  return db;
+}
+
+/**
+ * A new PGlite directory costs seconds of initdb, so the first start runs it once and
+ * copies the result (a cleanly closed cluster) to every directory still missing; each
+ * copy is renamed into place whole, so a crash leaves no half-made database.
+ */
+async function createDataDirs(dataDir: string, names: readonly string[]): Promise<void> {
+  const isEmpty = (dir: string) => !fs.existsSync(dir) || fs.readdirSync(dir).length === 0;
+  const missing = names.filter((name) => isEmpty(path.join(dataDir, name)));
+  if (missing.length === 0) return;
+  const template = path.join(dataDir, '.template');
+  fs.rmSync(template, { recursive: true, force: true });
+  await (await openEmbedded('template', template)).close();
+  for (const name of missing) {
+    const partial = path.join(dataDir, `.${name}.partial`);
+    fs.rmSync(partial, { recursive: true, force: true });
+    fs.cpSync(template, partial, { recursive: true });
+    fs.rmSync(path.join(dataDir, name), { recursive: true, force: true });
+    fs.renameSync(partial, path.join(dataDir, name));
+  }
+  fs.rmSync(template, { recursive: true, force: true });
+}
+
 export async function openDatabase(storage: Storage, name: string, log: Logger): Promise<Db> {
-  if (storage.kind === 'pglite') return openPglite(name, storage.dataDir === undefined ? undefined : path.join(storage.dataDir, name));
+  if (storage.kind === 'pglite') return storage.dataDir === undefined ? openPglite(name) : openEmbedded(name, path.join(storage.dataDir, name));
   const url = await ensureDatabase(storage.serverUrl, `${storage.databasePrefix}${name}`);
   return openPostgres(name, url, { log: (message, fields) => log.warn(message, fields) });
 }
@@ -117,7 +152,7 @@ export async function openBus(choice: BusChoice, storage: Storage, log: Logger):
     });
     return { bus };
   }
-  const busDb = await openPglite('bus', storage.kind === 'pglite' && storage.dataDir !== undefined ? path.join(storage.dataDir, 'bus') : undefined);
+  const busDb = storage.kind === 'pglite' && storage.dataDir !== undefined ? await openEmbedded('bus', path.join(storage.dataDir, 'bus')) : await openPglite('bus');
   if (choice.faults === undefined) return { bus: await createLocalBus(busDb), busDb };
   const bus = await createLocalBus(busDb, { faults: choice.faults });
   return { bus, busDb, faults: bus.faultStats };
@@ -125,15 +160,16 @@ export async function openBus(choice: BusChoice, storage: Storage, log: Logger):
 
 export async function startSystem(options: SystemOptions): Promise<System> {
   const log = options.log ?? silentLogger;
-  const dbs = {
-    order: await openDatabase(options.storage, 'order', log),
-    inventory: await openDatabase(options.storage, 'inventory', log),
-    payment: await openDatabase(options.storage, 'payment', log),
-    orchestrator: await openDatabase(options.storage, 'orchestrator', log),
-    query: await openDatabase(options.storage, 'query', log),
-    provider: await openDatabase(options.storage, 'provider', log),
-  };
-  const { bus, busDb, faults } = await openBus(options.bus, options.storage, log);
+  const { storage } = options;
+  if (storage.kind === 'pglite' && storage.dataDir !== undefined) await createDataDirs(storage.dataDir, [...serviceNames, 'provider', 'bus']);
+  (globalThis as any).__mark?.('dirs');
+  // Opened together: an open waits on files as much as it computes.
+  const open = (name: string) => openDatabase(storage, name, log);
+  const [order, inventory, payment, orchestrator, query, providerDb, { bus, busDb, faults }] = await Promise.all([
+    open('order'), open('inventory'), open('payment'), open('orchestrator'), open('query'), open('provider'), openBus(options.bus, storage, log),
+  ]);
+  const dbs = { order, inventory, payment, orchestrator, query, provider: providerDb };
+  (globalThis as any).__mark?.('opened');
   const provider = await openSimulatedProvider(dbs.provider);
   // The services, once started: the query service reads their feeds for rebuilds.
   const started: { services?: Partial<Record<ServiceName, RunningService>> } = {};
@@ -152,13 +188,14 @@ export async function startSystem(options: SystemOptions): Promise<System> {
       ...(faults === undefined ? {} : { faults }),
     });
   // Queues are declared before any relay runs, so no early event is routed nowhere.
-  for (const name of serviceNames) await bus.declare(name, definitions[name].sources.flatMap((source) => eventTypesOf(source)));
+  for (const name of serviceNames) await bus.declare(name, boundTypes(name, definitions[name].sources));
+  (globalThis as any).__mark?.('declared');
   const services = {
-    inventory: await start('inventory'),
-    payment: await start('payment'),
-    orchestrator: await start('orchestrator'),
-    query: await start('query'),
-    order: await start('order'),
+    inventory: await start('inventory').finally(() => (globalThis as any).__mark?.('inventory')),
+    payment: await start('payment').finally(() => (globalThis as any).__mark?.('payment')),
+    orchestrator: await start('orchestrator').finally(() => (globalThis as any).__mark?.('orchestrator')),
+    query: await start('query').finally(() => (globalThis as any).__mark?.('query')),
+    order: await start('order').finally(() => (globalThis as any).__mark?.('order')),
   };
   started.services = services;
   return {

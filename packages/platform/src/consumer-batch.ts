@@ -7,6 +7,7 @@
 // untouched. If anything in the batch fails, the whole batch rolls back and the
 // consumer applies its messages one by one, where retries and dead letters work per
 // message: a bad message never takes the others down with it.
+import { previousSequence } from '@converge/contracts';
 import type { Db, Sql } from './db.ts';
 import type { Applied, BatchHandler, Handler, Message } from './consumer.ts';
 import { appendToOutbox } from './outbox.ts';
@@ -27,8 +28,9 @@ export async function runHandler(tx: Sql, consumer: string, handle: Handler, mes
 /** Keeps an early message until its predecessor has taken effect. */
 export async function holdMessage(tx: Sql, consumer: string, message: Message): Promise<void> {
   await tx.query(
-    'INSERT INTO held_messages (consumer, source, subject, sequence, envelope) VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING',
-    [consumer, message.source, message.subject, message.sequence, JSON.stringify(message)],
+    `INSERT INTO held_messages (consumer, source, subject, sequence, after_sequence, envelope)
+     VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT DO NOTHING`,
+    [consumer, message.source, message.subject, message.sequence, previousSequence(consumer, message), JSON.stringify(message)],
   );
 }
 
@@ -68,7 +70,7 @@ export async function applyBatch(
         results.push({ outcome: 'duplicate', more: false });
       } else if (message.sequence <= last) {
         results.push({ outcome: 'stale', more: false });
-      } else if (message.sequence > last + 1) {
+      } else if (previousSequence(consumer, message) > last) {
         await holdMessage(tx, consumer, message);
         results.push({ outcome: 'held', more: false });
       } else {
@@ -85,7 +87,8 @@ export async function applyBatch(
            FROM jsonb_to_recordset($2::jsonb) AS x(i int, source text, subject text, sequence int)
           WHERE p.consumer = $1 AND p.source = x.source AND p.subject = x.subject
          RETURNING x.i, EXISTS (SELECT 1 FROM held_messages h
-                                 WHERE h.consumer = $1 AND h.source = x.source AND h.subject = x.subject AND h.sequence = x.sequence + 1) AS more`,
+                                 WHERE h.consumer = $1 AND h.source = x.source AND h.subject = x.subject
+                                   AND h.sequence > x.sequence AND h.after_sequence <= x.sequence) AS more`,
         [consumer, JSON.stringify(applied)],
       );
       for (const { i, more } of advanced) {

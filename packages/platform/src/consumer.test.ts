@@ -9,6 +9,7 @@ import { startConsumer, type Consumer, type Handler, type Message } from './cons
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
 import { replayDeadLetter } from './dead-letters.ts';
 import { PermanentError } from './errors.ts';
+import { appendToOutbox, type Outgoing } from './outbox.ts';
 import { createLocalBus } from './local-bus.ts';
 import { silentLogger } from './log.ts';
 import { migrate, platformMigrations } from './migrate.ts';
@@ -88,10 +89,11 @@ describe.each(backends)('consumer on $name', (backend) => {
       await busDb.close();
     });
 
-    async function consumer(db: Db, handle: Handler, options: { name?: string; subscribe?: boolean } = {}): Promise<Consumer> {
+    async function consumer(db: Db, handle: Handler, options: { name?: string; subscribe?: boolean; sources?: string[] } = {}): Promise<Consumer> {
       const name = options.name ?? uniqueName('c');
       const backoff = { baseMs: 5, capMs: 20 };
-      const started = await startConsumer({ name, db, bus, log: silentLogger, sources: ['inventory'], handle, maxAttempts: 3, backoff }, options.subscribe ?? false);
+      const sources = options.sources ?? ['inventory'];
+      const started = await startConsumer({ name, db, bus, log: silentLogger, sources, handle, maxAttempts: 3, backoff }, options.subscribe ?? false);
       cleanups.push(() => started.stop());
       return started;
     }
@@ -181,6 +183,76 @@ describe.each(backends)('consumer on $name', (backend) => {
       expect(await effects(db)).toEqual(tag(subject, 1, 2));
       expect(await db.query('SELECT 1 FROM held_messages')).toHaveLength(0);
       expect(c.stats).toMatchObject({ applied: 2, held: 1 });
+    });
+
+    // The family rule (contracts' subscriptions.ts): the payment service binds only
+    // OrderCancelled of the order stream and inventory binds OrderCreated, OrderCancelled
+    // and OrderCompleted. The order stream here is the producer's own outbox, so the
+    // stamps are the ones a deployment publishes.
+    async function orderStream(db: Db, subject: string, types: readonly ('OrderCreated' | 'OrderFailed' | 'OrderCancelled' | 'OrderCompleted')[]): Promise<Message[]> {
+      const data = (type: string) => type === 'OrderCreated'
+        ? { orderId: subject, userId: 'alice', items: [{ productId: crypto.randomUUID(), quantity: 1, unitPrice: 100 }], totalAmount: 100, currency: 'EUR', createdAt: new Date().toISOString() }
+        : type === 'OrderCompleted' ? { orderId: subject, userId: 'alice', totalAmount: 100, currency: 'EUR' } : { orderId: subject, userId: 'alice', reason: 'test' };
+      for (const type of types) await appendToOutbox(db, { source: 'order', now: new Date() }, [{ type, subject, data: data(type) } as Outgoing]);
+      const rows = await db.query<{ envelope: Envelope }>('SELECT envelope FROM outbox WHERE subject = $1 ORDER BY sequence', [subject]);
+      return rows.map(({ envelope }) => {
+        const checked = checkEnvelope(envelope);
+        if (!checked.ok) throw new Error(checked.errors.join('; '));
+        return checked.value;
+      });
+    }
+
+    const inventoryOf = (db: Db, handle: Handler) => consumer(db, handle, { name: 'inventory', sources: ['order'] });
+
+    it('given a consumer that binds only some of a stream\'s types, when its events arrive without the others, then none waits for an event it never needed', async () => {
+      const db = await backend.open();
+      const subject = crypto.randomUUID();
+      const [created, cancelled] = await orderStream(db, subject, ['OrderCreated', 'OrderCancelled']);
+      const c = await consumer(db, recordingHandler(), { name: 'payment', sources: ['order'] });
+
+      const outcomes = [await c.process(cancelled), await c.process(created)];
+
+      expect(cancelled).toMatchObject({ sequence: 2, prevpayment: 0, previnventory: 1 });
+      expect(outcomes).toEqual(['applied', 'skipped']);
+      expect(await effects(db)).toEqual(tag(subject, 2));
+      expect(await db.query('SELECT 1 FROM held_messages')).toHaveLength(0);
+    });
+
+    it('given an event it needs lost on the way, when the next one arrives, then it is held until the lost one comes back, and both apply in order', async () => {
+      const db = await backend.open();
+      const subject = crypto.randomUUID();
+      const [created, failed, completed] = await orderStream(db, subject, ['OrderCreated', 'OrderFailed', 'OrderCompleted']);
+      const c = await inventoryOf(db, recordingHandler());
+      if (created === undefined || completed === undefined) throw new Error('no stream');
+
+      const early = await c.process(completed);
+      const held = await db.query('SELECT sequence, after_sequence FROM held_messages');
+      const late = await c.process(created);
+
+      expect(failed).not.toHaveProperty('previnventory');
+      expect([early, late]).toEqual(['held', 'applied']);
+      expect(held).toEqual([{ sequence: 3, after_sequence: 1 }]);
+      expect(await effects(db)).toEqual(tag(subject, 1, 3));
+      expect(await db.query('SELECT last_sequence FROM consumer_positions WHERE subject = $1', [subject])).toEqual([{ last_sequence: 3 }]);
+    });
+
+    it('given a family\'s events shuffled and duplicated in one delivery burst, when they are handled, then each applies once, in stream order', async () => {
+      const db = await backend.open();
+      const streams = await Promise.all(Array.from({ length: 8 }, () => crypto.randomUUID()).map(async (subject) => ({
+        subject, events: await orderStream(db, subject, ['OrderCreated', 'OrderFailed', 'OrderCancelled', 'OrderCompleted']),
+      })));
+      const c = await inventoryOf(db, recordingHandler());
+      const deliveries = streams.flatMap(({ events }) => [...events, ...events.map((e) => structuredClone(e))]);
+      deliveries.sort(() => Math.random() - 0.5);
+
+      const outcomes = await Promise.all(deliveries.map((m) => c.process(m)));
+
+      expect(outcomes.filter((o) => o === 'skipped')).toHaveLength(8 * 2);
+      await eventually(async () => ((await effects(db)).length >= 8 * 3 ? true : undefined), 5_000, 'every needed event applied');
+      const applied = await effects(db);
+      expect(applied).toHaveLength(8 * 3);
+      for (const { subject } of streams) expect(applied.filter((e) => e.startsWith(subject))).toEqual(tag(subject, 1, 3, 4));
+      await eventually(async () => ((await db.query('SELECT 1 FROM held_messages')).length === 0 ? true : undefined), 5_000, 'the hold drained');
     });
 
     it('given sequences 1 and 2 applied, when sequence 1 comes again under a new id, then it is stale and ignored', async () => {

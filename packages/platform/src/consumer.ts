@@ -14,7 +14,7 @@
 // safe in any order, and the saga retries them when no reply comes: so a parked
 // command does not hold back the later commands about its subject, and an operator's
 // replay of one runs it even after later ones took effect.
-import { checkEnvelope, eventTypesOf, isCommandType, type DomainEvent, type Envelope } from '@converge/contracts';
+import { boundTypes, checkEnvelope, isCommandType, previousSequence, type DomainEvent, type Envelope } from '@converge/contracts';
 import type { Bus, Delivery, Subscription } from './bus.ts';
 import type { Db, Sql } from './db.ts';
 import { PermanentError } from './errors.ts';
@@ -46,7 +46,11 @@ export type ConsumerOptions = {
   db: Db;
   bus: Bus;
   log: Logger;
-  /** Every event type of these sources is bound, so per-subject sequences have no holes. */
+  /**
+   * The sources it listens to. It binds the types of theirs it handles (boundTypes in
+   * contracts' subscriptions.ts) and tells a lost event from an unbound one by the
+   * previous sequence each event carries for it.
+   */
   sources: readonly string[];
   handle: Handler;
   /** Applies a batch's due messages at once (see BatchHandler); without it, `handle` runs per message. */
@@ -65,7 +69,7 @@ export type ConsumerOptions = {
   now?: () => Date;
 };
 
-export type Outcome = 'applied' | 'duplicate' | 'stale' | 'held' | 'dead-lettered';
+export type Outcome = 'applied' | 'duplicate' | 'stale' | 'held' | 'skipped' | 'dead-lettered';
 
 /** What applying one message did, and whether the subject's next message is already held. */
 export type Applied = { outcome: Outcome; more: boolean };
@@ -91,9 +95,11 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   const concurrency = options.concurrency ?? 1;
   const backoff = options.backoff ?? { baseMs: 50, capMs: 2000 };
   const now = options.now ?? (() => new Date());
-  const stats: ConsumerStats = { received: 0, applied: 0, duplicate: 0, stale: 0, held: 0, 'dead-lettered': 0, retries: 0, batches: 0, fallbacks: 0 };
+  const stats: ConsumerStats = { received: 0, applied: 0, duplicate: 0, stale: 0, held: 0, skipped: 0, 'dead-lettered': 0, retries: 0, batches: 0, fallbacks: 0 };
   const lanes = new Map<string, Promise<unknown>>();
   let stopped = false;
+  const types = boundTypes(name, options.sources);
+  const bound = new Set<string>(types);
 
   // One transaction: the effect of one message, or nothing.
   // Round trips are what a message costs, so the bookkeeping is one statement: the inbox
@@ -130,7 +136,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         if (fromHold) await tx.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [...key, message.sequence]);
         return { outcome: 'stale', more: false };
       }
-      if (message.sequence > last + 1) {
+      if (previousSequence(name, message) > last && !rerun) {
         await holdMessage(tx, name, message);
         return { outcome: 'held', more: false };
       }
@@ -142,7 +148,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
            DELETE FROM held_messages WHERE $5 AND consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4
          )
          UPDATE consumer_positions SET last_sequence = greatest(last_sequence, $4), updated_at = now() WHERE consumer = $1 AND source = $2 AND subject = $3
-         RETURNING EXISTS (SELECT 1 FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4 + 1) AS more`,
+         RETURNING EXISTS (SELECT 1 FROM held_messages
+                            WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence > $4 AND after_sequence <= $4) AS more`,
         [...key, message.sequence, fromHold],
       );
       return { outcome: 'applied', more: advanced?.more ?? false };
@@ -204,25 +211,28 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
          DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4
        ), moved AS (
          UPDATE consumer_positions SET last_sequence = $4, updated_at = now()
-          WHERE consumer = $1 AND source = $2 AND subject = $3 AND last_sequence = $4 - 1
+          WHERE consumer = $1 AND source = $2 AND subject = $3 AND last_sequence >= $5 AND last_sequence < $4
          RETURNING 1
        ), created AS (
-         INSERT INTO consumer_positions (consumer, source, subject, last_sequence) SELECT $1, $2, $3, $4 WHERE $4 = 1
+         INSERT INTO consumer_positions (consumer, source, subject, last_sequence) SELECT $1, $2, $3, $4 WHERE $5 = 0
          ON CONFLICT DO NOTHING RETURNING 1
        )
        SELECT (EXISTS (SELECT 1 FROM moved) OR EXISTS (SELECT 1 FROM created))
-          AND EXISTS (SELECT 1 FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4 + 1) AS more`,
-      [name, message.source, message.subject, message.sequence],
+          AND EXISTS (SELECT 1 FROM held_messages
+                       WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence > $4 AND after_sequence <= $4) AS more`,
+      [name, message.source, message.subject, message.sequence, previousSequence(name, message)],
     );
     return passed?.more ?? false;
   }
 
-  // After sequence n took effect, n+1 may be waiting in the hold.
+  // After sequence n took effect, the message whose predecessor is n may be waiting in
+  // the hold (a stale one found on the way is cleared by apply).
   async function drainHeld(source: string, subject: string): Promise<void> {
     for (;;) {
       const [next] = await db.query<{ envelope: Message }>(
         `SELECT h.envelope FROM held_messages h JOIN consumer_positions p USING (consumer, source, subject)
-          WHERE h.consumer = $1 AND h.source = $2 AND h.subject = $3 AND h.sequence = p.last_sequence + 1`,
+          WHERE h.consumer = $1 AND h.source = $2 AND h.subject = $3 AND h.after_sequence <= p.last_sequence
+          ORDER BY h.sequence LIMIT 1`,
         [name, source, subject],
       );
       if (next === undefined) return;
@@ -311,6 +321,12 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       return 'dead-lettered';
     }
     const message = checked.value;
+    // Only a binding left from an older topology delivers a type this consumer does not
+    // handle; it has no place in the consumer's sequence, so it is acked and left alone.
+    if (!bound.has(message.type)) {
+      stats.skipped += 1;
+      return 'skipped';
+    }
     return new Promise<Outcome>((resolve, reject) => {
       waiting.push({ message, resolve, reject });
       pump();
@@ -328,7 +344,6 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     }
   }
 
-  const types = options.sources.flatMap((source) => eventTypesOf(source));
   let subscription: Subscription | undefined;
   if (subscribe) subscription = await bus.subscribe(name, types, onDelivery, { prefetch: options.prefetch ?? 256 });
 
@@ -340,7 +355,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   async function sweepHeld(): Promise<number> {
     const ready = await db.query<{ source: string; subject: string }>(
       `SELECT DISTINCT h.source, h.subject FROM held_messages h JOIN consumer_positions p USING (consumer, source, subject)
-        WHERE h.consumer = $1 AND h.sequence = p.last_sequence + 1`,
+        WHERE h.consumer = $1 AND h.after_sequence <= p.last_sequence`,
       [name],
     );
     for (const { source, subject } of ready) {
@@ -356,6 +371,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     stats,
     process: processBody,
     applyOnce: async (message) => {
+      if (!bound.has(message.type)) return 'skipped';
       const { outcome, more } = await apply(message, false, true);
       count(outcome);
       if (more) await drainHeld(message.source, message.subject);

@@ -48,7 +48,7 @@ export async function countDeadLetters(db: Db): Promise<number> {
   return row?.n ?? 0;
 }
 
-export type ReplayResult = { id: string; outcome: 'applied' | 'duplicate' | 'stale' | 'held' | 'failed'; detail?: string };
+export type ReplayResult = { id: string; outcome: 'applied' | 'duplicate' | 'stale' | 'held' | 'skipped' | 'failed'; detail?: string };
 
 /** Replays one parked message through the consumer; records the attempt either way. */
 export async function replayDeadLetter(db: Db, consumer: Consumer, id: string, actor: string): Promise<ReplayResult> {
@@ -86,7 +86,7 @@ export async function replayDeadLetter(db: Db, consumer: Consumer, id: string, a
 
 const ReplayResultSchema = Type.Object({
   id: Type.String(),
-  outcome: Type.Union([Type.Literal('applied'), Type.Literal('duplicate'), Type.Literal('stale'), Type.Literal('held'), Type.Literal('failed')]),
+  outcome: Type.Union([Type.Literal('applied'), Type.Literal('duplicate'), Type.Literal('stale'), Type.Literal('held'), Type.Literal('skipped'), Type.Literal('failed')]),
   detail: Type.Optional(Type.String()),
 });
 

@@ -52,11 +52,15 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     return s;
   }
 
+  // A queue is bound to exactly the types asked for: others bound before are dropped.
   async function declare(queue: string, types: readonly string[]) {
-    for (const type of types) {
-      await db.query('INSERT INTO bus_bindings (queue, routing_key) VALUES ($1, $2) ON CONFLICT DO NOTHING', [queue, type]);
-      bind(queue, type);
-    }
+    await db.query(
+      `WITH gone AS (DELETE FROM bus_bindings WHERE queue = $1 AND NOT (routing_key = ANY($2::text[])))
+       INSERT INTO bus_bindings (queue, routing_key) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING`,
+      [queue, [...types]],
+    );
+    for (const set of bindings.values()) set.delete(queue);
+    for (const type of types) bind(queue, type);
   }
 
   // Hands out ready messages to the queue's consumers up to their prefetch, oldest first.

@@ -13,7 +13,7 @@
 import { once, setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
-import type { Envelope } from '@converge/contracts';
+import { eventTypes, type Envelope } from '@converge/contracts';
 import type { Bus, Delivery } from './bus.ts';
 import { UnavailableError } from './errors.ts';
 
@@ -69,10 +69,13 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
   let closing: Promise<void> | undefined;
   let lastError: Error | undefined;
 
-  const declareOn = async (channel: Channel, name: string, types: Iterable<string>): Promise<void> => {
+  // A queue is bound to exactly the types asked for: a catalogue type it no longer
+  // handles (a deployment that narrowed its bindings) is unbound, so it stops arriving.
+  const declareOn = async (channel: Channel, name: string, types: ReadonlySet<string>): Promise<void> => {
     await channel.assertExchange(exchange, 'topic', { durable: true });
     await channel.assertQueue(name, quorum);
     for (const type of types) await channel.bindQueue(name, exchange, type);
+    for (const type of eventTypes) if (!types.has(type)) await channel.unbindQueue(name, exchange, type);
   };
 
   const recovering = await connect(options.url, {
@@ -190,7 +193,7 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
     });
     try {
       await channel.prefetch(consumer.prefetch);
-      await declareOn(channel, consumer.name, consumer.types);
+      await declareOn(channel, consumer.name, new Set(consumer.types));
       consumer.live = live;
       await channel.consume(consumer.name, (message) => {
         // null: the broker cancelled us (queue deleted, leader lost); reopen from scratch
@@ -249,7 +252,7 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
   };
 
   const remember = (name: string, types: readonly string[]): void => {
-    topology.set(name, new Set([...(topology.get(name) ?? []), ...types]));
+    topology.set(name, new Set(types));
   };
 
   const bus: Bus = {
@@ -264,7 +267,7 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
       return { queue, close: () => stop(consumer) };
     },
     declare: async (queue, types) => {
-      await withChannel((channel) => declareOn(channel, prefix + queue, types));
+      await withChannel((channel) => declareOn(channel, prefix + queue, new Set(types)));
       remember(prefix + queue, types);
     },
     // The broker counts only ready messages; deliveries held by this process's
