@@ -162,14 +162,12 @@ export async function startSystem(options: SystemOptions): Promise<System> {
   const log = options.log ?? silentLogger;
   const { storage } = options;
   if (storage.kind === 'pglite' && storage.dataDir !== undefined) await createDataDirs(storage.dataDir, [...serviceNames, 'provider', 'bus']);
-  (globalThis as any).__mark?.('dirs');
   // Opened together: an open waits on files as much as it computes.
   const open = (name: string) => openDatabase(storage, name, log);
   const [order, inventory, payment, orchestrator, query, providerDb, { bus, busDb, faults }] = await Promise.all([
     open('order'), open('inventory'), open('payment'), open('orchestrator'), open('query'), open('provider'), openBus(options.bus, storage, log),
   ]);
   const dbs = { order, inventory, payment, orchestrator, query, provider: providerDb };
-  (globalThis as any).__mark?.('opened');
   const provider = await openSimulatedProvider(dbs.provider);
   // The services, once started: the query service reads their feeds for rebuilds.
   const started: { services?: Partial<Record<ServiceName, RunningService>> } = {};
@@ -189,13 +187,12 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     });
   // Queues are declared before any relay runs, so no early event is routed nowhere.
   for (const name of serviceNames) await bus.declare(name, boundTypes(name, definitions[name].sources));
-  (globalThis as any).__mark?.('declared');
   const services = {
-    inventory: await start('inventory').finally(() => (globalThis as any).__mark?.('inventory')),
-    payment: await start('payment').finally(() => (globalThis as any).__mark?.('payment')),
-    orchestrator: await start('orchestrator').finally(() => (globalThis as any).__mark?.('orchestrator')),
-    query: await start('query').finally(() => (globalThis as any).__mark?.('query')),
-    order: await start('order').finally(() => (globalThis as any).__mark?.('order')),
+    inventory: await start('inventory'),
+    payment: await start('payment'),
+    orchestrator: await start('orchestrator'),
+    query: await start('query'),
+    order: await start('order'),
   };
   started.services = services;
   return {
