@@ -1,7 +1,7 @@
-// Cluster mode with real processes: each service is its own OS process on PostgreSQL
-// and RabbitMQ. A process is killed with SIGKILL after committing and before
-// publishing, another one in the middle of a stream of orders; restarted, the system
-// finishes every order once, and the invariant checker agrees.
+// Cluster mode with real processes: each service is its own OS process (the compiled
+// dist/service.js) on PostgreSQL and RabbitMQ. A process is killed with SIGKILL after
+// committing and before publishing, another one in the middle of a stream of orders;
+// restarted, the system finishes every order once, and the invariant checker agrees.
 import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import amqp from 'amqplib';
@@ -10,6 +10,7 @@ import { serverAvailable, servers, uniqueName } from '@converge/platform/testing
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
 import type { Bus } from '../packages/platform/src/bus.ts';
+import { builtEntry } from '../scripts/build.ts';
 import { assertInvariants, waitForQuiet, type Acknowledged, type CheckedDbs } from './invariants.ts';
 
 const up = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
@@ -27,7 +28,7 @@ const env = {
 const processes = new Map<Name, ChildProcess>();
 
 async function launch(name: Name, extra: Record<string, string> = {}): Promise<void> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/service.ts', name], {
+  const child = spawn(process.execPath, ['--enable-source-maps', await builtEntry('service'), name], {
     env: { ...process.env, ...env, PORT: String(ports[name]), ...extra }, stdio: ['ignore', 'ignore', 'inherit'],
   });
   processes.set(name, child);

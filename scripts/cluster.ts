@@ -3,17 +3,19 @@
 // a short backoff), as a process manager would. The demo catalogue and users are
 // seeded over HTTP once everything is ready. Configuration is the environment (see
 // scripts/service.ts); ORDER_INSTANCES=2 etc. run more instances of a service, on
-// ports base + 100·i.
+// ports base + 100·i. Each process runs its compiled bundle (dist/service.js,
+// dist/gateway.js), built first if a source changed.
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, setting } from '@converge/platform';
+import { builtEntry } from './build.ts';
 import { demoCatalogue, demoUsers } from './demo.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-type Member = { name: string; script: string; args: string[]; env: Record<string, string>; child?: ChildProcess; restarts: number };
+type Member = { name: string; entry: 'service' | 'gateway'; args: string[]; env: Record<string, string>; child?: ChildProcess; restarts: number };
 
 function readConfig() {
   try {
@@ -81,21 +83,22 @@ async function main(): Promise<void> {
       urls[service].push(`http://${config.HOST}:${port}`);
       // The query service reads the first instance's feeds for rebuilds.
       const feeds = { ORDER_URL: `http://${config.HOST}:${basePorts.order}`, INVENTORY_URL: `http://${config.HOST}:${basePorts.inventory}`, PAYMENT_URL: `http://${config.HOST}:${basePorts.payment}` };
-      members.push({ name: `${service}#${i + 1}`, script: 'scripts/service.ts', args: [service], env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds }, restarts: 0 });
+      members.push({ name: `${service}#${i + 1}`, entry: 'service', args: [service], env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds }, restarts: 0 });
     }
   }
   const first = (service: ServiceName) => urls[service][0] ?? '';
   members.push({
-    name: 'gateway', script: 'services/gateway/main.ts', args: [], restarts: 0,
+    name: 'gateway', entry: 'gateway', args: [], restarts: 0,
     env: {
       GATEWAY_PORT: String(config.GATEWAY_PORT), ORDER_URL: first('order'), INVENTORY_URL: first('inventory'),
       PAYMENT_URL: first('payment'), ORCHESTRATOR_URL: first('orchestrator'), QUERY_URL: first('query'),
     },
   });
 
+  const bundles = { service: await builtEntry('service'), gateway: await builtEntry('gateway') };
   let stopping = false;
   const start = (member: Member) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', member.script, ...member.args], {
+    const child = spawn(process.execPath, ['--enable-source-maps', bundles[member.entry], ...member.args], {
       cwd: root, env: { ...process.env, ...member.env }, stdio: ['ignore', 'inherit', 'inherit'],
     });
     member.child = child;
