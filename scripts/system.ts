@@ -116,24 +116,23 @@ async function openEmbedded(name: string, dir: string): Promise<Db> {
 
 /**
  * A new PGlite directory costs seconds of initdb, so the first start runs it once and
- * copies the result (a cleanly closed cluster) to every directory still missing; each
- * copy is renamed into place whole, so a crash leaves no half-made database.
+ * copies the result (a cleanly closed cluster) to every other directory still missing.
+ * Each is made under a temporary name and renamed into place whole, so a crash leaves
+ * no half-made database.
  */
 async function createDataDirs(dataDir: string, names: readonly string[]): Promise<void> {
   const isEmpty = (dir: string) => !fs.existsSync(dir) || fs.readdirSync(dir).length === 0;
   const missing = names.filter((name) => isEmpty(path.join(dataDir, name)));
-  if (missing.length === 0) return;
-  const template = path.join(dataDir, '.template');
-  fs.rmSync(template, { recursive: true, force: true });
-  await (await openEmbedded('template', template)).close();
+  const [first, ...others] = missing;
+  if (first === undefined) return;
+  const partial = (name: string) => path.join(dataDir, `.${name}.partial`);
+  for (const name of missing) fs.rmSync(partial(name), { recursive: true, force: true });
+  await (await openEmbedded(first, partial(first))).close();
+  for (const name of others) fs.cpSync(partial(first), partial(name), { recursive: true });
   for (const name of missing) {
-    const partial = path.join(dataDir, `.${name}.partial`);
-    fs.rmSync(partial, { recursive: true, force: true });
-    fs.cpSync(template, partial, { recursive: true });
     fs.rmSync(path.join(dataDir, name), { recursive: true, force: true });
-    fs.renameSync(partial, path.join(dataDir, name));
+    fs.renameSync(partial(name), path.join(dataDir, name));
   }
-  fs.rmSync(template, { recursive: true, force: true });
 }
 
 export async function openDatabase(storage: Storage, name: string, log: Logger): Promise<Db> {
