@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Type from 'typebox';
-import { EnvelopeSchema, catalogue, eventTypes, type EventType } from '@converge/contracts';
+import { EnvelopeSchema, boundTypes, catalogue, eventTypes, prevAttribute, subscriptions, type EventType } from '@converge/contracts';
 import { sagaModes, type SagaMode } from '@converge/platform';
 import { inventorySources } from '../services/inventory/consumers.ts';
 import { orchestratorSources } from '../services/orchestrator/consumers.ts';
@@ -32,7 +32,8 @@ const sourcesIn: Record<string, (mode: SagaMode) => readonly string[]> = {
   query: () => querySources,
 };
 const consumers = Object.entries(sourcesIn).map(([name, sources]) => ({ name, modes: sagaModes.filter((mode) => sources(mode).length > 0), sourcesIn: sources }));
-const modesConsuming = (consumer: (typeof consumers)[number], source: string) => consumer.modes.filter((mode) => consumer.sourcesIn(mode).includes(source));
+const modesConsuming = (consumer: (typeof consumers)[number], type: EventType) =>
+  consumer.modes.filter((mode) => boundTypes(consumer.name, consumer.sourcesIn(mode)).includes(type));
 
 /** Pretty JSON with a trailing newline; symbol keys (TypeBox's own) are dropped. */
 const json = (value: unknown): string => `${JSON.stringify(value, null, 2)}\n`;
@@ -54,13 +55,19 @@ const envelopeDescription = `Every message is a CloudEvents 1.0 envelope in stru
 - \`subject\`: the entity id (an order or product id) and the ordering key.
 - \`sequence\`: the version of the subject's stream at its source. Per source and subject, a consumer applies \
 messages in sequence order: it ignores stale ones and holds early ones until the gap is filled.
+- \`prev<consumer>\` (${Object.keys(subscriptions).map((name) => `\`${prevAttribute(name)}\``).join(', ')}): a consumer binds only the types it \
+handles, so its events of a subject have holes in \`sequence\`. Each event of a type that such a consumer binds carries, \
+for it, the sequence of the subject's previous event among the types it binds (0 when none): the consumer applies the \
+event once it has applied that one, and holds it otherwise. A consumer that binds every type of a source needs no stamp.
 - \`correlationid\`: the id of the request that started the flow, carried by every message it causes; \
 \`causationid\`: the id of the message that caused this one; \`traceparent\`: W3C trace context.
 - \`dataversion\`: the version of the \`data\` schema.
 
 Transport: RabbitMQ, one durable topic exchange \`${exchange}\` with the event type as routing key, and one \
-durable quorum queue per consuming service, \`${queueOf('<service>')}\`, bound to every type of the sources \
-it consumes. Messages are persistent and published with publisher confirms; consumers ack after their \
+durable quorum queue per consuming service, \`${queueOf('<service>')}\`, bound to the types it handles. \
+A publish of several events of one type is one broker message in CloudEvents batched mode \
+(\`application/cloudevents-batch+json\`, a JSON array of envelopes): one confirm, one delivery and one ack for the lot; \
+each envelope in it is validated and applied on its own, and a bad one is dead-lettered alone. Messages are persistent and published with publisher confirms; consumers ack after their \
 transaction commits. Embedded mode uses an in-process bus with the same semantics.`;
 
 function messageOf(type: EventType) {
@@ -84,7 +91,7 @@ function messageOf(type: EventType) {
 
 export function buildAsyncApi(): Record<string, unknown> {
   const consumersOf = (type: EventType) => consumers.flatMap((c) => {
-    const modes = modesConsuming(c, catalogue[type].source);
+    const modes = modesConsuming(c, type);
     if (modes.length === 0) return [];
     return [{ name: c.name, when: modes.length === sagaModes.length ? '' : ` (SAGA_MODE=${modes.join(', ')} only)` }];
   });

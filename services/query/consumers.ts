@@ -6,7 +6,7 @@
 // a closed gap releases, in order): each model loads the rows the batch touches in one
 // statement, folds every event onto them in memory and writes them back in one
 // statement, so a batch costs a handful of round trips rather than a handful per event.
-import type { BatchHandler, Handler, Message, ReadCache } from '@converge/platform';
+import type { Handler, Message, ReadCache, Sql } from '@converge/platform';
 import type { LagTracker, ReadModel } from './lag.ts';
 import { addUpCounts, countChanges, type CountChange } from './projections/order-counts.ts';
 import { emptySummary, evolveSummary, orderOf, summarises, type OrderSummary } from './projections/order-summary.ts';
@@ -31,7 +31,10 @@ const aboutOrders = (messages: readonly Message[]) =>
 // cache refuses; were the transaction to roll back, the keys would only miss until the
 // next write. (Invalidated after the commit instead, a read carrying a consistency
 // token could meet the old cached value in between.)
-export const projectBatch = (lag: LagTracker, cache: ReadCache): BatchHandler => async (tx, messages, { now }) => {
+/** A batch handler that emits nothing: a projection only folds. */
+export type Projector = (tx: Sql, messages: readonly Message[], context: { now: Date }) => Promise<void>;
+
+export const projectBatch = (lag: LagTracker, cache: ReadCache): Projector => async (tx, messages, { now }) => {
   const changed = new Map<Message, ReadModel[]>(messages.map((m) => [m, []]));
   const orders = aboutOrders(messages);
   const orderIds = [...new Set(orders.map((o) => o.orderId))];
@@ -81,4 +84,4 @@ export const projectBatch = (lag: LagTracker, cache: ReadCache): BatchHandler =>
 };
 
 /** One event alone (retries, a drained hold, replays): the batch fold of one. */
-export const queryHandler = (project: BatchHandler): Handler => (tx, message, { now }) => project(tx, [message], { now });
+export const queryHandler = (project: Projector): Handler => (tx, message, { now }) => project(tx, [message], { now });

@@ -7,6 +7,8 @@ import type { Envelope } from '@converge/contracts';
 export type Delivery = {
   /** The parsed JSON body, or the raw text when it is not JSON (a poison message). */
   readonly body: unknown;
+  /** A batch (CloudEvents batched mode): the body is an array of envelopes; see eventsOf. */
+  readonly batch: boolean;
   /** The broker's message id property, when there is one (for dead-letter evidence). */
   readonly messageId: string | undefined;
   readonly routingKey: string;
@@ -16,6 +18,36 @@ export type Delivery = {
   /** Gives the message back to the queue for redelivery after `delayMs`. */
   nack(delayMs?: number): Promise<void>;
 };
+
+/** The CloudEvents content types: one event (structured mode) and a JSON array of events (batched mode). */
+export const eventContentType = 'application/cloudevents+json';
+export const batchContentType = 'application/cloudevents-batch+json';
+
+/**
+ * How a publish becomes broker messages: one per event type (the routing key), in the
+ * order the types first appear, each carrying its events in publish order. A subject's
+ * events of one type keep their order; across types a consumer's sequence check puts
+ * them back in order.
+ */
+export function batchesOf(messages: readonly Envelope[]): { type: string; envelopes: Envelope[] }[] {
+  const byType = new Map<string, Envelope[]>();
+  for (const message of messages) {
+    const group = byType.get(message.type);
+    if (group === undefined) byType.set(message.type, [message]);
+    else group.push(message);
+  }
+  return [...byType].map(([type, envelopes]) => ({ type, envelopes }));
+}
+
+/** The body of one broker message: a lone event as itself, several as a batch. */
+export function encodeBatch(envelopes: readonly Envelope[]): { body: string; batch: boolean } {
+  return envelopes.length === 1 ? { body: JSON.stringify(envelopes[0]), batch: false } : { body: JSON.stringify(envelopes), batch: true };
+}
+
+/** The events a delivery carries: the elements of a batch, or its body. A batch that is not an array is one poison event. */
+export function eventsOf(delivery: Pick<Delivery, 'body' | 'batch'>): unknown[] {
+  return delivery.batch && Array.isArray(delivery.body) ? (delivery.body as unknown[]) : [delivery.body];
+}
 
 export type Subscription = {
   readonly queue: string;
@@ -31,7 +63,7 @@ export type SubscribeOptions = {
 export interface Bus {
   readonly kind: 'local' | 'rabbitmq';
   /**
-   * Publishes in the given order and resolves only when the broker has taken
+   * Publishes in the given order (as batches: see batchesOf) and resolves only when the broker has taken
    * responsibility for every message (publisher confirms). Rejects if any message
    * was not confirmed; the caller then publishes them again (duplicates are harmless).
    */

@@ -10,19 +10,35 @@
 import { previousSequence } from '@converge/contracts';
 import type { Db, Sql } from './db.ts';
 import type { Applied, BatchHandler, Handler, Message } from './consumer.ts';
-import { appendToOutbox } from './outbox.ts';
+import { appendCaused, appendToOutbox, type AppendContext, type CausedEvents } from './outbox.ts';
+
+/** What a message's events carry: its correlation, and itself as their cause. */
+const causedBy = (consumer: string, message: Message, at: Date): AppendContext => ({
+  source: consumer, now: at, correlationId: message.correlationid, causationId: message.id,
+  ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
+});
 
 /** Runs the handler for one message; what it emits carries the message's correlation. */
 export async function runHandler(tx: Sql, consumer: string, handle: Handler, message: Message, at: Date): Promise<void> {
   await handle(tx, message, {
     now: at,
     emit: async (events) => {
-      await appendToOutbox(tx, {
-        source: consumer, now: at, correlationId: message.correlationid, causationId: message.id,
-        ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
-      }, events);
+      await appendToOutbox(tx, causedBy(consumer, message, at), events);
     },
   });
+}
+
+/** Runs a batch handler; everything it emitted is appended after it, in one statement. */
+export async function runBatchHandler(tx: Sql, consumer: string, handle: BatchHandler, messages: readonly Message[], at: Date): Promise<void> {
+  const caused: CausedEvents[] = [];
+  await handle(tx, messages, {
+    now: at,
+    emit: (cause, events, expectedVersion) => {
+      if (events.length === 0) return;
+      caused.push({ context: causedBy(consumer, cause, at), events, ...(expectedVersion === undefined ? {} : { expectedVersion }) });
+    },
+  });
+  await appendCaused(tx, caused);
 }
 
 /** Keeps an early message until its predecessor has taken effect. */
@@ -80,7 +96,7 @@ export async function applyBatch(
         applied.push({ i, source: message.source, subject: message.subject, sequence: message.sequence });
       }
     }
-    if (typeof handle !== 'function' && due.length > 0) await handle.batch(tx, due, { now: at });
+    if (typeof handle !== 'function' && due.length > 0) await runBatchHandler(tx, consumer, handle.batch, due, at);
     if (applied.length > 0) {
       const advanced = await tx.query<{ i: number; more: boolean }>(
         `UPDATE consumer_positions p SET last_sequence = x.sequence, updated_at = now()

@@ -5,7 +5,7 @@ import crypto from 'node:crypto';
 import { checkEnvelope, type DomainEvent, type Envelope } from '@converge/contracts';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Bus } from './bus.ts';
-import { startConsumer, type Consumer, type Handler, type Message } from './consumer.ts';
+import { startConsumer, type BatchHandler, type Consumer, type Handler, type Message } from './consumer.ts';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
 import { replayDeadLetter } from './dead-letters.ts';
 import { PermanentError } from './errors.ts';
@@ -269,7 +269,7 @@ describe.each(backends)('consumer on $name', (backend) => {
       expect(c.stats).toMatchObject({ applied: 2, stale: 1 });
     });
 
-    it('given poison messages among good ones on the bus, when consumed, then each is dead-lettered as invalid and the other subject flows', async () => {
+    it('given poison messages among good ones in one batch on the bus, when consumed, then each is dead-lettered alone as invalid and the other subject flows', async () => {
       const db = await backend.open();
       const c = await consumer(db, recordingHandler(), { subscribe: true });
       const [bad, good] = [crypto.randomUUID(), crypto.randomUUID()];
@@ -471,6 +471,37 @@ describe.each(backends)('consumer on $name', (backend) => {
       const emitted = rows[0]?.envelope;
       expect(emitted).toMatchObject({ source: 'payment', type: 'PaymentProcessed', subject: orderId, sequence: 1, causationid: reserved.id, correlationid: reserved.correlationid });
       expect(checkEnvelope(emitted).ok).toBe(true);
+    });
+
+    it('given a batch handler that emits, when 30 messages on 30 subjects arrive at once and one more alone, then each cause gets its event, appended together per batch', async () => {
+      const db = await backend.open();
+      const name = uniqueName('c');
+      const seen: number[] = [];
+      const handleBatch: BatchHandler = async (tx, messages, { emit }) => {
+        seen.push(messages.length);
+        await tx.query('INSERT INTO effects (subject, sequence, message_id) SELECT s, 1, i FROM unnest($1::text[], $2::text[]) AS t(s, i)',
+          [messages.map((m) => m.subject), messages.map((m) => m.id)]);
+        for (const m of messages) {
+          emit(m, [{ type: 'StockAdjusted', subject: m.subject, data: { productId: m.subject, delta: 1, reason: 'restock', stockQuantity: 1, reserved: 0, sold: 0 } }]);
+        }
+      };
+      const started = await startConsumer({ name, db, bus, log: silentLogger, sources: ['inventory'], handleBatch }, false);
+      cleanups.push(() => started.stop());
+      const messages = Array.from({ length: 30 }, () => stockAdjusted(crypto.randomUUID(), 1));
+
+      const outcomes = await Promise.all(messages.map((m) => started.process(m)));
+      const alone = stockAdjusted(crypto.randomUUID(), 1);
+      const last = await started.process(alone);
+
+      expect([...new Set(outcomes), last]).toEqual(['applied', 'applied']);
+      expect(seen.length).toBeLessThan(31);
+      expect(seen.at(-1)).toBe(1);
+      const rows = await db.query<{ envelope: Envelope }>('SELECT envelope FROM outbox ORDER BY position');
+      expect(rows.map((r) => r.envelope.causationid).sort()).toEqual([...messages, alone].map((m) => m.id).sort());
+      for (const { envelope } of rows) {
+        const cause = [...messages, alone].find((m) => m.id === envelope.causationid);
+        expect(envelope).toMatchObject({ source: name, subject: cause?.subject, sequence: 1, correlationid: cause?.correlationid });
+      }
     });
   });
 });

@@ -1,4 +1,4 @@
-// The idempotent consumer. For each delivery:
+// The idempotent consumer. For each event of a delivery (one, or a batch):
 //   validate the envelope and payload (invalid → dead letter at once, never a crash)
 //   → one transaction: inbox row (a duplicate stops here), the subject's position
 //     (stale → ignore, early → hold), the handler's effect and the events it emits
@@ -15,11 +15,11 @@
 // command does not hold back the later commands about its subject, and an operator's
 // replay of one runs it even after later ones took effect.
 import { boundTypes, checkEnvelope, isCommandType, previousSequence, type DomainEvent, type Envelope } from '@converge/contracts';
-import type { Bus, Delivery, Subscription } from './bus.ts';
+import { eventsOf, type Bus, type Delivery, type Subscription } from './bus.ts';
 import type { Db, Sql } from './db.ts';
 import { PermanentError } from './errors.ts';
 import type { Logger } from './log.ts';
-import { applyBatch, holdMessage, runHandler } from './consumer-batch.ts';
+import { applyBatch, holdMessage, runBatchHandler, runHandler } from './consumer-batch.ts';
 import type { Outgoing } from './outbox.ts';
 import { backoffDelay, sleep, type Backoff } from './retry.ts';
 
@@ -33,12 +33,23 @@ export type HandlerContext = {
 
 export type Handler = (tx: Sql, message: Message, context: HandlerContext) => Promise<void>;
 
+export type BatchContext = {
+  now: Date;
+  /**
+   * Events caused by `cause` (one of the batch's messages), appended to the outbox after
+   * the handler returns, with every other message's, in one statement. With
+   * `expectedVersion` (event-sourced streams) a concurrent writer fails the batch.
+   */
+  emit: (cause: Message, events: readonly Outgoing[], expectedVersion?: number) => void;
+};
+
 /**
- * Applies the messages of a batch that are due, in order, in one go: for a projection,
- * whose cost per message is otherwise its round trips (load, save, invalidate). It must
- * have the effect of `handle` on each message in turn, and it cannot emit.
+ * Applies the messages of a batch that are due, in order, in one go: it loads what they
+ * touch in one statement per table, decides message by message in memory and writes
+ * back in one statement per table. It must have the effect of `handle` on each message
+ * in turn; without `handle`, a message applied alone is a batch of one.
  */
-export type BatchHandler = (tx: Sql, messages: readonly Message[], context: { now: Date }) => Promise<void>;
+export type BatchHandler = (tx: Sql, messages: readonly Message[], context: BatchContext) => Promise<void>;
 
 export type ConsumerOptions = {
   /** The consuming service; also its queue and the inbox's consumer name. */
@@ -52,7 +63,8 @@ export type ConsumerOptions = {
    * previous sequence each event carries for it.
    */
   sources: readonly string[];
-  handle: Handler;
+  /** Applies one message; a consumer has this, handleBatch, or both. */
+  handle?: Handler;
   /** Applies a batch's due messages at once (see BatchHandler); without it, `handle` runs per message. */
   handleBatch?: BatchHandler;
   maxAttempts?: number;
@@ -88,8 +100,14 @@ export type Consumer = {
   stop(): Promise<void>;
 };
 
+function missing(what: string): never {
+  throw new Error(what);
+}
+
 export async function startConsumer(options: ConsumerOptions, subscribe = true): Promise<Consumer> {
-  const { name, db, bus, log, handle } = options;
+  const { name, db, bus, log, handle, handleBatch } = options;
+  const batchWith: Handler | { batch: BatchHandler } = handleBatch !== undefined ? { batch: handleBatch }
+    : handle ?? missing(`consumer ${name} needs handle or handleBatch`);
   const maxAttempts = options.maxAttempts ?? 5;
   const batchSize = options.batchSize ?? 64;
   const concurrency = options.concurrency ?? 1;
@@ -140,7 +158,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         await holdMessage(tx, name, message);
         return { outcome: 'held', more: false };
       }
-      await runHandler(tx, name, handle, message, now());
+      if (handle !== undefined) await runHandler(tx, name, handle, message, now());
+      else if (handleBatch !== undefined) await runBatchHandler(tx, name, handleBatch, [message], now());
       // Advances the position, clears this message from the hold if it came from there,
       // and says whether the next one is already waiting: one statement.
       const [advanced] = await tx.query<{ more: boolean }>(
@@ -294,7 +313,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     let results: Applied[] | undefined;
     if (batch.length > 1 && !stopped) {
       try {
-        results = await applyBatch(db, name, batch.map((item) => item.message), options.handleBatch === undefined ? handle : { batch: options.handleBatch }, now());
+        results = await applyBatch(db, name, batch.map((item) => item.message), batchWith, now());
       } catch {
         // Rolled back whole; below, each message is applied alone, and the one at fault
         // is retried, logged and parked on its own.
@@ -333,9 +352,15 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     });
   }
 
+  // A batch delivery is acked when every event in it has been applied, skipped or parked
+  // (each on its own: a bad one is dead-lettered alone); if any could not even be parked,
+  // the whole batch comes back and the inbox turns the rest into duplicates.
   async function onDelivery(delivery: Delivery) {
     try {
-      await processBody(delivery.body, delivery.messageId);
+      const events = eventsOf(delivery);
+      const settled = await Promise.allSettled(events.map((body) => processBody(body, events.length === 1 ? delivery.messageId : undefined)));
+      const failed = settled.find((result) => result.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
       await delivery.ack();
     } catch (error) {
       // Only reached when even parking failed (database down): leave it to the broker.

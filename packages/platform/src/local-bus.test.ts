@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Envelope } from '@converge/contracts';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { Bus, Delivery } from './bus.ts';
+import { eventsOf, type Bus, type Delivery } from './bus.ts';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
 import { createLocalBus } from './local-bus.ts';
 import { sleep } from './retry.ts';
@@ -78,6 +78,11 @@ function envelope(type: string, subject: string = crypto.randomUUID(), sequence 
   };
 }
 
+/** One broker message per event: these tests are about deliveries, and a publish of several events of a type is one batch. */
+async function publishEach(bus: Pick<Bus, 'publish'>, messages: readonly Envelope[]): Promise<void> {
+  for (const message of messages) await bus.publish([message]);
+}
+
 /** A subscriber that records each delivery and leaves settling to the test. */
 function recorder() {
   const deliveries: Delivery[] = [];
@@ -115,7 +120,7 @@ describe.each(backends)('local bus on $name', (backend) => {
       const { bus } = await openBus(await backend.store());
       await bus.declare('stock', ['StockAdjusted']);
       const messages = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
-      await bus.publish(messages);
+      await publishEach(bus, messages);
       await sleep(200);
 
       const late = recorder();
@@ -127,6 +132,34 @@ describe.each(backends)('local bus on $name', (backend) => {
       expect(late.deliveries[0]?.body).toEqual(messages[0]);
       for (const d of late.deliveries) await d.ack();
       expect(await bus.depth('stock')).toBe(0);
+    });
+
+    it('given several events of one type in one publish, when consumed, then they arrive as one batch delivery, in order, and one ack settles them all', async () => {
+      const { bus } = await openBus(await backend.store());
+      await bus.declare('stock', ['StockAdjusted', 'ProductAdded']);
+      const adjusted = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
+      const added = envelope('ProductAdded', 'p');
+
+      await bus.publish([adjusted[0], added, ...adjusted.slice(1)].filter((m) => m !== undefined));
+      const stock = recorder();
+      await bus.subscribe('stock', ['StockAdjusted', 'ProductAdded'], stock.onDelivery);
+      await stock.count(2);
+
+      expect(stock.deliveries.map((d) => [d.routingKey, d.batch])).toEqual([['StockAdjusted', true], ['ProductAdded', false]]);
+      expect(stock.deliveries.map((d) => eventsOf(d).map((e) => (e as Envelope).id))).toEqual([adjusted.map((m) => m.id), [added.id]]);
+      expect(await bus.depth('stock')).toBe(2);
+      for (const d of stock.deliveries) await d.ack();
+      expect(await bus.depth('stock')).toBe(0);
+    });
+
+    it('given a queue declared with fewer types than before, when the old types are published, then they no longer reach it', async () => {
+      const { bus } = await openBus(await backend.store());
+      await bus.declare('stock', ['StockAdjusted', 'ProductAdded']);
+      await bus.declare('stock', ['StockAdjusted']);
+
+      await bus.publish([envelope('ProductAdded'), envelope('StockAdjusted')]);
+
+      expect(await bus.depth('stock')).toBe(1);
     });
 
     it('given a delivery held unacked, when its subscriber closes and another subscribes, then only the newcomer gets it again, marked redelivered', async () => {
@@ -157,7 +190,7 @@ describe.each(backends)('local bus on $name', (backend) => {
       const leaving = await bus.subscribe('stock', ['StockAdjusted'], a.onDelivery, { prefetch: 1 });
       await bus.subscribe('stock', ['StockAdjusted'], b.onDelivery, { prefetch: 1 });
       const messages = [envelope('StockAdjusted', 'x'), envelope('StockAdjusted', 'y')];
-      await bus.publish(messages);
+      await publishEach(bus, messages);
       await a.count(1);
       await b.count(1);
 
@@ -175,7 +208,7 @@ describe.each(backends)('local bus on $name', (backend) => {
       const [acked, unacked] = [envelope('StockAdjusted', 'a'), envelope('StockAdjusted', 'b')];
       const first = recorder();
       await before.bus.subscribe('stock', ['StockAdjusted'], first.onDelivery);
-      await before.bus.publish([acked, unacked]);
+      await publishEach(before.bus, [acked, unacked]);
       await first.count(2);
       await first.deliveries[0]?.ack();
 
@@ -236,7 +269,7 @@ describe.each(backends)('local bus on $name', (backend) => {
       const { bus } = await openBus(await backend.store());
       await bus.declare('stock', ['StockAdjusted']);
       const messages = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
-      await bus.publish(messages);
+      await publishEach(bus, messages);
       expect(await bus.depth('stock')).toBe(3);
       const one = recorder();
       await bus.subscribe('stock', ['StockAdjusted'], one.onDelivery, { prefetch: 1 });

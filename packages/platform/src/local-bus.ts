@@ -4,7 +4,8 @@
 // exactly as it would survive in a durable broker queue. Topic routing by type to
 // durable bindings, prefetch, manual ack, nack with delay, redelivery flags.
 import type { Envelope } from '@converge/contracts';
-import type { Bus, Delivery, SubscribeOptions, Subscription } from './bus.ts';
+import { batchesOf, encodeBatch, type Bus, type Delivery, type SubscribeOptions, type Subscription } from './bus.ts';
+import { countDelivery, countPublish } from './cost.ts';
 import type { Db } from './db.ts';
 import { withFaults, type BusFaults, type FaultStats } from './faulty-bus.ts';
 
@@ -12,10 +13,14 @@ export type { BusFaults } from './faulty-bus.ts';
 
 type QueueConsumer = { onDelivery: (d: Delivery) => Promise<void>; prefetch: number; closed: boolean; unacked: Set<number> };
 
+type Row = { id: number; routing_key: string; message_id: string | null; body: string; batch: boolean; deliveries: number };
+
 type QueueState = {
   inflight: Set<number>;
   consumers: QueueConsumer[];
   pumping: boolean;
+  /** Round robin over the queue's subscribers, kept across pumps. */
+  turn: number;
   again: boolean;
   timer: NodeJS.Timeout | undefined;
 };
@@ -27,7 +32,8 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     CREATE TABLE IF NOT EXISTS bus_messages (
       id bigserial PRIMARY KEY, queue text NOT NULL, routing_key text NOT NULL, message_id text,
       body text NOT NULL, available_at bigint NOT NULL, deliveries integer NOT NULL DEFAULT 0);
-    CREATE INDEX IF NOT EXISTS bus_messages_queue ON bus_messages (queue, id);`);
+    CREATE INDEX IF NOT EXISTS bus_messages_queue ON bus_messages (queue, id);
+    ALTER TABLE bus_messages ADD COLUMN IF NOT EXISTS batch boolean NOT NULL DEFAULT false;`);
   const bindings = new Map<string, Set<string>>();
   for (const row of await db.query<{ queue: string; routing_key: string }>('SELECT queue, routing_key FROM bus_bindings')) {
     bind(row.queue, row.routing_key);
@@ -46,7 +52,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
   function state(queue: string): QueueState {
     let s = queues.get(queue);
     if (s === undefined) {
-      s = { inflight: new Set(), consumers: [], pumping: false, again: false, timer: undefined };
+      s = { inflight: new Set(), consumers: [], pumping: false, turn: 0, again: false, timer: undefined };
       queues.set(queue, s);
     }
     return s;
@@ -77,18 +83,17 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
         const consumers = s.consumers.filter((c) => !c.closed);
         const capacity = consumers.reduce((sum, c) => sum + c.prefetch, 0) - s.inflight.size;
         if (closed || consumers.length === 0 || capacity <= 0) break;
-        const rows = await db.query<{ id: number; routing_key: string; message_id: string | null; body: string; deliveries: number }>(
+        const rows = await db.query<Row>(
           `UPDATE bus_messages SET deliveries = deliveries + 1
             WHERE id IN (SELECT id FROM bus_messages WHERE queue = $1 AND available_at <= $2 AND id <> ALL($3::bigint[])
                           ORDER BY id LIMIT $4)
-            RETURNING id, routing_key, message_id, body, deliveries`,
+            RETURNING id, routing_key, message_id, body, batch, deliveries`,
           [queue, Date.now(), [...s.inflight], capacity],
         );
         rows.sort((a, b) => a.id - b.id);
-        let turn = 0;
         for (const row of rows) {
           s.inflight.add(row.id);
-          const consumer = consumers[turn++ % consumers.length];
+          const consumer = consumers[s.turn++ % consumers.length];
           if (consumer !== undefined) deliver(queue, s, consumer, row);
         }
         if (rows.length === capacity) s.again = true;
@@ -100,12 +105,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     if (!closed && s.consumers.some((c) => !c.closed)) s.timer = setTimeout(() => void pump(queue), pollMs);
   }
 
-  function deliver(
-    queue: string,
-    s: QueueState,
-    consumer: QueueConsumer,
-    row: { id: number; routing_key: string; message_id: string | null; body: string; deliveries: number },
-  ) {
+  function deliver(queue: string, s: QueueState, consumer: QueueConsumer, row: Row) {
     const { onDelivery } = consumer;
     consumer.unacked.add(row.id);
     let settled = false;
@@ -123,8 +123,10 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     } catch {
       body = row.body;
     }
+    countDelivery(row.batch && Array.isArray(body) ? body.length : 1, Buffer.byteLength(row.body));
     const delivery: Delivery = {
       body,
+      batch: row.batch,
       messageId: row.message_id ?? undefined,
       routingKey: row.routing_key,
       redelivered: row.deliveries > 1,
@@ -139,17 +141,19 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     kind: 'local',
     publish: async (messages: readonly Envelope[]) => {
       if (closed) throw new Error('bus is closed');
-      const rows: { queue: string; key: string; id: string; body: string }[] = [];
-      for (const message of messages) {
-        for (const queue of bindings.get(message.type) ?? []) {
-          rows.push({ queue, key: message.type, id: message.id, body: JSON.stringify(message) });
-        }
+      const rows: { queue: string; key: string; id: string | null; body: string; batch: boolean }[] = [];
+      for (const { type, envelopes } of batchesOf(messages)) {
+        const { body, batch } = encodeBatch(envelopes);
+        countPublish(envelopes.length, Buffer.byteLength(body));
+        const id = batch ? null : (envelopes[0]?.id ?? null);
+        for (const queue of bindings.get(type) ?? []) rows.push({ queue, key: type, id, body, batch });
       }
       if (rows.length === 0) return;
       await db.query(
-        `INSERT INTO bus_messages (queue, routing_key, message_id, body, available_at)
-         SELECT q, k, i, b, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(q, k, i, b, n) ORDER BY n`,
-        [rows.map((r) => r.queue), rows.map((r) => r.key), rows.map((r) => r.id), rows.map((r) => r.body), Date.now()],
+        `INSERT INTO bus_messages (queue, routing_key, message_id, body, batch, available_at)
+         SELECT q, k, i, b, x, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[]) WITH ORDINALITY AS t(q, k, i, b, x, n)
+          ORDER BY n`,
+        [rows.map((r) => r.queue), rows.map((r) => r.key), rows.map((r) => r.id), rows.map((r) => r.body), rows.map((r) => r.batch), Date.now()],
       );
       for (const queue of new Set(rows.map((r) => r.queue))) void pump(queue);
     },

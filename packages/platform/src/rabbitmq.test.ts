@@ -5,7 +5,7 @@ import crypto from 'node:crypto';
 import { connect, type Channel, type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { Envelope } from '@converge/contracts';
-import type { Bus, Delivery } from './bus.ts';
+import { eventsOf, type Bus, type Delivery } from './bus.ts';
 import { createRabbitBus, forceDisconnect, type RabbitBusOptions } from './rabbitmq.ts';
 import { eventually, serverAvailable, servers, uniqueName } from './testing.ts';
 
@@ -27,9 +27,8 @@ function envelope(type: string, sequence: number, subject = 'order-1'): Envelope
   };
 }
 
-function sequenceOf(delivery: Delivery): number {
-  return (delivery.body as Envelope).sequence;
-}
+/** The events of the deliveries, in order (a publish of several of one type is one batch). */
+const eventsIn = (deliveries: readonly Delivery[]): Envelope[] => deliveries.flatMap((d) => eventsOf(d) as Envelope[]);
 
 function until(condition: () => boolean, what: string, timeoutMs = 15_000): Promise<true> {
   return eventually(() => Promise.resolve(condition() ? true : undefined), timeoutMs, what);
@@ -98,8 +97,9 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
     await bus.publish(sent.slice(0, 200));
     await bus.publish(sent.slice(200));
 
-    await until(() => deliveries.length === 500, '500 deliveries');
-    expect(deliveries.map(sequenceOf)).toEqual(sent.map((m) => m.sequence));
+    await until(() => eventsIn(deliveries).length === 500, '500 events');
+    expect(deliveries.map((d) => d.batch)).toEqual([true, true]);
+    expect(eventsIn(deliveries).map((e) => e.sequence)).toEqual(sent.map((m) => m.sequence));
   });
 
   it('lets concurrent callers publish big batches, each in its own order', async () => {
@@ -115,9 +115,9 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
 
     await Promise.all(batches.map((batch) => bus.publish(batch)));
 
-    await until(() => deliveries.length === 12_000, '12000 deliveries', 30_000);
+    await until(() => eventsIn(deliveries).length === 12_000, '12000 events', 30_000);
     for (const subject of subjects) {
-      const received = deliveries.filter((d) => (d.body as Envelope).subject === subject).map(sequenceOf);
+      const received = eventsIn(deliveries).filter((e) => e.subject === subject).map((e) => e.sequence);
       expect(received).toEqual(Array.from({ length: 3000 }, (_, i) => i + 1));
     }
   });
@@ -192,6 +192,38 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
     expect(deliveries.map((d) => d.routingKey)).toEqual(['OrderCreated', 'OrderCancelled']);
   });
 
+  it('sends several events of one type as one batch message (CloudEvents batched mode), with one confirm', async () => {
+    const { bus, queuePrefix } = await setup(['orders']);
+    await bus.declare('orders', ['OrderCreated', 'OrderCancelled']);
+    const created = [1, 2, 3].map((n) => envelope('OrderCreated', n));
+    const cancelled = envelope('OrderCancelled', 4);
+
+    await bus.publish([...created, cancelled]);
+
+    const probe = await admin.createChannel();
+    const first = await probe.get(queuePrefix + 'orders', { noAck: true });
+    const second = await probe.get(queuePrefix + 'orders', { noAck: true });
+    await probe.close();
+    if (first === false || second === false) throw new Error('expected two messages');
+    expect(first.properties.contentType).toBe('application/cloudevents-batch+json');
+    expect((JSON.parse(first.content.toString()) as Envelope[]).map((e) => e.id)).toEqual(created.map((m) => m.id));
+    expect([second.properties.contentType, second.properties.messageId]).toEqual(['application/cloudevents+json', cancelled.id]);
+  });
+
+  it('unbinds the types a queue is declared without', async () => {
+    const { bus } = await setup(['orders']);
+    await bus.declare('orders', ['OrderCreated', 'OrderCancelled']);
+    await bus.declare('orders', ['OrderCreated']);
+    const { deliveries, onDelivery } = collect();
+    await bus.subscribe('orders', ['OrderCreated'], onDelivery);
+
+    await bus.publish([envelope('OrderCancelled', 1)]);
+    await bus.publish([envelope('OrderCreated', 2)]);
+
+    await until(() => deliveries.length === 1, 'one delivery');
+    expect(deliveries.map((d) => d.routingKey)).toEqual(['OrderCreated']);
+  });
+
   it('declares a durable quorum queue', async () => {
     const { bus, queuePrefix } = await setup(['orders']);
     await bus.declare('orders', ['OrderCreated']);
@@ -208,7 +240,7 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
     const { bus } = await setup(['orders']);
     expect(await bus.depth('orders')).toBe(0); // not declared yet
     await bus.declare('orders', ['OrderCreated']);
-    await bus.publish([envelope('OrderCreated', 1), envelope('OrderCreated', 2), envelope('OrderCreated', 3)]);
+    for (const n of [1, 2, 3]) await bus.publish([envelope('OrderCreated', n)]);
     await eventually(async () => ((await bus.depth('orders')) === 3 ? true : undefined), 5_000, 'three waiting');
 
     const { deliveries, onDelivery } = collect();

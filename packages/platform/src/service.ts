@@ -30,10 +30,11 @@ export type ServiceDefinition<Extra = void> = {
   name: string;
   description: string;
   migrations: string;
-  /** Sources whose events this service consumes (all their types are bound). */
+  /** Sources whose events this service consumes (it binds the types it handles: contracts' subscriptions.ts). */
   sources: readonly string[];
-  handle: Handler;
-  /** The same effect as `handle` on each message, for a whole batch at once (projections). */
+  /** One message at a time; a service has this, handleBatch, or both. */
+  handle?: Handler;
+  /** The effect of `handle` on each message, for a whole batch at once (see BatchHandler). */
   handleBatch?: BatchHandler;
   routes(app: HttpApp, deps: Required<Pick<ServiceDeps, 'db' | 'log' | 'now'>> & { bus: Bus }): Extra;
   /** Work beside the consumer and the relay (the orchestrator's deadline timer). */
@@ -74,7 +75,7 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
     bus,
     log,
     sources: definition.sources,
-    handle: definition.handle,
+    ...(definition.handle === undefined ? {} : { handle: definition.handle }),
     ...(definition.handleBatch === undefined ? {} : { handleBatch: definition.handleBatch }),
     now,
     ...deps.consumer,
