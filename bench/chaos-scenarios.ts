@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import amqp from 'amqplib';
-import { catalogue, isEventType } from '@converge/contracts';
+import { boundTypes, catalogue, isEventType } from '@converge/contracts';
 import { servers } from '@converge/platform/testing';
 import type { Acknowledged } from '../e2e/invariants.ts';
 import { inventorySources } from '../services/inventory/consumers.ts';
@@ -264,12 +264,13 @@ async function poison(run: Run): Promise<Injected> {
     for (let i = 0; i < count; i++) {
       await until(run, ((i + 1) * run.seconds * 0.8) / count);
       const message = poisonMessage(i);
-      const source = isEventType(message.routingKey) ? catalogue[message.routingKey].source : '';
       channel.publish(`${run.cluster.name}.events`, message.routingKey, Buffer.from(message.body), {
         messageId: message.id, contentType: 'application/cloudevents+json', persistent: true,
       });
       await channel.waitForConfirms();
-      injected.push({ id: message.id, routingKey: message.routingKey, services: run.cluster.services.filter((s) => sourcesOf(run.cluster.sagaMode)[s].includes(source)) });
+      // Routed by type: it reaches the services that bind it, whatever its envelope says.
+      const bound = (s: ClusterService) => boundTypes(s, sourcesOf(run.cluster.sagaMode)[s]).includes(message.routingKey);
+      injected.push({ id: message.id, routingKey: message.routingKey, services: run.cluster.services.filter(bound) });
     }
   } finally {
     await connection.close().catch(() => undefined);

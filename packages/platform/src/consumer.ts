@@ -90,6 +90,8 @@ export type ConsumerStats = Record<Outcome | 'retries' | 'received' | 'batches' 
 
 export type Consumer = {
   readonly name: string;
+  /** The event types it binds (and handles). */
+  readonly types: readonly string[];
   readonly stats: ConsumerStats;
   /** Handles one message body as if delivered by the bus (tests, replay). */
   process(body: unknown, messageId?: string): Promise<Outcome>;
@@ -393,6 +395,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
 
   return {
     name,
+    types,
     stats,
     process: processBody,
     applyOnce: async (message) => {

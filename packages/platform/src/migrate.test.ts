@@ -181,7 +181,7 @@ describe.each(backends)('migrations on $name', (backend) => {
       const results = await Promise.all(instances.map((db) => migrate(db, { platform: platformMigrations, [scope]: dir })));
 
       const appliedBy = results.flat().sort();
-      expect(appliedBy).toEqual(['platform/1_messaging', 'platform/2_feed', `${scope}/10_trigger`, `${scope}/1_create`, `${scope}/2_seed`].sort());
+      expect(appliedBy).toEqual(['platform/1_messaging', 'platform/2_feed', 'platform/3_held_after', `${scope}/10_trigger`, `${scope}/1_create`, `${scope}/2_seed`].sort());
       const [first] = instances;
       if (first === undefined) throw new Error('no instance');
       expect(await values(first, scope)).toEqual([1, 2, 10]);
