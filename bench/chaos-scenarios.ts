@@ -269,7 +269,7 @@ async function poison(run: Run): Promise<Injected> {
       });
       await channel.waitForConfirms();
       // Routed by type: it reaches the services that bind it, whatever its envelope says.
-      const bound = (s: ClusterService) => boundTypes(s, sourcesOf(run.cluster.sagaMode)[s]).includes(message.routingKey);
+      const bound = (s: ClusterService) => boundTypes(s, sourcesOf(run.cluster.sagaMode)[s]).some((type) => type === message.routingKey);
       injected.push({ id: message.id, routingKey: message.routingKey, services: run.cluster.services.filter(bound) });
     }
   } finally {
