@@ -102,17 +102,8 @@ export type System = {
   stop(): Promise<void>;
 };
 
-// An embedded database's start-up is mostly PGlite zeroing its shared buffers (128MB
-// by default, most of the CPU of an open); a demo's tables fit in far less. Set in the
-// directory's postgresql.auto.conf, so it takes effect from the next open on.
-const embeddedSharedBuffers = '16MB';
-
-async function openEmbedded(name: string, dir: string): Promise<Db> {
-  const db = await openPglite(name, dir);
-  const [current] = await db.query<{ shared_buffers: string }>('SHOW shared_buffers');
-  if (current?.shared_buffers !== embeddedSharedBuffers) await db.exec(`ALTER SYSTEM SET shared_buffers = '${embeddedSharedBuffers}'`);
-  return db;
-}
+// Its shared buffers are set small by openPglite (their zeroing was most of an open).
+const openEmbedded = (name: string, dir: string): Promise<Db> => openPglite(name, dir);
 
 /**
  * A new PGlite directory costs seconds of initdb, so the first start runs it once and

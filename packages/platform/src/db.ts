@@ -30,9 +30,16 @@ const int8 = 20;
 const numeric = 1700;
 
 /** An embedded database: a directory (kept across restarts) or `memory://` for tests. */
+// Most of a PGlite open (and of its initdb) is zeroing its shared buffers, 128MB by
+// default; an embedded service's or a test's tables fit in far less.
+const pgliteStartParams = [
+  ...((PGlite as unknown as { defaultStartParams?: string[] }).defaultStartParams ?? []), '-c', 'shared_buffers=16MB',
+];
+
 export async function openPglite(name: string, dataDir?: string): Promise<Db> {
   if (dataDir !== undefined) fs.mkdirSync(dataDir, { recursive: true });
   const lite = await PGlite.create(dataDir ?? 'memory://', {
+    ...(pgliteStartParams.length > 2 ? { startParams: pgliteStartParams } : {}),
     parsers: { [int8]: (value: string) => Number(value), [numeric]: (value: string) => Number(value) },
   });
   const run = async <R extends object>(target: Pick<PGlite, 'query'>, text: string, params?: readonly unknown[]) => {
