@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { SagaMode, ServiceDefinition } from '@converge/platform';
-import { inventoryHandler, inventorySources } from './consumers.ts';
+import { inventoryBatchHandler, inventorySources } from './consumers.ts';
 import { registerInventoryRoutes } from './http.ts';
 
 export function inventoryService(mode: SagaMode): ServiceDefinition {
@@ -11,7 +11,7 @@ export function inventoryService(mode: SagaMode): ServiceDefinition {
     description: 'Products, stock and reservations. Reserves every line of an order or none.',
     migrations: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
     sources: inventorySources(mode),
-    handle: inventoryHandler(mode),
+    handleBatch: inventoryBatchHandler(mode),
     routes: (app, { db, now }) => registerInventoryRoutes(app, db, now),
   };
 }

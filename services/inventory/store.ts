@@ -1,7 +1,8 @@
 // Inventory state in its own database. Every function takes the caller's transaction,
 // so a stock move, the reservation it belongs to and the events it emits commit
-// together. Stock rows are locked in product-id order to avoid deadlocks, and every
-// update is conditional with its row count checked.
+// together. A batch locks its reservations (in order-id order), then its products (in
+// product-id order), so two batches never wait on each other in a cycle; every update
+// is conditional with its row count checked.
 import type { StockLine } from '@converge/contracts';
 import { ConflictError, type Sql } from '@converge/platform';
 import type { Move, Product, Reservation } from './inventory.ts';
@@ -67,6 +68,7 @@ export async function adjustStock(
   return toProduct(row);
 }
 
+/** Applies stock moves, at most one per product, in one statement. */
 export async function applyMoves(tx: Sql, moves: readonly Move[], now: Date): Promise<void> {
   if (moves.length === 0) return;
   const updated = await tx.query<{ product_id: string }>(
@@ -81,53 +83,63 @@ export async function applyMoves(tx: Sql, moves: readonly Move[], now: Date): Pr
   if (updated.length !== moves.length) throw new Error(`stock moves on ${moves.map((m) => m.productId).join(', ')} would break conservation`);
 }
 
-type ReservationRow = { order_id: string; status: Reservation['status']; items: StockLine[]; reason: string | null };
+type ReservationRow = {
+  order_id: string; user_id: string | null; status: Reservation['status']; items: StockLine[]; reason: string | null; release_answered: boolean;
+};
 
-export async function lockReservation(tx: Sql, orderId: string): Promise<Reservation | undefined> {
-  const [row] = await tx.query<ReservationRow>(
-    'SELECT order_id, status, items, reason FROM reservations WHERE order_id = $1 FOR UPDATE',
-    [orderId],
-  );
-  if (row === undefined) return undefined;
-  const base = { orderId: row.order_id, items: row.items };
+function toReservation(row: ReservationRow): Reservation {
+  const base = { orderId: row.order_id, userId: row.user_id, items: row.items };
   switch (row.status) {
     case 'RESERVED':
     case 'COMMITTED':
       return { ...base, status: row.status };
     case 'REJECTED':
+      return { ...base, status: row.status, reason: row.reason ?? '', answered: row.release_answered };
     case 'RELEASED':
       return { ...base, status: row.status, reason: row.reason ?? '' };
   }
 }
 
-/** Inserts the reservation; false if one exists already (a concurrent duplicate). */
-export async function insertReservation(
-  tx: Sql, reservation: Reservation, userId: string | null, now: Date,
-): Promise<boolean> {
-  const inserted = await tx.query(
-    `INSERT INTO reservations (order_id, user_id, status, items, reason, created_at, updated_at)
-     VALUES ($1, $2, $3, $4::jsonb, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING 1`,
-    [reservation.orderId, userId, reservation.status, JSON.stringify(reservation.items), 'reason' in reservation ? reservation.reason : null, now],
+/** The reservations of these orders, locked in order-id order; a missing order has none. */
+export async function lockReservations(tx: Sql, orderIds: readonly string[]): Promise<Map<string, Reservation>> {
+  const rows = await tx.query<ReservationRow>(
+    `SELECT order_id, user_id, status, items, reason, release_answered FROM reservations
+      WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE`,
+    [orderIds],
   );
-  return inserted.length === 1;
+  return new Map(rows.map((r) => [r.order_id, toReservation(r)]));
 }
 
-export async function setReservationStatus(
-  tx: Sql, orderId: string, from: Reservation['status'], to: Reservation['status'], reason: string | null, now: Date,
+/**
+ * Writes a batch's reservations in one statement: each updated only if it still has the
+ * status it was read with, each new one inserted only if no other writer got there
+ * first; anything else is a conflict and the batch rolls back.
+ */
+export async function saveReservations(
+  tx: Sql, changes: readonly { from: Reservation['status'] | undefined; to: Reservation }[], now: Date,
 ): Promise<void> {
-  const updated = await tx.query(
-    'UPDATE reservations SET status = $3, reason = coalesce($4, reason), updated_at = $5 WHERE order_id = $1 AND status = $2 RETURNING 1',
-    [orderId, from, to, reason, now],
+  if (changes.length === 0) return;
+  const rows = changes.map(({ from, to }) => ({
+    order_id: to.orderId, user_id: to.userId, status: to.status, items: to.items, from: from ?? null,
+    reason: 'reason' in to ? to.reason : null, release_answered: to.status === 'REJECTED' && to.answered,
+  }));
+  const [written] = await tx.query<{ n: number }>(
+    `WITH x AS (
+       SELECT * FROM jsonb_to_recordset($1::jsonb)
+         AS x(order_id uuid, user_id text, status text, items jsonb, reason text, release_answered boolean, "from" text)
+     ), updated AS (
+       UPDATE reservations r SET user_id = x.user_id, status = x.status, items = x.items, reason = x.reason,
+              release_answered = x.release_answered, updated_at = $2
+         FROM x WHERE r.order_id = x.order_id AND r.status = x."from"
+       RETURNING 1
+     ), inserted AS (
+       INSERT INTO reservations (order_id, user_id, status, items, reason, release_answered, created_at, updated_at)
+       SELECT order_id, user_id, status, items, reason, release_answered, $2, $2 FROM x WHERE x."from" IS NULL
+       ON CONFLICT DO NOTHING
+       RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM updated)::int + (SELECT count(*) FROM inserted)::int AS n`,
+    [JSON.stringify(rows), now],
   );
-  if (updated.length !== 1) throw new ConflictError(`reservation ${orderId} is no longer ${from}`);
-}
-
-export async function recordItems(tx: Sql, orderId: string, items: readonly StockLine[]): Promise<void> {
-  await tx.query('UPDATE reservations SET items = $2::jsonb WHERE order_id = $1', [orderId, JSON.stringify(items)]);
-}
-
-/** Whether this service already published an event of `type` about `subject`. */
-export async function hasEmitted(tx: Sql, subject: string, type: string): Promise<boolean> {
-  const [row] = await tx.query('SELECT 1 FROM outbox WHERE subject = $1 AND type = $2 LIMIT 1', [subject, type]);
-  return row !== undefined;
+  if (written?.n !== changes.length) throw new ConflictError(`reservations of ${changes.map((c) => c.to.orderId).join(', ')} were written concurrently`);
 }
