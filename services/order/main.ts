@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { SagaMode, ServiceDefinition } from '@converge/platform';
-import { orderHandler, orderSources } from './consumers.ts';
+import { orderBatchHandler, orderSources } from './consumers.ts';
 import { registerOrderRoutes } from './http.ts';
 
 export function orderService(mode: SagaMode): ServiceDefinition {
@@ -11,7 +11,7 @@ export function orderService(mode: SagaMode): ServiceDefinition {
     description: 'Accepts orders and follows each to COMPLETED, FAILED or CANCELLED.',
     migrations: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
     sources: orderSources(mode),
-    handle: orderHandler(mode),
+    handleBatch: orderBatchHandler(mode),
     routes: (app, { db, now }) => registerOrderRoutes(app, db, now),
   };
 }

@@ -1,6 +1,9 @@
-// The order event store. An order is loaded by folding its stream (its rows in the
-// outbox), decided on, and its new events appended at the expected version in the same
-// transaction that updates the folded row in `orders`. The row lock taken first
+// The order event store. An order is a stream in the outbox; `orders` holds its folded
+// state, written in the same transaction as every append, so a row's version is its
+// stream's version. One command on one order (a cancel) locks the row, folds the stream,
+// decides and appends at the expected version. A consumer batch loads the rows of every
+// order it touches in one statement (locked, in id order), decides in memory, and writes
+// them back in one; its events are appended at the versions it loaded. The row lock
 // serialises writers of one order; the (subject, sequence) key catches anything else.
 import type { Envelope } from '@converge/contracts';
 import { appendToOutbox, NotFoundError, type AppendContext, type Sql } from '@converge/platform';
@@ -45,6 +48,25 @@ async function saveOrder(tx: Sql, order: Order, now: Date): Promise<void> {
   );
 }
 
+/** The folded state of each of `orderIds` that exists, its row locked (one statement). */
+export async function loadOrders(tx: Sql, orderIds: readonly string[]): Promise<Map<string, Order>> {
+  if (orderIds.length === 0) return new Map();
+  const rows = await tx.query<OrderRow>('SELECT * FROM orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE', [orderIds]);
+  return new Map(rows.map((r) => [r.order_id, orderOf(r)]));
+}
+
+/** Writes back the state of orders that exist (one statement). */
+export async function saveOrders(tx: Sql, orders: readonly Order[], now: Date): Promise<void> {
+  const changes = orders.flatMap((o) => (o.status === 'NONE' ? [] : [{ order_id: o.orderId, status: o.status, reason: 'reason' in o ? o.reason : null, version: o.version }]));
+  if (changes.length === 0) return;
+  await tx.query(
+    `UPDATE orders o SET status = x.status, reason = x.reason, version = x.version, updated_at = $2
+       FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, reason text, version int)
+      WHERE o.order_id = x.order_id`,
+    [JSON.stringify(changes), now],
+  );
+}
+
 export type OrderView = {
   orderId: string; userId: string; status: Exclude<Order['status'], 'NONE'>; items: { productId: string; quantity: number; unitPrice: number }[];
   totalAmount: number; currency: string; reason?: string; version: number; createdAt: string; updatedAt: string;
@@ -59,6 +81,25 @@ const toView = (r: OrderRow): OrderView => ({
   orderId: r.order_id, userId: r.user_id, status: r.status, items: r.items, totalAmount: r.total_amount, currency: r.currency,
   ...(r.reason === null ? {} : { reason: r.reason }), version: r.version, createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString(),
 });
+
+function orderOf(r: OrderRow): Order {
+  const placed = {
+    orderId: r.order_id, userId: r.user_id, items: r.items, totalAmount: r.total_amount, currency: r.currency,
+    createdAt: r.created_at.toISOString(), version: r.version,
+  };
+  switch (r.status) {
+    case 'PENDING':
+    case 'COMPLETED':
+      return { ...placed, status: r.status };
+    case 'FAILED':
+    case 'CANCELLED':
+      return { ...placed, status: r.status, reason: r.reason ?? '' };
+    default: {
+      const status: never = r.status;
+      throw new Error(`order ${r.order_id} has status ${String(status)}`);
+    }
+  }
+}
 
 export async function getOrder(db: Sql, orderId: string): Promise<OrderView | undefined> {
   const [row] = await db.query<OrderRow>('SELECT * FROM orders WHERE order_id = $1', [orderId]);
@@ -98,11 +139,18 @@ export async function waitUntilPriced(db: Sql, productIds: readonly string[], ti
   }
 }
 
-export async function upsertCatalogue(tx: Sql, product: { productId: string; name: string; price: number; currency: string }): Promise<void> {
+export type Product = { productId: string; name: string; price: number; currency: string };
+
+/** Enters products into the catalogue, the last of each id winning (one statement). */
+export async function upsertCatalogue(tx: Sql, products: readonly Product[]): Promise<void> {
+  // One statement may not update a row twice, so each id goes in once.
+  const rows = [...new Map(products.map((p) => [p.productId, { product_id: p.productId, name: p.name, price: p.price, currency: p.currency }])).values()];
+  if (rows.length === 0) return;
   await tx.query(
-    `INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (product_id) DO UPDATE SET name = $2, price = $3, currency = $4`,
-    [product.productId, product.name, product.price, product.currency],
+    `INSERT INTO catalogue (product_id, name, price, currency)
+     SELECT product_id, name, price, currency FROM jsonb_to_recordset($1::jsonb) AS x(product_id uuid, name text, price bigint, currency text)
+     ON CONFLICT (product_id) DO UPDATE SET name = excluded.name, price = excluded.price, currency = excluded.currency`,
+    [JSON.stringify(rows)],
   );
 }
 
