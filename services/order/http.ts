@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import { Quantity, Uuid, UserId, type OrderLine } from '@converge/contracts';
 import { ConflictError, InvalidError, NotFoundError, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
 import Type, { type Static } from 'typebox';
-import { executeOrderCommand, getOrder, listOrders, priceLines, viewOf, type OrderView } from './store.ts';
+import { executeOrderCommand, getOrder, listOrders, placeOrder, priceLines, type OrderView } from './store.ts';
 
 export const PlaceOrder = Type.Object(
   {
@@ -89,24 +89,17 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
     const key = request.headers['idempotency-key'];
     const hash = requestHash(body);
     // A replay is rare, so it is not looked for first: it prices and places like a new
-    // order, finds its key taken at the end, rolls back and answers the first response.
+    // order, finds its key taken before writing anything and answers the first response.
     const { items, currency } = await priceOrder(db, body);
     const orderId = crypto.randomUUID();
     try {
+      // The key is claimed by the same transaction that creates the order: a request
+      // that dies leaves no claim behind, and a concurrent one with the same key waits
+      // for this commit, then finds the key taken and replays this order.
       const view = await db.transaction(async (tx) => {
-        const { order } = await executeOrderCommand(tx, orderId, { type: 'PlaceOrder', orderId, userId: body.userId, items, currency, now: at }, { source: 'order', now: at });
-        if (order.status === 'NONE') throw new Error(`order ${orderId} was not created`);
-        const created = viewOf(order, at);
-        // The key is claimed by the same transaction that creates the order: a request
-        // that dies leaves no claim behind, and a concurrent one with the same key waits
-        // here for this commit, then finds the key taken and replays this order.
-        const [claimed] = await tx.query(
-          `INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
-           VALUES ($1, $2, $3, 'done', $4, 201, $5::jsonb, $6) ON CONFLICT DO NOTHING RETURNING 1`,
-          [body.userId, key, hash, orderId, JSON.stringify(created), at],
-        );
-        if (claimed === undefined) throw new KeyTaken();
-        return created;
+        const placed = await placeOrder(tx, { type: 'PlaceOrder', orderId, userId: body.userId, items, currency, now: at }, { key, requestHash: hash }, { source: 'order', now: at });
+        if (placed === undefined) throw new KeyTaken();
+        return placed;
       });
       return await reply.code(201).header('location', `/orders/${orderId}`).header('etag', etag(view)).header(consistencyHeader, token(view)).send(view);
     } catch (error) {

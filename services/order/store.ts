@@ -36,6 +36,39 @@ export async function executeOrderCommand(
   return { order, events };
 }
 
+/** The first response under an Idempotency-Key, claimed by the transaction that places its order. */
+export type KeyClaim = { key: string; requestHash: string };
+
+/**
+ * Places a new order, claiming `claim` with its response, inside `tx`: the claim and the
+ * order's row are one statement, its OrderCreated the next. Resolves to undefined, with
+ * nothing written, when the key was taken (a concurrent request with the same key waits
+ * here for the first one's commit).
+ */
+export async function placeOrder(
+  tx: Sql, command: Extract<OrderCommand, { type: 'PlaceOrder' }>, claim: KeyClaim, context: AppendContext,
+): Promise<OrderView | undefined> {
+  // A new order's id was just drawn at random: there is no stream to load or lock.
+  const events = decide(command, initialOrder);
+  const order = events.reduce(evolve, initialOrder);
+  if (order.status === 'NONE') throw new Error(`order ${command.orderId} was not created`);
+  const view = viewOf(order, context.now);
+  const [placed] = await tx.query(
+    `WITH claimed AS (
+       INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
+       VALUES ($2, $9, $10, 'done', $1, 201, $11::jsonb, $8) ON CONFLICT DO NOTHING RETURNING order_id
+     )
+     INSERT INTO orders (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
+     SELECT order_id, $2::text, 'PENDING', $3::jsonb, $4::bigint, $5::text, NULL, $6::int, $7::timestamptz, $8::timestamptz FROM claimed
+     RETURNING 1`,
+    [order.orderId, order.userId, JSON.stringify(order.items), order.totalAmount, order.currency, order.version, order.createdAt, context.now,
+      claim.key, claim.requestHash, JSON.stringify(view)],
+  );
+  if (placed === undefined) return undefined;
+  await appendToOutbox(tx, context, events.map((e) => ({ ...e, subject: order.orderId })), initialOrder.version);
+  return view;
+}
+
 async function saveOrder(tx: Sql, order: Order, now: Date): Promise<void> {
   if (order.status === 'NONE') return;
   const reason = order.status === 'FAILED' || order.status === 'CANCELLED' ? order.reason : null;

@@ -1,0 +1,96 @@
+// Placing an order through the API on PGlite: given a priced catalogue, when POST /orders
+// comes with an Idempotency-Key, then one order, its first event and the key's response,
+// in a fixed number of statements; the same key again replays that response.
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Envelope } from '@converge/contracts';
+import { costCounters, createHttpApp, migrate, openPglite, platformMigrations, silentLogger, type Db, type HttpApp } from '@converge/platform';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { registerOrderRoutes } from './http.ts';
+
+const migrations = path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations');
+const now = new Date('2026-11-22T10:00:00.000Z');
+const beans = '00000000-0000-4000-8000-0000000000a1';
+const mill = '00000000-0000-4000-8000-0000000000b2';
+let db: Db;
+let app: HttpApp;
+
+beforeAll(async () => {
+  db = await openPglite('order-http-test');
+  await migrate(db, { platform: platformMigrations, order: migrations });
+  await db.query(`INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Beans', 500, 'EUR'), ($2, 'Mill', 9000, 'EUR')`, [beans, mill]);
+  app = await createHttpApp({ service: 'order', log: silentLogger, description: 'test', ready: () => Promise.resolve({}) });
+  registerOrderRoutes(app, db, () => now);
+  await app.ready();
+});
+afterAll(async () => {
+  await app.close();
+  await db.close();
+});
+
+const body = { userId: 'ada', items: [{ productId: beans, quantity: 2 }, { productId: mill, quantity: 1 }] };
+
+async function place(key: string, payload: object = body) {
+  const before = costCounters();
+  const response = await app.inject({ method: 'POST', url: '/orders', headers: { 'idempotency-key': key }, payload });
+  const after = costCounters();
+  return { response, statements: after.statements - before.statements, transactions: after.transactions - before.transactions };
+}
+
+const counts = async () =>
+  db.query('SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM outbox) AS events, (SELECT count(*) FROM idempotency_keys) AS keys');
+
+describe('POST /orders', () => {
+  it('given a priced catalogue, when an order is placed, then it is PENDING at server prices, its row, OrderCreated and key commit together in one transaction of two statements after the price lookup', async () => {
+    const key = crypto.randomUUID();
+
+    const { response, statements, transactions } = await place(key);
+
+    expect(response.statusCode).toBe(201);
+    const order = response.json<{ orderId: string }>();
+    expect(order).toMatchObject({
+      userId: 'ada', status: 'PENDING', totalAmount: 10_000, currency: 'EUR', version: 1, createdAt: now.toISOString(), updatedAt: now.toISOString(),
+      items: [{ productId: beans, quantity: 2, unitPrice: 500 }, { productId: mill, quantity: 1, unitPrice: 9000 }],
+    });
+    expect(response.headers).toMatchObject({ location: `/orders/${order.orderId}`, etag: `"${order.orderId}:1"` });
+    expect({ statements, transactions }).toEqual({ statements: 3, transactions: 1 });
+    expect((await app.inject({ method: 'GET', url: `/orders/${order.orderId}` })).json()).toEqual(order);
+    const stream = await db.query<{ envelope: Envelope }>('SELECT envelope FROM outbox WHERE subject = $1', [order.orderId]);
+    expect(stream.map((r) => r.envelope)).toMatchObject([{ type: 'OrderCreated', sequence: 1, source: 'order', data: { orderId: order.orderId, totalAmount: 10_000 } }]);
+    expect(await db.query('SELECT order_id, response_body FROM idempotency_keys WHERE key = $1', [key])).toEqual([{ order_id: order.orderId, response_body: order }]);
+  });
+
+  it('given an order placed under a key, when the same request comes again, then the first response is replayed and nothing more is written', async () => {
+    const key = crypto.randomUUID();
+    const first = (await place(key)).response.json<{ orderId: string }>();
+    const written = await counts();
+
+    const { response } = await place(key);
+
+    expect(response.statusCode).toBe(201);
+    expect(response.headers['idempotent-replayed']).toBe('true');
+    expect(response.json()).toEqual(first);
+    expect(await counts()).toEqual(written);
+  });
+
+  it('given two requests with one key at once, when both are placed, then one order exists and both answer it', async () => {
+    const key = crypto.randomUUID();
+
+    const [a, b] = await Promise.all([place(key), place(key)]);
+
+    expect(a.response.json()).toEqual(b.response.json());
+    const orderId = a.response.json<{ orderId: string }>().orderId;
+    expect(await db.query('SELECT 1 FROM outbox WHERE subject = $1', [orderId])).toHaveLength(1);
+  });
+
+  it('given an order placed under a key, when another body comes with that key, then 422 and the first order stays alone', async () => {
+    const key = crypto.randomUUID();
+    await place(key);
+
+    const { response } = await place(key, { ...body, items: [{ productId: beans, quantity: 3 }] });
+
+    expect(response.statusCode).toBe(422);
+    expect(await db.query('SELECT 1 FROM idempotency_keys WHERE key = $1', [key])).toHaveLength(1);
+  });
+});
