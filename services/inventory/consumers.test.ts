@@ -4,19 +4,40 @@
 import crypto from 'node:crypto';
 import type { DomainEvent, Envelope } from '@converge/contracts';
 import {
-  costCounters, createLocalBus, migrate, openPglite, platformMigrations, silentLogger, startConsumer,
-  type Consumer, type Db, type Message, type SagaMode,
+  costCounters, createLocalBus, dropDatabase, ensureDatabase, migrate, openPglite, openPostgres, platformMigrations,
+  silentLogger, startConsumer, type Consumer, type Db, type Message, type SagaMode,
 } from '@converge/platform';
-import { afterEach, describe, expect, it } from 'vitest';
+import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { inventoryService } from './main.ts';
 
+const pgUp = await serverAvailable('postgres');
 const cleanups: (() => Promise<void>)[] = [];
+const databases: string[] = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
+afterAll(async () => {
+  for (const database of databases) await dropDatabase(servers.postgres, database);
+});
+
+const backends = [
+  { name: 'pglite', up: true, open: () => openPglite('inventory-test') },
+  {
+    name: 'postgres', up: pgUp,
+    open: async () => {
+      const database = uniqueName('inventory_test');
+      databases.push(database);
+      return openPostgres('inventory-test', await ensureDatabase(servers.postgres, database));
+    },
+  },
+];
+type Backend = (typeof backends)[number];
+let backend: Backend | undefined;
 
 async function started(mode: SagaMode = 'choreography'): Promise<{ db: Db; consumer: Consumer }> {
-  const db = await openPglite('inventory-test');
+  if (backend === undefined) throw new Error('no backend');
+  const db = await backend.open();
   const busDb = await openPglite('inventory-test-bus');
   cleanups.push(() => db.close(), () => busDb.close());
   const definition = inventoryService(mode);
@@ -71,7 +92,11 @@ async function oneBatch(consumer: Consumer, pacer: Message, messages: readonly M
   return outcomes;
 }
 
-describe('the inventory consumer', () => {
+describe.each(backends)('the inventory consumer on $name', (current) => {
+  beforeAll(() => {
+    backend = current;
+  });
+  if (!current.up) return;
   it('given products, when a batch of one and a batch of 50 OrderCreated arrive, then both cost the same statements', async () => {
     const { db, consumer } = await started();
     const products = await Promise.all(Array.from({ length: 10 }, () => addProduct(db, 100)));
