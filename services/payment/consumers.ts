@@ -1,83 +1,60 @@
-// How payment reacts. Choreography (events):
+// How payment reacts, a batch at a time (the rules are payment.ts). Choreography:
 //   InventoryReserved → charge the user through the provider → PaymentProcessed | PaymentFailed
 //   OrderCancelled    → refund if charged → PaymentRefunded; before a charge, a tombstone
 // Orchestration (the saga's commands, the same rules):
 //   ProcessPayment → charge    RefundPayment → refund, or refuse the charge for good
-// A RefundPayment before any charge records the payment as FAILED and says so
-// (PaymentFailed): the saga waits for an answer, and a charge retried later finds it.
-// The provider is called inside the consumer's transaction with a payment id derived
-// from the order: if we crash after the provider answered, the retry gets the same
-// answer from it and records it once. A provider outage is a transient error (retry,
-// then dead letter); a decline is a business outcome (PaymentFailed).
-import type { HandlerContext, SagaMode, Sql } from '@converge/platform';
-import type { Handler } from '@converge/platform';
-import { decideCancel, decideCharge, paymentIdFor } from './payment.ts';
-import type { PaymentProvider } from './provider.ts';
-import { insertPayment, isCancelled, lockPayment, markRefunded, recordCancellation } from './store.ts';
+// The shell loads the batch's orders in one statement, decides each message in memory,
+// asks the provider once for the batch's refunds and once for its charges, writes back
+// in one statement and emits per message. The provider is called inside the consumer's
+// transaction with a payment id derived from the order: if we crash (or the batch fails
+// and its messages are retried alone) after the provider answered, the retry gets the
+// same answer and records it once. A provider outage is a transient error (retry, then
+// dead letter); a decline is a business outcome (PaymentFailed).
+import type { BatchHandler, Message, SagaMode } from '@converge/platform';
+import { commandOf, decide, initialState, type Decision, type Outcome, type PaymentState } from './payment.ts';
+import type { ChargeResult, PaymentProvider } from './provider.ts';
+import { loadStates, saveStates } from './store.ts';
 
 export const paymentSources = (mode: SagaMode): readonly string[] => (mode === 'choreography' ? ['inventory', 'order'] : ['orchestrator']);
 
-type ChargeRequest = { orderId: string; userId: string; amount: number; currency: string };
+type Decided = { message: Message; orderId: string; before: PaymentState; decision: Decision };
 
-async function charge(tx: Sql, provider: PaymentProvider, request: ChargeRequest, { now, emit }: HandlerContext): Promise<void> {
-  const { orderId, userId, amount, currency } = request;
-  const paymentId = paymentIdFor(orderId);
-  const decision = decideCharge(await lockPayment(tx, orderId), await isCancelled(tx, orderId));
-  if (decision.kind === 'nothing') return;
-  const result = decision.kind === 'refuse'
-    ? { status: 'declined' as const, reason: decision.reason }
-    : await provider.charge({ paymentId, userId, amount, currency });
-  if (result.status === 'approved') {
-    await insertPayment(tx, { status: 'PROCESSED', paymentId, orderId, userId, amount, currency }, now);
-    await emit([{ type: 'PaymentProcessed', subject: orderId, data: { orderId, paymentId, userId, amount, currency } }]);
-  } else {
-    await insertPayment(tx, { status: 'FAILED', paymentId, orderId, userId, amount, currency, reason: result.reason }, now);
-    await emit([{ type: 'PaymentFailed', subject: orderId, data: { orderId, paymentId, userId, amount, reason: result.reason } }]);
-  }
-}
+export function paymentBatchHandler(provider: PaymentProvider, mode: SagaMode): BatchHandler {
+  return async (tx, messages, { now, emit }) => {
+    const asked = messages.flatMap((message) => {
+      const command = commandOf(message, mode);
+      return command === undefined ? [] : [{ message, command }];
+    });
+    if (asked.length === 0) return;
+    const states = await loadStates(tx, asked.map(({ command }) => command.orderId));
+    const decided = asked.map(({ message, command }): Decided => {
+      const before = states.get(command.orderId) ?? initialState;
+      return { message, orderId: command.orderId, before, decision: decide(before, command) };
+    });
 
-/** `before`: what to record when nothing was charged yet (orchestration), or undefined for a tombstone only. */
-async function refund(
-  tx: Sql, provider: PaymentProvider, orderId: string, before: { userId: string; amount: number; currency: string; reason: string } | undefined, { now, emit }: HandlerContext,
-): Promise<void> {
-  await recordCancellation(tx, orderId, now);
-  const payment = await lockPayment(tx, orderId);
-  if (payment === undefined) {
-    if (before === undefined) return;
-    const { userId, amount, currency, reason } = before;
-    const paymentId = paymentIdFor(orderId);
-    await insertPayment(tx, { status: 'FAILED', paymentId, orderId, userId, amount, currency, reason }, now);
-    await emit([{ type: 'PaymentFailed', subject: orderId, data: { orderId, paymentId, userId, amount, reason } }]);
-    return;
-  }
-  if (decideCancel(payment).kind !== 'refund') return;
-  await provider.refund({ paymentId: payment.paymentId });
-  await markRefunded(tx, orderId, now);
-  await emit([{
-    type: 'PaymentRefunded', subject: orderId,
-    data: { orderId, paymentId: payment.paymentId, userId: payment.userId, amount: payment.amount, currency: payment.currency },
-  }]);
-}
-
-export function paymentHandler(provider: PaymentProvider, mode: SagaMode): Handler {
-  const choreography = mode === 'choreography';
-  return async (tx, message, context) => {
-    switch (message.type) {
-      case 'InventoryReserved': {
-        if (!choreography) return;
-        const { orderId, userId, totalAmount: amount, currency } = message.data;
-        return charge(tx, provider, { orderId, userId, amount, currency }, context);
+    // Refunds first: money given back in this batch can pay for a charge in it.
+    const refunds = decided.flatMap(({ decision }) => (decision.kind === 'refund' ? [{ paymentId: decision.paymentId }] : []));
+    await provider.refundMany(refunds);
+    const charges = decided.flatMap(({ decision }) => (decision.kind === 'charge' ? [decision.request] : []));
+    const results = await provider.chargeMany(charges);
+    const answers = new Map(charges.map((request, k) => [request.paymentId, results[k]]));
+    const settle = (decision: Decision): Outcome => {
+      switch (decision.kind) {
+        case 'done':
+          return decision;
+        case 'refund':
+          return decision.settle();
+        case 'charge':
+          return decision.settle(answers.get(decision.request.paymentId) ?? unanswered(decision.request.paymentId));
       }
-      case 'OrderCancelled':
-        return choreography ? refund(tx, provider, message.data.orderId, undefined, context) : undefined;
-      case 'ProcessPayment':
-        return charge(tx, provider, message.data, context);
-      case 'RefundPayment': {
-        const { orderId, reason, ...payer } = message.data;
-        return refund(tx, provider, orderId, { ...payer, reason: `cancelled before payment: ${reason}` }, context);
-      }
-      default:
-        return undefined;
-    }
+    };
+
+    const outcomes = decided.map((d) => ({ ...d, after: settle(d.decision) }));
+    await saveStates(tx, outcomes.map(({ orderId, before, after }) => ({ orderId, before, after: after.state })), now);
+    for (const { message, orderId, after } of outcomes) emit(message, after.events.map((event) => ({ ...event, subject: orderId })));
   };
+}
+
+function unanswered(paymentId: string): ChargeResult {
+  throw new Error(`the provider gave no answer for payment ${paymentId}`);
 }

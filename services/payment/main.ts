@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { migrate, type Db, type SagaMode, type ServiceDefinition } from '@converge/platform';
-import { paymentHandler, paymentSources } from './consumers.ts';
+import { paymentBatchHandler, paymentSources } from './consumers.ts';
 import { registerPaymentRoutes } from './http.ts';
 import { simulatedProvider, type SimulatedProvider } from './provider.ts';
 
@@ -20,7 +20,7 @@ export function paymentService(provider: SimulatedProvider, options: { mode: Sag
     description: 'Charges and refunds orders through the payment provider.',
     migrations: path.join(here, 'migrations'),
     sources: paymentSources(options.mode),
-    handle: paymentHandler(provider, options.mode),
+    handleBatch: paymentBatchHandler(provider, options.mode),
     routes: (app, { db }) => registerPaymentRoutes(app, db, provider, options.allowFaults ?? false),
   };
 }

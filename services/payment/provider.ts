@@ -1,17 +1,20 @@
-// The payment provider is an interface: charge and refund, both idempotent by payment
-// id, as real providers are with idempotency keys. The default implementation is
-// simulated, with per-user credit in a database of its own, so a decline is a real
-// business outcome and money is conserved. It can be told to fail or to be slow, for
-// tests and chaos runs.
+// The payment provider is an interface: charge and refund, a batch at a time, both
+// idempotent by payment id, as real providers are with idempotency keys. The default
+// implementation is simulated, with per-user credit in a database of its own, so a
+// decline is a real business outcome and money is conserved. A batch of charges is one
+// transaction: the users' credit is read once, each charge decided in memory in order,
+// everything written in one statement. It can be told to fail or to be slow (a batch is
+// one call), for tests and chaos runs.
 import type { Db } from '@converge/platform';
 import { sleep } from '@converge/platform';
 
 export type ChargeRequest = { paymentId: string; userId: string; amount: number; currency: string };
 export type ChargeResult = { status: 'approved' } | { status: 'declined'; reason: string };
 
+/** A batch of charges is answered in request order; one user's charges draw on their credit one after another. */
 export interface PaymentProvider {
-  charge(request: ChargeRequest): Promise<ChargeResult>;
-  refund(request: { paymentId: string }): Promise<void>;
+  chargeMany(requests: readonly ChargeRequest[]): Promise<ChargeResult[]>;
+  refundMany(requests: readonly { paymentId: string }[]): Promise<void>;
 }
 
 export class ProviderUnavailableError extends Error {
@@ -19,7 +22,7 @@ export class ProviderUnavailableError extends Error {
 }
 
 export type ProviderFaults = {
-  /** Every call fails as if the provider were down. */
+  /** Every call (a batch of charges or of refunds is one call) fails as if the provider were down. */
   down: boolean;
   /** The next n calls fail. */
   failNext: number;
@@ -49,45 +52,78 @@ export function simulatedProvider(db: Db): SimulatedProvider {
   return {
     db,
     faults,
-    charge: async ({ paymentId, userId, amount }) => {
+    chargeMany: async (requests) => {
+      if (requests.length === 0) return [];
       await disturb();
       return db.transaction(async (tx) => {
-        const [previous] = await tx.query<{ status: string; reason: string | null }>(
-          'SELECT status, reason FROM provider_charges WHERE payment_id = $1', [paymentId],
+        // One row per request: the first answer to its payment id, if any, and its user's
+        // credit, the accounts locked in one order (two batches of charges never deadlock).
+        const known = await tx.query<{ status: string | null; reason: string | null; credit: number | null }>(
+          `WITH accounts AS MATERIALIZED (
+             SELECT user_id, credit FROM provider_accounts WHERE user_id = ANY($2::text[]) ORDER BY user_id FOR UPDATE
+           )
+           SELECT c.status, c.reason, a.credit
+             FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS r(payment_id, user_id, i)
+             LEFT JOIN provider_charges c ON c.payment_id = r.payment_id LEFT JOIN accounts a ON a.user_id = r.user_id
+            ORDER BY r.i`,
+          [requests.map((r) => r.paymentId), requests.map((r) => r.userId)],
         );
-        if (previous !== undefined) {
-          return previous.status === 'declined' ? { status: 'declined', reason: previous.reason ?? 'declined' } : { status: 'approved' };
+        const answers = new Map<string, ChargeResult>();
+        const credit = new Map<string, number>();
+        for (const [k, { paymentId, userId }] of requests.entries()) {
+          const row = known[k];
+          if (row?.status != null) answers.set(paymentId, row.status === 'declined' ? { status: 'declined', reason: row.reason ?? 'declined' } : { status: 'approved' });
+          if (row?.credit != null && !credit.has(userId)) credit.set(userId, row.credit);
         }
-        const [debited] = await tx.query(
-          'UPDATE provider_accounts SET credit = credit - $2 WHERE user_id = $1 AND credit >= $2 RETURNING 1', [userId, amount],
-        );
-        if (debited === undefined) {
-          const [account] = await tx.query('SELECT 1 FROM provider_accounts WHERE user_id = $1', [userId]);
-          const reason = account === undefined ? 'no payment account' : 'insufficient credit';
+        // In request order, so one user's charges take their credit one after another.
+        const fresh: { payment_id: string; user_id: string; amount: number; status: 'captured' | 'declined'; reason: string | null }[] = [];
+        const results = requests.map(({ paymentId, userId, amount }): ChargeResult => {
+          const previous = answers.get(paymentId);
+          if (previous !== undefined) return previous;
+          const available = credit.get(userId);
+          const result: ChargeResult = available === undefined ? { status: 'declined', reason: 'no payment account' }
+            : available < amount ? { status: 'declined', reason: 'insufficient credit' }
+            : { status: 'approved' };
+          if (available !== undefined && result.status === 'approved') credit.set(userId, available - amount);
+          answers.set(paymentId, result);
+          fresh.push({
+            payment_id: paymentId, user_id: userId, amount,
+            status: result.status === 'approved' ? 'captured' : 'declined', reason: result.status === 'declined' ? result.reason : null,
+          });
+          return result;
+        });
+        if (fresh.length > 0) {
           await tx.query(
-            `INSERT INTO provider_charges (payment_id, user_id, amount, status, reason) VALUES ($1, $2, $3, 'declined', $4)`,
-            [paymentId, userId, amount, reason],
+            `WITH charged AS (
+               INSERT INTO provider_charges (payment_id, user_id, amount, status, reason)
+               SELECT payment_id, user_id, amount, status, reason
+                 FROM jsonb_to_recordset($1::jsonb) AS x(payment_id uuid, user_id text, amount bigint, status text, reason text)
+               RETURNING user_id, amount, status
+             ), debits AS (
+               SELECT user_id, sum(amount) AS amount FROM charged WHERE status = 'captured' GROUP BY user_id
+             )
+             UPDATE provider_accounts a SET credit = a.credit - d.amount FROM debits d WHERE a.user_id = d.user_id`,
+            [JSON.stringify(fresh)],
           );
-          return { status: 'declined', reason };
         }
-        await tx.query(`INSERT INTO provider_charges (payment_id, user_id, amount, status) VALUES ($1, $2, $3, 'captured')`, [
-          paymentId, userId, amount,
-        ]);
-        return { status: 'approved' };
+        return results;
       });
     },
-    refund: async ({ paymentId }) => {
+    refundMany: async (requests) => {
+      if (requests.length === 0) return;
       await disturb();
       if (faults.refundsDown) throw new ProviderUnavailableError('payment provider refuses refunds for now (injected)');
-      await db.transaction(async (tx) => {
-        const [charge] = await tx.query<{ user_id: string; amount: number }>(
-          `UPDATE provider_charges SET status = 'refunded' WHERE payment_id = $1 AND status = 'captured' RETURNING user_id, amount`,
-          [paymentId],
-        );
-        if (charge !== undefined) {
-          await tx.query('UPDATE provider_accounts SET credit = credit + $2 WHERE user_id = $1', [charge.user_id, charge.amount]);
-        }
-      });
+      // One statement, so atomic on its own: only a captured charge is given back, once.
+      await db.query(
+        `WITH refunded AS (
+           UPDATE provider_charges SET status = 'refunded' WHERE payment_id = ANY($1::uuid[]) AND status = 'captured'
+           RETURNING user_id, amount
+         ), credits AS (
+           SELECT user_id, sum(amount) AS amount FROM refunded GROUP BY user_id
+         )
+         UPDATE provider_accounts a SET credit = a.credit + c.amount FROM credits c WHERE a.user_id = c.user_id`,
+        [requests.map((r) => r.paymentId)],
+      );
     },
     credit: async (userId) => {
       const [row] = await db.query<{ credit: number }>('SELECT credit FROM provider_accounts WHERE user_id = $1', [userId]);
