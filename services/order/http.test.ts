@@ -61,6 +61,27 @@ describe('POST /orders', () => {
     expect(await db.query('SELECT order_id, response_body FROM idempotency_keys WHERE key = $1', [key])).toEqual([{ order_id: order.orderId, response_body: order }]);
   });
 
+  it('given products priced by an earlier order, when another order of them is placed, then no price lookup is sent', async () => {
+    await place(crypto.randomUUID());
+
+    const { response, statements } = await place(crypto.randomUUID());
+
+    expect(response.statusCode).toBe(201);
+    expect(statements).toBe(2);
+  });
+
+  it('given a product not in the catalogue, when an order of it is refused and the product arrives, then the next order of it is priced', async () => {
+    const later = crypto.randomUUID();
+    const items = [{ productId: later, quantity: 1 }];
+    expect((await place(crypto.randomUUID(), { userId: 'ada', items })).response.statusCode).toBe(422);
+
+    await db.query(`INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Grinder', 4200, 'EUR')`, [later]);
+    const { response } = await place(crypto.randomUUID(), { userId: 'ada', items });
+
+    expect(response.statusCode).toBe(201);
+    expect(response.json()).toMatchObject({ totalAmount: 4200, items: [{ productId: later, unitPrice: 4200 }] });
+  });
+
   it('given an order placed under a key, when the same request comes again, then the first response is replayed and nothing more is written', async () => {
     const key = crypto.randomUUID();
     const first = (await place(key)).response.json<{ orderId: string }>();

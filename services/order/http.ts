@@ -1,6 +1,7 @@
 // The order API. Placing an order: a key seen before replays the first response (a
 // different body under the same key gets 422); otherwise the server prices every line
-// from its catalogue (a client never sends prices), and the order's first event, its
+// from its catalogue (a client never sends prices; a product's price, once found, is
+// remembered, since it never changes), and the order's first event, its
 // row and the key with the response commit in one transaction, so a concurrent request
 // with the same key waits for it and replays it. Bad input is refused before anything
 // is written.
@@ -8,7 +9,7 @@ import crypto from 'node:crypto';
 import { Quantity, Uuid, UserId, type OrderLine } from '@converge/contracts';
 import { ConflictError, InvalidError, NotFoundError, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
 import Type, { type Static } from 'typebox';
-import { executeOrderCommand, getOrder, listOrders, placeOrder, priceLines, type OrderView } from './store.ts';
+import { cataloguePrices, executeOrderCommand, getOrder, listOrders, placeOrder, type OrderView, type Price } from './store.ts';
 
 export const PlaceOrder = Type.Object(
   {
@@ -59,10 +60,10 @@ async function replayKey(db: Db, userId: string, key: string, hash: string): Pro
   return row.response_body;
 }
 
-async function priceOrder(db: Db, body: PlaceOrder): Promise<{ items: OrderLine[]; currency: string }> {
+async function priceOrder(pricesOf: (productIds: readonly string[]) => Promise<Map<string, Price>>, body: PlaceOrder): Promise<{ items: OrderLine[]; currency: string }> {
   const ids = body.items.map((i) => i.productId);
   if (new Set(ids).size !== ids.length) throw new InvalidError('each product may appear in one line only', ['items: duplicate productId']);
-  const prices = await priceLines(db, ids);
+  const prices = await pricesOf(ids);
   const unknown = ids.filter((id) => !prices.has(id));
   if (unknown.length > 0) throw new InvalidError('unknown product', unknown.map((id) => `items: unknown product ${id}`));
   const currencies = new Set([...prices.values()].map((p) => p.currency));
@@ -75,6 +76,7 @@ async function priceOrder(db: Db, body: PlaceOrder): Promise<{ items: OrderLine[
 }
 
 export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void {
+  const prices = cataloguePrices(db);
   app.post('/orders', {
     schema: {
       tags: ['orders'],
@@ -90,7 +92,7 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
     const hash = requestHash(body);
     // A replay is rare, so it is not looked for first: it prices and places like a new
     // order, finds its key taken before writing anything and answers the first response.
-    const { items, currency } = await priceOrder(db, body);
+    const { items, currency } = await priceOrder(prices, body);
     const orderId = crypto.randomUUID();
     try {
       // The key is claimed by the same transaction that creates the order: a request

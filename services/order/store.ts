@@ -148,12 +148,39 @@ export async function listOrders(db: Sql, userId: string, limit: number, before?
   return rows.map(toView);
 }
 
-export async function priceLines(db: Sql, productIds: readonly string[]): Promise<Map<string, { price: number; currency: string }>> {
+export type Price = { price: number; currency: string };
+
+export async function priceLines(db: Sql, productIds: readonly string[]): Promise<Map<string, Price>> {
   const rows = await db.query<{ product_id: string; price: number; currency: string }>(
     'SELECT product_id, price, currency FROM catalogue WHERE product_id = ANY($1::uuid[])',
     [productIds],
   );
   return new Map(rows.map((r) => [r.product_id, { price: r.price, currency: r.currency }]));
+}
+
+/**
+ * Prices from the catalogue, remembered by this process: a product's price and currency
+ * never change once it is added (inventory emits ProductAdded once per product and
+ * refuses its id again with other attributes), so a placement whose products were all
+ * seen before sends no lookup. A product not found is looked up every time: its
+ * ProductAdded may arrive any moment. The least recently added go first beyond `maxEntries`.
+ */
+export function cataloguePrices(db: Sql, maxEntries = 10_000): (productIds: readonly string[]) => Promise<Map<string, Price>> {
+  const known = new Map<string, Price>();
+  return async (productIds) => {
+    const missing = productIds.filter((id) => !known.has(id));
+    if (missing.length > 0) {
+      for (const [id, price] of await priceLines(db, missing)) known.set(id, price);
+      for (const oldest of known.keys()) {
+        if (known.size <= maxEntries) break;
+        known.delete(oldest);
+      }
+    }
+    return new Map(productIds.flatMap((id) => {
+      const price = known.get(id);
+      return price === undefined ? [] : [[id, price] as const];
+    }));
+  };
 }
 
 /**
