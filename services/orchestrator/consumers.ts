@@ -3,18 +3,14 @@
 // success or failure, a compensation done, or something it records and ignores). The
 // saga's new state, its step log and the next command commit with the inbox row of
 // the reply, so a crash anywhere replays the reply or finds it applied, never half.
-import type { Handler } from '@converge/platform';
-import type { SagaDefinition } from '@converge/platform';
-import { advanceSaga, beginSaga } from './store.ts';
+import type { BatchHandler, Handler, SagaDefinition } from '@converge/platform';
+import { advanceSaga, applyToSagas, beginSaga, replyContext } from './store.ts';
 
 export const orchestratorSources = ['order', 'inventory', 'payment'] as const;
 
 export function sagaHandler<Data>(definition: SagaDefinition<Data>): Handler {
   return async (tx, message, { now }) => {
-    const context = {
-      source: 'orchestrator', now, correlationId: message.correlationid, causationId: message.id,
-      ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
-    };
+    const context = replyContext(message, now);
     if (message.type === definition.startedBy) {
       await beginSaga(tx, definition, message, context);
       return;
@@ -24,3 +20,7 @@ export function sagaHandler<Data>(definition: SagaDefinition<Data>): Handler {
     await advanceSaga(tx, definition, message.subject, { kind: 'reply', message }, context);
   };
 }
+
+/** The same rules for a consumer batch, in a fixed number of statements (applyToSagas). */
+export const sagaBatchHandler = <Data>(definition: SagaDefinition<Data>): BatchHandler => (tx, messages, { now }) =>
+  applyToSagas(tx, definition, messages, now);

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { validateSaga, type SagaMode, type ServiceDefinition } from '@converge/platform';
-import { orchestratorSources, sagaHandler } from './consumers.ts';
+import { orchestratorSources, sagaBatchHandler, sagaHandler } from './consumers.ts';
 import { startDeadlineTimer } from './deadlines.ts';
 import { defaultTimings, irreversibleSteps, orderFulfilment, type FulfilmentTimings } from './fulfilment.ts';
 import { registerSagaRoutes } from './http.ts';
@@ -31,6 +31,7 @@ export function orchestratorService(options: OrchestratorOptions): ServiceDefini
     migrations: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
     sources: active ? orchestratorSources : [],
     handle: sagaHandler(definition),
+    handleBatch: sagaBatchHandler(definition),
     routes: (app, { db, now }) => registerSagaRoutes(app, db, definition, { mode: options.mode, now, stuckAfterMs }),
     ...(active ? { background: ({ db, log, now }) => startDeadlineTimer({ db, definition, log, now, ...(options.tickMs === undefined ? {} : { intervalMs: options.tickMs }) }) } : {}),
     metrics: ({ db, now }) => sagaMetrics(db, () => new Date(now().getTime() - stuckAfterMs)),

@@ -4,7 +4,10 @@
 // second orchestrator instance, the deadline timer) finds the version moved and its
 // transaction fails: it retries on the new state, so the saga advances once per input.
 import type { DomainEvent } from '@converge/contracts';
-import { appendToOutbox, ConflictError, decide, evolve, startSaga, type AppendContext, type Saga, type SagaDefinition, type SagaEvent, type SagaInput, type Sql } from '@converge/platform';
+import {
+  appendCaused, appendToOutbox, ConflictError, decide, evolve, startSaga,
+  type AppendContext, type CausedEvents, type Message, type Saga, type SagaDefinition, type SagaEvent, type SagaInput, type Sql,
+} from '@converge/platform';
 
 export type SagaRow<Data> = { state: Saga<Data> };
 
@@ -38,6 +41,75 @@ async function saveSaga<Data>(tx: Sql, saga: Saga<Data>, events: readonly SagaEv
 }
 
 export type Advanced<Data> = { saga: Saga<Data>; events: SagaEvent<Data>[] };
+
+/** What a consumer message's commands carry: its cause, and the saga's correlation. */
+export const replyContext = (message: Message, now: Date): AppendContext => ({
+  source: 'orchestrator', now, correlationId: message.correlationid, causationId: message.id,
+  ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
+});
+
+/**
+ * A consumer batch, set-wise: every saga it touches loaded in one statement, each
+ * message decided in memory (a trigger starts its saga unless it exists, a reply
+ * advances it), every changed saga and its log written in one statement at the version
+ * it was read at, and every command appended in one. At most one message per saga: the
+ * consumer gives a batch one message per subject. A concurrent writer (the deadline
+ * timer, another instance) fails the whole statement, and the consumer retries each
+ * message alone.
+ */
+export async function applyToSagas<Data>(tx: Sql, definition: SagaDefinition<Data>, messages: readonly Message[], now: Date): Promise<void> {
+  const ids = messages.map((m) => (m.type === definition.startedBy ? definition.start(m).id : m.subject));
+  const rows = await tx.query<{ saga_id: string; state: Saga<Data> }>('SELECT saga_id, state FROM sagas WHERE saga_id = ANY($1::text[])', [ids]);
+  const loaded = new Map(rows.map((r) => [r.saga_id, r.state]));
+  const writes: { saga: Saga<Data>; events: SagaEvent<Data>[]; expected: number }[] = [];
+  const commands: CausedEvents[] = [];
+  for (const [i, message] of messages.entries()) {
+    const context = replyContext(message, now);
+    const current = loaded.get(ids[i] ?? '');
+    let next: Advanced<Data> & { expected: number };
+    if (message.type === definition.startedBy) {
+      if (current !== undefined) continue; // a duplicate trigger
+      const { saga: initial, events } = startSaga(definition, message, now);
+      next = { saga: events.reduce(evolve, initial), events, expected: 0 };
+    } else {
+      if (current === undefined) continue; // about something no saga covers
+      const events = decide(definition, current, { kind: 'reply', message }, now);
+      if (events.length === 0) continue;
+      next = { saga: events.reduce(evolve, current), events, expected: current.version };
+      context.correlationId = current.correlationId ?? context.correlationId ?? current.id;
+    }
+    writes.push(next);
+    const sent = next.events.flatMap((e) => (e.type === 'CommandSent' ? [e.command] : []));
+    if (sent.length > 0) commands.push({ context, events: sent });
+  }
+  if (writes.length === 0) return;
+  const input = writes.map(({ saga, events, expected }) => ({
+    saga_id: saga.id, definition: saga.definition, status: saga.status, version: saga.version, state: saga,
+    deadline_at: saga.deadlineAt, started_at: saga.startedAt, updated_at: saga.updatedAt, expected, events,
+  }));
+  const [written] = await tx.query<{ n: number }>(
+    `WITH input AS (
+       SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(saga_id text, definition text, status text, version int, state jsonb,
+              deadline_at timestamptz, started_at timestamptz, updated_at timestamptz, expected int, events jsonb)
+     ), written AS (
+       INSERT INTO sagas (saga_id, definition, status, version, state, deadline_at, started_at, updated_at)
+       SELECT saga_id, definition, status, version, state, deadline_at, started_at, updated_at FROM input
+       ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, version = excluded.version, state = excluded.state,
+              deadline_at = excluded.deadline_at, updated_at = excluded.updated_at
+        WHERE sagas.version = (SELECT i.expected FROM input i WHERE i.saga_id = sagas.saga_id)
+       RETURNING saga_id
+     ), logged AS (
+       INSERT INTO saga_log (saga_id, version, type, at, event)
+       SELECT i.saga_id, i.expected + n, e->>'type', (e->>'at')::timestamptz, e
+         FROM input i, jsonb_array_elements(i.events) WITH ORDINALITY AS t(e, n)
+        WHERE i.saga_id IN (SELECT saga_id FROM written)
+     )
+     SELECT count(*)::int AS n FROM written`,
+    [JSON.stringify(input)],
+  );
+  if ((written?.n ?? 0) !== writes.length) throw new ConflictError('a saga of this batch moved meanwhile; retrying its messages one by one');
+  await appendCaused(tx, commands);
+}
 
 /** Starts the saga a trigger event begins; nothing when it exists (a duplicate trigger). */
 export async function beginSaga<Data>(
