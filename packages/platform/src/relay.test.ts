@@ -5,7 +5,7 @@
 import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { Bus } from './bus.ts';
+import { eventsOf, type Bus } from './bus.ts';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
 import { createLocalBus } from './local-bus.ts';
 import { silentLogger } from './log.ts';
@@ -125,6 +125,18 @@ const positionOrder = async (db: Db) =>
 
 const drained = (db: Db) => async () => ((await outboxStatus(db)).backlog === 0 ? true : undefined);
 
+/** The events waiting in the audit queue (a relay batch is one broker message per type), taken and acked. */
+async function takeAll(bus: Bus, expected: number): Promise<Envelope[]> {
+  const events: Envelope[] = [];
+  const subscription = await bus.subscribe('audit', ['StockAdjusted'], async (delivery) => {
+    events.push(...(eventsOf(delivery) as Envelope[]));
+    await delivery.ack();
+  });
+  await eventually(() => Promise.resolve(events.length >= expected ? true : undefined), 15_000, `${expected} events`);
+  await subscription.close();
+  return events;
+}
+
 function sequencesBySubject(published: readonly { envelope: Envelope }[]): Map<string, number[]> {
   const bySubject = new Map<string, number[]>();
   for (const { envelope } of published) bySubject.set(envelope.subject, [...(bySubject.get(envelope.subject) ?? []), envelope.sequence]);
@@ -147,7 +159,7 @@ describe.each(backends)('relay on $name', (backend) => {
       expect(counts).toEqual([3, 3, 1, 0]);
       expect(log.published.map((p) => p.envelope.id)).toEqual(ids);
       expect(await outboxStatus(db)).toMatchObject({ backlog: 0, published: 7 });
-      expect(await bus.depth('audit')).toBe(7);
+      expect(await takeAll(bus, 7)).toHaveLength(7);
     });
 
     it('given events on three subjects, when the relay runs, then the bus receives them in position order and every row is marked published', async () => {
@@ -155,7 +167,7 @@ describe.each(backends)('relay on $name', (backend) => {
       const bus = await openBus();
       const received: Envelope[] = [];
       await bus.subscribe('audit', ['StockAdjusted'], async (delivery) => {
-        received.push(delivery.body as Envelope);
+        received.push(...(eventsOf(delivery) as Envelope[]));
         await delivery.ack();
       });
       const subjects = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
@@ -185,7 +197,7 @@ describe.each(backends)('relay on $name', (backend) => {
       expect(bus.failed).toBe(4);
       expect(log.published.map((p) => p.envelope.id)).toEqual(ids);
       expect(relay.published).toBe(24);
-      expect(await bus.depth('audit')).toBe(24);
+      expect(await takeAll(bus, 24)).toHaveLength(24);
     });
 
     it('given two relays on one database, when 2,000 events on 50 subjects arrive, then each is published once, in order per subject, never by both at once', async () => {
@@ -211,7 +223,7 @@ describe.each(backends)('relay on $name', (backend) => {
       for (const sequences of bySubject.values()) expect(sequences).toEqual(upTo(40));
       expect(log.overlaps).toEqual([]);
       expect(relays.map((r) => r.published).reduce((x, y) => x + y)).toBe(2000);
-      expect(await broker.depth('audit')).toBe(2000);
+      expect(await takeAll(broker, 2000)).toHaveLength(2000);
       expect(await positionOrder(db)).toHaveLength(2000);
     });
 
