@@ -92,11 +92,13 @@ export async function loadOrders(tx: Sql, orderIds: readonly string[]): Promise<
 export async function saveOrders(tx: Sql, orders: readonly Order[], now: Date): Promise<void> {
   const changes = orders.flatMap((o) => (o.status === 'NONE' ? [] : [{ order_id: o.orderId, status: o.status, reason: 'reason' in o ? o.reason : null, version: o.version }]));
   if (changes.length === 0) return;
+  // `= ANY($3)` gives the planner an index condition on orders itself: joined only to
+  // the recordset, a young table's stale statistics make it scan every order.
   await tx.query(
     `UPDATE orders o SET status = x.status, reason = x.reason, version = x.version, updated_at = $2
        FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, reason text, version int)
-      WHERE o.order_id = x.order_id`,
-    [JSON.stringify(changes), now],
+      WHERE o.order_id = x.order_id AND o.order_id = ANY($3::uuid[])`,
+    [JSON.stringify(changes), now, changes.map((c) => c.order_id)],
   );
 }
 

@@ -98,17 +98,23 @@ export async function applyBatch(
     }
     if (typeof handle !== 'function' && due.length > 0) await runBatchHandler(tx, consumer, handle.batch, due, at);
     if (applied.length > 0) {
-      const advanced = await tx.query<{ i: number; more: boolean }>(
-        `UPDATE consumer_positions p SET last_sequence = x.sequence, updated_at = now()
-           FROM jsonb_to_recordset($2::jsonb) AS x(i int, source text, subject text, sequence int)
-          WHERE p.consumer = $1 AND p.source = x.source AND p.subject = x.subject
-         RETURNING x.i, EXISTS (SELECT 1 FROM held_messages h
-                                 WHERE h.consumer = $1 AND h.source = x.source AND h.subject = x.subject
-                                   AND h.sequence > x.sequence AND h.after_sequence <= x.sequence) AS more`,
-        [consumer, JSON.stringify(applied)],
+      // An upsert, not UPDATE … FROM: its arbiter index is probed once per row whatever
+      // the planner believes about the table, and a young table's statistics (a handful
+      // of rows, analysed minutes ago) would otherwise turn this into a scan of every
+      // position the consumer holds. Every row exists and is locked by the claim above.
+      const advanced = await tx.query<{ source: string; subject: string; more: boolean }>(
+        `INSERT INTO consumer_positions AS p (consumer, source, subject, last_sequence)
+         SELECT $1, x.source, x.subject, x.sequence FROM jsonb_to_recordset($2::jsonb) AS x(source text, subject text, sequence int)
+         ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()
+         RETURNING p.source, p.subject, EXISTS (SELECT 1 FROM held_messages h
+                                 WHERE h.consumer = $1 AND h.source = p.source AND h.subject = p.subject
+                                   AND h.sequence > p.last_sequence AND h.after_sequence <= p.last_sequence) AS more`,
+        [consumer, JSON.stringify(applied.map(({ source, subject, sequence }) => ({ source, subject, sequence })))],
       );
-      for (const { i, more } of advanced) {
-        const result = results[i];
+      // A batch holds at most one message per subject, so (source, subject) names its message.
+      const indexOf = new Map(applied.map(({ i, source, subject }) => [`${source}\u0000${subject}`, i]));
+      for (const { source, subject, more } of advanced) {
+        const result = results[indexOf.get(`${source}\u0000${subject}`) ?? -1];
         if (result !== undefined) result.more = more;
       }
     }

@@ -20,11 +20,13 @@ export async function markPublished(tx: Sql, positions: readonly number[]): Prom
   // Two statements: the lock first, so that the second one's snapshot sees every
   // position handed out before it (a statement's snapshot predates locks it takes).
   await tx.query('SELECT pg_advisory_xact_lock($1)', [feedLock]);
+  // `= ANY($1)` lets the planner find the rows by primary key; a join to the unnest
+  // alone is planned as a scan of the whole log, which only grows.
   await tx.query(
     `UPDATE outbox o SET published_at = now(), feed_position = head.n + x.k
        FROM (SELECT coalesce(max(feed_position), 0) AS n FROM outbox) head,
             unnest($1::bigint[]) WITH ORDINALITY AS x(position, k)
-      WHERE o.position = x.position`,
+      WHERE o.position = x.position AND o.position = ANY($1::bigint[])`,
     [positions],
   );
 }
