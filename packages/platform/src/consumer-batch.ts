@@ -28,8 +28,13 @@ export async function runHandler(tx: Sql, consumer: string, handle: Handler, mes
   });
 }
 
-/** Runs a batch handler; everything it emitted is appended after it, in one statement. */
-export async function runBatchHandler(tx: Sql, consumer: string, handle: BatchHandler, messages: readonly Message[], at: Date): Promise<void> {
+/**
+ * Runs a batch handler; everything it emitted is appended after it, in one statement,
+ * left in flight (`appended`) so that it goes out with what follows it and the COMMIT.
+ */
+export async function runBatchHandler(
+  tx: Sql, consumer: string, handle: BatchHandler, messages: readonly Message[], at: Date,
+): Promise<{ appended: Promise<unknown> }> {
   const caused: CausedEvents[] = [];
   await handle(tx, messages, {
     now: at,
@@ -38,7 +43,7 @@ export async function runBatchHandler(tx: Sql, consumer: string, handle: BatchHa
       caused.push({ context: causedBy(consumer, cause, at), events, ...(expectedVersion === undefined ? {} : { expectedVersion }) });
     },
   });
-  await appendCaused(tx, caused);
+  return { appended: appendCaused(tx, caused) };
 }
 
 /** Keeps an early message until its predecessor has taken effect. */
@@ -54,7 +59,7 @@ export async function holdMessage(tx: Sql, consumer: string, message: Message): 
 export async function applyBatch(
   db: Db, consumer: string, messages: readonly Message[], handle: Handler | { batch: BatchHandler }, at: Date,
 ): Promise<Applied[]> {
-  return db.transaction(async (tx) => {
+  const { results, appended, advanced } = await db.transaction(async (tx) => {
     const input = messages.map((m, i) => ({ i, source: m.source, subject: m.subject, id: m.id, type: m.type }));
     // Entity locks are taken in subject order, so two batches never wait on each other
     // in a cycle. `pos` reads from `entity`: every lock is held before any position row.
@@ -96,28 +101,33 @@ export async function applyBatch(
         applied.push({ i, source: message.source, subject: message.subject, sequence: message.sequence });
       }
     }
-    if (typeof handle !== 'function' && due.length > 0) await runBatchHandler(tx, consumer, handle.batch, due, at);
-    if (applied.length > 0) {
-      // An upsert, not UPDATE … FROM: its arbiter index is probed once per row whatever
-      // the planner believes about the table, and a young table's statistics (a handful
-      // of rows, analysed minutes ago) would otherwise turn this into a scan of every
-      // position the consumer holds. Every row exists and is locked by the claim above.
-      const advanced = await tx.query<{ source: string; subject: string; more: boolean }>(
-        `INSERT INTO consumer_positions AS p (consumer, source, subject, last_sequence)
-         SELECT $1, x.source, x.subject, x.sequence FROM jsonb_to_recordset($2::jsonb) AS x(source text, subject text, sequence int)
-         ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()
-         RETURNING p.source, p.subject, EXISTS (SELECT 1 FROM held_messages h
-                                 WHERE h.consumer = $1 AND h.source = p.source AND h.subject = p.subject
-                                   AND h.sequence > p.last_sequence AND h.after_sequence <= p.last_sequence) AS more`,
-        [consumer, JSON.stringify(applied.map(({ source, subject, sequence }) => ({ source, subject, sequence })))],
-      );
-      // A batch holds at most one message per subject, so (source, subject) names its message.
-      const indexOf = new Map(applied.map(({ i, source, subject }) => [`${source}\u0000${subject}`, i]));
-      for (const { source, subject, more } of advanced) {
-        const result = results[indexOf.get(`${source}\u0000${subject}`) ?? -1];
-        if (result !== undefined) result.more = more;
-      }
-    }
-    return results;
+    const { appended } = typeof handle !== 'function' && due.length > 0
+      ? await runBatchHandler(tx, consumer, handle.batch, due, at) : { appended: undefined };
+    if (applied.length === 0) return { results, appended };
+    // An upsert, not UPDATE … FROM: its arbiter index is probed once per row whatever
+    // the planner believes about the table, and a young table's statistics (a handful
+    // of rows, analysed minutes ago) would otherwise turn this into a scan of every
+    // position the consumer holds. Every row exists and is locked by the claim above.
+    // Left in flight, it goes out with the COMMIT.
+    const advancing = tx.query<{ source: string; subject: string; more: boolean }>(
+      `INSERT INTO consumer_positions AS p (consumer, source, subject, last_sequence)
+       SELECT $1, x.source, x.subject, x.sequence FROM jsonb_to_recordset($2::jsonb) AS x(source text, subject text, sequence int)
+       ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()
+       RETURNING p.source, p.subject, EXISTS (SELECT 1 FROM held_messages h
+                               WHERE h.consumer = $1 AND h.source = p.source AND h.subject = p.subject
+                                 AND h.sequence > p.last_sequence AND h.after_sequence <= p.last_sequence) AS more`,
+      [consumer, JSON.stringify(applied.map(({ source, subject, sequence }) => ({ source, subject, sequence })))],
+    );
+    return { results, appended, advanced: { applied, rows: advancing } };
   });
+  await appended;
+  if (advanced !== undefined) {
+    // A batch holds at most one message per subject, so (source, subject) names its message.
+    const indexOf = new Map(advanced.applied.map(({ i, source, subject }) => [`${source}\u0000${subject}`, i]));
+    for (const { source, subject, more } of await advanced.rows) {
+      const result = results[indexOf.get(`${source}\u0000${subject}`) ?? -1];
+      if (result !== undefined) result.more = more;
+    }
+  }
+  return results;
 }

@@ -131,7 +131,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   // may find its inbox row already written when the message was held before it failed;
   // the position alone then decides.
   async function apply(message: Message, fromHold: boolean, replay = false): Promise<Applied> {
-    return db.transaction(async (tx) => {
+    const step = await db.transaction(async (tx): Promise<Applied | InFlight> => {
       const key = [name, message.source, message.subject];
       const [claim] = await tx.query<{ last: number | null }>(
         `WITH fresh AS (
@@ -160,11 +160,13 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         await holdMessage(tx, name, message);
         return { outcome: 'held', more: false };
       }
+      let appended: Promise<unknown> | undefined;
       if (handle !== undefined) await runHandler(tx, name, handle, message, now());
-      else if (handleBatch !== undefined) await runBatchHandler(tx, name, handleBatch, [message], now());
+      else if (handleBatch !== undefined) ({ appended } = await runBatchHandler(tx, name, handleBatch, [message], now()));
       // Advances the position, clears this message from the hold if it came from there,
-      // and says whether the next one is already waiting: one statement.
-      const [advanced] = await tx.query<{ more: boolean }>(
+      // and says whether the next one is already waiting: one statement, left in flight
+      // with the append before it, so both go out with the COMMIT.
+      const advancing = tx.query<{ more: boolean }>(
         `WITH unheld AS (
            DELETE FROM held_messages WHERE $5 AND consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4
          )
@@ -173,8 +175,12 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
                             WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence > $4 AND after_sequence <= $4) AS more`,
         [...key, message.sequence, fromHold],
       );
-      return { outcome: 'applied', more: advanced?.more ?? false };
+      return { advancing, appended };
     });
+    if (!('advancing' in step)) return step;
+    await step.appended;
+    const [advanced] = await step.advancing;
+    return { outcome: 'applied', more: advanced?.more ?? false };
   }
 
   async function deadLetter(body: unknown, messageId: string | undefined, reason: string, error: string, attempts: number) {
@@ -262,6 +268,9 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       if (!more) return;
     }
   }
+
+  /** An applied message whose last statements went out with the COMMIT. */
+  type InFlight = { advancing: Promise<{ more: boolean }[]>; appended: Promise<unknown> | undefined };
 
   function count(outcome: Outcome) {
     if (outcome !== 'dead-lettered') stats[outcome] += 1;

@@ -56,7 +56,21 @@ export async function openPglite(name: string, dataDir?: string): Promise<Db> {
     },
     transaction: (fn) => {
       countTransaction();
-      return lite.transaction((tx) => fn({ query: (text, params) => run(tx, text, params) }));
+      return lite.transaction(async (tx) => {
+        // As on a server: a statement the caller left in flight belongs to the transaction,
+        // and its failure rolls the whole transaction back.
+        const inFlight: Promise<unknown>[] = [];
+        const result = await fn({
+          query: <R extends object>(text: string, params?: readonly unknown[]) => {
+            const rows = run<R>(tx, text, params);
+            rows.catch(() => undefined);
+            inFlight.push(rows);
+            return rows;
+          },
+        });
+        await Promise.all(inFlight);
+        return result;
+      });
     },
     listen: async (channel, onNotify) => {
       const stop = await lite.listen(channel, () => onNotify());
@@ -86,11 +100,56 @@ function prepared(text: string, params?: readonly unknown[]): pg.QueryConfig {
   return { name, text, values: params as unknown[] };
 }
 
+// A round trip costs more than most statements here: on loopback each one wakes the
+// server and then the client again. Connections run in pipeline mode, so a transaction
+// sends BEGIN together with its first statement, and COMMIT together with whatever the
+// caller did not wait for (its last writes, typically); the server still runs them in
+// order. A statement that failed in the pipeline aborts the transaction, so the COMMIT
+// behind it rolls back, and its error is what the transaction throws.
+type Pipeline = {
+  send<R extends object>(config: pg.QueryConfig): Promise<R[]>;
+  /** Sends COMMIT behind every statement still in flight; throws the first failure among them. */
+  commit(): Promise<void>;
+  /** Waits for every statement sent (after a failure, before ROLLBACK). */
+  settle(): Promise<void>;
+};
+
+function pipelined(client: pg.PoolClient): Pipeline {
+  const begun = client.query('BEGIN');
+  begun.catch(() => undefined);
+  const inFlight = new Set<Promise<unknown>>([begun]);
+  void begun.then(() => inFlight.delete(begun), () => undefined);
+  return {
+    send: <R extends object>(config: pg.QueryConfig) => {
+      const sent = client.query<R & pg.QueryResultRow>(config);
+      inFlight.add(sent);
+      const done = () => inFlight.delete(sent);
+      sent.then(done, done);
+      // BEGIN's failure (a broken connection) is this statement's failure too.
+      const rows = (inFlight.has(begun) ? begun.then(() => sent) : sent).then((result) => result.rows as R[]);
+      // A statement left in flight reports its failure through the transaction; a caller
+      // that never awaits it (the transaction threw) must not leave a rejection unhandled.
+      rows.catch(() => undefined);
+      return rows;
+    },
+    commit: async () => {
+      const pending = [...inFlight];
+      const committed = client.query('COMMIT');
+      const outcomes = await Promise.allSettled([...pending, committed]);
+      const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+      if (failed !== undefined) throw failed.reason;
+    },
+    settle: async () => {
+      await Promise.allSettled([...inFlight]);
+    },
+  };
+}
+
 export type PostgresOptions = { max?: number; log?: (msg: string, fields?: Record<string, unknown>) => void };
 
 /** A database on a PostgreSQL server, through a connection pool. */
 export async function openPostgres(name: string, url: string, options: PostgresOptions = {}): Promise<Db> {
-  const pool = new pg.Pool({ connectionString: url, max: options.max ?? 10, types: { getTypeParser: typeParser } });
+  const pool = new pg.Pool({ connectionString: url, max: options.max ?? 10, pipeline: true, types: { getTypeParser: typeParser } });
   // An idle client whose server went away must not crash the process; the pool replaces it.
   pool.on('error', (error) => options.log?.('idle database client failed', { db: name, error: error.message }));
   // The pool listens for errors only on idle clients. A checked-out one whose server goes
@@ -117,19 +176,20 @@ export async function openPostgres(name: string, url: string, options: PostgresO
     transaction: async (fn) => {
       countTransaction();
       const tx = await pool.connect();
+      const statements = pipelined(tx);
       try {
-        await tx.query('BEGIN');
         const result = await fn({
-          query: async <R extends object>(text: string, params?: readonly unknown[]) => {
+          query: <R extends object>(text: string, params?: readonly unknown[]) => {
             countStatement();
-            return (await tx.query<R & pg.QueryResultRow>(prepared(text, params))).rows as R[];
+            return statements.send<R>(prepared(text, params));
           },
         });
-        await tx.query('COMMIT');
+        await statements.commit();
         tx.release();
         return result;
       } catch (error) {
         try {
+          await statements.settle();
           await tx.query('ROLLBACK');
           tx.release();
         } catch {

@@ -14,12 +14,16 @@ import { problems, type HttpApp } from './http.ts';
 // One key for the whole database: feed positions are a single sequence per service.
 const feedLock = 727_002;
 
-/** Marks rows published and gives them the next feed positions, in the given order. */
+/**
+ * Marks rows published and gives them the next feed positions, in the given order. Both
+ * statements go out at once (the caller may leave them in flight to its COMMIT): the
+ * server still runs them one after the other.
+ */
 export async function markPublished(tx: Sql, positions: readonly number[]): Promise<void> {
   if (positions.length === 0) return;
   // Two statements: the lock first, so that the second one's snapshot sees every
   // position handed out before it (a statement's snapshot predates locks it takes).
-  await tx.query('SELECT pg_advisory_xact_lock($1)', [feedLock]);
+  const locked = tx.query('SELECT pg_advisory_xact_lock($1)', [feedLock]);
   // `= ANY($1)` lets the planner find the rows by primary key; a join to the unnest
   // alone is planned as a scan of the whole log, which only grows.
   await tx.query(
@@ -29,6 +33,7 @@ export async function markPublished(tx: Sql, positions: readonly number[]): Prom
       WHERE o.position = x.position AND o.position = ANY($1::bigint[])`,
     [positions],
   );
+  await locked;
 }
 
 export type FeedEntry = { position: number; event: Envelope };

@@ -43,25 +43,27 @@ export async function outboxStatus(db: Db): Promise<OutboxStatus> {
 
 /** Publishes one batch; returns how many rows it published. */
 export async function relayBatch(db: Db, bus: Bus, batchSize: number): Promise<number> {
-  return db.transaction(async (tx) => {
+  const { count, marked } = await db.transaction(async (tx) => {
     // Two statements, not one: the rows must be read with a snapshot taken after the
     // partitions are locked, or a batch another relay committed while we waited for
     // its locks would still look unpublished, and go out twice.
     const partitions = await tx.query<{ partition: number }>(
       'SELECT partition FROM outbox_partitions ORDER BY partition FOR UPDATE SKIP LOCKED',
     );
-    if (partitions.length === 0) return 0;
+    if (partitions.length === 0) return { count: 0 };
     const rows = await tx.query<{ position: number; envelope: Envelope }>(
       `SELECT position, envelope FROM outbox
         WHERE published_at IS NULL AND partition = ANY($1::smallint[])
         ORDER BY position LIMIT $2`,
       [partitions.map((p) => p.partition), batchSize],
     );
-    if (rows.length === 0) return 0;
+    if (rows.length === 0) return { count: 0 };
     await bus.publish(rows.map((row) => row.envelope));
-    await markPublished(tx, rows.map((r) => r.position));
-    return rows.length;
+    // Left in flight: the marking goes out with the COMMIT, one round trip for both.
+    return { count: rows.length, marked: markPublished(tx, rows.map((r) => r.position)) };
   });
+  await marked;
+  return count;
 }
 
 export async function startRelay({ db, bus, log, batchSize = 500, pollMs = 1000 }: RelayOptions): Promise<Relay> {
