@@ -98,7 +98,9 @@ async function main(): Promise<void> {
   const bundles = { service: await builtEntry('service'), gateway: await builtEntry('gateway') };
   let stopping = false;
   const start = (member: Member) => {
-    const child = spawn(process.execPath, ['--enable-source-maps', bundles[member.entry], ...member.args], {
+    // CPU_PROFILE_DIR=dir: every process writes a V8 CPU profile there when it stops.
+    const profile = process.env.CPU_PROFILE_DIR === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${process.env.CPU_PROFILE_DIR}`];
+    const child = spawn(process.execPath, ['--enable-source-maps', ...profile, bundles[member.entry], ...member.args], {
       cwd: root, env: { ...process.env, ...member.env }, stdio: ['ignore', 'inherit', 'inherit'],
     });
     member.child = child;
