@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { servers } from '@converge/platform/testing';
-import { checkInvariants, formatReport, waitForQuiet, type Report } from '../e2e/invariants.ts';
+import { checkInvariants, formatReport, waitForQuiet, type Report } from '../system/invariants.ts';
 import { brokerDepth, check, restoreServers, round, scenarioNames, scenarios, type Check, type Run, type Scenario, type ScenarioName } from './chaos-scenarios.ts';
 import { startCluster, type Cluster } from './cluster.ts';
 import { prepareFixture, pricedIn, runLoad, type LoadReport } from './load.ts';

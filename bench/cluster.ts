@@ -1,16 +1,14 @@
 // A cluster of real processes for the benchmark and the chaos suite: one OS process per
-// service (scripts/service.ts) on PostgreSQL and RabbitMQ, with names unique to the run
+// service (system/service.ts) on PostgreSQL and RabbitMQ, with names unique to the run
 // so nothing collides with a running deployment. It can kill (SIGKILL) and restart any
 // service, reports each process's pid for the cost model (bench/cost.ts), and opens
 // the databases for the invariant checker.
 import { spawn, type ChildProcess } from 'node:child_process';
 import amqp from 'amqplib';
-import { dropDatabase, ensureDatabase, openPostgres, type Db } from '@converge/platform';
+import { dropDatabase, ensureDatabase, openPostgres, type Bus, type Db, type SagaMode } from '@converge/platform';
 import { servers, uniqueName } from '@converge/platform/testing';
-import type { Bus } from '../packages/platform/src/bus.ts';
-import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
-import type { SagaMode } from '../packages/platform/src/saga.ts';
-import type { CheckedDbs } from '../e2e/invariants.ts';
+import { createRabbitBus } from '@converge/platform/rabbitmq';
+import type { CheckedDbs } from '../system/invariants.ts';
 
 export const clusterServices = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
 export type ClusterService = (typeof clusterServices)[number];
@@ -44,7 +42,7 @@ export async function startCluster(options: { env?: Record<string, string>; log?
   const children = new Map<ClusterService, ChildProcess>();
 
   const start = async (service: ClusterService, extra: Record<string, string> = {}) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/service.ts', service], {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'system/service.ts', service], {
       env: { ...process.env, ...env, PORT: String(ports[service]), ORDER_URL: urls.order, INVENTORY_URL: urls.inventory, PAYMENT_URL: urls.payment, ...extra },
       stdio: ['ignore', 'ignore', 'pipe'],
     });

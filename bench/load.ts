@@ -9,8 +9,8 @@
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type { Db } from '@converge/platform';
-import type { Acknowledged } from '../e2e/invariants.ts';
-import { waitUntilPriced } from '../services/order/store.ts';
+import type { Acknowledged } from '../system/invariants.ts';
+import { waitUntilPriced } from '../services/order/service.ts';
 import { Histogram, type Summary } from './histogram.ts';
 
 export type Mix = { ok: number; outOfStock: number; declined: number };

@@ -5,13 +5,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import amqp from 'amqplib';
-import { dropDatabase, ensureDatabase, openPostgres, type Db } from '@converge/platform';
+import { dropDatabase, ensureDatabase, openPostgres, type Bus, type Db } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
-import type { Bus } from '../packages/platform/src/bus.ts';
+import { createRabbitBus } from '@converge/platform/rabbitmq';
 import { builtEntry } from '../scripts/build.ts';
-import { assertInvariants, waitForQuiet, type Acknowledged, type CheckedDbs } from './invariants.ts';
+import { assertInvariants, waitForQuiet, type Acknowledged, type CheckedDbs } from '../system/invariants.ts';
 
 const up = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
 const suite = uniqueName('cluster');

@@ -7,10 +7,9 @@ import { eventTypes, isCommandType, type Envelope } from '@converge/contracts';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, createLocalBus, silentLogger, startService, type Db, type RunningService } from '@converge/platform';
 import { servers, uniqueName } from '@converge/platform/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inventoryService } from '../services/inventory/main.ts';
-import { orderService } from '../services/order/main.ts';
-import { executeOrderCommand } from '../services/order/store.ts';
-import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
+import { inventoryService } from '../services/inventory/service.ts';
+import { orderService, executeOrderCommand } from '../services/order/service.ts';
+import { openSimulatedProvider, paymentService } from '../services/payment/service.ts';
 import { backendOf, boot, modes, sagaModeOf, type Harness, type ModeName } from './harness.ts';
 
 /** Every message the system produced: events, and in orchestration mode the saga's commands. */

@@ -1,9 +1,9 @@
 // The order flow end to end, in both modes: each test places real orders through the
 // order API and ends with the invariant checker over all databases.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { requestHash } from '../services/order/http.ts';
+import { requestHash } from '../services/order/service.ts';
 import { boot, modes, type Harness } from './harness.ts';
-import { checkInvariants } from './invariants.ts';
+import { checkInvariants } from '../system/invariants.ts';
 
 describe.each(modes)('order flow ($name)', ({ name, skip }) => {
   let h: Harness;

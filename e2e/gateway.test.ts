@@ -8,8 +8,8 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger, type HttpApp } from '@converge/platform';
 import { demoCatalogue, seedDemo } from '../scripts/demo.ts';
-import { serviceNames } from '../scripts/system.ts';
-import { createGateway, type Overview, type Upstreams } from '../services/gateway/http.ts';
+import { serviceNames } from '../system/system.ts';
+import { createGateway, type Overview, type Upstreams } from '../services/gateway/main.ts';
 import { boot, type Harness } from './harness.ts';
 
 const chromiumPath = '/usr/bin/chromium';

@@ -7,9 +7,9 @@ import crypto from 'node:crypto';
 import amqp from 'amqplib';
 import { dropDatabase, redisCache, type Db, type SagaMode } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
-import { startSystem, serviceNames, type System, type SystemOptions } from '../scripts/system.ts';
-import { waitUntilPriced } from '../services/order/store.ts';
-import { assertInvariants, waitForQuiet, type Acknowledged, type Report } from './invariants.ts';
+import { startSystem, serviceNames, type System, type SystemOptions } from '../system/system.ts';
+import { waitUntilPriced } from '../services/order/service.ts';
+import { assertInvariants, waitForQuiet, type Acknowledged, type Report } from '../system/invariants.ts';
 
 export type Backend = 'embedded' | 'postgres+rabbitmq';
 export type ModeName = Backend | `${Backend} · orchestration`;

@@ -9,7 +9,7 @@ import type { Envelope } from '@converge/contracts';
 import { silentLogger, startService, type RunningService } from '@converge/platform';
 import { eventually } from '@converge/platform/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { orchestratorService } from '../services/orchestrator/main.ts';
+import { orchestratorService } from '../services/orchestrator/service.ts';
 import { boot, modes, sagaModeOf, testTimings, type Harness } from './harness.ts';
 
 type SagaView = { status: string; reason?: string; steps?: { name: string; status: string; attempts: number }[]; history: { type: string; [key: string]: unknown }[] };

@@ -23,7 +23,7 @@ const metaFile = path.join(dist, 'build.json');
 
 export const entries = {
   start: 'scripts/start.ts',
-  service: 'scripts/service.ts',
+  service: 'system/service.ts',
   cluster: 'scripts/cluster.ts',
   gateway: 'services/gateway/main.ts',
   rebuild: 'scripts/rebuild.ts',

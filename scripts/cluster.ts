@@ -2,7 +2,7 @@
 // RabbitMQ, plus the gateway, supervised: a process that dies is started again (after
 // a short backoff), as a process manager would. The demo catalogue and users are
 // seeded over HTTP once everything is ready. Configuration is the environment (see
-// scripts/service.ts); ORDER_INSTANCES=2 etc. run more instances of a service, on
+// system/service.ts); ORDER_INSTANCES=2 etc. run more instances of a service, on
 // ports base + 100·i. Each process runs its compiled bundle (dist/service.js,
 // dist/gateway.js), built first if a source changed.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig, setting } from '@converge/platform';
 import { builtEntry } from './build.ts';
 import { demoCatalogue, demoUsers } from './demo.ts';
-import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
+import { defaultPorts, serviceNames, type ServiceName } from '../system/system.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 

@@ -1,7 +1,7 @@
 // The demo catalogue and users. Ids are fixed, so seeding again changes nothing: the
 // inventory API treats a known productId as already added.
 import crypto from 'node:crypto';
-import type { System } from './system.ts';
+import type { System } from '../system/system.ts';
 
 const names = [
   'Espresso beans 1 kg', 'Pour-over kettle', 'Ceramic dripper', 'Paper filters (100)', 'Burr grinder', 'Milk frother',

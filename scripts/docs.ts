@@ -9,12 +9,12 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import Type from 'typebox';
 import { EnvelopeSchema, boundTypes, catalogue, eventTypes, prevAttribute, subscriptions, type EventType } from '@converge/contracts';
 import { sagaModes, type SagaMode } from '@converge/platform';
-import { inventorySources } from '../services/inventory/consumers.ts';
-import { orchestratorSources } from '../services/orchestrator/consumers.ts';
-import { orderSources } from '../services/order/consumers.ts';
-import { querySources } from '../services/query/consumers.ts';
-import { paymentSources } from '../services/payment/consumers.ts';
-import { serviceNames, startSystem } from './system.ts';
+import { inventorySources } from '../services/inventory/service.ts';
+import { orchestratorSources } from '../services/orchestrator/service.ts';
+import { orderSources } from '../services/order/service.ts';
+import { querySources } from '../services/query/service.ts';
+import { paymentSources } from '../services/payment/service.ts';
+import { serviceNames, startSystem } from '../system/system.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 

@@ -1,7 +1,7 @@
 // `npm run rebuild -- <read model>|all`: asks the query service to rebuild read models
 // from the services' feeds (POST /projections/{name}/rebuild) and prints what it did.
 // QUERY_URL says where the query service is (default http://127.0.0.1:3005).
-import { readModels } from '../services/query/lag.ts';
+import { readModels } from '../services/query/service.ts';
 
 const name = process.argv[2] ?? '';
 const choices = [...readModels, 'all'];

@@ -8,9 +8,9 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { ConfigError, createLogger, loadConfig, setting } from '@converge/platform';
 import { startGateway, type RunningGateway } from '../services/gateway/main.ts';
-import { waitUntilPriced } from '../services/order/store.ts';
+import { waitUntilPriced } from '../services/order/service.ts';
 import { demoCatalogue, seedDemo } from './demo.ts';
-import { defaultPorts, serviceNames, startSystem, type ServiceName } from './system.ts';
+import { defaultPorts, serviceNames, startSystem, type ServiceName } from '../system/system.ts';
 
 const port = (fallback: number) => setting.int(fallback, 0, 65_535);
 

@@ -6,6 +6,8 @@ import { pathToFileURL } from 'node:url';
 import { createLogger, loadConfig, setting, type HttpApp, type Logger } from '@converge/platform';
 import { createGateway, type Upstreams } from './http.ts';
 
+export { createGateway, type Overview, type Upstreams } from './http.ts';
+
 export type RunningGateway = { app: HttpApp; url: string; stop(): Promise<void> };
 
 export async function startGateway(options: { log: Logger; upstreams: Upstreams; port: number; host?: string }): Promise<RunningGateway> {

@@ -9,7 +9,7 @@ import {
 } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { inventoryService } from './main.ts';
+import { inventoryService } from './service.ts';
 
 const pgUp = await serverAvailable('postgres');
 const cleanups: (() => Promise<void>)[] = [];

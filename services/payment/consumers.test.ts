@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { paymentBatchHandler } from './consumers.ts';
-import { openSimulatedProvider } from './main.ts';
+import { openSimulatedProvider } from './service.ts';
 import type { SimulatedProvider } from './provider.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -1,7 +1,7 @@
 // The whole system in one process: every service with its own database, one bus.
 // Embedded mode (npm start) uses PGlite directories and the local bus; tests use the
 // same composition in memory, or against PostgreSQL and RabbitMQ. Cluster mode runs
-// one process per service instead (scripts/service.ts), with the same definitions.
+// one process per service instead (system/service.ts), with the same definitions.
 import fs from 'node:fs';
 import path from 'node:path';
 import { boundTypes } from '@converge/contracts';
@@ -10,17 +10,13 @@ import {
   UnavailableError,
   type Bus, type BusFaults, type Db, type FeedMarks, type FeedPage, type HttpApp, type ReadCache, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
 } from '@converge/platform';
-import type { FaultStats } from '../packages/platform/src/faulty-bus.ts';
-import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
-import { inventoryService } from '../services/inventory/main.ts';
-import { orchestratorService, type OrchestratorOptions } from '../services/orchestrator/main.ts';
-import { orderService } from '../services/order/main.ts';
-import { querySources } from '../services/query/consumers.ts';
-import type { WatchTimings } from '../services/query/catch-up.ts';
-import type { FeedSource } from '../services/query/feeds.ts';
-import { queryService } from '../services/query/main.ts';
-import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
-import type { SimulatedProvider } from '../services/payment/provider.ts';
+import type { FaultStats } from '@converge/platform/faults';
+import { createRabbitBus } from '@converge/platform/rabbitmq';
+import { inventoryService } from '../services/inventory/service.ts';
+import { orchestratorService, type OrchestratorOptions } from '../services/orchestrator/service.ts';
+import { orderService } from '../services/order/service.ts';
+import { querySources, type WatchTimings, type FeedSource, queryService } from '../services/query/service.ts';
+import { openSimulatedProvider, paymentService, type SimulatedProvider } from '../services/payment/service.ts';
 
 export const serviceNames = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
 export type ServiceName = (typeof serviceNames)[number];

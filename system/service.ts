@@ -2,19 +2,17 @@
 // PostgreSQL server (created if missing) → migrate → RabbitMQ → HTTP + relay +
 // consumer → listen. Run as many instances of a service as wanted: they share its
 // database and its queue; relays split the outbox partitions between them.
-//   tsx scripts/service.ts order|inventory|payment|orchestrator|query
+//   tsx system/service.ts order|inventory|payment|orchestrator|query
 import { pathToFileURL } from 'node:url';
 import { boundTypes } from '@converge/contracts';
 import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, redisCache, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
-import { parseBusFaults, withFaults, type BusFaults } from '../packages/platform/src/faulty-bus.ts';
-import { createRabbitBus } from '../packages/platform/src/rabbitmq.ts';
-import { inventoryService } from '../services/inventory/main.ts';
-import { defaultTimings } from '../services/orchestrator/fulfilment.ts';
-import { orchestratorService } from '../services/orchestrator/main.ts';
-import { orderService } from '../services/order/main.ts';
-import { httpFeed } from '../services/query/feeds.ts';
-import { queryService } from '../services/query/main.ts';
-import { openSimulatedProvider, paymentService } from '../services/payment/main.ts';
+import { parseBusFaults, withFaults, type BusFaults } from '@converge/platform/faults';
+import { createRabbitBus } from '@converge/platform/rabbitmq';
+import { inventoryService } from '../services/inventory/service.ts';
+import { defaultTimings, orchestratorService } from '../services/orchestrator/service.ts';
+import { orderService } from '../services/order/service.ts';
+import { httpFeed, queryService } from '../services/query/service.ts';
+import { openSimulatedProvider, paymentService } from '../services/payment/service.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
 
 const busFaultsSetting = (testing: boolean): Spec<BusFaults | undefined> => ({
@@ -127,7 +125,7 @@ export async function runService(service: ServiceName, env: Record<string, strin
 async function main(): Promise<void> {
   const service = process.argv[2];
   if (!serviceNames.includes(service as ServiceName)) {
-    console.error(`usage: tsx scripts/service.ts ${serviceNames.join('|')}`);
+    console.error(`usage: tsx system/service.ts ${serviceNames.join('|')}`);
     process.exit(2);
   }
   let stop: () => Promise<void>;

@@ -5,6 +5,9 @@ import type { SagaMode, ServiceDefinition } from '@converge/platform';
 import { inventoryBatchHandler, inventorySources } from './consumers.ts';
 import { registerInventoryRoutes } from './http.ts';
 
+// What the rest of the system may use of this service; nothing imports its other files.
+export { inventorySources } from './consumers.ts';
+
 export function inventoryService(mode: SagaMode): ServiceDefinition {
   return {
     name: 'inventory',

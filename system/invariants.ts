@@ -6,11 +6,8 @@
 // the chaos suite and the benchmark.
 import type { Db } from '@converge/platform';
 import type { Envelope } from '@converge/contracts';
-import { paymentIdFor } from '../services/payment/payment.ts';
-import { foldReadModels, type SourceEvent } from '../services/query/fold.ts';
-import type { Availability } from '../services/query/projections/product-availability.ts';
-import type { OrderSummary } from '../services/query/projections/order-summary.ts';
-import type { UserOrder } from '../services/query/projections/user-orders.ts';
+import { paymentIdFor } from '../services/payment/service.ts';
+import { foldReadModels, type SourceEvent, type Availability, type OrderSummary, type UserOrder } from '../services/query/service.ts';
 
 export type CheckedDbs = { order: Db; inventory: Db; payment: Db; provider: Db; orchestrator?: Db; query?: Db };
 

@@ -11,6 +11,10 @@ import { defaultTimings, irreversibleSteps, orderFulfilment, type FulfilmentTimi
 import { registerSagaRoutes } from './http.ts';
 import { sagaMetrics } from './metrics.ts';
 
+// What the rest of the system may use of this service; nothing imports its other files.
+export { orchestratorSources } from './consumers.ts';
+export { defaultTimings } from './fulfilment.ts';
+
 export type OrchestratorOptions = {
   mode: SagaMode;
   timings?: FulfilmentTimings;

@@ -5,6 +5,11 @@ import type { SagaMode, ServiceDefinition } from '@converge/platform';
 import { orderBatchHandler, orderSources } from './consumers.ts';
 import { registerOrderRoutes } from './http.ts';
 
+// What the rest of the system may use of this service; nothing imports its other files.
+export { orderSources } from './consumers.ts';
+export { requestHash } from './http.ts';
+export { executeOrderCommand, waitUntilPriced } from './store.ts';
+
 export function orderService(mode: SagaMode): ServiceDefinition {
   return {
     name: 'order',

@@ -6,6 +6,11 @@ import { paymentBatchHandler, paymentSources } from './consumers.ts';
 import { registerPaymentRoutes } from './http.ts';
 import { simulatedProvider, type SimulatedProvider } from './provider.ts';
 
+// What the rest of the system may use of this service; nothing imports its other files.
+export { paymentSources } from './consumers.ts';
+export { paymentIdFor } from './payment.ts';
+export type { SimulatedProvider } from './provider.ts';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 /** Opens the simulated provider on its own database. */

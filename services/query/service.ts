@@ -9,6 +9,16 @@ import { watchForGaps, type CatchUpWatch, type WatchTimings } from './catch-up.t
 import type { FeedSource } from './feeds.ts';
 import { createLagTracker, readModels } from './lag.ts';
 
+// What the rest of the system may use of this service; nothing imports its other files.
+export { querySources } from './consumers.ts';
+export type { WatchTimings } from './catch-up.ts';
+export { httpFeed, type FeedSource } from './feeds.ts';
+export { foldReadModels, type SourceEvent } from './fold.ts';
+export { readModels } from './lag.ts';
+export type { OrderSummary } from './projections/order-summary.ts';
+export type { Availability } from './projections/product-availability.ts';
+export type { UserOrder } from './projections/user-orders.ts';
+
 export type QueryOptions = {
   /** How long a read carrying a consistency token may wait for the write (503 after). */
   waitMs?: number;
