@@ -5,14 +5,16 @@
 //   tsx system/service.ts order|inventory|payment|orchestrator|query
 import { pathToFileURL } from 'node:url';
 import { boundTypes } from '@converge/contracts';
-import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, redisCache, setting, startService, type ServiceDefinition, type Spec } from '@converge/platform';
+import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, redisCache, setting, startService, type Logger, type ServiceDefinition, type Spec } from '@converge/platform';
 import { parseBusFaults, withFaults, type BusFaults } from '@converge/platform/faults';
 import { createRabbitBus } from '@converge/platform/rabbitmq';
 import { inventoryService } from '../services/inventory/service.ts';
-import { defaultTimings, orchestratorService } from '../services/orchestrator/service.ts';
+import { orchestratorConfig, orchestratorService } from '../services/orchestrator/service.ts';
 import { orderService } from '../services/order/service.ts';
+// The query service's definition file does not re-export its settings yet.
+import { queryConfig } from '../services/query/config.ts';
 import { httpFeed, queryService } from '../services/query/service.ts';
-import { openSimulatedProvider, paymentService } from '../services/payment/service.ts';
+import { openSimulatedProvider, paymentConfig, paymentService } from '../services/payment/service.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
 
 const busFaultsSetting = (testing: boolean): Spec<BusFaults | undefined> => ({
@@ -27,7 +29,12 @@ const busFaultsSetting = (testing: boolean): Spec<BusFaults | undefined> => ({
   },
 });
 
-export const clusterConfig = (service: ServiceName, testing = false) => ({
+/**
+ * The settings every service shares: its database, the broker, where it listens, its
+ * relay, the saga mode and logging. A service's own settings are in its config.ts and
+ * are read together with these, so a bad deployment hears of every bad key at once.
+ */
+export const sharedConfig = (service: ServiceName, testing = false) => ({
   /** The PostgreSQL server; each service's database is created on it if missing. */
   PG_URL: setting.string('postgres://postgres@127.0.0.1:5432/postgres'),
   /** Overrides the database for this service entirely (e.g. ORDER_DATABASE_URL). */
@@ -40,28 +47,8 @@ export const clusterConfig = (service: ServiceName, testing = false) => ({
   HOST: setting.string('127.0.0.1'),
   PORT: setting.int(defaultPorts[service], 0, 65_535),
   RELAY: setting.bool(true),
-  PAYMENT_ALLOW_FAULTS: setting.bool(false),
   /** How the order saga runs: every service of a deployment must agree. */
   SAGA_MODE: setting.oneOf(['choreography', 'orchestration'], 'choreography'),
-  /** Orchestrator: a step's first wait for its reply (later attempts wait twice as long, up to the max). */
-  SAGA_STEP_DEADLINE_MS: setting.int(defaultTimings.deadlineMs, 10, 3_600_000),
-  SAGA_STEP_MAX_DEADLINE_MS: setting.int(defaultTimings.maxDeadlineMs, 10, 86_400_000),
-  /** Orchestrator: sends of a step's command before it counts as failed (and is compensated). */
-  SAGA_STEP_ATTEMPTS: setting.int(defaultTimings.attempts, 1, 100),
-  /** Orchestrator: sends of a compensation before the saga is parked as NEEDS_ATTENTION. */
-  SAGA_COMPENSATION_ATTEMPTS: setting.int(defaultTimings.compensationAttempts, 1, 100),
-  /** Orchestrator: a saga not final and unchanged this long counts as stuck (converge_sagas_stuck). */
-  SAGA_STUCK_AFTER_MS: setting.int(60_000, 1_000, 86_400_000),
-  /** Query: how long a read carrying a consistency token waits for its write before answering 503. */
-  QUERY_READ_WAIT_MS: setting.int(2_000, 0, 30_000),
-  /** Query: how often the sources' feeds are swept for events the broker lost (0: only on a gap, at start-up, on demand). */
-  QUERY_SWEEP_MS: setting.int(15_000, 0, 86_400_000),
-  /** Query: the Redis of the read cache; empty for an in-process cache per instance. */
-  REDIS_URL: setting.string('redis://127.0.0.1:6379'),
-  /** Query: where the sources' feeds are, for rebuilds. */
-  ORDER_URL: setting.string(`http://127.0.0.1:${defaultPorts.order}`),
-  INVENTORY_URL: setting.string(`http://127.0.0.1:${defaultPorts.inventory}`),
-  PAYMENT_URL: setting.string(`http://127.0.0.1:${defaultPorts.payment}`),
   LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
   /**
    * Test-only fault switch (the chaos suite): `duplicate=0.1,delay=0.1,max-delay-ms=3000`
@@ -71,9 +58,60 @@ export const clusterConfig = (service: ServiceName, testing = false) => ({
   BUS_FAULTS: busFaultsSetting(testing),
 });
 
+type SharedConfig = ReturnType<typeof loadConfig<ReturnType<typeof sharedConfig>>>;
+
+/** What a service needs beyond the shared shell: its definition, and anything else it opened. */
+type Wiring = { definition: ServiceDefinition; close?: () => Promise<void> };
+type WiringContext = { log: Logger; databaseFor: (name: string) => Promise<string> };
+
 export async function runService(service: ServiceName, env: Record<string, string | undefined> = process.env): Promise<() => Promise<void>> {
+  // ORDER_PORT wins over PORT for the order service, and so on for every key.
   const prefixed = (key: string) => env[`${service.toUpperCase()}_${key}`] ?? env[key];
-  const config = loadConfig(clusterConfig(service, env.NODE_ENV === 'test'), new Proxy({}, { get: (_target, key: string) => prefixed(key) }));
+  const read = new Proxy({}, { get: (_target, key: string) => prefixed(key) });
+  const shared = sharedConfig(service, env.NODE_ENV === 'test');
+  switch (service) {
+    case 'payment': {
+      const config = loadConfig({ ...shared, ...paymentConfig }, read);
+      return runWith(service, config, async ({ databaseFor }) => {
+        const providerDb = await openPostgres('provider', await databaseFor('provider'), { max: 5 });
+        const provider = await openSimulatedProvider(providerDb);
+        return { definition: paymentService(provider, { mode: config.SAGA_MODE, allowFaults: config.PAYMENT_ALLOW_FAULTS }), close: () => providerDb.close() };
+      });
+    }
+    case 'orchestrator': {
+      const config = loadConfig({ ...shared, ...orchestratorConfig }, read);
+      return runWith(service, config, () => Promise.resolve({
+        definition: orchestratorService({
+          mode: config.SAGA_MODE,
+          stuckAfterMs: config.SAGA_STUCK_AFTER_MS,
+          timings: {
+            deadlineMs: config.SAGA_STEP_DEADLINE_MS, maxDeadlineMs: config.SAGA_STEP_MAX_DEADLINE_MS,
+            attempts: config.SAGA_STEP_ATTEMPTS, compensationAttempts: config.SAGA_COMPENSATION_ATTEMPTS,
+          },
+        }),
+      }));
+    }
+    case 'query': {
+      const config = loadConfig({ ...shared, ...queryConfig }, read);
+      return runWith(service, config, ({ log }) => {
+        const feeds = [httpFeed('order', config.ORDER_URL), httpFeed('inventory', config.INVENTORY_URL), httpFeed('payment', config.PAYMENT_URL)];
+        const cache = config.REDIS_URL === '' ? undefined : redisCache({ url: config.REDIS_URL, prefix: `${config.DATABASE_PREFIX}cache:`, log: (m, f) => log.warn(m, f) });
+        const definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds, watch: { sweepEveryMs: config.QUERY_SWEEP_MS }, ...(cache === undefined ? {} : { cache }) });
+        return Promise.resolve({ definition, ...(cache === undefined ? {} : { close: () => cache.close() }) });
+      });
+    }
+    case 'order':
+    case 'inventory': {
+      // Neither has settings of its own.
+      const config = loadConfig(shared, read);
+      const definition = service === 'order' ? orderService(config.SAGA_MODE) : inventoryService(config.SAGA_MODE);
+      return runWith(service, config, () => Promise.resolve({ definition }));
+    }
+  }
+}
+
+/** The shell every service runs in: log → database → bus → its wiring → consumers, relay and HTTP. */
+async function runWith(service: ServiceName, config: SharedConfig, wire: (context: WiringContext) => Promise<Wiring>): Promise<() => Promise<void>> {
   const log = createLogger(service, config.LOG_LEVEL);
   const databaseFor = async (name: string) => config.DATABASE_URL !== undefined && name === service
     ? config.DATABASE_URL
@@ -86,39 +124,16 @@ export async function runService(service: ServiceName, env: Record<string, strin
   const faulty = config.BUS_FAULTS === undefined ? undefined : withFaults(rabbit, config.BUS_FAULTS);
   if (faulty !== undefined) log.warn('test-only bus faults are ON', { ...config.BUS_FAULTS });
   const bus = faulty ?? rabbit;
-  let definition: ServiceDefinition;
-  const closeLater: (() => Promise<void>)[] = [];
-  const mode = config.SAGA_MODE;
-  if (service === 'payment') {
-    const providerDb = await openPostgres('provider', await databaseFor('provider'), { max: 5 });
-    closeLater.push(() => providerDb.close());
-    definition = paymentService(await openSimulatedProvider(providerDb), { mode, allowFaults: config.PAYMENT_ALLOW_FAULTS });
-  } else if (service === 'orchestrator') {
-    definition = orchestratorService({
-      mode,
-      stuckAfterMs: config.SAGA_STUCK_AFTER_MS,
-      timings: {
-        deadlineMs: config.SAGA_STEP_DEADLINE_MS, maxDeadlineMs: config.SAGA_STEP_MAX_DEADLINE_MS,
-        attempts: config.SAGA_STEP_ATTEMPTS, compensationAttempts: config.SAGA_COMPENSATION_ATTEMPTS,
-      },
-    });
-  } else if (service === 'query') {
-    const feeds = [httpFeed('order', config.ORDER_URL), httpFeed('inventory', config.INVENTORY_URL), httpFeed('payment', config.PAYMENT_URL)];
-    const cache = config.REDIS_URL === '' ? undefined : redisCache({ url: config.REDIS_URL, prefix: `${config.DATABASE_PREFIX}cache:`, log: (m, f) => log.warn(m, f) });
-    if (cache !== undefined) closeLater.push(() => cache.close());
-    definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds, watch: { sweepEveryMs: config.QUERY_SWEEP_MS }, ...(cache === undefined ? {} : { cache }) });
-  } else {
-    definition = service === 'order' ? orderService(mode) : inventoryService(mode);
-  }
+  const { definition, close } = await wire({ log, databaseFor });
   await bus.declare(service, boundTypes(service, definition.sources));
   const running = await startService(definition, { db, bus, log, relay: config.RELAY, ...(faulty === undefined ? {} : { faults: faulty.faultStats }) });
   const url = await running.listen(config.PORT, config.HOST);
-  log.info('service ready', { url, relay: config.RELAY, sagaMode: mode });
+  log.info('service ready', { url, relay: config.RELAY, sagaMode: config.SAGA_MODE });
   return async () => {
     await running.stop();
     await bus.close();
     await db.close();
-    for (const close of closeLater) await close();
+    await close?.();
   };
 }
 

@@ -3,9 +3,11 @@
 // alone (`tsx services/gateway/main.ts`) it reads where the services are from the
 // environment.
 import { pathToFileURL } from 'node:url';
-import { createLogger, loadConfig, setting, type HttpApp, type Logger } from '@converge/platform';
+import { createLogger, loadConfig, type HttpApp, type Logger } from '@converge/platform';
+import { gatewayConfig } from './config.ts';
 import { createGateway, type Upstreams } from './http.ts';
 
+export { gatewayConfig } from './config.ts';
 export { createGateway, type Overview, type Upstreams } from './http.ts';
 
 export type RunningGateway = { app: HttpApp; url: string; stop(): Promise<void> };
@@ -15,17 +17,6 @@ export async function startGateway(options: { log: Logger; upstreams: Upstreams;
   const url = await app.listen({ port: options.port, host: options.host ?? '127.0.0.1' });
   return { app, url, stop: () => app.close() };
 }
-
-export const gatewayConfig = {
-  HOST: setting.string('127.0.0.1'),
-  GATEWAY_PORT: setting.int(3000, 0, 65_535),
-  ORDER_URL: setting.string('http://127.0.0.1:3001'),
-  INVENTORY_URL: setting.string('http://127.0.0.1:3002'),
-  PAYMENT_URL: setting.string('http://127.0.0.1:3003'),
-  ORCHESTRATOR_URL: setting.string('http://127.0.0.1:3004'),
-  QUERY_URL: setting.string('http://127.0.0.1:3005'),
-  LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
-};
 
 async function main(): Promise<void> {
   const config = loadConfig(gatewayConfig);

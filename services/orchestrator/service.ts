@@ -12,6 +12,7 @@ import { registerSagaRoutes } from './http.ts';
 import { sagaMetrics } from './metrics.ts';
 
 // What the rest of the system may use of this service; nothing imports its other files.
+export { orchestratorConfig } from './config.ts';
 export { orchestratorSources } from './consumers.ts';
 export { defaultTimings } from './fulfilment.ts';
 

@@ -7,6 +7,7 @@ import { registerPaymentRoutes } from './http.ts';
 import { simulatedProvider, type SimulatedProvider } from './provider.ts';
 
 // What the rest of the system may use of this service; nothing imports its other files.
+export { paymentConfig } from './config.ts';
 export { paymentSources } from './consumers.ts';
 export { paymentIdFor } from './payment.ts';
 export type { SimulatedProvider } from './provider.ts';
