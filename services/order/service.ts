@@ -7,7 +7,7 @@ import { registerOrderRoutes } from './http.ts';
 
 // What the rest of the system may use of this service; nothing imports its other files.
 export { orderSources } from './consumers.ts';
-export { requestHash } from './http.ts';
+export { requestHash } from './place.ts';
 export { executeOrderCommand, waitUntilPriced } from './store.ts';
 
 export function orderService(mode: SagaMode): ServiceDefinition {

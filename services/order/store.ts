@@ -6,7 +6,7 @@
 // them back in one; its events are appended at the versions it loaded. The row lock
 // serialises writers of one order; the (subject, sequence) key catches anything else.
 import type { Envelope } from '@converge/contracts';
-import { appendToOutbox, NotFoundError, type AppendContext, type Sql } from '@converge/platform';
+import { appendToOutbox, ConflictError, NotFoundError, type AppendContext, type Db, type Sql } from '@converge/platform';
 import { decide, evolve, initialOrder, type Order, type OrderCommand, type OrderEvent } from './order.ts';
 
 export async function loadOrder(tx: Sql, orderId: string, lock: boolean): Promise<Order> {
@@ -36,39 +36,6 @@ export async function executeOrderCommand(
   return { order, events };
 }
 
-/** The first response under an Idempotency-Key, claimed by the transaction that places its order. */
-export type KeyClaim = { key: string; requestHash: string };
-
-/**
- * Places a new order, claiming `claim` with its response, inside `tx`: the claim and the
- * order's row are one statement, its OrderCreated the next. Resolves to undefined, with
- * nothing written, when the key was taken (a concurrent request with the same key waits
- * here for the first one's commit).
- */
-export async function placeOrder(
-  tx: Sql, command: Extract<OrderCommand, { type: 'PlaceOrder' }>, claim: KeyClaim, context: AppendContext,
-): Promise<OrderView | undefined> {
-  // A new order's id was just drawn at random: there is no stream to load or lock.
-  const events = decide(command, initialOrder);
-  const order = events.reduce(evolve, initialOrder);
-  if (order.status === 'NONE') throw new Error(`order ${command.orderId} was not created`);
-  const view = viewOf(order, context.now);
-  const [placed] = await tx.query(
-    `WITH claimed AS (
-       INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
-       VALUES ($2, $9, $10, 'done', $1, 201, $11::jsonb, $8) ON CONFLICT DO NOTHING RETURNING order_id
-     )
-     INSERT INTO orders (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
-     SELECT order_id, $2::text, 'PENDING', $3::jsonb, $4::bigint, $5::text, NULL, $6::int, $7::timestamptz, $8::timestamptz FROM claimed
-     RETURNING 1`,
-    [order.orderId, order.userId, JSON.stringify(order.items), order.totalAmount, order.currency, order.version, order.createdAt, context.now,
-      claim.key, claim.requestHash, JSON.stringify(view)],
-  );
-  if (placed === undefined) return undefined;
-  await appendToOutbox(tx, context, events.map((e) => ({ ...e, subject: order.orderId })), initialOrder.version);
-  return view;
-}
-
 async function saveOrder(tx: Sql, order: Order, now: Date): Promise<void> {
   if (order.status === 'NONE') return;
   const reason = order.status === 'FAILED' || order.status === 'CANCELLED' ? order.reason : null;
@@ -79,6 +46,25 @@ async function saveOrder(tx: Sql, order: Order, now: Date): Promise<void> {
     [order.orderId, order.userId, order.status, JSON.stringify(order.items), order.totalAmount, order.currency, reason,
       order.version, order.createdAt, now],
   );
+}
+
+/** An order's ETag: its id and version, so any write since changes it. */
+export const etagOf = (order: OrderView): string => `"${order.orderId}:${order.version}"`;
+
+/**
+ * Cancels an order, inside one transaction: 404 when there is none, 412 when `ifMatch`
+ * is given and is not its current ETag; cancelling a cancelled order changes nothing.
+ */
+export async function cancelOrder(db: Db, orderId: string, reason: string, ifMatch: string | undefined, now: Date): Promise<OrderView> {
+  const view = await db.transaction(async (tx) => {
+    const current = await getOrder(tx, orderId);
+    if (current === undefined) throw new NotFoundError(`no order ${orderId}`);
+    if (ifMatch !== undefined && ifMatch !== etagOf(current)) throw new ConflictError(`order is at ${etagOf(current)}, not ${ifMatch}`, 412);
+    await executeOrderCommand(tx, orderId, { type: 'CancelOrder', reason }, { source: 'order', now });
+    return getOrder(tx, orderId);
+  });
+  if (view === undefined) throw new NotFoundError(`no order ${orderId}`);
+  return view;
 }
 
 /** The folded state of each of `orderIds` that exists, its row locked (one statement). */
@@ -148,41 +134,6 @@ export async function listOrders(db: Sql, userId: string, limit: number, before?
     [userId, before ?? null, limit],
   );
   return rows.map(toView);
-}
-
-export type Price = { price: number; currency: string };
-
-export async function priceLines(db: Sql, productIds: readonly string[]): Promise<Map<string, Price>> {
-  const rows = await db.query<{ product_id: string; price: number; currency: string }>(
-    'SELECT product_id, price, currency FROM catalogue WHERE product_id = ANY($1::uuid[])',
-    [productIds],
-  );
-  return new Map(rows.map((r) => [r.product_id, { price: r.price, currency: r.currency }]));
-}
-
-/**
- * Prices from the catalogue, remembered by this process: a product's price and currency
- * never change once it is added (inventory emits ProductAdded once per product and
- * refuses its id again with other attributes), so a placement whose products were all
- * seen before sends no lookup. A product not found is looked up every time: its
- * ProductAdded may arrive any moment. The least recently added go first beyond `maxEntries`.
- */
-export function cataloguePrices(db: Sql, maxEntries = 10_000): (productIds: readonly string[]) => Promise<Map<string, Price>> {
-  const known = new Map<string, Price>();
-  return async (productIds) => {
-    const missing = productIds.filter((id) => !known.has(id));
-    if (missing.length > 0) {
-      for (const [id, price] of await priceLines(db, missing)) known.set(id, price);
-      for (const oldest of known.keys()) {
-        if (known.size <= maxEntries) break;
-        known.delete(oldest);
-      }
-    }
-    return new Map(productIds.flatMap((id) => {
-      const price = known.get(id);
-      return price === undefined ? [] : [[id, price] as const];
-    }));
-  };
 }
 
 /**
