@@ -1,31 +1,33 @@
-// The embedded mode under load: `scripts/start.ts` in its own process on a temporary
-// data directory, the same open-loop sweep, placement latency and the outbox backlog
-// (from /status) to judge whether the rate is sustained.
-import { spawn } from 'node:child_process';
+// The embedded mode under load: `scripts/start.ts` in its own process (launched by
+// system/launcher.ts) on a temporary data directory, the same open-loop sweep,
+// placement latency and the outbox backlog (from /status) to judge whether the rate is
+// sustained.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { prepareFixture, runLoad } from './load.ts';
 import type { EmbeddedStep } from './report.ts';
+import { launcher } from '../system/launcher.ts';
 
 export async function embeddedSweep(rates: number[], stepSec: number, log: (line: string) => void): Promise<EmbeddedStep[]> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'converge-bench-'));
   const base = 41_000 + Math.floor(Math.random() * 10_000);
   const urls = { order: `http://127.0.0.1:${base + 1}`, inventory: `http://127.0.0.1:${base + 2}`, payment: `http://127.0.0.1:${base + 3}` };
-  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/start.ts'], {
-    env: {
-      ...process.env, DATA_DIR: dataDir, GATEWAY_PORT: String(base), ORDER_PORT: String(base + 1), INVENTORY_PORT: String(base + 2), PAYMENT_PORT: String(base + 3),
-      ORCHESTRATOR_PORT: String(base + 4), QUERY_PORT: String(base + 5), LOG_LEVEL: 'error',
-    },
-    stdio: ['ignore', 'ignore', 'inherit'],
+  const embedded = launcher({
+    runner: 'tsx',
+    processes: [{
+      name: 'embedded', entry: 'start', url: `http://127.0.0.1:${base}`,
+      env: {
+        DATA_DIR: dataDir, GATEWAY_PORT: String(base), ORDER_PORT: String(base + 1), INVENTORY_PORT: String(base + 2), PAYMENT_PORT: String(base + 3),
+        ORCHESTRATOR_PORT: String(base + 4), QUERY_PORT: String(base + 5), LOG_LEVEL: 'error',
+      },
+    }],
+    readyTimeoutMs: 120_000,
+    stopGraceMs: 3_000,
   });
   const steps: EmbeddedStep[] = [];
   try {
-    const deadline = Date.now() + 120_000;
-    while (!(await fetch(`http://127.0.0.1:${base}/readyz`).then((r) => r.ok, () => false))) {
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error('embedded mode did not start');
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    await embedded.startAll();
     const fixture = await prepareFixture({ inventoryUrl: urls.inventory, paymentUrl: urls.payment, catalogue: 'spread', users: 20 });
     const backlog = async () => {
       let total = 0;
@@ -47,9 +49,7 @@ export async function embeddedSweep(rates: number[], stepSec: number, log: (line
       while ((await backlog()) > 0 && Date.now() < drainBy) await new Promise((r) => setTimeout(r, 500));
     }
   } finally {
-    child.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 3000));
-    if (child.exitCode === null) child.kill('SIGKILL');
+    await embedded.shutdown();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
   return steps;

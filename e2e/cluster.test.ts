@@ -1,51 +1,29 @@
 // Cluster mode with real processes: each service is its own OS process (the compiled
-// dist/service.js) on PostgreSQL and RabbitMQ. A process is killed with SIGKILL after
-// committing and before publishing, another one in the middle of a stream of orders;
-// restarted, the system finishes every order once, and the invariant checker agrees.
-import { spawn, type ChildProcess } from 'node:child_process';
+// dist/service.js, launched by system/launcher.ts) on PostgreSQL and RabbitMQ. A
+// process is killed with SIGKILL after committing and before publishing, another one
+// in the middle of a stream of orders; restarted, the system finishes every order
+// once, and the invariant checker agrees.
 import crypto from 'node:crypto';
-import amqp from 'amqplib';
-import { dropDatabase, ensureDatabase, openPostgres, type Bus, type Db } from '@converge/platform';
+import type { Bus } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRabbitBus } from '@converge/platform/rabbitmq';
-import { builtEntry } from '../scripts/build.ts';
 import { assertInvariants, waitForQuiet, type Acknowledged, type CheckedDbs } from '../system/invariants.ts';
+import { launcher, openRunDatabase, type Run } from '../system/launcher.ts';
 
 const up = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
-const suite = uniqueName('cluster');
+const run: Run = { name: uniqueName('cluster'), postgres: servers.postgres, rabbitmq: servers.rabbitmq };
 const basePort = 20_000 + Math.floor(Math.random() * 20_000);
 const ports = { order: basePort, inventory: basePort + 1, payment: basePort + 2 } as const;
 type Name = keyof typeof ports;
 const url = (name: Name) => `http://127.0.0.1:${ports[name]}`;
 
-const env = {
-  PG_URL: servers.postgres, DATABASE_PREFIX: `${suite}_`, AMQP_URL: servers.rabbitmq,
-  AMQP_EXCHANGE: `${suite}.events`, AMQP_QUEUE_PREFIX: `${suite}.`, LOG_LEVEL: 'warn',
-};
-
-const processes = new Map<Name, ChildProcess>();
-
-async function launch(name: Name, extra: Record<string, string> = {}): Promise<void> {
-  const child = spawn(process.execPath, ['--enable-source-maps', await builtEntry('service'), name], {
-    env: { ...process.env, ...env, PORT: String(ports[name]), ...extra }, stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  processes.set(name, child);
-  const deadline = Date.now() + 60_000;
-  while (!(await fetch(`${url(name)}/readyz`).then((r) => r.ok, () => false))) {
-    if (Date.now() > deadline) throw new Error(`${name} did not become ready`);
-    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function kill(name: Name): Promise<void> {
-  const child = processes.get(name);
-  if (child === undefined || child.exitCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  child.kill('SIGKILL');
-  await exited;
-}
+const processes = launcher({
+  runner: 'bundle',
+  run,
+  env: { LOG_LEVEL: 'warn' },
+  processes: (Object.keys(ports) as Name[]).map((name) => ({ name, entry: 'service', args: [name], env: { PORT: String(ports[name]) }, url: url(name) })),
+});
 
 const post = async (name: Name, path: string, body: unknown, headers: Record<string, string> = {}) => {
   const response = await fetch(`${url(name)}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
@@ -67,10 +45,10 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
   };
 
   beforeAll(async () => {
-    const open = async (name: string): Promise<Db> => openPostgres(name, await ensureDatabase(servers.postgres, `${suite}_${name}`));
+    const open = (name: string) => openRunDatabase(run, name);
     dbs = { order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider') };
-    bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${suite}.events`, queuePrefix: `${suite}.` });
-    await Promise.all([launch('inventory'), launch('payment'), launch('order')]);
+    bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${run.name}.events`, queuePrefix: `${run.name}.` });
+    await processes.startAll();
     const created = await post('inventory', '/products', { name: 'cluster widget', price: 100, stockQuantity: 1000 });
     product = created.body.productId as string;
     await post('payment', '/users/carol/credit', { amount: 1_000_000 });
@@ -82,27 +60,20 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
   });
 
   afterAll(async () => {
-    for (const name of processes.keys()) await kill(name);
+    for (const name of processes.names) await processes.kill(name);
     await bus.close();
     for (const db of Object.values(dbs)) await db.close();
-    for (const name of ['order', 'inventory', 'payment', 'provider']) await dropDatabase(servers.postgres, `${suite}_${name}`).catch(() => undefined);
-    const connection = await amqp.connect(servers.rabbitmq);
-    const channel = await connection.createChannel();
-    for (const name of ['order', 'inventory', 'payment']) await channel.deleteQueue(`${suite}.${name}`).catch(() => undefined);
-    await channel.deleteExchange(`${suite}.events`).catch(() => undefined);
-    await connection.close().catch(() => undefined);
+    await processes.shutdown();
   });
 
   const queueDepth = (name: string) => bus.depth(name);
 
   it('given the order process killed after committing orders and before publishing them, when it restarts, then every order completes once', async () => {
-    await kill('order');
-    await launch('order', { RELAY: 'false' });
+    await processes.restart('order', { kill: true, env: { RELAY: 'false' } });
     const orders = await Promise.all(Array.from({ length: 20 }, () => place('carol')));
     const [pending] = await dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL');
     expect(pending?.n).toBe(20);
-    await kill('order');
-    await launch('order');
+    await processes.restart('order', { kill: true });
     await waitForQuiet({ dbs, queueDepth }, 60_000);
     const statuses = await dbs.order.query<{ status: string }>('SELECT status FROM orders WHERE order_id = ANY($1::uuid[])', [orders]);
     expect(statuses.map((s) => s.status)).toEqual(Array.from({ length: 20 }, () => 'COMPLETED'));
@@ -117,10 +88,8 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
       }
     })();
     await new Promise((r) => setTimeout(r, 250));
-    await kill('inventory');
-    await launch('inventory');
-    await kill('payment');
-    await launch('payment');
+    await processes.restart('inventory', { kill: true });
+    await processes.restart('payment', { kill: true });
     await placing;
     await waitForQuiet({ dbs, queueDepth }, 90_000);
     const report = await assertInvariants({ dbs, acknowledged, queueDepth });

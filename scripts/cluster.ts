@@ -4,18 +4,12 @@
 // seeded over HTTP once everything is ready. Configuration is the environment (see
 // system/service.ts); ORDER_INSTANCES=2 etc. run more instances of a service, on
 // ports base + 100·i. Each process runs its compiled bundle (dist/service.js,
-// dist/gateway.js), built first if a source changed.
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+// dist/gateway.js), built first if a source changed; system/launcher.ts starts,
+// supervises and stops them.
 import { ConfigError, loadConfig, setting } from '@converge/platform';
-import { builtEntry } from './build.ts';
 import { demoCatalogue, demoUsers } from './demo.ts';
 import { defaultPorts, serviceNames, type ServiceName } from '../system/system.ts';
-
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-
-type Member = { name: string; entry: 'service' | 'gateway'; args: string[]; env: Record<string, string>; child?: ChildProcess; restarts: number };
+import { launcher, type ProcessSpec } from '../system/launcher.ts';
 
 function readConfig() {
   try {
@@ -43,16 +37,6 @@ function readConfig() {
   }
 }
 
-async function waitReady(url: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const ok = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`${url} not ready after ${timeoutMs} ms`);
-}
-
 async function seed(inventoryUrl: string, paymentUrl: string): Promise<void> {
   for (const product of demoCatalogue) {
     const response = await fetch(`${inventoryUrl}/products`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(product) });
@@ -75,69 +59,45 @@ async function main(): Promise<void> {
   const basePorts: Record<ServiceName, number> = {
     order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT, query: config.QUERY_PORT,
   };
-  const members: Member[] = [];
+  const members: ProcessSpec[] = [];
   const urls: Record<ServiceName, string[]> = { order: [], inventory: [], payment: [], orchestrator: [], query: [] };
   for (const service of serviceNames) {
     for (let i = 0; i < instances[service]; i++) {
       const port = basePorts[service] + 100 * i;
-      urls[service].push(`http://${config.HOST}:${port}`);
+      const url = `http://${config.HOST}:${port}`;
+      urls[service].push(url);
       // The query service reads the first instance's feeds for rebuilds.
       const feeds = { ORDER_URL: `http://${config.HOST}:${basePorts.order}`, INVENTORY_URL: `http://${config.HOST}:${basePorts.inventory}`, PAYMENT_URL: `http://${config.HOST}:${basePorts.payment}` };
-      members.push({ name: `${service}#${i + 1}`, entry: 'service', args: [service], env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds }, restarts: 0 });
+      members.push({ name: `${service}#${i + 1}`, entry: 'service', args: [service], env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds }, url });
     }
   }
   const first = (service: ServiceName) => urls[service][0] ?? '';
+  const gateway = `http://${config.HOST}:${config.GATEWAY_PORT}`;
   members.push({
-    name: 'gateway', entry: 'gateway', args: [], restarts: 0,
+    name: 'gateway', entry: 'gateway', url: gateway,
     env: {
       GATEWAY_PORT: String(config.GATEWAY_PORT), ORDER_URL: first('order'), INVENTORY_URL: first('inventory'),
       PAYMENT_URL: first('payment'), ORCHESTRATOR_URL: first('orchestrator'), QUERY_URL: first('query'),
     },
   });
 
-  const bundles = { service: await builtEntry('service'), gateway: await builtEntry('gateway') };
-  let stopping = false;
-  const start = (member: Member) => {
+  const cluster = launcher({
+    runner: 'bundle', processes: members, supervise: true, stdout: 'inherit', stopGraceMs: 15_000,
     // CPU_PROFILE_DIR=dir: every process writes a V8 CPU profile there when it stops.
-    const profile = process.env.CPU_PROFILE_DIR === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${process.env.CPU_PROFILE_DIR}`];
-    const child = spawn(process.execPath, ['--enable-source-maps', ...profile, bundles[member.entry], ...member.args], {
-      cwd: root, env: { ...process.env, ...member.env }, stdio: ['ignore', 'inherit', 'inherit'],
-    });
-    member.child = child;
-    child.on('exit', (code, signal) => {
-      if (stopping) return;
-      member.restarts += 1;
-      const delay = Math.min(5000, 250 * 2 ** Math.min(member.restarts, 5));
-      console.error(`[cluster] ${member.name} (pid ${child.pid ?? '?'}) exited (${signal ?? String(code)}); restarting in ${delay} ms`);
-      setTimeout(() => {
-        if (!stopping) start(member);
-      }, delay);
-    });
-  };
-  for (const member of members) start(member);
-
+    ...(process.env.CPU_PROFILE_DIR === undefined ? {} : { cpuProfileDir: process.env.CPU_PROFILE_DIR }),
+  });
+  let stopping = false;
   const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
     console.log(`\n[cluster] ${signal}: stopping ${members.length} processes…`);
-    for (const member of members) member.child?.kill('SIGTERM');
-    const alive = () => members.some((m) => m.child !== undefined && m.child.exitCode === null && m.child.signalCode === null);
-    const timer = setInterval(() => {
-      if (!alive()) process.exit(0);
-    }, 100);
-    setTimeout(() => {
-      clearInterval(timer);
-      for (const member of members) member.child?.kill('SIGKILL');
-      process.exit(1);
-    }, 15_000).unref();
+    void cluster.shutdown().then(({ forced }) => process.exit(forced.length === 0 ? 0 : 1), () => process.exit(1));
   };
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));
 
-  for (const service of serviceNames) for (const url of urls[service]) await waitReady(url, 60_000);
+  await cluster.startAll();
   if (config.SEED_DEMO) await seed(first('inventory'), first('payment'));
-  const gateway = `http://${config.HOST}:${config.GATEWAY_PORT}`;
-  await waitReady(gateway, 30_000);
   const product = demoCatalogue[0]?.productId ?? '';
   console.log(`
 Converge is running in cluster mode (PostgreSQL + RabbitMQ, ${members.length} processes).
