@@ -1,11 +1,11 @@
-// Inventory's HTTP API: the catalogue and its stock. Writes commit the change and its
-// event (ProductAdded, StockAdjusted) in one transaction; the relay publishes later.
+// Inventory's HTTP API: the catalogue and its stock. A handler parses, calls one store
+// function and maps its answer; the writes commit the change and its event
+// (ProductAdded, StockAdjusted) in one transaction, and the relay publishes later.
 import crypto from 'node:crypto';
 import { Currency, Money, Quantity, Uuid } from '@converge/contracts';
-import { ConflictError, NotFoundError, appendToOutbox, consistencyHeader, formatToken, problems, streamVersion, type Db, type HttpApp } from '@converge/platform';
+import { NotFoundError, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
-import type { Product } from './inventory.ts';
-import { adjustStock, getProduct, insertProduct, listProducts } from './store.ts';
+import { addProduct, getProduct, listProducts, restock } from './store.ts';
 
 export const ProductSchema = Type.Object({
   productId: Uuid,
@@ -65,28 +65,15 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
       response: { 201: ProductSchema, 200: ProductSchema, ...problems(400, 409, 413, 415) },
     },
   }, async (request, reply) => {
-    const at = now();
     const body = request.body;
-    const product: Product = {
-      productId: body.productId ?? crypto.randomUUID(), name: body.name, price: body.price,
-      currency: body.currency ?? 'EUR', stockQuantity: body.stockQuantity, reserved: 0, sold: 0,
-    };
-    const created = await db.transaction(async (tx) => {
-      if (!(await insertProduct(tx, product, at))) return false;
-      await appendToOutbox(tx, { source: 'inventory', now: at }, [{
-        type: 'ProductAdded', subject: product.productId,
-        data: { productId: product.productId, name: product.name, price: product.price, currency: product.currency, stockQuantity: product.stockQuantity },
-      }]);
-      return true;
-    });
+    const productId = body.productId ?? crypto.randomUUID();
     // Its ProductAdded is version 1 of the product's stream, whether just written or before.
-    void reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: product.productId, sequence: 1 }));
-    if (created) return reply.code(201).header('location', `/products/${product.productId}`).send(product);
-    const existing = await getProduct(db, product.productId);
-    if (existing?.name !== product.name || existing.price !== product.price || existing.currency !== product.currency) {
-      throw new ConflictError(`product ${product.productId} exists with other attributes`);
-    }
-    return reply.code(200).send(existing);
+    void reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: productId, sequence: 1 }));
+    const { product, created } = await addProduct(db, {
+      productId, name: body.name, price: body.price, currency: body.currency ?? 'EUR', stockQuantity: body.stockQuantity, reserved: 0, sold: 0,
+    }, now());
+    if (created) return reply.code(201).header('location', `/products/${productId}`).send(product);
+    return reply.code(200).send(product);
   });
 
   app.post('/products/:id/restock', {
@@ -99,26 +86,8 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
       response: { 200: ProductSchema, ...problems(400, 404, 409, 413, 415) },
     },
   }, async (request, reply) => {
-    const at = now();
     const { id } = request.params;
-    const reason = request.body.reason ?? 'restock';
-    const key = request.headers['idempotency-key'];
-    const product = await db.transaction(async (tx) => {
-      const [exists] = await tx.query('SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE', [id]);
-      if (exists === undefined) throw new NotFoundError(`no product ${id}`);
-      const adjusted = await adjustStock(tx, id, request.body.quantity, reason, key, at);
-      if (adjusted === undefined) return undefined;
-      await appendToOutbox(tx, { source: 'inventory', now: at }, [{
-        type: 'StockAdjusted', subject: id,
-        data: { productId: id, delta: request.body.quantity, reason, stockQuantity: adjusted.stockQuantity, reserved: adjusted.reserved, sold: adjusted.sold },
-      }]);
-      return adjusted;
-    });
-    // The product's stream as it stands: this restock, or (a retried key) the first one and anything since.
-    void reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: id, sequence: await streamVersion(db, id) }));
-    if (product !== undefined) return product;
-    const current = await getProduct(db, id);
-    if (current === undefined) throw new NotFoundError(`no product ${id}`);
-    return current;
+    const { product, version } = await restock(db, id, request.body.quantity, request.body.reason ?? 'restock', request.headers['idempotency-key'], now());
+    return reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: id, sequence: version })).send(product);
   });
 }

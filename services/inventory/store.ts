@@ -1,10 +1,11 @@
-// Inventory state in its own database. Every function takes the caller's transaction,
-// so a stock move, the reservation it belongs to and the events it emits commit
-// together. A batch locks its reservations (in order-id order), then its products (in
+// Inventory state in its own database. The API's writes (addProduct, restock) are one
+// transaction each, the change with its event; every other function takes the caller's
+// transaction, so a stock move, the reservation it belongs to and the events it emits
+// commit together. A batch locks its reservations (in order-id order), then its products (in
 // product-id order), so two batches never wait on each other in a cycle; every update
 // is conditional with its row count checked.
 import type { StockLine } from '@converge/contracts';
-import { ConflictError, type Sql } from '@converge/platform';
+import { ConflictError, NotFoundError, appendToOutbox, streamVersion, type Db, type Sql } from '@converge/platform';
 import type { Move, Product, Reservation } from './inventory.ts';
 
 type ProductRow = {
@@ -36,7 +37,28 @@ export async function listProducts(db: Sql, limit: number, offset: number): Prom
   return rows.map(toProduct);
 }
 
-export async function insertProduct(tx: Sql, product: Product, now: Date): Promise<boolean> {
+/**
+ * Adds a product and its ProductAdded in one transaction. An id taken before answers the
+ * product it has (a retried request), or 409 when that one has other attributes.
+ */
+export async function addProduct(db: Db, product: Product, now: Date): Promise<{ product: Product; created: boolean }> {
+  const created = await db.transaction(async (tx) => {
+    if (!(await insertProduct(tx, product, now))) return false;
+    await appendToOutbox(tx, { source: 'inventory', now }, [{
+      type: 'ProductAdded', subject: product.productId,
+      data: { productId: product.productId, name: product.name, price: product.price, currency: product.currency, stockQuantity: product.stockQuantity },
+    }]);
+    return true;
+  });
+  if (created) return { product, created };
+  const existing = await getProduct(db, product.productId);
+  if (existing?.name !== product.name || existing.price !== product.price || existing.currency !== product.currency) {
+    throw new ConflictError(`product ${product.productId} exists with other attributes`);
+  }
+  return { product: existing, created };
+}
+
+async function insertProduct(tx: Sql, product: Product, now: Date): Promise<boolean> {
   const inserted = await tx.query(
     `INSERT INTO products (product_id, name, price, currency, stock_quantity, created_at, updated_at)
      VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING 1`,
@@ -49,8 +71,33 @@ export async function insertProduct(tx: Sql, product: Product, now: Date): Promi
   return true;
 }
 
+/**
+ * Adds stock and its StockAdjusted in one transaction; under an Idempotency-Key seen
+ * before it counts once and answers the product as it stands. `version` is the product's
+ * stream as it stands: this restock, or (a retried key) the first one and anything since.
+ */
+export async function restock(
+  db: Db, productId: string, quantity: number, reason: string, idempotencyKey: string | undefined, now: Date,
+): Promise<{ product: Product; version: number }> {
+  const adjusted = await db.transaction(async (tx) => {
+    const [exists] = await tx.query('SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE', [productId]);
+    if (exists === undefined) throw new NotFoundError(`no product ${productId}`);
+    const product = await adjustStock(tx, productId, quantity, reason, idempotencyKey, now);
+    if (product === undefined) return undefined;
+    await appendToOutbox(tx, { source: 'inventory', now }, [{
+      type: 'StockAdjusted', subject: productId,
+      data: { productId, delta: quantity, reason, stockQuantity: product.stockQuantity, reserved: product.reserved, sold: product.sold },
+    }]);
+    return product;
+  });
+  const version = await streamVersion(db, productId);
+  const product = adjusted ?? (await getProduct(db, productId));
+  if (product === undefined) throw new NotFoundError(`no product ${productId}`);
+  return { product, version };
+}
+
 /** Records a restock; returns undefined when this idempotency key was already used. */
-export async function adjustStock(
+async function adjustStock(
   tx: Sql, productId: string, delta: number, reason: string, idempotencyKey: string | undefined, now: Date,
 ): Promise<Product | undefined> {
   const recorded = await tx.query(
