@@ -6,16 +6,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { boundTypes } from '@converge/contracts';
 import {
-  createLocalBus, ensureDatabase, openPglite, openPostgres, startService, silentLogger,
-  UnavailableError,
-  type Bus, type BusFaults, type Db, type FeedMarks, type FeedPage, type HttpApp, type ReadCache, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
+  createLocalBus, ensureDatabase, inProcessFeed, openPglite, openPostgres, startService, silentLogger,
+  type Bus, type BusFaults, type Db, type HttpApp, type ReadCache, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
 } from '@converge/platform';
 import type { FaultStats } from '@converge/platform/faults';
 import { createRabbitBus } from '@converge/platform/rabbitmq';
 import { inventoryService } from '../services/inventory/service.ts';
 import { orchestratorService, type OrchestratorOptions } from '../services/orchestrator/service.ts';
 import { orderService } from '../services/order/service.ts';
-import { querySources, type WatchTimings, type FeedSource, queryService } from '../services/query/service.ts';
+import { querySources, type WatchTimings, queryService } from '../services/query/service.ts';
 import { openSimulatedProvider, paymentService, type SimulatedProvider } from '../services/payment/service.ts';
 
 export const serviceNames = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
@@ -48,22 +47,6 @@ export type SystemOptions = {
   /** When the query service reads the feeds for what the broker lost (tests shorten it). */
   queryWatch?: WatchTimings;
 };
-
-/** A source's feed read through its HTTP app in this process (embedded mode, tests). */
-function inProcessFeed(source: string, app: () => HttpApp | undefined): FeedSource {
-  const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
-    const running = app();
-    if (running === undefined) throw new UnavailableError(`${source} is not running`);
-    const response = await running.inject({ method: 'GET', url: `${path}?after=${after}&limit=${limit}` });
-    if (response.statusCode !== 200) throw new UnavailableError(`${source} feed answered ${response.statusCode}`);
-    return response.json<T>();
-  };
-  return {
-    source,
-    read: (after, limit) => get<FeedPage>('/events', after, limit),
-    marks: (after, limit) => get<FeedMarks>('/events/marks', after, limit),
-  };
-}
 
 /** Every service of the system, wired for one saga mode. */
 export function serviceDefinitions(

@@ -3,11 +3,12 @@
 // only once the read models have applied that write: it waits for it, bounded, and
 // otherwise answers 503 saying how far behind they are, never older data as fresh.
 import { UserId, Uuid } from '@converge/contracts';
-import { ConsistencyTokenSchema, InvalidError, NotFoundError, cached, consistencyHeader, parseToken, problems, waitForToken, type Db, type HttpApp, type ReadCache } from '@converge/platform';
+import {
+  ConsistencyTokenSchema, InvalidError, NotFoundError, cached, consistencyHeader, parseToken, problems, waitForToken,
+  type CaughtUp, type Db, type FeedSource, type HttpApp, type ReadCache,
+} from '@converge/platform';
 import { productKey, summaryKey } from './consumers.ts';
 import Type from 'typebox';
-import type { CaughtUp } from './catch-up.ts';
-import type { FeedSource } from './feeds.ts';
 import { readModels, type LagTracker, type ReadModel } from './lag.ts';
 import { rebuildReadModel, type Rebuilt } from './rebuild.ts';
 import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts, type UserOrdersCursor } from './store.ts';

@@ -7,11 +7,10 @@
 // for. The rebuilt table replaces the live one in that transaction: readers see the
 // old table until the commit and the new one after, and the consumer goes on with the
 // new one from exactly where the old one stood.
-import { UnavailableError, type Db, type ReadCache, type Sql } from '@converge/platform';
+import { UnavailableError, readFeedFrom, type Db, type FeedSource, type ReadCache, type Sql } from '@converge/platform';
 import { productKey, summaryKey } from './consumers.ts';
 import { sleep } from '@converge/platform';
-import { readFeedFrom, type FeedEvent, type FeedSource } from './feeds.ts';
-import { foldReadModels, type ReadModels } from './fold.ts';
+import { foldReadModels, type ReadModels, type SourceEvent } from './fold.ts';
 import type { ReadModel } from './lag.ts';
 
 const tableOf: Record<ReadModel, string> = {
@@ -20,6 +19,9 @@ const tableOf: Record<ReadModel, string> = {
   'product-availability': 'product_availability',
   'order-counts': 'order_counts',
 };
+
+/** An event as a feed serves it: with its stream (subject) and version there. */
+type FeedEvent = SourceEvent & { subject: string; sequence: number };
 
 export type Rebuilt = { model: ReadModel; events: number; rows: number; tookMs: number };
 
@@ -30,7 +32,7 @@ export async function rebuildReadModel(
   const table = tableOf[model];
   // Outside the lock: the bulk of the feeds.
   const read = new Map<string, { events: FeedEvent[]; next: number }>();
-  for (const feed of feeds) read.set(feed.source, await readFeedFrom(feed, 0));
+  for (const feed of feeds) read.set(feed.source, await readFeed(feed, 0));
 
   return db.transaction(async (tx) => {
     await tx.query(`LOCK TABLE ${table} IN EXCLUSIVE MODE`);
@@ -39,7 +41,7 @@ export async function rebuildReadModel(
     for (;;) {
       for (const feed of feeds) {
         const sofar = read.get(feed.source) ?? { events: [], next: 0 };
-        const more = await readFeedFrom(feed, sofar.next);
+        const more = await readFeed(feed, sofar.next);
         read.set(feed.source, { events: [...sofar.events, ...more.events], next: more.next });
       }
       const missing = missingFromFeeds(read, positions);
@@ -61,6 +63,12 @@ export async function rebuildReadModel(
     return { model, events: events.length, rows, tookMs: Date.now() - started };
   });
 }
+
+// The feeds serve the envelopes as they were published (validated by their producers).
+const readFeed = async (feed: FeedSource, after: number): Promise<{ events: FeedEvent[]; next: number }> => {
+  const { events, next } = await readFeedFrom(feed, after);
+  return { events: events as unknown as FeedEvent[], next };
+};
 
 const key = (source: string, subject: string) => `${source}\u0000${subject}`;
 

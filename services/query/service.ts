@@ -2,17 +2,16 @@
 // in a database of its own (see DESIGN.md).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { UnavailableError, memoryCache, type Bus, type Db, type ReadCache, type ServiceDefinition } from '@converge/platform';
+import {
+  UnavailableError, memoryCache, watchForGaps, type Bus, type CatchUpWatch, type Db, type FeedSource, type ReadCache, type ServiceDefinition, type WatchTimings,
+} from '@converge/platform';
 import { projectBatch, queryHandler, querySources } from './consumers.ts';
 import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
-import { watchForGaps, type CatchUpWatch, type WatchTimings } from './catch-up.ts';
-import type { FeedSource } from './feeds.ts';
 import { createLagTracker, readModels } from './lag.ts';
 
 // What the rest of the system may use of this service; nothing imports its other files.
 export { querySources } from './consumers.ts';
-export type { WatchTimings } from './catch-up.ts';
-export { httpFeed, type FeedSource } from './feeds.ts';
+export { httpFeed, type FeedSource, type WatchTimings } from '@converge/platform';
 export { foldReadModels, type SourceEvent } from './fold.ts';
 export { readModels } from './lag.ts';
 export type { OrderSummary } from './projections/order-summary.ts';

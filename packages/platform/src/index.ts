@@ -1,5 +1,6 @@
 export * from './bus.ts';
 export * from './cache.ts';
+export * from './catch-up.ts';
 export * from './config.ts';
 export * from './consistency.ts';
 export * from './consumer.ts';

@@ -1,17 +1,77 @@
-// Catching up from the feeds, without the broker. The broker can lose the query
-// service's queue (deleted, purged, a broker rebuilt): the events in it never arrive.
-// The consumer notices by sequence — a later event of the same stream arrives and is
-// held for its missing predecessor — and the query service then reads each source's
-// feed from its checkpoint and hands the events its inbox has never seen to the
-// consumer, whose per-subject order applies them and drains what was held. The same
-// runs at start-up (a queue may have been lost while the service was down), on demand
-// (POST /projections/catch-up) and as a periodic sweep, which finds what no later
-// event would reveal (a stream's last events lost) and keeps the checkpoints close to
-// the head, so every catch-up reads little. The sweep leaves alone events committed
-// in the last few seconds that it has not seen yet: they are on their way through the
-// broker, and it stops before them, to look again next time.
-import type { Consumer, Db, Logger, Outcome } from '@converge/platform';
-import type { FeedSource } from './feeds.ts';
+// Catching up from the feeds, without the broker. The broker can lose a consumer's
+// queue (deleted, purged, a broker rebuilt): the events in it never arrive. The
+// consumer notices by sequence — a later event of the same stream arrives and is held
+// for its missing predecessor — and the service then reads each source's feed from its
+// checkpoint and hands the events its inbox has never seen to the consumer, whose
+// per-subject order applies them and drains what was held. The same runs at start-up
+// (a queue may have been lost while the service was down), on demand and as a periodic
+// sweep, which finds what no later event would reveal (a stream's last events lost)
+// and keeps the checkpoints close to the head, so every catch-up reads little. The
+// sweep leaves alone events committed in the last few seconds that it has not seen
+// yet: they are on their way through the broker, and it stops before them, to look
+// again next time.
+//
+// The consuming service's migrations create `feed_checkpoints (source text PRIMARY KEY,
+// position bigint NOT NULL, updated_at timestamptz NOT NULL)`: how far it has read each
+// source's feed.
+import type { Envelope } from '@converge/contracts';
+import type { Consumer, Outcome } from './consumer.ts';
+import type { Db } from './db.ts';
+import { UnavailableError } from './errors.ts';
+import type { FeedMarks, FeedPage } from './feed.ts';
+import type { HttpApp } from './http.ts';
+import type { Logger } from './log.ts';
+
+/** A source's feed (GET /events and /events/marks), however it is reached. */
+export type FeedSource = {
+  source: string;
+  read(after: number, limit: number): Promise<FeedPage>;
+  /** The same page, each event by id and commit time only. */
+  marks(after: number, limit: number): Promise<FeedMarks>;
+};
+
+/** A source's feed over HTTP (a deployment: one process per service). */
+export function httpFeed(source: string, baseUrl: string): FeedSource {
+  const base = baseUrl.replace(/\/+$/, '');
+  const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
+    const response = await fetch(`${base}${path}?after=${after}&limit=${limit}`, { signal: AbortSignal.timeout(10_000) });
+    if (!response.ok) throw new Error(`${source} feed answered ${response.status}`);
+    return (await response.json()) as T;
+  };
+  return {
+    source,
+    read: (after, limit) => get<FeedPage>('/events', after, limit),
+    marks: (after, limit) => get<FeedMarks>('/events/marks', after, limit),
+  };
+}
+
+/** A source's feed through its HTTP app in this process (embedded mode, tests); the app may not be running yet. */
+export function inProcessFeed(source: string, app: () => HttpApp | undefined): FeedSource {
+  const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
+    const running = app();
+    if (running === undefined) throw new UnavailableError(`${source} is not running`);
+    const response = await running.inject({ method: 'GET', url: `${path}?after=${after}&limit=${limit}` });
+    if (response.statusCode !== 200) throw new UnavailableError(`${source} feed answered ${response.statusCode}`);
+    return response.json<T>();
+  };
+  return {
+    source,
+    read: (after, limit) => get<FeedPage>('/events', after, limit),
+    marks: (after, limit) => get<FeedMarks>('/events/marks', after, limit),
+  };
+}
+
+/** Every event of a feed after `after`, page by page; and the position read up to. */
+export async function readFeedFrom(feed: FeedSource, after: number, pageSize = 1000): Promise<{ events: Envelope[]; next: number }> {
+  const events: Envelope[] = [];
+  let next = after;
+  for (;;) {
+    const page = await feed.read(next, pageSize);
+    events.push(...page.events.map((e) => e.event));
+    if (page.events.length === 0) return { events, next };
+    next = page.next;
+  }
+}
 
 export type CaughtUp = { read: number } & Partial<Record<Outcome, number>>;
 
