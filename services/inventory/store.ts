@@ -4,7 +4,7 @@
 // commit together. A batch locks its reservations (in order-id order), then its products (in
 // product-id order), so two batches never wait on each other in a cycle; every update
 // is conditional with its row count checked.
-import type { StockLine } from '@converge/contracts';
+import type { ReservationStatus, StockLine } from '@converge/contracts';
 import { ConflictError, NotFoundError, appendToOutbox, streamVersion, type Db, type Sql } from '@converge/platform';
 import type { Move, Product, Reservation } from './inventory.ts';
 
@@ -136,7 +136,7 @@ export async function applyMoves(tx: Sql, moves: readonly Move[], now: Date): Pr
 }
 
 type ReservationRow = {
-  order_id: string; user_id: string | null; status: Reservation['status']; items: StockLine[]; reason: string | null; release_answered: boolean;
+  order_id: string; user_id: string | null; status: ReservationStatus; items: StockLine[]; reason: string | null; release_answered: boolean;
 };
 
 function toReservation(row: ReservationRow): Reservation {
@@ -168,7 +168,7 @@ export async function lockReservations(tx: Sql, orderIds: readonly string[]): Pr
  * first; anything else is a conflict and the batch rolls back.
  */
 export async function saveReservations(
-  tx: Sql, changes: readonly { from: Reservation['status'] | undefined; to: Reservation }[], now: Date,
+  tx: Sql, changes: readonly { from: ReservationStatus | undefined; to: Reservation }[], now: Date,
 ): Promise<void> {
   if (changes.length === 0) return;
   const rows = changes.map(({ from, to }) => ({

@@ -2,14 +2,10 @@
 // the operator's two actions on a parked saga: retry (send the command in flight again,
 // with fresh attempts) or resolve (the operator settled it by hand). Both are recorded
 // in the saga's log with the operator's note.
+import { SagaStatus } from '@converge/contracts';
 import { NotFoundError, problems, type Db, type HttpApp, type Saga, type SagaDefinition, type SagaMode } from '@converge/platform';
 import Type from 'typebox';
 import { advanceSaga, listSagas, sagaCounts, sagaHistory } from './store.ts';
-
-const SagaStatus = Type.Union([
-  Type.Literal('RUNNING'), Type.Literal('COMPENSATING'), Type.Literal('COMPLETED'),
-  Type.Literal('COMPENSATED'), Type.Literal('NEEDS_ATTENTION'), Type.Literal('RESOLVED'),
-]);
 
 const StepSchema = Type.Object({
   name: Type.String(),

@@ -2,10 +2,12 @@
 // reports the same truth and a restart loses nothing: sagas per state, sagas stuck
 // (not final, unchanged for longer than the threshold: alert on > 0), and how long each
 // step took, over the sagas that changed in the last minute.
-import type { Db } from '@converge/platform';
+import { literalsOf, SagaStatus } from '@converge/contracts';
+import type { Db, SagaStatus as SagaState } from '@converge/platform';
 import { sagaCounts } from './store.ts';
 
-const statuses = ['RUNNING', 'COMPENSATING', 'COMPLETED', 'COMPENSATED', 'NEEDS_ATTENTION', 'RESOLVED'];
+// Typed as the platform's saga states: a status the schema has and the sagas cannot reach fails to compile.
+const statuses: readonly SagaState[] = literalsOf(SagaStatus);
 const quantiles = [0.5, 0.9, 0.99];
 
 export function sagaMetrics(db: Db, stuckBefore: () => Date): () => Promise<string[]> {

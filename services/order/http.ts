@@ -1,7 +1,7 @@
 // The order API: each handler parses, calls one function of the store or of placement
 // (place.ts: pricing and the Idempotency-Key) and maps the result to HTTP. The outcome
 // of an order follows asynchronously, through its events.
-import { Quantity, Uuid, UserId } from '@converge/contracts';
+import { OrderStatus, Quantity, Uuid, UserId } from '@converge/contracts';
 import { NotFoundError, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
 import { orderPlacement } from './place.ts';
@@ -18,7 +18,7 @@ export const PlaceOrder = Type.Object(
 export const OrderSchema = Type.Object({
   orderId: Uuid,
   userId: Type.String(),
-  status: Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]),
+  status: OrderStatus,
   items: Type.Array(Type.Object({ productId: Uuid, quantity: Type.Integer(), unitPrice: Type.Integer() })),
   totalAmount: Type.Integer(),
   currency: Type.String(),

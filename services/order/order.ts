@@ -5,8 +5,6 @@
 import type { DomainEvent, OrderLine } from '@converge/contracts';
 import { ConflictError } from '@converge/platform';
 
-export type OrderStatus = 'PENDING' | 'COMPLETED' | 'FAILED' | 'CANCELLED';
-
 type Placed = {
   orderId: string;
   userId: string;

@@ -5,7 +5,7 @@
 // order it touches in one statement (locked, in id order), decides in memory, and writes
 // them back in one; its events are appended at the versions it loaded. The row lock
 // serialises writers of one order; the (subject, sequence) key catches anything else.
-import type { Envelope } from '@converge/contracts';
+import type { Envelope, OrderStatus } from '@converge/contracts';
 import { appendToOutbox, ConflictError, NotFoundError, type AppendContext, type Db, type Sql } from '@converge/platform';
 import { decide, evolve, initialOrder, type Order, type OrderCommand, type OrderEvent } from './order.ts';
 
@@ -89,7 +89,7 @@ export async function saveOrders(tx: Sql, orders: readonly Order[], now: Date): 
 }
 
 export type OrderView = {
-  orderId: string; userId: string; status: Exclude<Order['status'], 'NONE'>; items: { productId: string; quantity: number; unitPrice: number }[];
+  orderId: string; userId: string; status: OrderStatus; items: { productId: string; quantity: number; unitPrice: number }[];
   totalAmount: number; currency: string; reason?: string; version: number; createdAt: string; updatedAt: string;
 };
 

@@ -1,5 +1,5 @@
 // Payment's HTTP API: payments by order or user, and users' credit at the provider.
-import { Money, Uuid, UserId } from '@converge/contracts';
+import { Money, PaymentStatus, Uuid, UserId } from '@converge/contracts';
 import { NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
 import type { SimulatedProvider } from './provider.ts';
@@ -11,7 +11,7 @@ const PaymentSchema = Type.Object({
   userId: Type.String(),
   amount: Money,
   currency: Type.String(),
-  status: Type.Union([Type.Literal('PROCESSED'), Type.Literal('FAILED'), Type.Literal('REFUNDED')]),
+  status: PaymentStatus,
   reason: Type.Optional(Type.String()),
 });
 

@@ -1,12 +1,13 @@
 // Payment state: payments (one per order) and cancellation tombstones, always written
 // in the consumer's transaction together with the events they cause. A batch's orders
 // are loaded in one statement and written back in one.
+import type { PaymentStatus } from '@converge/contracts';
 import type { Sql } from '@converge/platform';
 import type { Payment, PaymentState } from './payment.ts';
 
 type PaymentRow = {
   payment_id: string; order_id: string; user_id: string; amount: number; currency: string;
-  status: Payment['status']; reason: string | null; processed_at: Date; refunded_at: Date | null;
+  status: PaymentStatus; reason: string | null; processed_at: Date; refunded_at: Date | null;
 };
 
 function toPayment(r: PaymentRow): Payment {
