@@ -4,7 +4,7 @@
 import { readModels } from '../services/query/service.ts';
 
 const name = process.argv[2] ?? '';
-const choices = [...readModels, 'all'];
+const choices = [...readModels.map((m) => m.name), 'all'];
 if (!choices.includes(name)) {
   console.error(`usage: npm run rebuild -- ${choices.join('|')}`);
   process.exit(2);

@@ -7,11 +7,14 @@ import {
   ConsistencyTokenSchema, InvalidError, NotFoundError, cached, consistencyHeader, parseToken, problems, waitForToken,
   type CaughtUp, type Db, type FeedSource, type HttpApp, type ReadCache,
 } from '@converge/platform';
-import { productKey, summaryKey } from './consumers.ts';
 import Type from 'typebox';
-import { readModels, type LagTracker, type ReadModel } from './lag.ts';
+import type { LagTracker } from './lag.ts';
+import { orderCountsByStatus } from './projections/order-counts.ts';
+import { getSummary, summaryKey } from './projections/order-summary.ts';
+import { getAvailability, listAvailability, productKey } from './projections/product-availability.ts';
+import { listUserOrders, type UserOrdersCursor } from './projections/user-orders.ts';
+import { readModels, type ReadModelName } from './read-models.ts';
 import { rebuildReadModel, type Rebuilt } from './rebuild.ts';
-import { getAvailability, getSummary, listAvailability, listUserOrders, orderCounts, type UserOrdersCursor } from './store.ts';
 
 const Status = Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]);
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(schema: T) => Type.Union([schema, Type.Null()]);
@@ -71,7 +74,7 @@ function readCursor(text: string): UserOrdersCursor {
 export type LagProbe = { lag: LagTracker; waiting(): Promise<number> };
 
 /** The current lag of one read model: events waiting, and how far behind in time while any wait. */
-export async function currentLag(probe: LagProbe, model: (typeof readModels)[number], now: Date): Promise<{ events: number; seconds: number }> {
+export async function currentLag(probe: LagProbe, model: ReadModelName, now: Date): Promise<{ events: number; seconds: number }> {
   const events = await probe.waiting();
   const last = probe.lag.report(model).lastEventTime ?? probe.lag.startedAt;
   return { events, seconds: events > 0 ? Math.max(0, (now.getTime() - last) / 1000) : 0 };
@@ -96,14 +99,14 @@ export function registerQueryRoutes(
     schema: {
       tags: ['query'],
       summary: 'Rebuilds a read model (or all) from the feeds while the old one serves, then switches atomically',
-      params: Type.Object({ name: Type.Union([...readModels.map((m) => Type.Literal(m)), Type.Literal('all')]) }),
+      params: Type.Object({ name: Type.Union([...readModels.map((m) => Type.Literal(m.name)), Type.Literal('all')]) }),
       response: {
         200: Type.Object({ rebuilt: Type.Array(Type.Object({ model: Type.String(), events: Type.Integer(), rows: Type.Integer(), tookMs: Type.Integer() })) }),
         ...problems(400, 503),
       },
     },
   }, async (request) => {
-    const models: ReadModel[] = request.params.name === 'all' ? [...readModels] : [request.params.name];
+    const models: ReadModelName[] = request.params.name === 'all' ? readModels.map((m) => m.name) : [request.params.name];
     const rebuilt: Rebuilt[] = [];
     for (const model of models) rebuilt.push(await rebuildReadModel(db, options.feeds(), model, { consumer: options.consumer, cache: options.cache }));
     return { rebuilt };
@@ -112,7 +115,7 @@ export function registerQueryRoutes(
   app.get('/projections', {
     schema: { tags: ['query'], summary: 'Each read model: events applied, delay from commit to applied, current lag', response: { 200: Type.Object({ projections: Type.Array(ProjectionSchema) }) } },
   }, async () => ({
-    projections: await Promise.all(readModels.map(async (name) => {
+    projections: await Promise.all(readModels.map(async ({ name }) => {
       const { applied, delayMs } = options.probe.lag.report(name);
       return { name, applied, delayMs, lag: await currentLag(options.probe, name, options.now()) };
     })),
@@ -191,5 +194,5 @@ export function registerQueryRoutes(
       tags: ['query'], summary: 'Orders per status', headers: TokenHeader,
       response: { 200: Type.Object({ orders: Type.Record(Type.String(), Type.Integer()) }), ...problems(400, 503) },
     },
-  }, async () => ({ orders: await orderCounts(db) }));
+  }, async () => ({ orders: await orderCountsByStatus(db) }));
 }

@@ -4,8 +4,7 @@
 // The current lag is the events still waiting for the read side (queue and hold) and,
 // while any wait, how long ago the last applied event was committed (before the first
 // one since the service started, how long it has been running).
-export const readModels = ['order-summary', 'user-orders', 'product-availability', 'order-counts'] as const;
-export type ReadModel = (typeof readModels)[number];
+import { readModels, type ReadModelName } from './read-models.ts';
 
 // Fine below the 100 ms target and at most 1.5 to 2.5 times apart up to 5 s, so
 // quantiles estimated from the buckets (as Prometheus and the benchmark do) stay close
@@ -18,15 +17,15 @@ type Track = { applied: number; buckets: number[]; sum: number; recent: number[]
 export type LagTracker = {
   /** When the tracker began: the lag's reference until the first event is applied. */
   readonly startedAt: number;
-  record(models: readonly ReadModel[], eventTime: string, appliedAt: Date): void;
-  report(model: ReadModel): { applied: number; delayMs: { p50: number; p99: number; max: number; samples: number }; lastEventTime: number | undefined };
+  record(models: readonly ReadModelName[], eventTime: string, appliedAt: Date): void;
+  report(model: ReadModelName): { applied: number; delayMs: { p50: number; p99: number; max: number; samples: number }; lastEventTime: number | undefined };
   metricLines(): string[];
 };
 
 const quantile = (sorted: readonly number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
 
 export function createLagTracker(startedAt = Date.now()): LagTracker {
-  const tracks = new Map<ReadModel, Track>(readModels.map((m) => [m, { applied: 0, buckets: bucketsSeconds.map(() => 0), sum: 0, recent: [], lastEventTime: undefined }]));
+  const tracks = new Map<ReadModelName, Track>(readModels.map((m) => [m.name, { applied: 0, buckets: bucketsSeconds.map(() => 0), sum: 0, recent: [], lastEventTime: undefined }]));
   return {
     startedAt,
     record(models, eventTime, appliedAt) {

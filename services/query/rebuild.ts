@@ -7,29 +7,22 @@
 // for. The rebuilt table replaces the live one in that transaction: readers see the
 // old table until the commit and the new one after, and the consumer goes on with the
 // new one from exactly where the old one stood.
-import { UnavailableError, readFeedFrom, type Db, type FeedSource, type ReadCache, type Sql } from '@converge/platform';
-import { productKey, summaryKey } from './consumers.ts';
-import { sleep } from '@converge/platform';
-import { foldReadModels, type ReadModels, type SourceEvent } from './fold.ts';
-import type { ReadModel } from './lag.ts';
-
-const tableOf: Record<ReadModel, string> = {
-  'order-summary': 'order_summaries',
-  'user-orders': 'user_orders',
-  'product-availability': 'product_availability',
-  'order-counts': 'order_counts',
-};
+import { NotFoundError, UnavailableError, readFeedFrom, sleep, type Db, type FeedSource, type ReadCache, type Sql } from '@converge/platform';
+import { foldEvents, type ReadModel, type SourceEvent } from './read-model.ts';
+import { readModels, type ReadModelName } from './read-models.ts';
 
 /** An event as a feed serves it: with its stream (subject) and version there. */
 type FeedEvent = SourceEvent & { subject: string; sequence: number };
 
-export type Rebuilt = { model: ReadModel; events: number; rows: number; tookMs: number };
+export type Rebuilt = { model: ReadModelName; events: number; rows: number; tookMs: number };
 
 export async function rebuildReadModel(
-  db: Db, feeds: readonly FeedSource[], model: ReadModel, options: { consumer: string; cache: ReadCache; settleMs?: number },
+  db: Db, feeds: readonly FeedSource[], name: ReadModelName, options: { consumer: string; cache: ReadCache; settleMs?: number },
 ): Promise<Rebuilt> {
   const started = Date.now();
-  const table = tableOf[model];
+  const model = readModels.find((m) => m.name === name);
+  if (model === undefined) throw new NotFoundError(`no read model ${name}`);
+  const table = model.table;
   // Outside the lock: the bulk of the feeds.
   const read = new Map<string, { events: FeedEvent[]; next: number }>();
   for (const feed of feeds) read.set(feed.source, await readFeed(feed, 0));
@@ -46,22 +39,36 @@ export async function rebuildReadModel(
       }
       const missing = missingFromFeeds(read, positions);
       if (missing === undefined) break;
-      if (Date.now() > deadline) throw new UnavailableError(`rebuild of ${model}: ${missing} was applied but is not in its feed yet; retry`);
+      if (Date.now() > deadline) throw new UnavailableError(`rebuild of ${name}: ${missing} was applied but is not in its feed yet; retry`);
       await sleep(50);
     }
     const events = [...read.values()].flatMap((r) => r.events).filter((e) => e.sequence <= (positions.get(key(e.source, e.subject)) ?? 0));
-    const folded = foldReadModels(events);
+    // Every model folds (a view needs the model it folds); only this one is written.
+    const run = foldEvents(readModels, events);
     const shadow = `${table}_rebuild`;
     await tx.query(`DROP TABLE IF EXISTS ${shadow}`);
     await tx.query(`CREATE TABLE ${shadow} (LIKE ${table} INCLUDING ALL)`);
-    const { rows, versions } = await fill(tx, model, table, shadow, folded);
+    await model.save(tx, run, { table: shadow, now: new Date() });
+    const versions = await raiseVersions(tx, model, shadow);
+    const [counted] = await tx.query<{ rows: number }>(`SELECT count(*)::int AS rows FROM ${shadow}`);
     // Rebuilt rows carry versions above the old ones: cached copies of the old table go
     // (before the commit, as the consumer does: see consumers.ts).
     await options.cache.invalidate(versions);
     await tx.query(`DROP TABLE ${table}`);
     await tx.query(`ALTER TABLE ${shadow} RENAME TO ${table}`);
-    return { model, events: events.length, rows, tookMs: Date.now() - started };
+    return { model: name, events: events.length, rows: counted?.rows ?? 0, tookMs: Date.now() - started };
   });
+}
+
+/** A cached model's rebuilt rows take the version after the live row's (1 for a new row), so no cache keeps an old one. */
+async function raiseVersions(tx: Sql, model: ReadModel, shadow: string): Promise<{ key: string; version: number }[]> {
+  const cached = model.cached;
+  if (cached === undefined) return [];
+  const rows = await tx.query<{ id: string; version: number }>(
+    `UPDATE ${shadow} s SET version = coalesce((SELECT o.version FROM ${model.table} o WHERE o.${cached.column} = s.${cached.column}), 0) + 1
+     RETURNING s.${cached.column}::text AS id, s.version`,
+  );
+  return rows.map((r) => ({ key: cached.key(r.id), version: r.version }));
 }
 
 // The feeds serve the envelopes as they were published (validated by their producers).
@@ -88,53 +95,4 @@ function missingFromFeeds(read: Map<string, { events: FeedEvent[] }>, positions:
     if ((highest.get(stream) ?? 0) < last) return `${stream.replace('\u0000', ':')}:${last}`;
   }
   return undefined;
-}
-
-type Filled = { rows: number; versions: { key: string; version: number }[] };
-
-/** Writes the folded model into `table`; cached models take versions above the live rows' (`live`). */
-async function fill(tx: Sql, model: ReadModel, live: string, table: string, folded: ReadModels): Promise<Filled> {
-  switch (model) {
-    case 'order-summary': {
-      const rows = [...folded.summaries.values()].map((d) => ({ order_id: d.orderId, status: d.status, document: d, updated_at: d.updatedAt }));
-      const written = await tx.query<{ id: string; version: number }>(
-        `INSERT INTO ${table} (order_id, status, document, updated_at, version)
-         SELECT x.order_id, x.status, x.document, x.updated_at, coalesce(o.version, 0) + 1
-           FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, document jsonb, updated_at timestamptz)
-           LEFT JOIN ${live} o USING (order_id)
-         RETURNING order_id::text AS id, version`,
-        [JSON.stringify(rows)],
-      );
-      return { rows: rows.length, versions: written.map((w) => ({ key: summaryKey(w.id), version: w.version })) };
-    }
-    case 'user-orders': {
-      const rows = [...folded.userOrders.values()];
-      await tx.query(
-        `INSERT INTO ${table} (order_id, user_id, status, total_amount, currency, lines, created_at, updated_at)
-         SELECT "orderId", "userId", status, "totalAmount", currency, lines, "createdAt", "updatedAt"
-           FROM jsonb_to_recordset($1::jsonb) AS x("orderId" uuid, "userId" text, status text, "totalAmount" bigint, currency text, lines int, "createdAt" timestamptz, "updatedAt" timestamptz)`,
-        [JSON.stringify(rows)],
-      );
-      return { rows: rows.length, versions: [] };
-    }
-    case 'product-availability': {
-      const rows = [...folded.availability.values()];
-      const written = await tx.query<{ id: string; version: number }>(
-        `INSERT INTO ${table} (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at, version)
-         SELECT x."productId", x.name, x.price, x.currency, x."stockQuantity", x.reserved, x.sold, now(), coalesce(o.version, 0) + 1
-           FROM jsonb_to_recordset($1::jsonb) AS x("productId" uuid, name text, price bigint, currency text, "stockQuantity" int, reserved int, sold int)
-           LEFT JOIN ${live} o ON o.product_id = x."productId"
-         RETURNING product_id::text AS id, version`,
-        [JSON.stringify(rows)],
-      );
-      return { rows: rows.length, versions: written.map((w) => ({ key: productKey(w.id), version: w.version })) };
-    }
-    case 'order-counts': {
-      const rows = Object.entries(folded.counts).map(([status, n]) => ({ status, n }));
-      await tx.query(`INSERT INTO ${table} (status, n) SELECT status, n FROM jsonb_to_recordset($1::jsonb) AS x(status text, n int)`, [JSON.stringify(rows)]);
-      return { rows: rows.length, versions: [] };
-    }
-    default:
-      throw new Error(`unknown read model ${String(model)}`);
-  }
 }

@@ -7,13 +7,14 @@ import {
 } from '@converge/platform';
 import { projectBatch, queryHandler, querySources } from './consumers.ts';
 import { currentLag, registerQueryRoutes, type LagProbe } from './http.ts';
-import { createLagTracker, readModels } from './lag.ts';
+import { createLagTracker } from './lag.ts';
+import { readModels } from './read-models.ts';
 
 // What the rest of the system may use of this service; nothing imports its other files.
 export { querySources } from './consumers.ts';
 export { httpFeed, type FeedSource, type WatchTimings } from '@converge/platform';
-export { foldReadModels, type SourceEvent } from './fold.ts';
-export { readModels } from './lag.ts';
+export type { SourceEvent } from './read-model.ts';
+export { foldReadModels, readModels } from './read-models.ts';
 export type { OrderSummary } from './projections/order-summary.ts';
 export type { Availability } from './projections/product-availability.ts';
 export type { UserOrder } from './projections/user-orders.ts';
@@ -63,7 +64,7 @@ export function queryService(options: QueryOptions = {}): ServiceDefinition {
       background: ({ db, log, consumer, now }) => (live.watch = watchForGaps({ db, consumer, feeds, log, now, ...options.watch })),
     }),
     metrics: ({ db, bus, now }) => async () => {
-      const current = await Promise.all(readModels.map(async (model) => ({ model, ...(await currentLag(probe(db, bus), model, now())) })));
+      const current = await Promise.all(readModels.map(async ({ name: model }) => ({ model, ...(await currentLag(probe(db, bus), model, now())) })));
       return [
         ...lag.metricLines(),
         '# HELP converge_cache_reads_total Reads of cached read models, by outcome (a miss reads the database).',

@@ -3,8 +3,11 @@
 // payment, and the full status timeline. Events of one source arrive in order per
 // order; events of different sources may interleave in any order, so every field is
 // owned by one source and the timeline is kept sorted by event time: the document is
-// the same whatever the interleaving.
+// the same whatever the interleaving. Cached by order (`order:<id>`), each row with a
+// version raised by every write.
 import type { DomainEvent, OrderLine } from '@converge/contracts';
+import type { Sql } from '@converge/platform';
+import { readModel, type SaveTo } from '../read-model.ts';
 
 export type OrderStatus = 'PENDING' | 'COMPLETED' | 'FAILED' | 'CANCELLED';
 export type StockOutcome = 'RESERVED' | 'REJECTED' | 'RELEASED' | 'COMMITTED';
@@ -85,4 +88,46 @@ export function evolveSummary(doc: OrderSummary, event: Envelope): OrderSummary 
     default:
       return doc;
   }
+}
+
+export const summaryKey = (orderId: string) => `order:${orderId}`;
+
+// Rows are locked and written in key order, so two instances lock them in the same order.
+async function loadSummaries(tx: Sql, orderIds: readonly string[]): Promise<Map<string, OrderSummary>> {
+  const rows = await tx.query<{ order_id: string; document: OrderSummary }>(
+    'SELECT order_id, document FROM order_summaries WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE', [[...orderIds]],
+  );
+  return new Map(rows.map((r) => [r.order_id, r.document]));
+}
+
+async function saveSummaries(tx: Sql, docs: readonly OrderSummary[], { table }: SaveTo): Promise<{ id: string; version: number }[]> {
+  if (docs.length === 0) return [];
+  const rows = await tx.query<{ order_id: string; version: number }>(
+    `INSERT INTO ${table} (order_id, status, document, updated_at, version)
+     SELECT x.order_id, x.status, x.document, x.updated_at, 1
+       FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, document jsonb, updated_at timestamptz)
+      ORDER BY x.order_id
+     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, document = excluded.document, updated_at = excluded.updated_at, version = ${table}.version + 1
+     RETURNING order_id, version`,
+    [JSON.stringify(docs.map((d) => ({ order_id: d.orderId, status: d.status, document: d, updated_at: d.updatedAt })))],
+  );
+  return rows.map((r) => ({ id: r.order_id, version: r.version }));
+}
+
+export const orderSummary = readModel({
+  name: 'order-summary',
+  table: 'order_summaries',
+  cached: { column: 'order_id', key: summaryKey },
+  keysOf: (event) => {
+    const orderId = orderOf(event);
+    return orderId !== undefined && summarises(event.type) ? [orderId] : [];
+  },
+  evolve: (doc: OrderSummary | undefined, event, orderId) => evolveSummary(doc ?? emptySummary(orderId, event.time), event),
+  load: loadSummaries,
+  save: saveSummaries,
+});
+
+export async function getSummary(db: Sql, orderId: string): Promise<{ version: number; value: OrderSummary } | undefined> {
+  const [row] = await db.query<{ document: OrderSummary; version: number }>('SELECT document, version FROM order_summaries WHERE order_id = $1', [orderId]);
+  return row === undefined ? undefined : { version: row.version, value: row.document };
 }
