@@ -7,8 +7,8 @@ import type { DomainEvent } from '@converge/contracts';
 import { memoryCache, migrate, openPglite, type Db, type Message } from '@converge/platform';
 import { describe, expect, it } from 'vitest';
 import { projectBatch, queryHandler } from './consumers.ts';
-import { foldReadModels } from './read-models.ts';
-import type { SourceEvent } from './read-model.ts';
+import { foldEvents, type SourceEvent } from './read-model.ts';
+import { foldReadModels, readModels } from './read-models.ts';
 import { createLagTracker } from './lag.ts';
 import { addUpCounts, countChanges } from './projections/order-counts.ts';
 import { addUpDeltas, availabilityDeltas, emptyAvailability, evolveAvailability } from './projections/product-availability.ts';
@@ -128,11 +128,11 @@ describe('the projection on a database', () => {
     await migrate(db, { query: migrations });
     return db;
   };
-  const tables = async (db: Db) => ({
-    summaries: await db.query('SELECT order_id, status, document FROM order_summaries ORDER BY order_id'),
-    users: await db.query('SELECT order_id, user_id, status, total_amount, lines FROM user_orders ORDER BY order_id'),
-    products: await db.query('SELECT product_id, name, price, stock_quantity, reserved, sold FROM product_availability ORDER BY product_id'),
-    counts: await db.query('SELECT status, n FROM order_counts WHERE n <> 0 ORDER BY status'),
+  const tables = async (db: Db, suffix = '') => ({
+    summaries: await db.query(`SELECT order_id, status, document FROM order_summaries${suffix} ORDER BY order_id`),
+    users: await db.query(`SELECT order_id, user_id, status, total_amount, lines FROM user_orders${suffix} ORDER BY order_id`),
+    products: await db.query(`SELECT product_id, name, price, stock_quantity, reserved, sold FROM product_availability${suffix} ORDER BY product_id`),
+    counts: await db.query(`SELECT status, n FROM order_counts${suffix} WHERE n <> 0 ORDER BY status`),
   });
   const secondOrder = '00000000-0000-4000-8000-00000000000b';
   const messages = (events: SourceEvent[]): Message[] => events.map((e, i): Message => ({
@@ -161,6 +161,39 @@ describe('the projection on a database', () => {
     } finally {
       await single.close();
       await batched.close();
+    }
+  });
+
+  it('given the events the consumer applied, when every read model is filled from their fold through its own save into an empty table (a rebuild), then each equals the live table', async () => {
+    const events = [...catalogue, ...orderEvents, ...inventoryEvents, ...paymentEvents];
+    const db = await open('filled');
+    try {
+      await db.transaction((tx) => projectBatch(createLagTracker(), memoryCache())(tx, messages(events), { now: new Date(clock) }));
+      const run = foldEvents(readModels, events);
+      await db.transaction(async (tx) => {
+        for (const model of readModels) {
+          await tx.query(`CREATE TABLE ${model.table}_filled (LIKE ${model.table} INCLUDING ALL)`);
+          await model.save(tx, run, { table: `${model.table}_filled`, now: new Date(clock) });
+        }
+      });
+      expect(await tables(db, '_filled')).toEqual(await tables(db));
+    } finally {
+      await db.close();
+    }
+  });
+
+  it('given a batch, when it is projected, then each read model counts the events that changed it', async () => {
+    const lag = createLagTracker();
+    const db = await open('lag');
+    try {
+      await db.transaction((tx) => projectBatch(lag, memoryCache())(tx, messages([...catalogue, ...orderEvents, ...inventoryEvents, ...paymentEvents]), { now: new Date(clock) }));
+      // Five events about the order; two from the order service; three stock moves (and
+      // the catalogue); the counts move on OrderCreated and OrderCompleted.
+      expect(Object.fromEntries(readModels.map(({ name }) => [name, lag.report(name).applied]))).toEqual({
+        'order-summary': 5, 'user-orders': 2, 'product-availability': 4, 'order-counts': 2,
+      });
+    } finally {
+      await db.close();
     }
   });
 });
