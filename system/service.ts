@@ -12,8 +12,7 @@ import { inventoryService } from '../services/inventory/service.ts';
 import { orchestratorConfig, orchestratorService } from '../services/orchestrator/service.ts';
 import { orderService } from '../services/order/service.ts';
 // The query service's definition file does not re-export its settings yet.
-import { queryConfig } from '../services/query/config.ts';
-import { httpFeed, queryService } from '../services/query/service.ts';
+import { httpFeed, queryConfig, queryService } from '../services/query/service.ts';
 import { openSimulatedProvider, paymentConfig, paymentService } from '../services/payment/service.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
 

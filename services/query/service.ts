@@ -11,6 +11,7 @@ import { createLagTracker } from './lag.ts';
 import { readModels } from './read-models.ts';
 
 // What the rest of the system may use of this service; nothing imports its other files.
+export { queryConfig } from './config.ts';
 export { querySources } from './consumers.ts';
 export { httpFeed, type FeedSource, type WatchTimings } from '@converge/platform';
 export type { SourceEvent } from './read-model.ts';
