@@ -4,8 +4,8 @@
 // hold. Bodies are sent as raw strings so that malformed JSON, wrong content types and
 // prototype-pollution keys reach the HTTP edge exactly as a hostile client sends them.
 import crypto from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { boot, modes, type Harness } from './harness.ts';
+import { beforeAll, expect, it } from 'vitest';
+import { describeSystem, modes, type Harness } from './harness.ts';
 
 type Service = 'order' | 'inventory' | 'payment' | 'orchestrator';
 type Fixtures = { product: string; user: string; order: string; many: string[] };
@@ -185,14 +185,11 @@ const leak = /\bat .+:\d+:\d+|"stack"|\b(SELECT|INSERT|UPDATE|DELETE FROM)\b|rel
 
 // Validation happens at the HTTP edge, before any saga wiring: one saga mode per backend
 // covers both backends and both modes (each of the ~200 cases runs twice, not four times).
-const covering = modes.filter((m) => m.name === 'embedded' || m.name === 'postgres+rabbitmq · orchestration');
+const covering = modes.filter((m) => m === 'embedded' || m === 'postgres+rabbitmq · orchestration');
 
-describe.each(covering)('bad input ($name)', ({ name, skip }) => {
-  let h: Harness;
+describeSystem('bad input', covering, (h) => {
   let f: Fixtures;
   beforeAll(async () => {
-    if (skip) return;
-    h = await boot(name);
     const user = await h.user(1_000_000);
     const product = await h.product(1000, 100);
     const many = await Promise.all(Array.from({ length: 101 }, () => h.product(10)));
@@ -201,11 +198,8 @@ describe.each(covering)('bad input ($name)', ({ name, skip }) => {
     await h.quiet();
     f = { product, user, order: placed.orderId, many };
   }, 120_000);
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
 
-  it.skipIf(skip).each(cases)('$what → $status', async (c) => {
+  it.each(cases)('$what → $status', async (c) => {
     const before = await snapshot(h);
     const { url, body, contentType, headers } = c.request(f);
     const response = await h.system.services[c.service].app.inject({
@@ -224,7 +218,7 @@ describe.each(covering)('bad input ($name)', ({ name, skip }) => {
     expect(await snapshot(h), `${c.what} wrote something`).toEqual(before);
   });
 
-  it.skipIf(skip)('after all of it, every write endpoint still serves a valid request and the invariants hold', async () => {
+  it('after all of it, every write endpoint still serves a valid request and the invariants hold', async () => {
     const user = await h.user(10_000); // POST /users/{id}/credit
     const product = await h.product(5, 300); // POST /products
     const placed = await h.place(user, [{ productId: product, quantity: 2 }]);

@@ -1,19 +1,11 @@
 // Concurrent writers on one product: 200 orders race for its last 10 units. Reservations
 // lock the product row and update it conditionally, so exactly 10 win, stock never
 // goes below zero, and every loser fails with the reason.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { boot, modes, type Harness } from './harness.ts';
+import { expect, it } from 'vitest';
+import { describeSystem, modes } from './harness.ts';
 
-describe.each(modes)('contention ($name)', ({ name, skip }) => {
-  let h: Harness;
-  beforeAll(async () => {
-    if (!skip) h = await boot(name);
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
-
-  it.skipIf(skip)('given 10 units left, when 200 orders for one unit each arrive at once, then exactly 10 complete and 190 fail with the reason', async () => {
+describeSystem('contention', modes, (h) => {
+  it('given 10 units left, when 200 orders for one unit each arrive at once, then exactly 10 complete and 190 fail with the reason', async () => {
     const product = await h.product(10, 250);
     const users = await Promise.all(Array.from({ length: 20 }, () => h.user(1_000_000)));
     let lowest = 10;

@@ -6,11 +6,11 @@ import crypto from 'node:crypto';
 import { eventTypes, isCommandType, type Envelope } from '@converge/contracts';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, createLocalBus, silentLogger, startService, type Db, type RunningService } from '@converge/platform';
 import { servers, uniqueName } from '@converge/platform/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { inventoryService } from '../services/inventory/service.ts';
 import { orderService, executeOrderCommand } from '../services/order/service.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/service.ts';
-import { backendOf, boot, modes, sagaModeOf, type Harness, type ModeName } from './harness.ts';
+import { backendOf, describeSystem, modes, sagaModeOf, type Harness, type ModeName } from './harness.ts';
 
 /** Every message the system produced: events, and in orchestration mode the saga's commands. */
 async function allEvents(h: Harness): Promise<Envelope[]> {
@@ -89,16 +89,8 @@ async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payme
   };
 }
 
-describe.each(modes)('delivery faults ($name)', ({ name, skip }) => {
-  let h: Harness;
-  beforeAll(async () => {
-    if (!skip) h = await boot(name);
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
-
-  it.skipIf(skip)('given orders of every outcome, when every event is published a second time, then nothing changes', async () => {
+describeSystem('delivery faults', modes, (h, name) => {
+  it('given orders of every outcome, when every event is published a second time, then nothing changes', async () => {
     const product = await h.product(20, 900);
     const scarce = await h.product(1);
     const rich = await h.user(1_000_000);
@@ -135,7 +127,7 @@ describe.each(modes)('delivery faults ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given the events of one order, when each service receives them shuffled, then it ends where in-order delivery ends', async () => {
+  it('given the events of one order, when each service receives them shuffled, then it ends where in-order delivery ends', async () => {
     const product = await h.product(10, 400);
     const rich = await h.user(1_000_000);
     const poor = await h.user(100);

@@ -4,26 +4,19 @@
 // an operator replays it after the cause is fixed.
 import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { boot, modes, sagaModeOf, type Harness } from './harness.ts';
+import { expect, it } from 'vitest';
+import { describeSystem, modes, sagaModeOf, type Harness } from './harness.ts';
 
 const count = async (h: Harness, service: 'order' | 'inventory' | 'payment' | 'orchestrator' | 'query', sql: string, params: unknown[] = []) =>
   (await h.system.dbs[service].query<{ n: number }>(`SELECT count(*)::int AS n FROM ${sql}`, params))[0]?.n ?? 0;
 
-describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
-  let h: Harness;
+describeSystem('crashes and poison', modes, (h, name) => {
   const orchestrated = sagaModeOf(name) === 'orchestration';
   // What asks payment to charge, and who binds OrderCreated (the malformed messages' type), in this mode.
   const chargeRequest = orchestrated ? 'ProcessPayment' : 'InventoryReserved';
   const orderConsumers = orchestrated ? (['orchestrator', 'query'] as const) : (['inventory', 'query'] as const);
-  beforeAll(async () => {
-    if (!skip) h = await boot(name);
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
 
-  it.skipIf(skip)('given the order service dies after committing an order and before publishing it, when it restarts, then the order goes out and completes once', async () => {
+  it('given the order service dies after committing an order and before publishing it, when it restarts, then the order goes out and completes once', async () => {
     const product = await h.product(10, 500);
     const user = await h.user(100_000);
     await h.system.restart('order', { relay: false });
@@ -42,7 +35,7 @@ describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given inventory dies after reserving and before publishing, when it restarts, then payment is taken once and the order completes', async () => {
+  it('given inventory dies after reserving and before publishing, when it restarts, then payment is taken once and the order completes', async () => {
     const product = await h.product(10, 500);
     const user = await h.user(100_000);
     await h.system.restart('inventory', { relay: false });
@@ -61,7 +54,7 @@ describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given the provider failing longer than the retries, when an order pays, then its message is parked, later orders complete, and a replay completes it', async () => {
+  it('given the provider failing longer than the retries, when an order pays, then its message is parked, later orders complete, and a replay completes it', async () => {
     const product = await h.product(50, 300);
     const user = await h.user(100_000);
     h.system.provider.faults.failNext = 4; // the consumer's maxAttempts in the harness
@@ -96,7 +89,7 @@ describe.each(modes)('crashes and poison ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given malformed messages on the bus, when consumers receive them, then each is parked with its reason and orders keep flowing', async () => {
+  it('given malformed messages on the bus, when consumers receive them, then each is parked with its reason and orders keep flowing', async () => {
     const product = await h.product(10, 100);
     const user = await h.user(100_000);
     const base = { specversion: '1.0', source: 'order', subject: crypto.randomUUID(), time: new Date().toISOString(), datacontenttype: 'application/json', dataversion: 1, sequence: 1, correlationid: 'poison' };

@@ -1,20 +1,12 @@
 // The order flow end to end, in both modes: each test places real orders through the
 // order API and ends with the invariant checker over all databases.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { requestHash } from '../services/order/service.ts';
-import { boot, modes, type Harness } from './harness.ts';
+import { describeSystem, modes } from './harness.ts';
 import { checkInvariants } from '../system/invariants.ts';
 
-describe.each(modes)('order flow ($name)', ({ name, skip }) => {
-  let h: Harness;
-  beforeAll(async () => {
-    if (!skip) h = await boot(name);
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
-
-  it.skipIf(skip)('given stock and credit, when an order is placed, then it completes, stock is sold and the user charged', async () => {
+describeSystem('order flow', modes, (h) => {
+  it('given stock and credit, when an order is placed, then it completes, stock is sold and the user charged', async () => {
     const product = await h.product(10, 1250);
     const user = await h.user(10_000);
     const placed = await h.place(user, [{ productId: product, quantity: 3 }]);
@@ -28,7 +20,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given too little stock for one line, when an order is placed, then it fails and nothing is reserved', async () => {
+  it('given too little stock for one line, when an order is placed, then it fails and nothing is reserved', async () => {
     const plenty = await h.product(100);
     const scarce = await h.product(1);
     const user = await h.user(1_000_000);
@@ -43,7 +35,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given too little credit, when an order is placed, then payment is declined and the stock released', async () => {
+  it('given too little credit, when an order is placed, then payment is declined and the stock released', async () => {
     const product = await h.product(5, 1000);
     const user = await h.user(500);
     const placed = await h.place(user, [{ productId: product, quantity: 2 }]);
@@ -58,7 +50,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given a PENDING order, when it is cancelled, then stock is released and nothing stays charged', async () => {
+  it('given a PENDING order, when it is cancelled, then stock is released and nothing stays charged', async () => {
     const product = await h.product(5, 1000);
     const user = await h.user(100_000);
     h.system.provider.faults.delayMs = 300; // keep the order PENDING long enough to cancel it
@@ -78,7 +70,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given orders whose payment is in flight, when each is cancelled at a different moment, then every one converges to CANCELLED with no net charge', async () => {
+  it('given orders whose payment is in flight, when each is cancelled at a different moment, then every one converges to CANCELLED with no net charge', async () => {
     const product = await h.product(50, 700);
     const user = await h.user(1_000_000);
     const orders: string[] = [];
@@ -102,7 +94,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given the same Idempotency-Key, when the request is repeated, then it replays the first order; a different body is refused', async () => {
+  it('given the same Idempotency-Key, when the request is repeated, then it replays the first order; a different body is refused', async () => {
     const product = await h.product(10);
     const user = await h.user(100_000);
     const first = await h.place(user, [{ productId: product, quantity: 1 }], 'key-1');
@@ -116,7 +108,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given two requests with the same key at once, when both are placed, then one order exists and both answer it', async () => {
+  it('given two requests with the same key at once, when both are placed, then one order exists and both answer it', async () => {
     const user = await h.user(1000);
     const product = await h.product(5);
     const items = [{ productId: product, quantity: 1 }];
@@ -128,7 +120,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given a claim left without a response by a request that died, when the key is used again, then it is freed at once and the retry places the order', async () => {
+  it('given a claim left without a response by a request that died, when the key is used again, then it is freed at once and the retry places the order', async () => {
     const user = await h.user(1000);
     const product = await h.product(1);
     const items = [{ productId: product, quantity: 1 }];
@@ -145,7 +137,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given orders of every outcome, when every service\'s feed is read from the start, then it holds exactly what the service published, each subject in order', async () => {
+  it('given orders of every outcome, when every service\'s feed is read from the start, then it holds exactly what the service published, each subject in order', async () => {
     const product = await h.product(10, 500);
     const rich = await h.user(100_000);
     const poor = await h.user(100);
@@ -174,7 +166,7 @@ describe.each(modes)('order flow ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given the read models, when one drifts from its events, then the checker reports it as invariant 6', async () => {
+  it('given the read models, when one drifts from its events, then the checker reports it as invariant 6', async () => {
     const product = await h.product(5, 200);
     const user = await h.user(10_000);
     await h.waitFinal((await h.place(user, [{ productId: product, quantity: 1 }])).orderId);

@@ -1,15 +1,17 @@
 // Boots the whole system for an end-to-end suite on one of two backends, embedded
 // (PGlite + local bus, in memory) or real (PostgreSQL databases + RabbitMQ, unique
 // names per suite, dropped afterwards), with the order saga choreographed or
-// orchestrated: four modes, and every suite runs in each. Tests speak to the services
-// through their HTTP apps and end with the invariant checker.
+// orchestrated: four modes. `describeSystem` runs a suite once in each mode it names,
+// booting the system before its tests and stopping it after them. Tests speak to the
+// services through their HTTP apps and end with the invariant checker.
 import crypto from 'node:crypto';
-import amqp from 'amqplib';
-import { dropDatabase, redisCache, type Db, type SagaMode } from '@converge/platform';
+import { afterAll, beforeAll, describe } from 'vitest';
+import { redisCache, type Db, type SagaMode } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
-import { startSystem, serviceNames, type System, type SystemOptions } from '../system/system.ts';
+import { startSystem, type System, type SystemOptions } from '../system/system.ts';
 import { waitUntilPriced } from '../services/order/service.ts';
 import { assertInvariants, waitForQuiet, type Acknowledged, type Report } from '../system/invariants.ts';
+import { dropRun } from '../system/launcher.ts';
 
 export type Backend = 'embedded' | 'postgres+rabbitmq';
 export type ModeName = Backend | `${Backend} · orchestration`;
@@ -17,26 +19,19 @@ export type ModeName = Backend | `${Backend} · orchestration`;
 export const backendOf = (mode: ModeName): Backend => (mode.startsWith('embedded') ? 'embedded' : 'postgres+rabbitmq');
 export const sagaModeOf = (mode: ModeName): SagaMode => (mode.endsWith('orchestration') ? 'orchestration' : 'choreography');
 
+// Probed once, on import: under CI=true a missing server fails the run here, loudly;
+// elsewhere a notice is printed and the real backend's suites are skipped.
 const realUp = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq')) && (await serverAvailable('redis'));
 
-/**
- * The modes every end-to-end suite runs in: each backend with the saga choreographed
- * (the plain name) and orchestrated. The real backend is skipped (with a notice) off CI
- * when its servers are down.
- */
-export const modes: { name: ModeName; skip: boolean }[] = [
-  { name: 'embedded', skip: false },
-  { name: 'embedded · orchestration', skip: false },
-  { name: 'postgres+rabbitmq', skip: !realUp },
-  { name: 'postgres+rabbitmq · orchestration', skip: !realUp },
-];
+/** The modes an end-to-end suite can run in: each backend with the saga choreographed (the plain name) and orchestrated. */
+export const modes: readonly ModeName[] = ['embedded', 'embedded · orchestration', 'postgres+rabbitmq', 'postgres+rabbitmq · orchestration'];
 
-/** Deadlines short enough for tests to see them expire, long enough not to fire on a busy machine. */
 /**
  * No periodic sweep of the feeds by the query service in tests: it would repair what a
  * test means to catch (a bus losing a message). The tests of the sweep turn it on.
  */
 export const testWatch = { sweepEveryMs: 0 };
+/** Deadlines short enough for tests to see them expire, long enough not to fire on a busy machine. */
 export const testTimings = { deadlineMs: 4_000, attempts: 3, compensationAttempts: 3, maxDeadlineMs: 10_000 };
 
 export type Line = { productId: string; quantity: number };
@@ -120,19 +115,63 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     stop: async () => {
       await system.stop();
       await options.queryCache?.close();
-      if (backendOf(mode) === 'postgres+rabbitmq') await cleanUp(suite);
+      if (backendOf(mode) === 'postgres+rabbitmq') await dropRun({ name: suite, postgres: servers.postgres, rabbitmq: servers.rabbitmq });
     },
   };
   return harness;
 }
 
-async function cleanUp(suite: string): Promise<void> {
-  for (const name of [...serviceNames, 'provider']) await dropDatabase(servers.postgres, `${suite}_${name}`).catch(() => undefined);
-  const connection = await amqp.connect(servers.rabbitmq);
-  const channel = await connection.createChannel();
-  for (const name of serviceNames) await channel.deleteQueue(`${suite}.${name}`).catch(() => undefined);
-  await channel.deleteExchange(`${suite}.events`).catch(() => undefined);
-  await connection.close().catch(() => undefined);
+export type SuiteBody = (h: Harness, mode: ModeName) => void;
+
+/**
+ * `<title> (<mode>)` once for each of `modes`, each on a system of its own booted before
+ * the suite's tests (with `overrides` over the test defaults) and stopped after them.
+ * The body registers hooks and tests as a describe block does; the harness it gets may
+ * be used inside them, not while they are being registered. A mode whose servers are
+ * missing is skipped, visibly (see realUp).
+ */
+export function describeSystem(title: string, modes: readonly ModeName[], body: SuiteBody): void;
+export function describeSystem(title: string, modes: readonly ModeName[], overrides: Partial<SystemOptions>, body: SuiteBody): void;
+export function describeSystem(title: string, modes: readonly ModeName[], ...rest: [SuiteBody] | [Partial<SystemOptions>, SuiteBody]): void {
+  const [overrides, body] = rest.length === 1 ? [{}, rest[0]] : rest;
+  for (const mode of modes) {
+    // describe.each formats the mode into the title as these suites always named it.
+    describe.skipIf(backendOf(mode) === 'postgres+rabbitmq' && !realUp).each([{ name: mode }])(`${title} ($name)`, ({ name }) => {
+      let booted: Harness | undefined;
+      beforeAll(async () => {
+        booted = await boot(name, overrides);
+      });
+      afterAll(async () => {
+        await booted?.stop();
+      });
+      body(bootedLater(() => {
+        if (booted === undefined) throw new Error(`the system of "${title} (${name})" is not booted`);
+        return booted;
+      }), name);
+    });
+  }
+}
+
+/** A harness that forwards to the one booted later, so that a suite's body can hold it from the start. */
+function bootedLater(current: () => Harness): Harness {
+  return {
+    get system() {
+      return current().system;
+    },
+    get acknowledged() {
+      return current().acknowledged;
+    },
+    product: (stock, price) => current().product(stock, price),
+    user: (credit) => current().user(credit),
+    place: (userId, items, key) => current().place(userId, items, key),
+    order: (orderId) => current().order(orderId),
+    waitFinal: (orderId, timeoutMs) => current().waitFinal(orderId, timeoutMs),
+    stock: (productId) => current().stock(productId),
+    credit: (userId) => current().credit(userId),
+    quiet: (timeoutMs) => current().quiet(timeoutMs),
+    check: (expectedDeadLetters) => current().check(expectedDeadLetters),
+    stop: () => current().stop(),
+  };
 }
 
 export type { Db };

@@ -5,18 +5,10 @@
 // the events published meanwhile went nowhere, and the read models converge anyway.
 import amqp from 'amqplib';
 import { eventually, servers } from '@converge/platform/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { backendOf, boot, modes, sagaModeOf, type Harness } from './harness.ts';
+import { expect, it } from 'vitest';
+import { backendOf, describeSystem, modes, sagaModeOf } from './harness.ts';
 
-describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('the query service losing its queue ($name)', ({ name, skip }) => {
-  let h: Harness;
-  beforeAll(async () => {
-    if (!skip) h = await boot(name, { queryWatch: { sweepEveryMs: 1_000, settleMs: 1_000 } });
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
-
+describeSystem('the query service losing its queue', modes.filter((m) => sagaModeOf(m) === 'choreography'), { queryWatch: { sweepEveryMs: 1_000, settleMs: 1_000 } }, (h, name) => {
   const query = (url: string) => h.system.services.query.app.inject({ method: 'GET', url });
   const summaryStatus = async (orderId: string) => {
     const response = await query(`/orders/${orderId}`);
@@ -27,7 +19,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('the q
     ((await h.system.dbs.inventory.query("SELECT 1 FROM outbox WHERE subject = $1 AND type = 'InventoryCommitted' AND published_at IS NOT NULL", [orderId])).length > 0 ? true : undefined),
   10_000, 'the order\'s last event published');
 
-  it.skipIf(skip)('given a stream whose every event the broker lost, when nothing later arrives, then the sweep of the feeds finds them', async () => {
+  it('given a stream whose every event the broker lost, when nothing later arrives, then the sweep of the feeds finds them', async () => {
     const product = await h.product(10, 300);
     const user = await h.user(10_000);
     const consumer = h.system.services.query.consumer;
@@ -54,7 +46,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('the q
   });
 
   // Only a broker has a queue to delete.
-  if (backendOf(name) === 'postgres+rabbitmq') it.skipIf(skip)('given orders flowing, when the query service\'s queue is deleted on the broker, then it is declared again and the read models converge from the feeds', async () => {
+  if (backendOf(name) === 'postgres+rabbitmq') it('given orders flowing, when the query service\'s queue is deleted on the broker, then it is declared again and the read models converge from the feeds', async () => {
     const bus = h.system.options.bus;
     if (bus.kind !== 'rabbitmq') throw new Error('needs RabbitMQ');
     const queue = `${bus.queuePrefix ?? ''}query`;

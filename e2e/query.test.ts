@@ -4,22 +4,14 @@
 // longer than the bound, it says so (503 with how far behind), and catches up
 // afterwards. Rebuilds from the feeds, with orders flowing, equal the live models.
 import { eventually } from '@converge/platform/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { backendOf, boot, modes, sagaModeOf, type Harness } from './harness.ts';
+import { expect, it } from 'vitest';
+import { backendOf, describeSystem, modes, sagaModeOf } from './harness.ts';
 
-describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query service ($name)', ({ name, skip }) => {
-  let h: Harness;
-  beforeAll(async () => {
-    if (!skip) h = await boot(name);
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
-
+describeSystem('query service', modes.filter((m) => sagaModeOf(m) === 'choreography'), (h, name) => {
   const query = (url: string, token?: string) =>
     h.system.services.query.app.inject({ method: 'GET', url, ...(token === undefined ? {} : { headers: { 'consistency-token': token } }) });
 
-  it.skipIf(skip)('given orders just placed and cancelled, when each is read at once with its token, then the read model already shows that write', async () => {
+  it('given orders just placed and cancelled, when each is read at once with its token, then the read model already shows that write', async () => {
     const product = await h.product(100, 300);
     const user = await h.user(1_000_000);
     for (let i = 0; i < 10; i++) {
@@ -48,7 +40,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given the read side stopped, when a read carries a fresh token, then it answers 503 saying how far behind it is; once running again, the same read succeeds', async () => {
+  it('given the read side stopped, when a read carries a fresh token, then it answers 503 saying how far behind it is; once running again, the same read succeeds', async () => {
     const product = await h.product(10, 300);
     const user = await h.user(10_000);
     // The start-up catch-up would apply the order from the feeds; it has run before this.
@@ -90,7 +82,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     expect((await query('/metrics')).body).toMatch(/^converge_projection_delay_seconds_count\{model="order-summary"\} [1-9]\d*$/m);
   });
 
-  it.skipIf(skip)('given a malformed token, or one from a source the read models do not follow, when a read carries it, then 400 or 422 problem+json', async () => {
+  it('given a malformed token, or one from a source the read models do not follow, when a read carries it, then 400 or 422 problem+json', async () => {
     const cases: [string, number][] = [
       ['nonsense', 400], ['order:abc', 400], ['order:abc:0', 400], ['order:abc:-1', 400], [`order:${'x'.repeat(300)}:1`, 400], ['orchestrator:abc:1', 422],
     ];
@@ -113,7 +105,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
   };
   const rebuild = (model: string) => h.system.services.query.app.inject({ method: 'POST', url: `/projections/${model}/rebuild` });
 
-  it.skipIf(skip)('given a quiet system, when every read model is rebuilt from the feeds, then each equals the live one it replaces', async () => {
+  it('given a quiet system, when every read model is rebuilt from the feeds, then each equals the live one it replaces', async () => {
     const product = await h.product(50, 400);
     const users = [await h.user(1_000_000), await h.user(500)];
     for (let i = 0; i < 8; i++) await h.waitFinal((await h.place(users[i % 2] ?? '', [{ productId: product, quantity: 1 }])).orderId);
@@ -128,7 +120,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given a read model that drifted, when it is rebuilt, then it equals the fold of its events again', async () => {
+  it('given a read model that drifted, when it is rebuilt, then it equals the fold of its events again', async () => {
     const product = await h.product(5, 200);
     const user = await h.user(10_000);
     await h.waitFinal((await h.place(user, [{ productId: product, quantity: 2 }])).orderId);
@@ -139,7 +131,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given orders flowing, when the read models are rebuilt meanwhile, then nothing is lost or counted twice: they equal the fold of the feeds', async () => {
+  it('given orders flowing, when the read models are rebuilt meanwhile, then nothing is lost or counted twice: they equal the fold of the feeds', async () => {
     const products = [await h.product(100, 150), await h.product(100, 250)];
     const user = await h.user(1_000_000);
     const placing = (async () => {
@@ -166,7 +158,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
   // writer is aborted — the consumer retries such a transaction by itself — and the
   // rebuild completes.
   // Needs two connections at once: PostgreSQL only (PGlite has one).
-  if (backendOf(name) === 'postgres+rabbitmq') it.skipIf(skip)('given a transaction that read the live table and writes it after the rebuild locked it, when PostgreSQL breaks the deadlock, then the writer is the victim and the rebuild completes', async () => {
+  if (backendOf(name) === 'postgres+rabbitmq') it('given a transaction that read the live table and writes it after the rebuild locked it, when PostgreSQL breaks the deadlock, then the writer is the victim and the rebuild completes', async () => {
     const db = h.system.dbs.query;
     let rebuilding: ReturnType<typeof rebuild> | undefined;
     const writer = await db.transaction(async (tx) => {
@@ -183,7 +175,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given a user with several orders, when the list is read page by page, then each order comes once, newest first; a status filter keeps that status; a forged cursor is 400', async () => {
+  it('given a user with several orders, when the list is read page by page, then each order comes once, newest first; a status filter keeps that status; a forged cursor is 400', async () => {
     const product = await h.product(4, 100);
     const user = await h.user(100_000);
     const placed: string[] = [];
@@ -226,7 +218,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given an unknown read model, when a rebuild is asked for, then 400 problem+json and nothing changes', async () => {
+  it('given an unknown read model, when a rebuild is asked for, then 400 problem+json and nothing changes', async () => {
     await h.quiet(); // nothing in flight may change the read models meanwhile
     const before = await snapshot();
     const refused = await rebuild('everything');
@@ -250,7 +242,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     return purged;
   };
 
-  it.skipIf(skip)('given the broker lost the query service\'s messages while it was down, when it starts again, then it catches up from the feeds', async () => {
+  it('given the broker lost the query service\'s messages while it was down, when it starts again, then it catches up from the feeds', async () => {
     const product = await h.product(10, 300);
     const user = await h.user(10_000);
     await h.system.services.query.stop();
@@ -266,7 +258,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given a stream whose first events the broker lost, when a later one arrives, then the query service notices the gap by sequence and catches up from the feeds', async () => {
+  it('given a stream whose first events the broker lost, when a later one arrives, then the query service notices the gap by sequence and catches up from the feeds', async () => {
     const product = await h.product(10, 300);
     const user = await h.user(10_000);
     const consumer = h.system.services.query.consumer;
@@ -288,7 +280,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given an operator, when a catch-up is asked for, then every feed event is read and found applied', async () => {
+  it('given an operator, when a catch-up is asked for, then every feed event is read and found applied', async () => {
     const response = await h.system.services.query.app.inject({ method: 'POST', url: '/projections/catch-up' });
     expect(response.statusCode).toBe(200);
     const result = response.json<{ read: number; applied?: number }>();
@@ -296,7 +288,7 @@ describe.each(modes.filter((m) => sagaModeOf(m.name) === 'choreography'))('query
     await h.check();
   });
 
-  it.skipIf(skip)('given cached product and order reads, when they change, then a read with the write\'s token never meets the cached old value, and repeated reads hit the cache', async () => {
+  it('given cached product and order reads, when they change, then a read with the write\'s token never meets the cached old value, and repeated reads hit the cache', async () => {
     const product = await h.product(10, 100);
     const hits = async () => Number(/^converge_cache_reads_total\{cache="\w+",outcome="hit"\} (\d+)$/m.exec((await query('/metrics')).body)?.[1] ?? -1);
     for (let i = 1; i <= 10; i++) {

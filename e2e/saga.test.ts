@@ -8,9 +8,9 @@ import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
 import { silentLogger, startService, type RunningService } from '@converge/platform';
 import { eventually } from '@converge/platform/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { orchestratorService } from '../services/orchestrator/service.ts';
-import { boot, modes, sagaModeOf, testTimings, type Harness } from './harness.ts';
+import { describeSystem, modes, sagaModeOf, testTimings, type Harness } from './harness.ts';
 
 type SagaView = { status: string; reason?: string; steps?: { name: string; status: string; attempts: number }[]; history: { type: string; [key: string]: unknown }[] };
 
@@ -25,7 +25,7 @@ const until = <T>(probe: () => Promise<T | undefined | false>, what: string, tim
     return value === false ? undefined : value;
   }, timeoutMs, what);
 
-const orchestrated = modes.filter((m) => sagaModeOf(m.name) === 'orchestration');
+const orchestrated = modes.filter((m) => sagaModeOf(m) === 'orchestration');
 
 async function sagaOf(h: Harness, id: string): Promise<SagaView> {
   const response = await h.system.services.orchestrator.app.inject({ method: 'GET', url: `/sagas/${id}` });
@@ -36,8 +36,7 @@ async function countIn(h: Harness, service: 'order' | 'inventory' | 'payment' | 
   return (await h.system.dbs[service].query<{ n: number }>(`SELECT count(*)::int AS n FROM ${sql}`, params))[0]?.n ?? 0;
 }
 
-describe.each(orchestrated)('saga deadlines and compensations ($name)', ({ name, skip }) => {
-  let h: Harness;
+describeSystem('saga deadlines and compensations', orchestrated, { orchestrator: quick }, (h) => {
   const saga = (id: string) => sagaOf(h, id);
   const count = (service: 'order' | 'inventory' | 'payment' | 'orchestrator', sql: string, params: unknown[] = []) => countIn(h, service, sql, params);
   /** Once the saga gave up waiting for the charge, the provider answers at once again (the slow charge keeps sleeping). */
@@ -46,14 +45,8 @@ describe.each(orchestrated)('saga deadlines and compensations ($name)', ({ name,
     h.system.provider.faults.delayMs = 0;
   };
 
-  beforeAll(async () => {
-    if (!skip) h = await boot(name, { orchestrator: quick });
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
 
-  it.skipIf(skip)('given a payment provider slower than the step deadline, when an order pays, then payment is retried, then compensated, and the late charge is refunded', async () => {
+  it('given a payment provider slower than the step deadline, when an order pays, then payment is retried, then compensated, and the late charge is refunded', async () => {
     const product = await h.product(10, 700);
     const user = await h.user(10_000);
     h.system.provider.faults.delayMs = slowChargeMs;
@@ -84,7 +77,7 @@ describe.each(orchestrated)('saga deadlines and compensations ($name)', ({ name,
     }
   });
 
-  it.skipIf(skip)('given a refund that keeps failing, when its attempts run out, then the saga is parked with its history; an operator retry completes the undo', async () => {
+  it('given a refund that keeps failing, when its attempts run out, then the saga is parked with its history; an operator retry completes the undo', async () => {
     const product = await h.product(10, 400);
     const user = await h.user(10_000);
     const parkedBefore = await count('payment', "dead_letters WHERE status = 'parked'");
@@ -130,19 +123,12 @@ describe.each(orchestrated)('saga deadlines and compensations ($name)', ({ name,
   });
 });
 
-describe.each(orchestrated)('saga orchestration ($name)', ({ name, skip }) => {
-  let h: Harness;
+describeSystem('saga orchestration', orchestrated, (h) => {
   const saga = (id: string) => sagaOf(h, id);
   const count = (service: 'order' | 'inventory' | 'payment' | 'orchestrator', sql: string, params: unknown[] = []) => countIn(h, service, sql, params);
 
-  beforeAll(async () => {
-    if (!skip) h = await boot(name);
-  });
-  afterAll(async () => {
-    if (!skip) await h.stop();
-  });
 
-  it.skipIf(skip)('given a reply delivered twice, and the same reply again under a new id, when the orchestrator gets them, then the saga advanced once and sent nothing more', async () => {
+  it('given a reply delivered twice, and the same reply again under a new id, when the orchestrator gets them, then the saga advanced once and sent nothing more', async () => {
     const product = await h.product(10, 300);
     const user = await h.user(10_000);
     const { orderId } = await h.place(user, [{ productId: product, quantity: 1 }]);
@@ -172,7 +158,7 @@ describe.each(orchestrated)('saga orchestration ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given the orchestrator dies after deciding and before sending its command, when it restarts, then the command goes out once and the order completes', async () => {
+  it('given the orchestrator dies after deciding and before sending its command, when it restarts, then the command goes out once and the order completes', async () => {
     const product = await h.product(10, 300);
     const user = await h.user(10_000);
     await h.system.restart('orchestrator', { relay: false });
@@ -189,7 +175,7 @@ describe.each(orchestrated)('saga orchestration ($name)', ({ name, skip }) => {
     await h.check();
   });
 
-  it.skipIf(skip)('given two orchestrator instances on one database and queue, when orders flow, then each saga advances once per reply and every order converges', async () => {
+  it('given two orchestrator instances on one database and queue, when orders flow, then each saga advances once per reply and every order converges', async () => {
     const second: RunningService = await startService(
       orchestratorService({ mode: 'orchestration', timings: testTimings, tickMs: 25 }),
       { db: h.system.dbs.orchestrator, bus: h.system.bus, log: silentLogger, consumer: { backoff: { baseMs: 20, capMs: 200 }, maxAttempts: 4 } },
