@@ -120,20 +120,20 @@ describeSystem('order flow', modes, (h) => {
     await h.check();
   });
 
-  it('given a claim left without a response by a request that died, when the key is used again, then it is freed at once and the retry places the order', async () => {
+  it('given an order placed with a key, when the key table is read, then the key holds its response, and a claim without one is refused', async () => {
     const user = await h.user(1000);
     const product = await h.product(1);
     const items = [{ productId: product, quantity: 1 }];
-    await h.system.dbs.order.query(
+    const placed = await h.place(user, items, 'once');
+    expect(placed.status).toBe(201);
+    const [key] = await h.system.dbs.order.query<{ state: string; order_id: string; response_body: { orderId: string } }>(
+      `SELECT state, order_id, response_body FROM idempotency_keys WHERE user_id = $1 AND key = 'once'`, [user],
+    );
+    expect(key).toMatchObject({ state: 'done', order_id: placed.orderId, response_body: { orderId: placed.orderId } });
+    await expect(h.system.dbs.order.query(
       `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, 'died', $2, 'in_flight', now())`,
       [user, requestHash({ userId: user, items })],
-    );
-    const first = await h.place(user, items, 'died');
-    const retry = await h.place(user, items, 'died');
-    expect(first.status).toBe(409);
-    expect(retry.status).toBe(201);
-    const [row] = await h.system.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM orders WHERE user_id = $1', [user]);
-    expect(row?.n).toBe(1);
+    )).rejects.toThrow(/violates/);
     await h.check();
   });
 

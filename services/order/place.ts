@@ -48,18 +48,13 @@ export function orderPlacement(db: Db): (request: PlaceOrderRequest, key: string
 /** Rolls the placing transaction back when the key turns out to be taken. */
 class KeyTaken extends Error {}
 
-type KeyRow = { request_hash: string; response_body: OrderView | null };
+type KeyRow = { request_hash: string; response_body: OrderView };
 
 /** What the first request with this key got: its order again, or 422 for another body. */
 async function replayKey(db: Db, userId: string, key: string, hash: string): Promise<OrderView> {
   const [row] = await db.query<KeyRow>('SELECT request_hash, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2', [userId, key]);
-  if (row === undefined || row.response_body === null) {
-    // A claim without a response was left by an earlier version that claimed keys
-    // before placing; its request died. Free the key for the retry. Databases migrated
-    // by that version may still hold such claims, so this stays.
-    await db.query(`DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND state = 'in_flight'`, [userId, key]);
-    throw new ConflictError('a request with this Idempotency-Key did not complete; retry');
-  }
+  // The key was taken by a transaction that committed; a row always holds its response.
+  if (row === undefined) throw new ConflictError('a request with this Idempotency-Key is being placed; retry');
   if (row.request_hash !== hash) throw new InvalidError('this Idempotency-Key was used with a different request body');
   return row.response_body;
 }
