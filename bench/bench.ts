@@ -19,7 +19,14 @@ import { perOrder, startCostMeter, type CostModel } from './cost.ts';
 import { prepareFixture, pricedIn, runLoad, type Fixture, type LoadReport } from './load.ts';
 import { difference, histogramQuantile, parseHistogram, type Bucket } from './prometheus.ts';
 import { runReads, type ReadTargets } from './reads.ts';
-import { issueTargets, renderMarkdown, renderSvg, type BenchResult, type ProjectionDelay, type StepResult } from './report.ts';
+import {
+  issueTargets,
+  renderMarkdown,
+  renderSvg,
+  type BenchResult,
+  type ProjectionDelay,
+  type StepResult,
+} from './report.ts';
 
 const parts = ['cost', 'sweep', 'hot', 'mixed', 'reads', 'orchestration', 'embedded'] as const;
 const { values } = parseArgs({
@@ -46,7 +53,9 @@ const { values } = parseArgs({
 });
 const numbers = (list: string) => list.split(',').map(Number);
 const only = new Set(values.only.split(','));
-for (const part of only) if (!(parts as readonly string[]).includes(part)) throw new Error(`--only: unknown part ${part} (${parts.join(', ')})`);
+for (const part of only)
+  if (!(parts as readonly string[]).includes(part))
+    throw new Error(`--only: unknown part ${part} (${parts.join(', ')})`);
 if (values['skip-embedded']) only.delete('embedded');
 const stepSec = Number(values.step);
 const scenarioSec = Number(values.scenario);
@@ -77,11 +86,18 @@ async function drain(cluster: Cluster, timeoutMs: number): Promise<void> {
  * second. The window closes once the step's orders are final and the backlog they left
  * has drained (10 s at most), so their trailing events (stock sold, read models) count.
  */
-async function measured<T>(cluster: Cluster, work: () => Promise<T>, completed: (result: T) => number): Promise<{ result: T; backlog: number[]; cost: CostModel; resources: StepResult['resources'] }> {
+async function measured<T>(
+  cluster: Cluster,
+  work: () => Promise<T>,
+  completed: (result: T) => number,
+): Promise<{ result: T; backlog: number[]; cost: CostModel; resources: StepResult['resources'] }> {
   const meter = await startCostMeter(cluster);
   const backlogs: number[] = [];
   const timer = setInterval(() => {
-    void backlog(cluster).then((n) => backlogs.push(n), () => undefined);
+    void backlog(cluster).then(
+      (n) => backlogs.push(n),
+      () => undefined,
+    );
     void meter.sample().catch(() => undefined);
   }, 1000);
   const result = await work();
@@ -89,7 +105,12 @@ async function measured<T>(cluster: Cluster, work: () => Promise<T>, completed: 
   await drain(cluster, 10_000);
   const cost = await meter.finish(completed(result));
   const peak = meter.peakRssMb();
-  const resources = Object.fromEntries(Object.entries(cost.cpuMs).map(([group, ms]) => [group, { cpuPercent: Math.round((ms / 10) / cost.windowSec), peakRssMb: peak[group] ?? 0 }]));
+  const resources = Object.fromEntries(
+    Object.entries(cost.cpuMs).map(([group, ms]) => [
+      group,
+      { cpuPercent: Math.round(ms / 10 / cost.windowSec), peakRssMb: peak[group] ?? 0 },
+    ]),
+  );
   return { result, backlog: backlogs, cost, resources };
 }
 
@@ -98,7 +119,13 @@ function keepsUp(report: LoadReport, backlogs: number[], rate: number): boolean 
   const tail = backlogs.slice(-3);
   const growing = tail.length > 0 && Math.min(...tail) > Math.max(50, rate * 0.5);
   const unfinished = report.finals.PENDING ?? 0;
-  return report.acknowledged.length === report.scheduled && report.achievedRate >= rate * 0.97 && !growing && unfinished === 0 && Object.keys(report.errors).length === 0;
+  return (
+    report.acknowledged.length === report.scheduled &&
+    report.achievedRate >= rate * 0.97 &&
+    !growing &&
+    unfinished === 0 &&
+    Object.keys(report.errors).length === 0
+  );
 }
 
 const delayHistogram = 'converge_projection_delay_seconds';
@@ -112,28 +139,66 @@ async function scrapeDelays(cluster: Cluster): Promise<Map<string, Bucket[]>> {
 /** Per read model: events applied between two scrapes and their commit-to-applied quantiles (ms). */
 function projectionDelay(after: Map<string, Bucket[]>, before: Map<string, Bucket[]>): ProjectionDelay {
   const ms = (seconds: number) => Math.round(seconds * 10_000) / 10;
-  return Object.fromEntries([...difference(after, before)].map(([model, buckets]) => [model, {
-    events: buckets.at(-1)?.count ?? 0, p50: ms(histogramQuantile(0.5, buckets)), p99: ms(histogramQuantile(0.99, buckets)),
-  }]));
+  return Object.fromEntries(
+    [...difference(after, before)].map(([model, buckets]) => [
+      model,
+      {
+        events: buckets.at(-1)?.count ?? 0,
+        p50: ms(histogramQuantile(0.5, buckets)),
+        p99: ms(histogramQuantile(0.99, buckets)),
+      },
+    ]),
+  );
 }
 
 /** What the read scenario and the reads under load ask for: orders the read models hold, the fixture's products and users. */
 async function readTargets(cluster: Cluster, fixture: Fixture): Promise<ReadTargets> {
   const db = cluster.dbs.query;
   if (db === undefined) throw new Error('the cluster has no query database');
-  const rows = await db.query<{ order_id: string }>('SELECT order_id FROM order_summaries ORDER BY updated_at DESC LIMIT 2000');
+  const rows = await db.query<{ order_id: string }>(
+    'SELECT order_id FROM order_summaries ORDER BY updated_at DESC LIMIT 2000',
+  );
   return { orderIds: rows.map((r) => r.order_id), productIds: fixture.products, userIds: fixture.users };
 }
 
 /** One step of orders at `rate`; with `reading`, the query service is read at the same time. */
-async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: number, scenario: string, reading = false): Promise<StepResult> {
-  log(`\n${scenario} (${cluster.sagaMode}): ${rate} orders/s for ${seconds} s${reading ? `, reading the query service at ${readRate}/s` : ''}`);
+async function step(
+  cluster: Cluster,
+  fixture: Fixture,
+  rate: number,
+  seconds: number,
+  scenario: string,
+  reading = false,
+): Promise<StepResult> {
+  log(
+    `\n${scenario} (${cluster.sagaMode}): ${rate} orders/s for ${seconds} s${reading ? `, reading the query service at ${readRate}/s` : ''}`,
+  );
   const targets = reading ? await readTargets(cluster, fixture) : undefined;
   const before = await scrapeDelays(cluster);
-  const { result: [result, reads], resources, backlog: backlogs, cost } = await measured(cluster, () => Promise.all([
-    runLoad({ orderUrl: cluster.urls.order, fixture, rate, durationSec: seconds, orderDb: cluster.dbs.order, settleTimeoutMs: 30_000, progress: (l) => process.stderr.write(`\r  ${l}   `) }),
-    targets === undefined ? undefined : runReads({ queryUrl: cluster.urls.query, targets, rate: readRate, durationSec: seconds }),
-  ]), ([load]) => load.finals.COMPLETED ?? 0);
+  const {
+    result: [result, reads],
+    resources,
+    backlog: backlogs,
+    cost,
+  } = await measured(
+    cluster,
+    () =>
+      Promise.all([
+        runLoad({
+          orderUrl: cluster.urls.order,
+          fixture,
+          rate,
+          durationSec: seconds,
+          orderDb: cluster.dbs.order,
+          settleTimeoutMs: 30_000,
+          progress: (l) => process.stderr.write(`\r  ${l}   `),
+        }),
+        targets === undefined
+          ? undefined
+          : runReads({ queryUrl: cluster.urls.query, targets, rate: readRate, durationSec: seconds }),
+      ]),
+    ([load]) => load.finals.COMPLETED ?? 0,
+  );
   // Every order of the step is final (or the settle timed out): the events it caused have
   // been applied or are still waiting, and those still waiting are not in this figure.
   const delays = projectionDelay(await scrapeDelays(cluster), before);
@@ -143,12 +208,30 @@ async function step(cluster: Cluster, fixture: Fixture, rate: number, seconds: n
   const ok = up && result.placement.p99 < issueTargets.placementP99Ms;
   const worst = Math.max(0, ...Object.values(delays).map((d) => d.p99));
   const per = perOrder(cost);
-  log(`  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : up ? 'keeps up' : 'falls behind'}`);
-  log(`  ${reads === undefined ? '' : `reads p50 ${reads.all.p50} ms p99 ${reads.all.p99} ms; `}projection delay p99 ${worst} ms (slowest read model)`);
-  if (per !== undefined) log(`  per completed order: machine less generator ${per.machineLessGenerator?.toFixed(2) ?? '–'} ms CPU, ${per.totals.statements?.toFixed(1) ?? '–'} statements, ${per.totals.transactions?.toFixed(2) ?? '–'} transactions, ${per.totals.deliveries?.toFixed(2) ?? '–'} deliveries`);
+  log(
+    `  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : up ? 'keeps up' : 'falls behind'}`,
+  );
+  log(
+    `  ${reads === undefined ? '' : `reads p50 ${reads.all.p50} ms p99 ${reads.all.p99} ms; `}projection delay p99 ${worst} ms (slowest read model)`,
+  );
+  if (per !== undefined)
+    log(
+      `  per completed order: machine less generator ${per.machineLessGenerator?.toFixed(2) ?? '–'} ms CPU, ${per.totals.statements?.toFixed(1) ?? '–'} statements, ${per.totals.transactions?.toFixed(2) ?? '–'} transactions, ${per.totals.deliveries?.toFixed(2) ?? '–'} deliveries`,
+    );
   return {
-    scenario, sagaMode: cluster.sagaMode, ...rest, placed: acknowledged.length, keepsUp: up, sustainable: ok, backlogMax: Math.max(0, ...backlogs), backlogEnd: backlogs.at(-1) ?? 0,
-    backlogSeries: backlogs, resources, cost, ...(reads === undefined ? {} : { reads }), projectionDelay: delays,
+    scenario,
+    sagaMode: cluster.sagaMode,
+    ...rest,
+    placed: acknowledged.length,
+    keepsUp: up,
+    sustainable: ok,
+    backlogMax: Math.max(0, ...backlogs),
+    backlogEnd: backlogs.at(-1) ?? 0,
+    backlogSeries: backlogs,
+    resources,
+    cost,
+    ...(reads === undefined ? {} : { reads }),
+    projectionDelay: delays,
   };
 }
 
@@ -167,7 +250,12 @@ async function sweep(cluster: Cluster, fixture: Fixture, rates: number[], scenar
 function versions(): BenchResult['machine'] {
   const run = (cmd: string, args: string[]) => {
     try {
-      return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim().split('\n')[0] ?? '';
+      return (
+        execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+          .toString()
+          .trim()
+          .split('\n')[0] ?? ''
+      );
     } catch {
       return 'unknown';
     }
@@ -183,16 +271,31 @@ function versions(): BenchResult['machine'] {
 }
 
 /** A cluster in `mode`, its fixtures created and a warm-up run. */
-async function warmCluster(mode: 'choreography' | 'orchestration', catalogues: ('spread' | 'hot')[]): Promise<{ cluster: Cluster; fixtures: Partial<Record<'spread' | 'hot', Fixture>> }> {
+async function warmCluster(
+  mode: 'choreography' | 'orchestration',
+  catalogues: ('spread' | 'hot')[],
+): Promise<{ cluster: Cluster; fixtures: Partial<Record<'spread' | 'hot', Fixture>> }> {
   const cluster = await startCluster({ env: { SAGA_MODE: mode }, log: (l) => log(l) });
   const fixtures: Partial<Record<'spread' | 'hot', Fixture>> = {};
   try {
     for (const catalogue of catalogues) {
-      fixtures[catalogue] = await prepareFixture({ inventoryUrl: cluster.urls.inventory, paymentUrl: cluster.urls.payment, catalogue, waitUntilPriced: pricedIn(cluster.dbs.order) });
+      fixtures[catalogue] = await prepareFixture({
+        inventoryUrl: cluster.urls.inventory,
+        paymentUrl: cluster.urls.payment,
+        catalogue,
+        waitUntilPriced: pricedIn(cluster.dbs.order),
+      });
     }
     log(`warm-up (${mode}): 50 orders/s for 10 s`);
     const spread = fixtures.spread ?? fixtures.hot;
-    if (spread !== undefined) await runLoad({ orderUrl: cluster.urls.order, fixture: spread, rate: 50, durationSec: 10, orderDb: cluster.dbs.order });
+    if (spread !== undefined)
+      await runLoad({
+        orderUrl: cluster.urls.order,
+        fixture: spread,
+        rate: 50,
+        durationSec: 10,
+        orderDb: cluster.dbs.order,
+      });
     await drain(cluster, 30_000);
     // A running system's tables are analysed by autovacuum within a minute of growing;
     // these were created seconds ago, and a plan made while a table held a handful of
@@ -209,8 +312,16 @@ async function warmCluster(mode: 'choreography' | 'orchestration', catalogues: (
 async function main(): Promise<void> {
   const startedAt = new Date();
   const result: BenchResult = {
-    startedAt: startedAt.toISOString(), machine: versions(), parts: [...only], sweep: [], hotSweep: [], orchestrationSweep: [], scenarios: [],
-    reads: undefined, embedded: undefined, targets: issueTargets,
+    startedAt: startedAt.toISOString(),
+    machine: versions(),
+    parts: [...only],
+    sweep: [],
+    hotSweep: [],
+    orchestrationSweep: [],
+    scenarios: [],
+    reads: undefined,
+    embedded: undefined,
+    targets: issueTargets,
   };
   if (['cost', 'sweep', 'hot', 'mixed', 'reads'].some((p) => only.has(p))) {
     const { cluster, fixtures } = await warmCluster('choreography', only.has('hot') ? ['spread', 'hot'] : ['spread']);
@@ -218,9 +329,11 @@ async function main(): Promise<void> {
     try {
       // The headline: a steady rate well inside what the cluster keeps up with, on a
       // quiet cluster, so the figure is the cost of an order and not of a backlog.
-      if (only.has('cost')) result.scenarios.push(await step(cluster, spread, Number(values['cost-rate']), scenarioSec, 'cost'));
+      if (only.has('cost'))
+        result.scenarios.push(await step(cluster, spread, Number(values['cost-rate']), scenarioSec, 'cost'));
       if (only.has('sweep')) result.sweep = await sweep(cluster, spread, numbers(values.rates), 'sweep');
-      if (only.has('hot') && fixtures.hot !== undefined) result.hotSweep = await sweep(cluster, fixtures.hot, numbers(values['hot-rates']), 'hot');
+      if (only.has('hot') && fixtures.hot !== undefined)
+        result.hotSweep = await sweep(cluster, fixtures.hot, numbers(values['hot-rates']), 'hot');
       if (only.has('mixed')) {
         await drain(cluster, 60_000);
         result.scenarios.push(await step(cluster, spread, Number(values['mixed-rate']), scenarioSec, 'mixed', true));
@@ -230,7 +343,12 @@ async function main(): Promise<void> {
         await drain(cluster, 120_000);
         const readScenarioRate = Number(values['read-scenario-rate']);
         log(`\nreads: ${readScenarioRate} requests/s for 20 s of the query service, nothing else running`);
-        result.reads = await runReads({ queryUrl: cluster.urls.query, targets: await readTargets(cluster, spread), rate: readScenarioRate, durationSec: 20 });
+        result.reads = await runReads({
+          queryUrl: cluster.urls.query,
+          targets: await readTargets(cluster, spread),
+          rate: readScenarioRate,
+          durationSec: 20,
+        });
         log(`  p50 ${result.reads.all.p50} ms p99 ${result.reads.all.p99} ms`);
       }
     } finally {
@@ -240,7 +358,12 @@ async function main(): Promise<void> {
   if (only.has('orchestration')) {
     const { cluster, fixtures } = await warmCluster('orchestration', ['spread']);
     try {
-      result.orchestrationSweep = await sweep(cluster, fixtures.spread as Fixture, numbers(values['orchestration-rates']), 'orchestration');
+      result.orchestrationSweep = await sweep(
+        cluster,
+        fixtures.spread as Fixture,
+        numbers(values['orchestration-rates']),
+        'orchestration',
+      );
     } finally {
       await cluster.stop();
     }

@@ -62,13 +62,26 @@ const stopped = { rabbitmq: false, postgres: false };
 const rabbitmqctl = async (action: 'stop_app' | 'start_app') => {
   await exec('rabbitmqctl', [action], { timeout: 120_000 });
 };
-const pgVersion = () => fs.readdirSync('/etc/postgresql').filter((v) => fs.existsSync(`/etc/postgresql/${v}/main`)).sort().at(-1) ?? '';
+const pgVersion = () =>
+  fs
+    .readdirSync('/etc/postgresql')
+    .filter((v) => fs.existsSync(`/etc/postgresql/${v}/main`))
+    .sort()
+    .at(-1) ?? '';
 const pgctl = async (action: 'restart' | 'start') => {
   await exec('pg_ctlcluster', ['--skip-systemctl-redirect', pgVersion(), 'main', action], { timeout: 120_000 });
 };
 export async function restoreServers(): Promise<void> {
-  if (stopped.rabbitmq) await rabbitmqctl('start_app').then(() => (stopped.rabbitmq = false), (e: unknown) => console.error('cannot start RabbitMQ again:', e));
-  if (stopped.postgres) await pgctl('start').then(() => (stopped.postgres = false), (e: unknown) => console.error('cannot start PostgreSQL again:', e));
+  if (stopped.rabbitmq)
+    await rabbitmqctl('start_app').then(
+      () => (stopped.rabbitmq = false),
+      (e: unknown) => console.error('cannot start RabbitMQ again:', e),
+    );
+  if (stopped.postgres)
+    await pgctl('start').then(
+      () => (stopped.postgres = false),
+      (e: unknown) => console.error('cannot start PostgreSQL again:', e),
+    );
 }
 
 // Messages in each of the cluster's queues, ready *and* unacked. The bus's own depth
@@ -80,13 +93,20 @@ export function brokerDepth(cluster: Cluster): (service: string) => Promise<numb
   let last: { at: number; counts: Promise<Map<string, number> | undefined> } | undefined;
   const list = () =>
     exec('rabbitmqctl', ['list_queues', 'name', 'messages', '--no-table-headers', '-q'], { timeout: 30_000 }).then(
-      ({ stdout }) => new Map(stdout.trim().split('\n').map((line) => line.split('\t')).map(([name = '', n = '']) => [name, Number(n)])),
+      ({ stdout }) =>
+        new Map(
+          stdout
+            .trim()
+            .split('\n')
+            .map((line) => line.split('\t'))
+            .map(([name = '', n = '']) => [name, Number(n)]),
+        ),
       () => undefined,
     );
   return async (service) => {
     if (last === undefined || Date.now() - last.at > 500) last = { at: Date.now(), counts: list() };
     const counts = await last.counts;
-    return counts === undefined ? -1 : counts.get(`${cluster.name}.${service}`) ?? 0;
+    return counts === undefined ? -1 : (counts.get(`${cluster.name}.${service}`) ?? 0);
   };
 }
 
@@ -117,10 +137,17 @@ async function killServices(run: Run): Promise<Injected> {
     starting.set(service, restart);
   }
   await Promise.all(starting.values());
-  const perService = Object.fromEntries(run.cluster.services.map((s) => [s, kills.filter((k) => k.service === s).length]));
+  const perService = Object.fromEntries(
+    run.cluster.services.map((s) => [s, kills.filter((k) => k.service === s).length]),
+  );
   return {
     evidence: { kills: kills.length, perService, schedule: kills },
-    verify: () => Promise.resolve(run.cluster.services.map((s) => check(`${s} killed at least twice`, (perService[s] ?? 0) >= 2, `${perService[s] ?? 0} kills`))),
+    verify: () =>
+      Promise.resolve(
+        run.cluster.services.map((s) =>
+          check(`${s} killed at least twice`, (perService[s] ?? 0) >= 2, `${perService[s] ?? 0} kills`),
+        ),
+      ),
   };
 }
 
@@ -152,13 +179,22 @@ async function brokerOutage(run: Run): Promise<Injected> {
     await rabbitmqctl('stop_app');
     const downAt = new Date();
     await sleep(length * 1000);
-    const [row] = await run.cluster.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL');
+    const [row] = await run.cluster.dbs.order.query<{ n: number }>(
+      'SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL',
+    );
     const upAt = new Date();
-    run.note(`rabbitmqctl start_app (down ${((upAt.getTime() - downAt.getTime()) / 1000).toFixed(1)} s, order outbox backlog ${row?.n ?? 0})`);
+    run.note(
+      `rabbitmqctl start_app (down ${((upAt.getTime() - downAt.getTime()) / 1000).toFixed(1)} s, order outbox backlog ${row?.n ?? 0})`,
+    );
     await rabbitmqctl('start_app');
     stopped.rabbitmq = false;
     backAt = run.elapsed();
-    outages.push({ downAt, upAt, seconds: round((upAt.getTime() - downAt.getTime()) / 1000), orderOutboxBacklog: row?.n ?? 0 });
+    outages.push({
+      downAt,
+      upAt,
+      seconds: round((upAt.getTime() - downAt.getTime()) / 1000),
+      orderOutboxBacklog: row?.n ?? 0,
+    });
   }
   const evidence: Record<string, unknown> = { outages };
   return {
@@ -169,10 +205,18 @@ async function brokerOutage(run: Run): Promise<Injected> {
       const during: number[] = [];
       for (const [i, outage] of outages.entries()) {
         const [row] = await run.cluster.dbs.order.query<{ n: number }>(
-          'SELECT count(*)::int AS n FROM orders WHERE order_id = ANY($1::uuid[]) AND created_at BETWEEN $2 AND $3', [ids, outage.downAt, outage.upAt]);
+          'SELECT count(*)::int AS n FROM orders WHERE order_id = ANY($1::uuid[]) AND created_at BETWEEN $2 AND $3',
+          [ids, outage.downAt, outage.upAt],
+        );
         const n = row?.n ?? 0;
         during.push(n);
-        checks.push(check(`orders acknowledged while the broker was down (outage ${i + 1})`, n > 0, `${n} orders answered 201 in ${outage.seconds} s without a broker`));
+        checks.push(
+          check(
+            `orders acknowledged while the broker was down (outage ${i + 1})`,
+            n > 0,
+            `${n} orders answered 201 in ${outage.seconds} s without a broker`,
+          ),
+        );
       }
       evidence.acknowledgedDuringOutages = during;
       return checks;
@@ -196,9 +240,17 @@ async function dbRestart(run: Run): Promise<Injected> {
     evidence,
     verify: async (load) => {
       const [row] = await run.cluster.dbs.order.query<{ n: number }>(
-        'SELECT count(*)::int AS n FROM orders WHERE order_id = ANY($1::uuid[]) AND created_at > $2', [load.acknowledged.map((a) => a.orderId), back]);
+        'SELECT count(*)::int AS n FROM orders WHERE order_id = ANY($1::uuid[]) AND created_at > $2',
+        [load.acknowledged.map((a) => a.orderId), back],
+      );
       evidence.acknowledgedAfterRestart = row?.n ?? 0;
-      return [check('orders acknowledged after the restart', (row?.n ?? 0) > 0, `${row?.n ?? 0} orders answered 201 after PostgreSQL came back`)];
+      return [
+        check(
+          'orders acknowledged after the restart',
+          (row?.n ?? 0) > 0,
+          `${row?.n ?? 0} orders answered 201 after PostgreSQL came back`,
+        ),
+      ];
     },
   };
 }
@@ -210,19 +262,40 @@ async function duplicatesReorder(run: Run): Promise<Injected> {
   return {
     evidence,
     verify: async () => {
-      const statuses = await Promise.all(run.cluster.services.map(async (s) => {
-        const status = (await (await fetch(`${run.cluster.urls[s]}/status`)).json()) as { consumer: Record<string, number>; held: number; busFaults?: { duplicated: number; delayed: number } };
-        return [s, { busFaults: status.busFaults, consumer: status.consumer }] as const;
-      }));
-      const sum = (f: (v: (typeof statuses)[number][1]) => number) => statuses.reduce((total, [, v]) => total + f(v), 0);
+      const statuses = await Promise.all(
+        run.cluster.services.map(async (s) => {
+          const status = (await (await fetch(`${run.cluster.urls[s]}/status`)).json()) as {
+            consumer: Record<string, number>;
+            held: number;
+            busFaults?: { duplicated: number; delayed: number };
+          };
+          return [s, { busFaults: status.busFaults, consumer: status.consumer }] as const;
+        }),
+      );
+      const sum = (f: (v: (typeof statuses)[number][1]) => number) =>
+        statuses.reduce((total, [, v]) => total + f(v), 0);
       const duplicated = sum((v) => v.busFaults?.duplicated ?? 0);
       const delayed = sum((v) => v.busFaults?.delayed ?? 0);
       const duplicateOutcomes = sum((v) => v.consumer.duplicate ?? 0);
       const held = sum((v) => v.consumer.held ?? 0);
-      Object.assign(evidence, { duplicated, delayed, duplicateOutcomes, heldOutcomes: held, perService: Object.fromEntries(statuses) });
+      Object.assign(evidence, {
+        duplicated,
+        delayed,
+        duplicateOutcomes,
+        heldOutcomes: held,
+        perService: Object.fromEntries(statuses),
+      });
       return [
-        check('deliveries duplicated and delayed by the bus', duplicated > 0 && delayed > 0, `${duplicated} duplicated, ${delayed} delayed (from /status)`),
-        check('duplicates recognised by the consumers', duplicateOutcomes > 0, `${duplicateOutcomes} 'duplicate' outcomes, ${held} messages held for their predecessor`),
+        check(
+          'deliveries duplicated and delayed by the bus',
+          duplicated > 0 && delayed > 0,
+          `${duplicated} duplicated, ${delayed} delayed (from /status)`,
+        ),
+        check(
+          'duplicates recognised by the consumers',
+          duplicateOutcomes > 0,
+          `${duplicateOutcomes} 'duplicate' outcomes, ${held} messages held for their predecessor`,
+        ),
       ];
     },
   };
@@ -230,20 +303,45 @@ async function duplicatesReorder(run: Run): Promise<Injected> {
 
 // 5. Malformed messages: exactly those are dead-lettered and alerted; the rest completes.
 const sourcesOf = (mode: SagaMode): Record<ClusterService, readonly string[]> => ({
-  order: orderSources(mode), inventory: inventorySources(mode), payment: paymentSources(mode), orchestrator: mode === 'orchestration' ? orchestratorSources : [],
+  order: orderSources(mode),
+  inventory: inventorySources(mode),
+  payment: paymentSources(mode),
+  orchestrator: mode === 'orchestration' ? orchestratorSources : [],
   query: querySources,
 });
 
-const poisonKinds = ['not JSON', 'not an envelope', 'unknown type', 'wrong source', 'payload against its schema'] as const;
+const poisonKinds = [
+  'not JSON',
+  'not an envelope',
+  'unknown type',
+  'wrong source',
+  'payload against its schema',
+] as const;
 
 function poisonMessage(kind: number): { routingKey: string; id: string; body: string } {
   const id = crypto.randomUUID();
-  const routingKeys = ['OrderCreated', 'InventoryReserved', 'PaymentProcessed', 'InventoryRejected', 'PaymentFailed', 'OrderCancelled'];
+  const routingKeys = [
+    'OrderCreated',
+    'InventoryReserved',
+    'PaymentProcessed',
+    'InventoryRejected',
+    'PaymentFailed',
+    'OrderCancelled',
+  ];
   const routingKey = routingKeys[kind % routingKeys.length] ?? 'OrderCreated';
   const source = isEventType(routingKey) ? catalogue[routingKey].source : 'order';
   const envelope = {
-    specversion: '1.0', id, source, type: routingKey, subject: crypto.randomUUID(), time: new Date().toISOString(),
-    datacontenttype: 'application/json', dataversion: 1, sequence: 1, correlationid: id, data: {},
+    specversion: '1.0',
+    id,
+    source,
+    type: routingKey,
+    subject: crypto.randomUUID(),
+    time: new Date().toISOString(),
+    datacontenttype: 'application/json',
+    dataversion: 1,
+    sequence: 1,
+    correlationid: id,
+    data: {},
   };
   const bodies: Record<(typeof poisonKinds)[number], string> = {
     'not JSON': `{"id": "${id}", "type": "${routingKey}", "data": {`,
@@ -265,11 +363,14 @@ async function poison(run: Run): Promise<Injected> {
       await until(run, ((i + 1) * run.seconds * 0.8) / count);
       const message = poisonMessage(i);
       channel.publish(`${run.cluster.name}.events`, message.routingKey, Buffer.from(message.body), {
-        messageId: message.id, contentType: 'application/cloudevents+json', persistent: true,
+        messageId: message.id,
+        contentType: 'application/cloudevents+json',
+        persistent: true,
       });
       await channel.waitForConfirms();
       // Routed by type: it reaches the services that bind it, whatever its envelope says.
-      const bound = (s: ClusterService) => boundTypes(s, sourcesOf(run.cluster.sagaMode)[s]).some((type) => type === message.routingKey);
+      const bound = (s: ClusterService) =>
+        boundTypes(s, sourcesOf(run.cluster.sagaMode)[s]).some((type) => type === message.routingKey);
       injected.push({ id: message.id, routingKey: message.routingKey, services: run.cluster.services.filter(bound) });
     }
   } finally {
@@ -277,7 +378,11 @@ async function poison(run: Run): Promise<Injected> {
   }
   run.note(`${injected.length} malformed messages injected`);
   const expected = injected.flatMap((m) => m.services.map((s) => `${s} ${m.id}`)).sort();
-  const evidence: Record<string, unknown> = { injected: injected.length, kinds: poisonKinds, expectedDeadLetters: expected.length };
+  const evidence: Record<string, unknown> = {
+    injected: injected.length,
+    kinds: poisonKinds,
+    expectedDeadLetters: expected.length,
+  };
   return {
     evidence,
     expectedDeadLetters: expected.length,
@@ -285,9 +390,16 @@ async function poison(run: Run): Promise<Injected> {
       const parked: string[] = [];
       const metrics: Record<string, number> = {};
       for (const s of run.cluster.services) {
-        const db = s === 'orchestrator' ? run.cluster.dbs.orchestrator : s === 'query' ? run.cluster.dbs.query : run.cluster.dbs[s];
+        const db =
+          s === 'orchestrator'
+            ? run.cluster.dbs.orchestrator
+            : s === 'query'
+              ? run.cluster.dbs.query
+              : run.cluster.dbs[s];
         if (db === undefined) continue;
-        const rows = await db.query<{ consumer: string; message_id: string | null }>("SELECT consumer, message_id FROM dead_letters WHERE status = 'parked'");
+        const rows = await db.query<{ consumer: string; message_id: string | null }>(
+          "SELECT consumer, message_id FROM dead_letters WHERE status = 'parked'",
+        );
         parked.push(...rows.map((r) => `${r.consumer} ${r.message_id ?? 'null'}`));
         const text = await (await fetch(`${run.cluster.urls[s]}/metrics`)).text();
         metrics[s] = Number(/^converge_dead_letters\{[^}]*\} (\d+)$/m.exec(text)?.[1] ?? -1);
@@ -298,11 +410,18 @@ async function poison(run: Run): Promise<Injected> {
       Object.assign(evidence, { parked: parked.length, missing, unexpected, deadLetterMetric: metrics });
       const affected = run.cluster.services.filter((s) => expected.some((e) => e.startsWith(`${s} `)));
       return [
-        check('dead letters are exactly the injected messages', missing.length === 0 && unexpected.length === 0 && parked.length === expected.length,
-          `${parked.length} parked, ${expected.length} expected; missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(unexpected)}`),
+        check(
+          'dead letters are exactly the injected messages',
+          missing.length === 0 && unexpected.length === 0 && parked.length === expected.length,
+          `${parked.length} parked, ${expected.length} expected; missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(unexpected)}`,
+        ),
         ...affected.map((s) => {
           const want = expected.filter((e) => e.startsWith(`${s} `)).length;
-          return check(`converge_dead_letters alerts on ${s}`, metrics[s] === want, `metric ${metrics[s] ?? '?'}, ${want} injected into its queue`);
+          return check(
+            `converge_dead_letters alerts on ${s}`,
+            metrics[s] === want,
+            `metric ${metrics[s] ?? '?'}, ${want} injected into its queue`,
+          );
         }),
         check('every other order completed', (load.finals.PENDING ?? 0) === 0, `finals ${JSON.stringify(load.finals)}`),
       ];
@@ -314,7 +433,9 @@ async function poison(run: Run): Promise<Injected> {
 async function hotContention(run: Run): Promise<Injected> {
   const { cluster, fixture } = run;
   const response = await fetch(`${cluster.urls.inventory}/products`, {
-    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `hot ${crypto.randomUUID().slice(0, 8)}`, price: 500, stockQuantity: 20 }),
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name: `hot ${crypto.randomUUID().slice(0, 8)}`, price: 500, stockQuantity: 20 }),
   });
   const { productId } = (await response.json()) as { productId: string };
   await pricedIn(cluster.dbs.order)([productId]);
@@ -323,37 +444,82 @@ async function hotContention(run: Run): Promise<Injected> {
   let sampling = true;
   const sampler = (async () => {
     while (sampling) {
-      const [row] = await cluster.dbs.inventory.query<{ stock_quantity: number; reserved: number }>('SELECT stock_quantity, reserved FROM products WHERE product_id = $1', [productId]);
-      if (row !== undefined) lowest = { stock: Math.min(lowest.stock, row.stock_quantity), reserved: Math.min(lowest.reserved, row.reserved) };
+      const [row] = await cluster.dbs.inventory.query<{ stock_quantity: number; reserved: number }>(
+        'SELECT stock_quantity, reserved FROM products WHERE product_id = $1',
+        [productId],
+      );
+      if (row !== undefined)
+        lowest = {
+          stock: Math.min(lowest.stock, row.stock_quantity),
+          reserved: Math.min(lowest.reserved, row.reserved),
+        };
       await sleep(20);
     }
   })();
   run.note('500 concurrent orders for 20 units');
   const burstStart = Date.now();
-  const placed = await Promise.all(Array.from({ length: 500 }, (_, i) => placeOrder(cluster.urls.order, fixture.users[i % fixture.users.length] ?? fixture.broke, productId)));
+  const placed = await Promise.all(
+    Array.from({ length: 500 }, (_, i) =>
+      placeOrder(cluster.urls.order, fixture.users[i % fixture.users.length] ?? fixture.broke, productId),
+    ),
+  );
   const acknowledged = placed.filter((a) => a !== undefined);
   const placedSec = round((Date.now() - burstStart) / 1000);
   const ids = acknowledged.map((a) => a.orderId);
   const deadline = Date.now() + 120_000;
-  while (Date.now() < deadline && (await cluster.dbs.order.query("SELECT 1 FROM orders WHERE order_id = ANY($1::uuid[]) AND status = 'PENDING' LIMIT 1", [ids])).length > 0) await sleep(100);
+  while (
+    Date.now() < deadline &&
+    (
+      await cluster.dbs.order.query(
+        "SELECT 1 FROM orders WHERE order_id = ANY($1::uuid[]) AND status = 'PENDING' LIMIT 1",
+        [ids],
+      )
+    ).length > 0
+  )
+    await sleep(100);
   sampling = false;
   await sampler;
   const settledSec = round((Date.now() - burstStart) / 1000);
   run.note(`burst: ${acknowledged.length} acknowledged in ${placedSec} s, all final after ${settledSec} s`);
-  const evidence: Record<string, unknown> = { productId, burstAcknowledged: acknowledged.length, placedSec, settledSec };
+  const evidence: Record<string, unknown> = {
+    productId,
+    burstAcknowledged: acknowledged.length,
+    placedSec,
+    settledSec,
+  };
   return {
     evidence,
     acknowledged,
     verify: async () => {
-      const statuses = Object.fromEntries((await cluster.dbs.order.query<{ status: string; n: number }>(
-        'SELECT status, count(*)::int AS n FROM orders WHERE items @> $1::jsonb GROUP BY status', [JSON.stringify([{ productId }])])).map((r) => [r.status, r.n]));
-      const [stock] = await cluster.dbs.inventory.query<{ stock_quantity: number; reserved: number; sold: number }>('SELECT stock_quantity, reserved, sold FROM products WHERE product_id = $1', [productId]);
+      const statuses = Object.fromEntries(
+        (
+          await cluster.dbs.order.query<{ status: string; n: number }>(
+            'SELECT status, count(*)::int AS n FROM orders WHERE items @> $1::jsonb GROUP BY status',
+            [JSON.stringify([{ productId }])],
+          )
+        ).map((r) => [r.status, r.n]),
+      );
+      const [stock] = await cluster.dbs.inventory.query<{ stock_quantity: number; reserved: number; sold: number }>(
+        'SELECT stock_quantity, reserved, sold FROM products WHERE product_id = $1',
+        [productId],
+      );
       Object.assign(evidence, { statuses, stock, lowestSampled: lowest });
       return [
         check('all 500 orders acknowledged', acknowledged.length === 500, `${acknowledged.length} of 500`),
-        check('exactly 20 COMPLETED and 480 FAILED', statuses.COMPLETED === 20 && statuses.FAILED === 480 && Object.keys(statuses).length === 2, JSON.stringify(statuses)),
-        check('stock never negative, all 20 sold', lowest.stock >= 0 && lowest.reserved >= 0 && stock?.stock_quantity === 0 && stock.sold === 20 && stock.reserved === 0,
-          `final ${JSON.stringify(stock)}, lowest sampled ${JSON.stringify(lowest)}`),
+        check(
+          'exactly 20 COMPLETED and 480 FAILED',
+          statuses.COMPLETED === 20 && statuses.FAILED === 480 && Object.keys(statuses).length === 2,
+          JSON.stringify(statuses),
+        ),
+        check(
+          'stock never negative, all 20 sold',
+          lowest.stock >= 0 &&
+            lowest.reserved >= 0 &&
+            stock?.stock_quantity === 0 &&
+            stock.sold === 20 &&
+            stock.reserved === 0,
+          `final ${JSON.stringify(stock)}, lowest sampled ${JSON.stringify(lowest)}`,
+        ),
       ];
     },
   };
@@ -366,10 +532,14 @@ async function placeOrder(orderUrl: string, userId: string, productId: string): 
   for (let attempt = 1; attempt <= 20; attempt++) {
     try {
       const response = await fetch(`${orderUrl}/orders`, {
-        method: 'POST', body, headers: { 'content-type': 'application/json', 'idempotency-key': key }, signal: AbortSignal.timeout(30_000),
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        signal: AbortSignal.timeout(30_000),
       });
       const answer = (await response.json()) as { orderId?: string };
-      if (response.status === 201 && typeof answer.orderId === 'string') return { orderId: answer.orderId, userId, idempotencyKey: key };
+      if (response.status === 201 && typeof answer.orderId === 'string')
+        return { orderId: answer.orderId, userId, idempotencyKey: key };
       if (response.status !== 409 && response.status < 500) return undefined;
     } catch {
       // network or timeout: the same key again
@@ -380,11 +550,18 @@ async function placeOrder(orderUrl: string, userId: string, productId: string): 
 }
 
 export const scenarios = {
-  'kill-services': { seconds: 120, shortSeconds: 65, minSeconds: (services) => 2 * services * 10 + 10, inject: killServices },
+  'kill-services': {
+    seconds: 120,
+    shortSeconds: 65,
+    minSeconds: (services) => 2 * services * 10 + 10,
+    inject: killServices,
+  },
   'broker-outage': { seconds: 100, shortSeconds: 70, inject: brokerOutage },
   'db-restart': { seconds: 60, shortSeconds: 40, inject: dbRestart },
   'duplicates-reorder': {
-    seconds: 60, shortSeconds: 40, inject: duplicatesReorder,
+    seconds: 60,
+    shortSeconds: 40,
+    inject: duplicatesReorder,
     env: { NODE_ENV: 'test', BUS_FAULTS: 'duplicate=0.1,delay=0.1,max-delay-ms=3000' },
   },
   poison: { seconds: 60, shortSeconds: 40, inject: poison },

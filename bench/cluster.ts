@@ -28,18 +28,42 @@ export type Cluster = {
   stop(options?: { keepData?: boolean }): Promise<void>;
 };
 
-export async function startCluster(options: { env?: Record<string, string>; log?: (line: string) => void } = {}): Promise<Cluster> {
+export async function startCluster(
+  options: { env?: Record<string, string>; log?: (line: string) => void } = {},
+): Promise<Cluster> {
   const run: Run = { name: uniqueName('run'), postgres: servers.postgres, rabbitmq: servers.rabbitmq };
   const base = 21_000 + Math.floor(Math.random() * 20_000);
-  const ports: Record<ClusterService, number> = { order: base, inventory: base + 1, payment: base + 2, orchestrator: base + 3, query: base + 4 };
-  const urls = Object.fromEntries(clusterServices.map((s) => [s, `http://127.0.0.1:${ports[s]}`])) as Record<ClusterService, string>;
-  const sagaMode: SagaMode = (options.env?.SAGA_MODE ?? process.env.SAGA_MODE) === 'orchestration' ? 'orchestration' : 'choreography';
+  const ports: Record<ClusterService, number> = {
+    order: base,
+    inventory: base + 1,
+    payment: base + 2,
+    orchestrator: base + 3,
+    query: base + 4,
+  };
+  const urls = Object.fromEntries(clusterServices.map((s) => [s, `http://127.0.0.1:${ports[s]}`])) as Record<
+    ClusterService,
+    string
+  >;
+  const sagaMode: SagaMode =
+    (options.env?.SAGA_MODE ?? process.env.SAGA_MODE) === 'orchestration' ? 'orchestration' : 'choreography';
   const services = clusterServices.filter((s) => s !== 'orchestrator' || sagaMode === 'orchestration');
   const processes = launcher({
     runner: 'tsx',
     run,
-    env: { LOG_LEVEL: 'warn', ...options.env, ORDER_URL: urls.order, INVENTORY_URL: urls.inventory, PAYMENT_URL: urls.payment },
-    processes: services.map((s) => ({ name: s, entry: 'service', args: [s], env: { PORT: String(ports[s]) }, url: urls[s] })),
+    env: {
+      LOG_LEVEL: 'warn',
+      ...options.env,
+      ORDER_URL: urls.order,
+      INVENTORY_URL: urls.inventory,
+      PAYMENT_URL: urls.payment,
+    },
+    processes: services.map((s) => ({
+      name: s,
+      entry: 'service',
+      args: [s],
+      env: { PORT: String(ports[s]) },
+      url: urls[s],
+    })),
     readyTimeoutMs: 90_000,
     ...(options.log === undefined ? {} : { log: options.log }),
     ...(process.env.CPU_PROFILE_DIR === undefined ? {} : { cpuProfileDir: process.env.CPU_PROFILE_DIR }),
@@ -47,7 +71,10 @@ export async function startCluster(options: { env?: Record<string, string>; log?
 
   const open = (db: string) => openRunDatabase(run, db, { max: 4 });
   const dbs: CheckedDbs = {
-    order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider'),
+    order: await open('order'),
+    inventory: await open('inventory'),
+    payment: await open('payment'),
+    provider: await open('provider'),
     ...(sagaMode === 'orchestration' ? { orchestrator: await open('orchestrator') } : {}),
     query: await open('query'),
   };

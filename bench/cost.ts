@@ -53,8 +53,12 @@ function readProcs(): ProcStat[] {
       const close = stat.lastIndexOf(')');
       const fields = stat.slice(close + 2).split(' ');
       procs.push({
-        pid: Number(entry), comm: stat.slice(stat.indexOf('(') + 1, close), ppid: Number(fields[1]),
-        ticks: Number(fields[11]) + Number(fields[12]), rssPages: Number(fields[21]), key: `${entry}:${fields[19] ?? ''}`,
+        pid: Number(entry),
+        comm: stat.slice(stat.indexOf('(') + 1, close),
+        ppid: Number(fields[1]),
+        ticks: Number(fields[11]) + Number(fields[12]),
+        rssPages: Number(fields[21]),
+        key: `${entry}:${fields[19] ?? ''}`,
       });
     } catch {
       // The process ended while we looked.
@@ -66,7 +70,11 @@ function readProcs(): ProcStat[] {
 function machineStat(): { busy: number; steal: number } | undefined {
   try {
     // user nice system idle iowait irq softirq steal (guest time is already in user and nice)
-    const fields = (fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number);
+    const fields = (fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '')
+      .trim()
+      .split(/\s+/)
+      .slice(1, 9)
+      .map(Number);
     const total = fields.reduce((a, b) => a + b, 0);
     return { busy: total - (fields[3] ?? 0) - (fields[4] ?? 0), steal: fields[7] ?? 0 };
   } catch {
@@ -78,7 +86,11 @@ function machineStat(): { busy: number; steal: number } | undefined {
 function classify(procs: ProcStat[], services: Map<number, string>, foreignBackends: Set<number>): Map<string, string> {
   const byPid = new Map(procs.map((p) => [p.pid, p]));
   const groupOf = (p: ProcStat): string | undefined => {
-    for (let at: ProcStat | undefined = p, depth = 0; at !== undefined && depth < 20; at = byPid.get(at.ppid), depth++) {
+    for (
+      let at: ProcStat | undefined = p, depth = 0;
+      at !== undefined && depth < 20;
+      at = byPid.get(at.ppid), depth++
+    ) {
       const service = services.get(at.pid);
       if (service !== undefined) return service;
       if (at.comm === 'beam.smp') return 'rabbitmq';
@@ -96,23 +108,33 @@ function classify(procs: ProcStat[], services: Map<number, string>, foreignBacke
 }
 
 async function scrapeCounters(cluster: Cluster): Promise<Record<string, Partial<Record<Counter, number>>>> {
-  const scraped = await Promise.all(cluster.services.map(async (service) => {
-    const response = await fetch(`${cluster.urls[service]}/metrics`);
-    if (!response.ok) throw new Error(`${service} /metrics answered ${response.status}`);
-    const samples = parseSamples(await response.text());
-    return [service, Object.fromEntries(Object.entries(counterNames).flatMap(([key, name]) => {
-      const value = samples.get(name);
-      return value === undefined ? [] : [[key, value]];
-    }))] as const;
-  }));
+  const scraped = await Promise.all(
+    cluster.services.map(async (service) => {
+      const response = await fetch(`${cluster.urls[service]}/metrics`);
+      if (!response.ok) throw new Error(`${service} /metrics answered ${response.status}`);
+      const samples = parseSamples(await response.text());
+      return [
+        service,
+        Object.fromEntries(
+          Object.entries(counterNames).flatMap(([key, name]) => {
+            const value = samples.get(name);
+            return value === undefined ? [] : [[key, value]];
+          }),
+        ),
+      ] as const;
+    }),
+  );
   return Object.fromEntries(scraped);
 }
 
 /** Backends of the PostgreSQL server connected to databases that are not this run's. */
 async function foreignBackends(cluster: Cluster): Promise<Set<number>> {
-  const rows = await cluster.dbs.order.query<{ pid: number }>(
-    'SELECT pid FROM pg_stat_activity WHERE datname IS NOT NULL AND left(datname, length($1)) <> $1', [`${cluster.name}_`],
-  ).catch(() => []);
+  const rows = await cluster.dbs.order
+    .query<{ pid: number }>(
+      'SELECT pid FROM pg_stat_activity WHERE datname IS NOT NULL AND left(datname, length($1)) <> $1',
+      [`${cluster.name}_`],
+    )
+    .catch(() => []);
   return new Set(rows.map((r) => r.pid));
 }
 
@@ -126,7 +148,8 @@ export type CostMeter = {
 
 export async function startCostMeter(cluster: Cluster): Promise<CostMeter> {
   const services = new Map<number, string>();
-  for (const [service, pid] of Object.entries(cluster.pids()) as [ClusterService, number | undefined][]) if (pid !== undefined) services.set(pid, service);
+  for (const [service, pid] of Object.entries(cluster.pids()) as [ClusterService, number | undefined][])
+    if (pid !== undefined) services.set(pid, service);
   const base = new Map<string, number>();
   const last = new Map<string, { group: string; ticks: number }>();
   const peak: Record<string, number> = {};
@@ -164,15 +187,26 @@ export async function startCostMeter(cluster: Cluster): Promise<CostMeter> {
       const after = await scrapeCounters(cluster);
       const cpuMs: Record<string, number> = {};
       // A process seen first after the start was born during the step: all its CPU counts.
-      for (const [key, { group, ticks }] of last) cpuMs[group] = (cpuMs[group] ?? 0) + (ticks - (base.get(key) ?? 0)) * msPerTick;
-      const moved = Object.fromEntries(Object.entries(after).map(([service, values]) => [service, Object.fromEntries(
-        Object.entries(values).map(([key, value]) => [key, value - (counters[service]?.[key as Counter] ?? 0)]),
-      )]));
+      for (const [key, { group, ticks }] of last)
+        cpuMs[group] = (cpuMs[group] ?? 0) + (ticks - (base.get(key) ?? 0)) * msPerTick;
+      const moved = Object.fromEntries(
+        Object.entries(after).map(([service, values]) => [
+          service,
+          Object.fromEntries(
+            Object.entries(values).map(([key, value]) => [key, value - (counters[service]?.[key as Counter] ?? 0)]),
+          ),
+        ]),
+      );
       return {
-        windowSec, completed, cpuMs,
-        ...(machine === undefined || machineEnd === undefined ? {} : {
-          machineMs: (machineEnd.busy - machine.busy) * msPerTick, stealMs: (machineEnd.steal - machine.steal) * msPerTick,
-        }),
+        windowSec,
+        completed,
+        cpuMs,
+        ...(machine === undefined || machineEnd === undefined
+          ? {}
+          : {
+              machineMs: (machineEnd.busy - machine.busy) * msPerTick,
+              stealMs: (machineEnd.steal - machine.steal) * msPerTick,
+            }),
         generatorMs: (generatorUsage.user + generatorUsage.system) / 1000,
         counters: moved,
       };
@@ -205,15 +239,27 @@ export function perOrder(cost: CostModel): CostPerOrder | undefined {
   const generator = per(cost.generatorMs);
   const machine = cost.machineMs === undefined ? undefined : per(cost.machineMs);
   const totals: Partial<Record<Counter, number>> = {};
-  const counters = Object.fromEntries(Object.entries(cost.counters).map(([service, values]) => [service, Object.fromEntries(
-    Object.entries(values).map(([key, value]) => {
-      totals[key as Counter] = (totals[key as Counter] ?? 0) + per(value);
-      return [key, per(value)];
-    }),
-  )]));
+  const counters = Object.fromEntries(
+    Object.entries(cost.counters).map(([service, values]) => [
+      service,
+      Object.fromEntries(
+        Object.entries(values).map(([key, value]) => {
+          totals[key as Counter] = (totals[key as Counter] ?? 0) + per(value);
+          return [key, per(value)];
+        }),
+      ),
+    ]),
+  );
   return {
-    completed: cost.completed, cpu, attributed, generator, counters, totals,
-    ...(machine === undefined ? {} : { machine, machineLessGenerator: machine - generator, other: machine - generator - attributed }),
+    completed: cost.completed,
+    cpu,
+    attributed,
+    generator,
+    counters,
+    totals,
+    ...(machine === undefined
+      ? {}
+      : { machine, machineLessGenerator: machine - generator, other: machine - generator - attributed }),
     ...(cost.stealMs === undefined ? {} : { steal: per(cost.stealMs) }),
   };
 }

@@ -9,40 +9,82 @@ import { prepareFixture, runLoad } from './load.ts';
 import type { EmbeddedStep } from './report.ts';
 import { launcher } from '../system/launcher.ts';
 
-export async function embeddedSweep(rates: number[], stepSec: number, log: (line: string) => void): Promise<EmbeddedStep[]> {
+export async function embeddedSweep(
+  rates: number[],
+  stepSec: number,
+  log: (line: string) => void,
+): Promise<EmbeddedStep[]> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'converge-bench-'));
   const base = 41_000 + Math.floor(Math.random() * 10_000);
-  const urls = { order: `http://127.0.0.1:${base + 1}`, inventory: `http://127.0.0.1:${base + 2}`, payment: `http://127.0.0.1:${base + 3}` };
+  const urls = {
+    order: `http://127.0.0.1:${base + 1}`,
+    inventory: `http://127.0.0.1:${base + 2}`,
+    payment: `http://127.0.0.1:${base + 3}`,
+  };
   const embedded = launcher({
     runner: 'tsx',
-    processes: [{
-      name: 'embedded', entry: 'start', url: `http://127.0.0.1:${base}`,
-      env: {
-        DATA_DIR: dataDir, GATEWAY_PORT: String(base), ORDER_PORT: String(base + 1), INVENTORY_PORT: String(base + 2), PAYMENT_PORT: String(base + 3),
-        ORCHESTRATOR_PORT: String(base + 4), QUERY_PORT: String(base + 5), LOG_LEVEL: 'error',
+    processes: [
+      {
+        name: 'embedded',
+        entry: 'start',
+        url: `http://127.0.0.1:${base}`,
+        env: {
+          DATA_DIR: dataDir,
+          GATEWAY_PORT: String(base),
+          ORDER_PORT: String(base + 1),
+          INVENTORY_PORT: String(base + 2),
+          PAYMENT_PORT: String(base + 3),
+          ORCHESTRATOR_PORT: String(base + 4),
+          QUERY_PORT: String(base + 5),
+          LOG_LEVEL: 'error',
+        },
       },
-    }],
+    ],
     readyTimeoutMs: 120_000,
     stopGraceMs: 3_000,
   });
   const steps: EmbeddedStep[] = [];
   try {
     await embedded.startAll();
-    const fixture = await prepareFixture({ inventoryUrl: urls.inventory, paymentUrl: urls.payment, catalogue: 'spread', users: 20 });
+    const fixture = await prepareFixture({
+      inventoryUrl: urls.inventory,
+      paymentUrl: urls.payment,
+      catalogue: 'spread',
+      users: 20,
+    });
     const backlog = async () => {
       let total = 0;
-      for (const url of Object.values(urls)) total += ((await (await fetch(`${url}/status`)).json()) as { outbox: { backlog: number } }).outbox.backlog;
+      for (const url of Object.values(urls))
+        total += ((await (await fetch(`${url}/status`)).json()) as { outbox: { backlog: number } }).outbox.backlog;
       return total;
     };
     for (const rate of rates) {
       log(`\nembedded: ${rate} orders/s for ${stepSec} s`);
-      const report = await runLoad({ orderUrl: urls.order, fixture, rate, durationSec: stepSec, progress: (l) => process.stderr.write(`\r  ${l}   `) });
+      const report = await runLoad({
+        orderUrl: urls.order,
+        fixture,
+        rate,
+        durationSec: stepSec,
+        progress: (l) => process.stderr.write(`\r  ${l}   `),
+      });
       process.stderr.write('\n');
       const backlogEnd = await backlog();
-      const keepsUp = report.achievedRate >= rate * 0.97 && backlogEnd <= Math.max(50, rate * 0.5) && Object.keys(report.errors).length === 0;
+      const keepsUp =
+        report.achievedRate >= rate * 0.97 &&
+        backlogEnd <= Math.max(50, rate * 0.5) &&
+        Object.keys(report.errors).length === 0;
       const sustainable = keepsUp && report.placement.p99 < 50;
-      steps.push({ rate, achievedRate: report.achievedRate, placement: report.placement, backlogEnd, keepsUp, sustainable });
-      log(`  achieved ${report.achievedRate.toFixed(0)}/s placement p99 ${report.placement.p99} ms backlog ${backlogEnd} → ${sustainable ? 'sustainable' : keepsUp ? 'keeps up' : 'falls behind'}`);
+      steps.push({
+        rate,
+        achievedRate: report.achievedRate,
+        placement: report.placement,
+        backlogEnd,
+        keepsUp,
+        sustainable,
+      });
+      log(
+        `  achieved ${report.achievedRate.toFixed(0)}/s placement p99 ${report.placement.p99} ms backlog ${backlogEnd} → ${sustainable ? 'sustainable' : keepsUp ? 'keeps up' : 'falls behind'}`,
+      );
       if (!keepsUp) break;
       // Let the backlog drain before the next step.
       const drainBy = Date.now() + 60_000;

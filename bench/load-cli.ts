@@ -30,11 +30,17 @@ if (values.catalogue !== 'spread' && values.catalogue !== 'hot') throw new Error
 
 const orderDb = values['order-db'] === undefined ? undefined : await openPostgres('order', values['order-db']);
 const fixture = await prepareFixture({
-  inventoryUrl: values['inventory-url'], paymentUrl: values['payment-url'], catalogue: values.catalogue,
+  inventoryUrl: values['inventory-url'],
+  paymentUrl: values['payment-url'],
+  catalogue: values.catalogue,
   ...(orderDb === undefined ? {} : { waitUntilPriced: pricedIn(orderDb) }),
 });
 const report = await runLoad({
-  orderUrl: values['order-url'], fixture, rate, durationSec: duration, arrival: values.arrival,
+  orderUrl: values['order-url'],
+  fixture,
+  rate,
+  durationSec: duration,
+  arrival: values.arrival,
   ...(orderDb === undefined ? {} : { orderDb }),
   progress: (line) => process.stderr.write(`\r${line}    `),
 });

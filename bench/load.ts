@@ -63,13 +63,21 @@ const pick = <T>(items: readonly T[], random: () => number): T => {
 };
 
 /** The body of one order of the mix: 1–5 distinct lines. */
-export function makeOrder(fixture: Fixture, mix: Mix, random: () => number): { userId: string; items: { productId: string; quantity: number }[] } {
+export function makeOrder(
+  fixture: Fixture,
+  mix: Mix,
+  random: () => number,
+): { userId: string; items: { productId: string; quantity: number }[] } {
   const roll = random();
   const lines = 1 + Math.floor(random() * 5);
   const chosen = new Set<string>();
   while (chosen.size < Math.min(lines, fixture.products.length)) chosen.add(pick(fixture.products, random));
   const items = [...chosen].map((productId) => ({ productId, quantity: 1 + Math.floor(random() * 3) }));
-  if (roll < mix.outOfStock) return { userId: pick(fixture.users, random), items: [...items.slice(0, 4), { productId: fixture.soldOut, quantity: 1 }] };
+  if (roll < mix.outOfStock)
+    return {
+      userId: pick(fixture.users, random),
+      items: [...items.slice(0, 4), { productId: fixture.soldOut, quantity: 1 }],
+    };
   if (roll < mix.outOfStock + mix.declined) return { userId: fixture.broke, items };
   return { userId: pick(fixture.users, random), items };
 }
@@ -93,28 +101,53 @@ export function getJson(url: string, timeoutMs = 10_000): Promise<{ status: numb
   return requestJson('GET', url, undefined, {}, timeoutMs);
 }
 
-function postJson(url: string, body: string, headers: Record<string, string>, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+function postJson(
+  url: string,
+  body: string,
+  headers: Record<string, string>,
+  timeoutMs: number,
+): Promise<{ status: number; body: unknown }> {
   return requestJson('POST', url, body, headers, timeoutMs);
 }
 
-function requestJson(method: string, url: string, body: string | undefined, headers: Record<string, string>, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+function requestJson(
+  method: string,
+  url: string,
+  body: string | undefined,
+  headers: Record<string, string>,
+  timeoutMs: number,
+): Promise<{ status: number; body: unknown }> {
   return new Promise((resolve, reject) => {
-    const request = http.request(url, {
-      method, agent, timeout: timeoutMs,
-      headers: body === undefined ? headers : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
-    }, (response) => {
-      const chunks: Buffer[] = [];
-      response.on('data', (chunk: Buffer) => chunks.push(chunk));
-      response.on('end', () => {
-        try {
-          resolve({ status: response.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown });
-        } catch (error) {
-          reject(error instanceof Error ? error : new Error(String(error)));
-        }
-      });
-      response.on('error', reject);
-    });
-    request.on('timeout', () => request.destroy(Object.assign(new Error('request timed out'), { name: 'TimeoutError' })));
+    const request = http.request(
+      url,
+      {
+        method,
+        agent,
+        timeout: timeoutMs,
+        headers:
+          body === undefined
+            ? headers
+            : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...headers },
+      },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on('data', (chunk: Buffer) => chunks.push(chunk));
+        response.on('end', () => {
+          try {
+            resolve({
+              status: response.statusCode ?? 0,
+              body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown,
+            });
+          } catch (error) {
+            reject(error instanceof Error ? error : new Error(String(error)));
+          }
+        });
+        response.on('error', reject);
+      },
+    );
+    request.on('timeout', () =>
+      request.destroy(Object.assign(new Error('request timed out'), { name: 'TimeoutError' })),
+    );
     request.on('error', reject);
     request.end(body);
   });
@@ -145,7 +178,12 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
     try {
       for (let attempt = 1; ; attempt++) {
         try {
-          const response = await postJson(`${options.orderUrl}/orders`, body, { 'idempotency-key': key }, options.requestTimeoutMs ?? 10_000);
+          const response = await postJson(
+            `${options.orderUrl}/orders`,
+            body,
+            { 'idempotency-key': key },
+            options.requestTimeoutMs ?? 10_000,
+          );
           const answer = response.body as { orderId?: string };
           if (response.status === 201 && typeof answer.orderId === 'string') {
             placement.record((performance.now() - scheduledAt) * 1000);
@@ -181,7 +219,9 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   const start = performance.now();
   const progress = setInterval(() => {
     const elapsed = (performance.now() - start) / 1000;
-    options.progress?.(`t=${elapsed.toFixed(0)}s placed=${acknowledged.length} rate=${(done / Math.max(elapsed, 0.001)).toFixed(0)}/s p99=${placement.summary().p99}ms in-flight=${inFlight} errors=${Object.values(errors).reduce((a, b) => a + b, 0)}`);
+    options.progress?.(
+      `t=${elapsed.toFixed(0)}s placed=${acknowledged.length} rate=${(done / Math.max(elapsed, 0.001)).toFixed(0)}/s p99=${placement.summary().p99}ms in-flight=${inFlight} errors=${Object.values(errors).reduce((a, b) => a + b, 0)}`,
+    );
   }, 1000);
   const pending: Promise<void>[] = [];
   let next = 0;
@@ -212,9 +252,12 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
     for (;;) {
       rows = [];
       for (let i = 0; i < ids.length; i += 5000) {
-        rows.push(...(await options.orderDb.query<{ order_id: string; status: string; updated_at: Date }>(
-          'SELECT order_id, status, updated_at FROM orders WHERE order_id = ANY($1::uuid[])', [ids.slice(i, i + 5000)],
-        )));
+        rows.push(
+          ...(await options.orderDb.query<{ order_id: string; status: string; updated_at: Date }>(
+            'SELECT order_id, status, updated_at FROM orders WHERE order_id = ANY($1::uuid[])',
+            [ids.slice(i, i + 5000)],
+          )),
+        );
       }
       if (rows.every((r) => r.status !== 'PENDING') || Date.now() > deadline) break;
       await new Promise((r) => setTimeout(r, 250));
@@ -222,7 +265,8 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
     for (const row of rows) {
       finals[row.status] = (finals[row.status] ?? 0) + 1;
       const sentAt = placedAt.get(row.order_id);
-      if (row.status !== 'PENDING' && sentAt !== undefined) completion.record((row.updated_at.getTime() - sentAt) * 1000);
+      if (row.status !== 'PENDING' && sentAt !== undefined)
+        completion.record((row.updated_at.getTime() - sentAt) * 1000);
     }
   }
   return {
@@ -249,7 +293,11 @@ export async function prepareFixture(options: {
   waitUntilPriced?: (productIds: string[]) => Promise<void>;
 }): Promise<Fixture> {
   const post = async (url: string, body: unknown) => {
-    const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
     if (!response.ok) throw new Error(`POST ${url}: ${response.status} ${await response.text()}`);
     return (await response.json()) as { productId?: string };
   };
@@ -257,13 +305,24 @@ export async function prepareFixture(options: {
   const count = options.catalogue === 'hot' ? 5 : 1000;
   const products: string[] = [];
   for (let i = 0; i < count; i += 50) {
-    const batch = await Promise.all(Array.from({ length: Math.min(50, count - i) }, (_, j) =>
-      post(`${options.inventoryUrl}/products`, { name: `load ${run} #${i + j}`, price: 100 + ((i + j) % 50) * 10, stockQuantity: 1_000_000_000 })));
+    const batch = await Promise.all(
+      Array.from({ length: Math.min(50, count - i) }, (_, j) =>
+        post(`${options.inventoryUrl}/products`, {
+          name: `load ${run} #${i + j}`,
+          price: 100 + ((i + j) % 50) * 10,
+          stockQuantity: 1_000_000_000,
+        }),
+      ),
+    );
     products.push(...batch.map((b) => b.productId ?? ''));
   }
-  const soldOut = (await post(`${options.inventoryUrl}/products`, { name: `load ${run} sold out`, price: 100, stockQuantity: 0 })).productId ?? '';
+  const soldOut =
+    (await post(`${options.inventoryUrl}/products`, { name: `load ${run} sold out`, price: 100, stockQuantity: 0 }))
+      .productId ?? '';
   const users = Array.from({ length: options.users ?? 100 }, (_, i) => `load-${run}-${i}`);
-  await Promise.all(users.map((user) => post(`${options.paymentUrl}/users/${user}/credit`, { amount: 1_000_000_000_000 })));
+  await Promise.all(
+    users.map((user) => post(`${options.paymentUrl}/users/${user}/credit`, { amount: 1_000_000_000_000 })),
+  );
   const broke = `load-${run}-broke`;
   await post(`${options.paymentUrl}/users/${broke}/credit`, { amount: 1 });
   if (options.waitUntilPriced !== undefined) await options.waitUntilPriced([...products, soldOut]);

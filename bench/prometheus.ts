@@ -30,7 +30,10 @@ export function difference(after: Map<string, Bucket[]>, before: Map<string, Buc
   const result = new Map<string, Bucket[]>();
   for (const [key, buckets] of after) {
     const earlier = new Map((before.get(key) ?? []).map((b) => [b.le, b.count]));
-    result.set(key, buckets.map((b) => ({ le: b.le, count: Math.max(0, b.count - (earlier.get(b.le) ?? 0)) })));
+    result.set(
+      key,
+      buckets.map((b) => ({ le: b.le, count: Math.max(0, b.count - (earlier.get(b.le) ?? 0)) })),
+    );
   }
   return result;
 }

@@ -20,13 +20,31 @@ export type ReadReport = {
 };
 
 const kinds = [
-  { name: 'orderSummary', share: 0.5, path: (t: ReadTargets, i: number) => `/orders/${t.orderIds[i % t.orderIds.length] ?? ''}` },
-  { name: 'product', share: 0.3, path: (t: ReadTargets, i: number) => `/products/${t.productIds[i % t.productIds.length] ?? ''}` },
-  { name: 'userOrders', share: 0.2, path: (t: ReadTargets, i: number) => `/users/${encodeURIComponent(t.userIds[i % t.userIds.length] ?? '')}/orders?limit=20` },
+  {
+    name: 'orderSummary',
+    share: 0.5,
+    path: (t: ReadTargets, i: number) => `/orders/${t.orderIds[i % t.orderIds.length] ?? ''}`,
+  },
+  {
+    name: 'product',
+    share: 0.3,
+    path: (t: ReadTargets, i: number) => `/products/${t.productIds[i % t.productIds.length] ?? ''}`,
+  },
+  {
+    name: 'userOrders',
+    share: 0.2,
+    path: (t: ReadTargets, i: number) =>
+      `/users/${encodeURIComponent(t.userIds[i % t.userIds.length] ?? '')}/orders?limit=20`,
+  },
 ] as const;
 type Kind = (typeof kinds)[number]['name'];
 
-export async function runReads(options: { queryUrl: string; targets: ReadTargets; rate: number; durationSec: number }): Promise<ReadReport> {
+export async function runReads(options: {
+  queryUrl: string;
+  targets: ReadTargets;
+  rate: number;
+  durationSec: number;
+}): Promise<ReadReport> {
   const { queryUrl, targets, rate, durationSec } = options;
   if (targets.orderIds.length === 0) throw new Error('no orders in the read models to read');
   const histograms = Object.fromEntries(kinds.map((k) => [k.name, new Histogram()])) as Record<Kind, Histogram>;
@@ -43,19 +61,28 @@ export async function runReads(options: { queryUrl: string; targets: ReadTargets
     const slot = (i % 20) / 20;
     const kind = slot < 0.5 ? kinds[0] : slot < 0.8 ? kinds[1] : kinds[2];
     const n = (counters[kind.name] += 1);
-    pending.push(getJson(`${queryUrl}${kind.path(targets, n)}`).then((r) => {
-      histograms[kind.name].record((performance.now() - at) * 1000);
-      if (r.status !== 200) errors[String(r.status)] = (errors[String(r.status)] ?? 0) + 1;
-    }, () => {
-      errors.network = (errors.network ?? 0) + 1;
-    }));
+    pending.push(
+      getJson(`${queryUrl}${kind.path(targets, n)}`).then(
+        (r) => {
+          histograms[kind.name].record((performance.now() - at) * 1000);
+          if (r.status !== 200) errors[String(r.status)] = (errors[String(r.status)] ?? 0) + 1;
+        },
+        () => {
+          errors.network = (errors.network ?? 0) + 1;
+        },
+      ),
+    );
   }
   await Promise.all(pending);
   const all = new Histogram();
   for (const h of Object.values(histograms)) all.merge(h);
   return {
-    rate, durationSec, all: all.summary(),
-    orderSummary: histograms.orderSummary.summary(), product: histograms.product.summary(), userOrders: histograms.userOrders.summary(),
+    rate,
+    durationSec,
+    all: all.summary(),
+    orderSummary: histograms.orderSummary.summary(),
+    product: histograms.product.summary(),
+    userOrders: histograms.userOrders.summary(),
     errors,
   };
 }

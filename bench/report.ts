@@ -32,12 +32,29 @@ export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   projectionDelay?: ProjectionDelay;
 };
 
-export type EmbeddedStep = { rate: number; achievedRate: number; placement: Summary; backlogEnd: number; keepsUp: boolean; sustainable: boolean };
+export type EmbeddedStep = {
+  rate: number;
+  achievedRate: number;
+  placement: Summary;
+  backlogEnd: number;
+  keepsUp: boolean;
+  sustainable: boolean;
+};
 
 /** Issue 11's targets. */
 export const issueTargets = {
-  costRate: 100, machineCpuMsPerOrder: 4, choreographyRate: 500, orchestrationRate: 300, hotRate: 300,
-  mixedRate: 200, mixedReadRate: 200, placementP99Ms: 50, completionP99Ms: 500, readP99Ms: 20, projectionP99Ms: 200, embeddedRate: 100,
+  costRate: 100,
+  machineCpuMsPerOrder: 4,
+  choreographyRate: 500,
+  orchestrationRate: 300,
+  hotRate: 300,
+  mixedRate: 200,
+  mixedReadRate: 200,
+  placementP99Ms: 50,
+  completionP99Ms: 500,
+  readP99Ms: 20,
+  projectionP99Ms: 200,
+  embeddedRate: 100,
 };
 
 export type BenchResult = {
@@ -66,28 +83,47 @@ export const highest = (steps: Judged[], rule: 'sustainable' | 'keepsUp' = 'sust
 export const slowestProjection = (s: StepResult | undefined, q: 'p50' | 'p99'): number | undefined =>
   s?.projectionDelay === undefined ? undefined : Math.max(0, ...Object.values(s.projectionDelay).map((d) => d[q]));
 
-export const costOf = (s: StepResult | undefined): CostPerOrder | undefined => (s?.cost === undefined ? undefined : perOrder(s.cost));
+export const costOf = (s: StepResult | undefined): CostPerOrder | undefined =>
+  s?.cost === undefined ? undefined : perOrder(s.cost);
 
 /** Rounded against the figure: a cost or latency up, a rate down. */
-export const ceil = (value: number | undefined, digits = 2) => (value === undefined || !Number.isFinite(value) ? '–' : (Math.ceil(value * 10 ** digits) / 10 ** digits).toFixed(digits));
-export const floor = (value: number | undefined, digits = 0) => (value === undefined || !Number.isFinite(value) ? '–' : (Math.floor(value * 10 ** digits) / 10 ** digits).toFixed(digits));
+export const ceil = (value: number | undefined, digits = 2) =>
+  value === undefined || !Number.isFinite(value)
+    ? '–'
+    : (Math.ceil(value * 10 ** digits) / 10 ** digits).toFixed(digits);
+export const floor = (value: number | undefined, digits = 0) =>
+  value === undefined || !Number.isFinite(value)
+    ? '–'
+    : (Math.floor(value * 10 ** digits) / 10 ** digits).toFixed(digits);
 const verdict = (ok: boolean | undefined) => (ok === undefined ? '–' : ok ? '**pass**' : '**FAIL**');
 
 const errorsOf = (reads: ReadReport | undefined) => Object.values(reads?.errors ?? {}).reduce((a, b) => a + b, 0);
 
 export const counterLabels: Record<Counter, string> = {
-  transactions: 'PostgreSQL transactions', statements: 'PostgreSQL statements', publishes: 'broker publishes', publishedEvents: 'published events',
-  publishedBytes: 'published bytes', deliveries: 'broker deliveries', deliveredEvents: 'delivered events', deliveredBytes: 'delivered bytes',
+  transactions: 'PostgreSQL transactions',
+  statements: 'PostgreSQL statements',
+  publishes: 'broker publishes',
+  publishedEvents: 'published events',
+  publishedBytes: 'published bytes',
+  deliveries: 'broker deliveries',
+  deliveredEvents: 'delivered events',
+  deliveredBytes: 'delivered bytes',
 };
 
 /** The cost model of one step as Markdown: CPU per completed order by process, then the counters by service. */
 export function renderCost(s: StepResult): string[] {
   const c = costOf(s);
-  if (s.cost === undefined || c === undefined) return [`No cost model for ${s.scenario} ${s.offeredRate}/s (no order completed, or an older result).`];
+  if (s.cost === undefined || c === undefined)
+    return [`No cost model for ${s.scenario} ${s.offeredRate}/s (no order completed, or an older result).`];
   const services = Object.keys(c.counters);
   const groups = Object.keys(c.cpu);
   return [
-    `${s.scenario} (${s.sagaMode ?? 'choreography'}) at ${s.offeredRate}/s: ${c.completed} orders completed of ${s.placed} placed (${Object.entries(s.finals).filter(([k]) => k !== 'COMPLETED').map(([k, n]) => `${n} ${k}`).join(', ') || 'no other'}), window ${s.cost.windowSec.toFixed(1)} s${s.keepsUp ? '' : '; **the step did not keep up**, so the figures are those of a backlog'}.`,
+    `${s.scenario} (${s.sagaMode ?? 'choreography'}) at ${s.offeredRate}/s: ${c.completed} orders completed of ${s.placed} placed (${
+      Object.entries(s.finals)
+        .filter(([k]) => k !== 'COMPLETED')
+        .map(([k, n]) => `${n} ${k}`)
+        .join(', ') || 'no other'
+    }), window ${s.cost.windowSec.toFixed(1)} s${s.keepsUp ? '' : '; **the step did not keep up**, so the figures are those of a backlog'}.`,
     '',
     '| CPU per completed order | ms |',
     '|---|---|',
@@ -101,8 +137,10 @@ export function renderCost(s: StepResult): string[] {
     '',
     `| per completed order | ${services.join(' | ')} | total |`,
     `|---|${services.map(() => '---|').join('')}---|`,
-    ...(Object.keys(counterNames) as Counter[]).map((k) =>
-      `| ${counterLabels[k]} | ${services.map((sv) => ceil(c.counters[sv]?.[k])).join(' | ')} | ${ceil(c.totals[k])} |`),
+    ...(Object.keys(counterNames) as Counter[]).map(
+      (k) =>
+        `| ${counterLabels[k]} | ${services.map((sv) => ceil(c.counters[sv]?.[k])).join(' | ')} | ${ceil(c.totals[k])} |`,
+    ),
   ];
 }
 
@@ -113,7 +151,10 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     const c = costOf(s);
     return `| ${s.scenario} | ${s.offeredRate} | ${floor(s.achievedRate)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.reads?.all.p50 ?? '–'} | ${s.reads?.all.p99 ?? '–'} | ${slowestProjection(s, 'p50') ?? '–'} | ${slowestProjection(s, 'p99') ?? '–'} | ${s.backlogMax} | ${ceil(c?.machineLessGenerator)} | ${ceil(c?.totals.statements, 1)} | ${ceil(c?.totals.deliveries)} | ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`;
   };
-  const delays = (s: StepResult) => Object.entries(s.projectionDelay ?? {}).map(([model, d]) => `| ${s.scenario} ${s.offeredRate}/s | ${model} | ${d.events} | ${d.p50} | ${d.p99} |`);
+  const delays = (s: StepResult) =>
+    Object.entries(s.projectionDelay ?? {}).map(
+      ([model, d]) => `| ${s.scenario} ${s.offeredRate}/s | ${model} | ${d.events} | ${d.p50} | ${d.p99} |`,
+    );
   const ran = (part: string) => r.parts === undefined || r.parts.includes(part);
   const cost = r.scenarios.find((s) => s.scenario === 'cost');
   const mixed = r.scenarios.find((s) => s.scenario === 'mixed');
@@ -122,7 +163,10 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     if (!ran(part) || steps === undefined || steps.length === 0) return `| ${label} | ≥ ${target}/s | not run | – |`;
     const best = highest(steps, 'keepsUp');
     const top = Math.max(...steps.map((s) => s.offeredRate));
-    const stopped = steps.at(-1)?.keepsUp === false ? `; fell behind at ${steps.at(-1)?.offeredRate}/s` : `; highest step run ${top}/s`;
+    const stopped =
+      steps.at(-1)?.keepsUp === false
+        ? `; fell behind at ${steps.at(-1)?.offeredRate}/s`
+        : `; highest step run ${top}/s`;
     return `| ${label} | ≥ ${target}/s | ${best}/s${stopped} | ${verdict(best >= target)} |`;
   };
   const mixedTarget = (label: string, target: number, value: number | undefined) =>
@@ -135,27 +179,49 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     '| target (issue 11) | target | measured | |',
     '|---|---|---|---|',
     `| machine CPU per completed order at a steady ${t.costRate}/s, all processes but the load generator | ≤ ${t.machineCpuMsPerOrder} ms | ${cost === undefined ? 'not run' : `${ceil(costPer?.machineLessGenerator)} ms at ${cost.offeredRate}/s${cost.keepsUp ? '' : ', not kept up'}`} | ${verdict(cost === undefined || costPer?.machineLessGenerator === undefined || cost.offeredRate !== t.costRate ? undefined : cost.keepsUp && costPer.machineLessGenerator <= t.machineCpuMsPerOrder)} |`,
-    rateTarget('keeps up, choreography (achieved = offered, every order final, backlog bounded)', 'sweep', r.sweep, t.choreographyRate),
+    rateTarget(
+      'keeps up, choreography (achieved = offered, every order final, backlog bounded)',
+      'sweep',
+      r.sweep,
+      t.choreographyRate,
+    ),
     rateTarget('keeps up, orchestration', 'orchestration', r.orchestrationSweep, t.orchestrationRate),
     rateTarget('keeps up, hot product (5 products)', 'hot', r.hotSweep, t.hotRate),
-    mixedTarget(`placement p99 at ${mixed?.offeredRate ?? t.mixedRate} orders/s with ${mixed?.reads?.rate ?? t.mixedReadRate} query reads/s${mixed !== undefined && !mixed.keepsUp ? ' (not kept up)' : ''}`, t.placementP99Ms, mixed?.placement.p99),
+    mixedTarget(
+      `placement p99 at ${mixed?.offeredRate ?? t.mixedRate} orders/s with ${mixed?.reads?.rate ?? t.mixedReadRate} query reads/s${mixed !== undefined && !mixed.keepsUp ? ' (not kept up)' : ''}`,
+      t.placementP99Ms,
+      mixed?.placement.p99,
+    ),
     mixedTarget('completion p99, same step', t.completionP99Ms, mixed?.completion.p99),
     mixedTarget(`query read p99, same step (${errorsOf(mixed?.reads)} errors)`, t.readP99Ms, mixed?.reads?.all.p99),
-    mixedTarget('commit-to-read-model p99, slowest read model, same step', t.projectionP99Ms, slowestProjection(mixed, 'p99')),
+    mixedTarget(
+      'commit-to-read-model p99, slowest read model, same step',
+      t.projectionP99Ms,
+      slowestProjection(mixed, 'p99'),
+    ),
     `| embedded mode keeps up | ≥ ${t.embeddedRate}/s | ${r.embedded === undefined ? 'not run' : `${highest(r.embedded, 'keepsUp')}/s`} | ${verdict(r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp') >= t.embeddedRate)} |`,
     `| query read p99, read scenario (nothing else running) | – | ${r.reads === undefined ? 'not run' : `${r.reads.all.p99} ms (p50 ${r.reads.all.p50} ms) at ${r.reads.rate}/s, ${errorsOf(r.reads)} errors`} | |`,
     '',
     '## Cost model',
     '',
-    'Per completed order (orders of the step that reached COMPLETED; the 10 % declined or out of stock cost too and are not in the denominator). CPU from /proc over the step, from its first order until its backlog drained; PostgreSQL is the postmaster, its background processes and the backends of this run\'s databases (the load generator\'s own polling included), RabbitMQ is beam.smp and its children. Counters are the services\' own (converge_db_*, converge_bus_* on /metrics). A bus counter that reads 0 is one the bus does not count yet.',
+    'Per completed order (orders of the step that reached COMPLETED; the 10 % declined or out of stock ' +
+      'cost too and are not in the denominator). CPU from /proc over the step, from its first order ' +
+      'until its backlog drained; PostgreSQL is the postmaster, its background processes and the ' +
+      "backends of this run's databases (the load generator's own polling included), RabbitMQ is " +
+      "beam.smp and its children. Counters are the services' own (converge_db_*, converge_bus_* on " +
+      '/metrics). A bus counter that reads 0 is one the bus does not count yet.',
     '',
     ...(cost === undefined ? ['The cost step was not run.'] : renderCost(cost)),
     '',
     '## Steps',
     '',
-    'Reads are of the query service during the step; projection delay is from commit at the source to applied in the slowest read model, estimated from the query service\'s histogram (interpolated in its buckets). CPU ms is the whole machine less the load generator per completed order.',
+    'Reads are of the query service during the step; projection delay is from commit at the source to ' +
+      "applied in the slowest read model, estimated from the query service's histogram (interpolated in its " +
+      'buckets). CPU ms is the whole machine less the load generator per completed order.',
     '',
-    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 | read p50 ms | read p99 ms | projection p50 ms | projection p99 ms | backlog max | CPU ms/order | statements/order | deliveries/order | keeps up | sustainable |',
+    '| scenario | offered/s | achieved/s | placement p50 ms | p99 | max | completion p50 ms | p99 ' +
+      '| read p50 ms | read p99 ms | projection p50 ms | projection p99 ms | backlog max | CPU ' +
+      'ms/order | statements/order | deliveries/order | keeps up | sustainable |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...allSteps.map(row),
     '',
@@ -167,11 +233,28 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     '',
     `![latency against offered rate](${svg})`,
     '',
-    'Peak memory per process group (PostgreSQL summed over its processes, so its shared buffers count once per process):',
+    'Peak memory per process group (PostgreSQL summed over its ' +
+      'processes, so its shared buffers count once per process):',
     '',
-    ...allSteps.map((s) => `- ${s.scenario} ${s.offeredRate}/s: ${Object.entries(s.resources).map(([k, v]) => `${k} ${v.peakRssMb} MB`).join(', ')}`),
+    ...allSteps.map(
+      (s) =>
+        `- ${s.scenario} ${s.offeredRate}/s: ${Object.entries(s.resources)
+          .map(([k, v]) => `${k} ${v.peakRssMb} MB`)
+          .join(', ')}`,
+    ),
     '',
-    ...(r.embedded === undefined ? [] : ['Embedded mode (one process, PGlite, local bus), placement latency:', '', '| offered/s | achieved/s | p50 ms | p99 ms | backlog at end | keeps up | sustainable |', '|---|---|---|---|---|---|---|', ...r.embedded.map((e) => `| ${e.rate} | ${floor(e.achievedRate)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} | ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`)]),
+    ...(r.embedded === undefined
+      ? []
+      : [
+          'Embedded mode (one process, PGlite, local bus), placement latency:',
+          '',
+          '| offered/s | achieved/s | p50 ms | p99 ms | backlog at end | keeps up | sustainable |',
+          '|---|---|---|---|---|---|---|',
+          ...r.embedded.map(
+            (e) =>
+              `| ${e.rate} | ${floor(e.achievedRate)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} | ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`,
+          ),
+        ]),
     '',
   ];
   return lines.join('\n');
@@ -188,10 +271,15 @@ export function renderSvg(r: BenchResult): string {
   const lo = Math.max(0.1, Math.min(1, ...values));
   const hi = Math.max(1000, ...values);
   const x = (rate: number) => pad + (rate / maxRate) * (width - 2 * pad);
-  const y = (ms: number) => height - pad - ((Math.log10(Math.max(ms, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * (height - 2 * pad);
+  const y = (ms: number) =>
+    height -
+    pad -
+    ((Math.log10(Math.max(ms, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * (height - 2 * pad);
   const line = (pick: (p: StepResult) => number, color: string) =>
     `<polyline fill="none" stroke="${color}" stroke-width="2" points="${points.map((p) => `${x(p.offeredRate).toFixed(1)},${y(pick(p)).toFixed(1)}`).join(' ')}"/>` +
-    points.map((p) => `<circle cx="${x(p.offeredRate).toFixed(1)}" cy="${y(pick(p)).toFixed(1)}" r="3" fill="${color}"/>`).join('');
+    points
+      .map((p) => `<circle cx="${x(p.offeredRate).toFixed(1)}" cy="${y(pick(p)).toFixed(1)}" r="3" fill="${color}"/>`)
+      .join('');
   const ticks = [1, 10, 100, 1000, 10000].filter((t) => t >= lo && t <= hi);
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>

@@ -4,7 +4,17 @@
 import fs from 'node:fs';
 import type { ReadReport } from './reads.ts';
 import { counterNames, type Counter } from './cost.ts';
-import { ceil, costOf, counterLabels, floor, highest, issueTargets, slowestProjection, type BenchResult, type StepResult } from './report.ts';
+import {
+  ceil,
+  costOf,
+  counterLabels,
+  floor,
+  highest,
+  issueTargets,
+  slowestProjection,
+  type BenchResult,
+  type StepResult,
+} from './report.ts';
 
 const files = process.argv.slice(2).filter((f) => f.endsWith('.json'));
 if (files.length === 0) {
@@ -21,10 +31,12 @@ function median(values: number[]): number {
 }
 
 // Results written before the query service was read have another shape of reads: left out.
-const readsOf = (reads: ReadReport | undefined): ReadReport | undefined => (reads !== undefined && 'all' in reads ? reads : undefined);
+const readsOf = (reads: ReadReport | undefined): ReadReport | undefined =>
+  reads !== undefined && 'all' in reads ? reads : undefined;
 const scenario = (r: BenchResult, name: string): StepResult | undefined => r.scenarios.find((s) => s.scenario === name);
 const sweepAt = (r: BenchResult, rate: number) => r.sweep.find((s) => s.offeredRate === rate);
-const values = (pick: (r: BenchResult) => number | undefined) => runs.map(pick).filter((v): v is number => v !== undefined && Number.isFinite(v));
+const values = (pick: (r: BenchResult) => number | undefined) =>
+  runs.map(pick).filter((v): v is number => v !== undefined && Number.isFinite(v));
 /** The median, rounded against itself (lower is better: up; higher is better: down), and each run's value. */
 const m = (pick: (r: BenchResult) => number | undefined, better: 'lower' | 'higher' = 'lower', digits = 1) => {
   const vs = values(pick);
@@ -40,7 +52,8 @@ const judge = (pick: (r: BenchResult) => number | undefined, pass: (median: numb
 const t = issueTargets;
 const cost = (r: BenchResult) => costOf(scenario(r, 'cost'));
 const mixed = (r: BenchResult) => scenario(r, 'mixed');
-const kept = (steps: StepResult[] | undefined) => (steps === undefined || steps.length === 0 ? undefined : highest(steps, 'keepsUp'));
+const kept = (steps: StepResult[] | undefined) =>
+  steps === undefined || steps.length === 0 ? undefined : highest(steps, 'keepsUp');
 const groups = [...new Set(runs.flatMap((r) => Object.keys(cost(r)?.cpu ?? {})))];
 
 const rates = [...new Set(runs.flatMap((r) => r.sweep.map((s) => s.offeredRate)))].sort((a, b) => a - b);
@@ -50,15 +63,42 @@ const lines = [
   '',
   '| measure | target | median (runs) | median |',
   '|---|---|---|---|',
-  `| machine CPU per completed order at ${t.costRate}/s, less the load generator, ms | ≤ ${t.machineCpuMsPerOrder} | ${m((r) => cost(r)?.machineLessGenerator, 'lower', 2)} | ${judge((r) => cost(r)?.machineLessGenerator, (v) => v <= t.machineCpuMsPerOrder)} |`,
-  `| highest rate kept up with, choreography, orders/s | ≥ ${t.choreographyRate} | ${m((r) => kept(r.sweep), 'higher')} | ${judge((r) => kept(r.sweep), (v) => v >= t.choreographyRate)} |`,
-  `| highest rate kept up with, orchestration, orders/s | ≥ ${t.orchestrationRate} | ${m((r) => kept(r.orchestrationSweep), 'higher')} | ${judge((r) => kept(r.orchestrationSweep), (v) => v >= t.orchestrationRate)} |`,
-  `| highest rate kept up with, hot product, orders/s | ≥ ${t.hotRate} | ${m((r) => kept(r.hotSweep), 'higher')} | ${judge((r) => kept(r.hotSweep), (v) => v >= t.hotRate)} |`,
-  `| mixed (${t.mixedRate} orders/s + ${t.mixedReadRate} reads/s): placement p99, ms | < ${t.placementP99Ms} | ${m((r) => mixed(r)?.placement.p99)} | ${judge((r) => mixed(r)?.placement.p99, (v) => v < t.placementP99Ms)} |`,
-  `| mixed: completion p99, ms | < ${t.completionP99Ms} | ${m((r) => mixed(r)?.completion.p99)} | ${judge((r) => mixed(r)?.completion.p99, (v) => v < t.completionP99Ms)} |`,
-  `| mixed: query read p99, ms | < ${t.readP99Ms} | ${m((r) => readsOf(mixed(r)?.reads)?.all.p99)} | ${judge((r) => readsOf(mixed(r)?.reads)?.all.p99, (v) => v < t.readP99Ms)} |`,
-  `| mixed: commit-to-read-model p99, ms (slowest model) | < ${t.projectionP99Ms} | ${m((r) => slowestProjection(mixed(r), 'p99'))} | ${judge((r) => slowestProjection(mixed(r), 'p99'), (v) => v < t.projectionP99Ms)} |`,
-  `| embedded mode: highest rate kept up with, orders/s | ≥ ${t.embeddedRate} | ${m((r) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp')), 'higher')} | ${judge((r) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp')), (v) => v >= t.embeddedRate)} |`,
+  `| machine CPU per completed order at ${t.costRate}/s, less the load generator, ms | ≤ ${t.machineCpuMsPerOrder} | ${m((r) => cost(r)?.machineLessGenerator, 'lower', 2)} | ${judge(
+    (r) => cost(r)?.machineLessGenerator,
+    (v) => v <= t.machineCpuMsPerOrder,
+  )} |`,
+  `| highest rate kept up with, choreography, orders/s | ≥ ${t.choreographyRate} | ${m((r) => kept(r.sweep), 'higher')} | ${judge(
+    (r) => kept(r.sweep),
+    (v) => v >= t.choreographyRate,
+  )} |`,
+  `| highest rate kept up with, orchestration, orders/s | ≥ ${t.orchestrationRate} | ${m((r) => kept(r.orchestrationSweep), 'higher')} | ${judge(
+    (r) => kept(r.orchestrationSweep),
+    (v) => v >= t.orchestrationRate,
+  )} |`,
+  `| highest rate kept up with, hot product, orders/s | ≥ ${t.hotRate} | ${m((r) => kept(r.hotSweep), 'higher')} | ${judge(
+    (r) => kept(r.hotSweep),
+    (v) => v >= t.hotRate,
+  )} |`,
+  `| mixed (${t.mixedRate} orders/s + ${t.mixedReadRate} reads/s): placement p99, ms | < ${t.placementP99Ms} | ${m((r) => mixed(r)?.placement.p99)} | ${judge(
+    (r) => mixed(r)?.placement.p99,
+    (v) => v < t.placementP99Ms,
+  )} |`,
+  `| mixed: completion p99, ms | < ${t.completionP99Ms} | ${m((r) => mixed(r)?.completion.p99)} | ${judge(
+    (r) => mixed(r)?.completion.p99,
+    (v) => v < t.completionP99Ms,
+  )} |`,
+  `| mixed: query read p99, ms | < ${t.readP99Ms} | ${m((r) => readsOf(mixed(r)?.reads)?.all.p99)} | ${judge(
+    (r) => readsOf(mixed(r)?.reads)?.all.p99,
+    (v) => v < t.readP99Ms,
+  )} |`,
+  `| mixed: commit-to-read-model p99, ms (slowest model) | < ${t.projectionP99Ms} | ${m((r) => slowestProjection(mixed(r), 'p99'))} | ${judge(
+    (r) => slowestProjection(mixed(r), 'p99'),
+    (v) => v < t.projectionP99Ms,
+  )} |`,
+  `| embedded mode: highest rate kept up with, orders/s | ≥ ${t.embeddedRate} | ${m((r) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp')), 'higher')} | ${judge(
+    (r) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp')),
+    (v) => v >= t.embeddedRate,
+  )} |`,
   `| read scenario: query read p99, ms (nothing else running) | – | ${m((r) => readsOf(r.reads)?.all.p99)} | |`,
   '',
   `Cost model at ${t.costRate}/s, per completed order:`,
@@ -70,9 +110,12 @@ const lines = [
   `| CPU ms, whole machine | ${m((r) => cost(r)?.machine, 'lower', 2)} |`,
   `| CPU ms, load generator (apart) | ${m((r) => cost(r)?.generator, 'lower', 2)} |`,
   `| CPU ms, whole machine less load generator | ${m((r) => cost(r)?.machineLessGenerator, 'lower', 2)} |`,
-  ...(Object.keys(counterNames) as Counter[]).map((k) => `| ${counterLabels[k]} | ${m((r) => cost(r)?.totals[k], 'lower', 2)} |`),
+  ...(Object.keys(counterNames) as Counter[]).map(
+    (k) => `| ${counterLabels[k]} | ${m((r) => cost(r)?.totals[k], 'lower', 2)} |`,
+  ),
   '',
-  '| offered orders/s | runs | achieved/s | placement p50 ms | placement p99 ms | completion p50 ms | completion p99 ms | CPU ms/order | projection p99 ms | kept up |',
+  '| offered orders/s | runs | achieved/s | placement p50 ms | placement p99 ms | completion ' +
+    'p50 ms | completion p99 ms | CPU ms/order | projection p99 ms | kept up |',
   '|---|---|---|---|---|---|---|---|---|---|',
   ...rates.map((rate) => {
     const steps = runs.map((r) => sweepAt(r, rate)).filter((s): s is StepResult => s !== undefined);

@@ -24,34 +24,104 @@ const uuid = () => crypto.randomUUID();
 const MiB = 1024 * 1024;
 
 const placeOrder: Endpoint = {
-  service: 'order', route: 'POST /orders', url: () => '/orders',
+  service: 'order',
+  route: 'POST /orders',
+  url: () => '/orders',
   valid: (f) => ({ userId: f.user, items: [{ productId: f.product, quantity: 1 }] }),
   headers: () => ({ 'idempotency-key': uuid() }),
 };
-const cancelOrder: Endpoint = { service: 'order', route: 'POST /orders/{id}/cancel', url: (f) => `/orders/${f.order}/cancel`, valid: () => ({ reason: 'no' }) };
-const addProduct: Endpoint = { service: 'inventory', route: 'POST /products', url: () => '/products', valid: () => ({ name: 'widget', price: 100, stockQuantity: 1 }) };
-const restock: Endpoint = { service: 'inventory', route: 'POST /products/{id}/restock', url: (f) => `/products/${f.product}/restock`, valid: () => ({ quantity: 1 }) };
-const addCredit: Endpoint = { service: 'payment', route: 'POST /users/{id}/credit', url: (f) => `/users/${f.user}/credit`, valid: () => ({ amount: 1 }) };
-const replayOne = (service: Service): Endpoint => ({ service, route: `${service} POST /dead-letters/{id}/replay`, url: () => `/dead-letters/${uuid()}/replay`, valid: () => ({}) });
-const replayMany = (service: Service): Endpoint => ({ service, route: `${service} POST /dead-letters/replay`, url: () => '/dead-letters/replay', valid: () => ({ all: true }) });
-const retrySaga: Endpoint = { service: 'orchestrator', route: 'POST /sagas/{id}/retry', url: () => `/sagas/${uuid()}/retry`, valid: () => ({ note: 'fixed' }) };
-const resolveSaga: Endpoint = { service: 'orchestrator', route: 'POST /sagas/{id}/resolve', url: () => `/sagas/${uuid()}/resolve`, valid: () => ({ note: 'settled' }) };
+const cancelOrder: Endpoint = {
+  service: 'order',
+  route: 'POST /orders/{id}/cancel',
+  url: (f) => `/orders/${f.order}/cancel`,
+  valid: () => ({ reason: 'no' }),
+};
+const addProduct: Endpoint = {
+  service: 'inventory',
+  route: 'POST /products',
+  url: () => '/products',
+  valid: () => ({ name: 'widget', price: 100, stockQuantity: 1 }),
+};
+const restock: Endpoint = {
+  service: 'inventory',
+  route: 'POST /products/{id}/restock',
+  url: (f) => `/products/${f.product}/restock`,
+  valid: () => ({ quantity: 1 }),
+};
+const addCredit: Endpoint = {
+  service: 'payment',
+  route: 'POST /users/{id}/credit',
+  url: (f) => `/users/${f.user}/credit`,
+  valid: () => ({ amount: 1 }),
+};
+const replayOne = (service: Service): Endpoint => ({
+  service,
+  route: `${service} POST /dead-letters/{id}/replay`,
+  url: () => `/dead-letters/${uuid()}/replay`,
+  valid: () => ({}),
+});
+const replayMany = (service: Service): Endpoint => ({
+  service,
+  route: `${service} POST /dead-letters/replay`,
+  url: () => '/dead-letters/replay',
+  valid: () => ({ all: true }),
+});
+const retrySaga: Endpoint = {
+  service: 'orchestrator',
+  route: 'POST /sagas/{id}/retry',
+  url: () => `/sagas/${uuid()}/retry`,
+  valid: () => ({ note: 'fixed' }),
+};
+const resolveSaga: Endpoint = {
+  service: 'orchestrator',
+  route: 'POST /sagas/{id}/resolve',
+  url: () => `/sagas/${uuid()}/resolve`,
+  valid: () => ({ note: 'settled' }),
+};
 const services: Service[] = ['order', 'inventory', 'payment', 'orchestrator'];
-const endpoints = [placeOrder, cancelOrder, addProduct, restock, addCredit, retrySaga, resolveSaga, ...services.flatMap((s) => [replayOne(s), replayMany(s)])];
+const endpoints = [
+  placeOrder,
+  cancelOrder,
+  addProduct,
+  restock,
+  addCredit,
+  retrySaga,
+  resolveSaga,
+  ...services.flatMap((s) => [replayOne(s), replayMany(s)]),
+];
 
 /** A raw body: `text` as is, as JSON unless told otherwise (null: no content type), with the endpoint's headers unless `headers` replaces them. */
-function raw(e: Endpoint, what: string, status: number, text: (f: Fixtures) => string | undefined, options: { contentType?: string | null; url?: (f: Fixtures) => string; headers?: Record<string, string> } = {}): Case {
+function raw(
+  e: Endpoint,
+  what: string,
+  status: number,
+  text: (f: Fixtures) => string | undefined,
+  options: { contentType?: string | null; url?: (f: Fixtures) => string; headers?: Record<string, string> } = {},
+): Case {
   return {
-    service: e.service, what: `${e.route}: ${what}`, status,
+    service: e.service,
+    what: `${e.route}: ${what}`,
+    status,
     request: (f) => {
       const body = text(f);
-      const contentType = options.contentType !== undefined ? options.contentType : body === undefined ? null : 'application/json';
-      return { url: (options.url ?? e.url)(f), headers: options.headers ?? e.headers?.() ?? {}, ...(body === undefined ? {} : { body }), ...(contentType === null ? {} : { contentType }) };
+      const contentType =
+        options.contentType !== undefined ? options.contentType : body === undefined ? null : 'application/json';
+      return {
+        url: (options.url ?? e.url)(f),
+        headers: options.headers ?? e.headers?.() ?? {},
+        ...(body === undefined ? {} : { body }),
+        ...(contentType === null ? {} : { contentType }),
+      };
     },
   };
 }
-const bad = (e: Endpoint, what: string, status: number, body: (f: Fixtures) => unknown, options: { url?: (f: Fixtures) => string; headers?: Record<string, string> } = {}) =>
-  raw(e, what, status, (f) => JSON.stringify(body(f)), options);
+const bad = (
+  e: Endpoint,
+  what: string,
+  status: number,
+  body: (f: Fixtures) => unknown,
+  options: { url?: (f: Fixtures) => string; headers?: Record<string, string> } = {},
+) => raw(e, what, status, (f) => JSON.stringify(body(f)), options);
 
 /** Adds `"key": value` (value already JSON text) in front of the members of a JSON object. */
 function withKey(json: string, key: string, value: string): string {
@@ -59,7 +129,14 @@ function withKey(json: string, key: string, value: string): string {
   return `{"${key}":${value}${members === '' ? '' : `,${members}`}}`;
 }
 
-const quantities: [string, unknown][] = [['0', 0], ['-1', -1], ['1.5', 1.5], ['2^53', 2 ** 53], ['"2" (a string)', '2'], ['null', null]];
+const quantities: [string, unknown][] = [
+  ['0', 0],
+  ['-1', -1],
+  ['1.5', 1.5],
+  ['2^53', 2 ** 53],
+  ['"2" (a string)', '2'],
+  ['null', null],
+];
 /** Prices and stock levels may be 0; every other bad quantity applies to them too. */
 const amounts = quantities.filter(([, value]) => value !== 0);
 
@@ -80,7 +157,10 @@ const framing = (e: Endpoint): Case[] => {
   ];
 };
 
-const line = (f: Fixtures, fields: Record<string, unknown>) => ({ userId: f.user, items: [{ productId: f.product, quantity: 1, ...fields }] });
+const line = (f: Fixtures, fields: Record<string, unknown>) => ({
+  userId: f.user,
+  items: [{ productId: f.product, quantity: 1, ...fields }],
+});
 const product = (fields: Record<string, unknown>) => ({ name: 'widget', price: 100, stockQuantity: 1, ...fields });
 
 const cases: Case[] = [
@@ -88,7 +168,9 @@ const cases: Case[] = [
 
   bad(placeOrder, 'missing Idempotency-Key', 400, placeOrder.valid, { headers: {} }),
   bad(placeOrder, 'empty Idempotency-Key', 400, placeOrder.valid, { headers: { 'idempotency-key': '' } }),
-  bad(placeOrder, 'Idempotency-Key of 201 characters', 400, placeOrder.valid, { headers: { 'idempotency-key': 'k'.repeat(201) } }),
+  bad(placeOrder, 'Idempotency-Key of 201 characters', 400, placeOrder.valid, {
+    headers: { 'idempotency-key': 'k'.repeat(201) },
+  }),
   bad(placeOrder, 'missing userId', 400, (f) => ({ items: line(f, {}).items })),
   bad(placeOrder, 'missing items', 400, (f) => ({ userId: f.user })),
   bad(placeOrder, 'no lines', 400, (f) => ({ userId: f.user, items: [] })),
@@ -102,10 +184,21 @@ const cases: Case[] = [
   bad(placeOrder, 'productId not a uuid', 400, (f) => line(f, { productId: 'widget' })),
   bad(placeOrder, 'missing quantity', 400, (f) => ({ userId: f.user, items: [{ productId: f.product }] })),
   ...quantities.map(([label, quantity]) => bad(placeOrder, `quantity ${label}`, 400, (f) => line(f, { quantity }))),
-  bad(placeOrder, '101 lines', 400, (f) => ({ userId: f.user, items: f.many.map((productId) => ({ productId, quantity: 1 })) })),
+  bad(placeOrder, '101 lines', 400, (f) => ({
+    userId: f.user,
+    items: f.many.map((productId) => ({ productId, quantity: 1 })),
+  })),
   bad(placeOrder, 'unknown product', 422, (f) => line(f, { productId: uuid() })),
-  bad(placeOrder, 'the same product on two lines', 422, (f) => ({ userId: f.user, items: [...line(f, {}).items, ...line(f, {}).items] })),
-  raw(placeOrder, '__proto__ key inside a line', 400, (f) => `{"userId":"${f.user}","items":[{"__proto__":{"admin":true},"productId":"${f.product}","quantity":1}]}`),
+  bad(placeOrder, 'the same product on two lines', 422, (f) => ({
+    userId: f.user,
+    items: [...line(f, {}).items, ...line(f, {}).items],
+  })),
+  raw(
+    placeOrder,
+    '__proto__ key inside a line',
+    400,
+    (f) => `{"userId":"${f.user}","items":[{"__proto__":{"admin":true},"productId":"${f.product}","quantity":1}]}`,
+  ),
 
   bad(cancelOrder, 'id not a uuid', 400, cancelOrder.valid, { url: () => '/orders/42/cancel' }),
   bad(cancelOrder, 'id with broken percent-encoding', 400, cancelOrder.valid, { url: () => '/orders/%zz/cancel' }),
@@ -124,8 +217,12 @@ const cases: Case[] = [
   bad(addProduct, 'lower-case currency', 400, () => product({ currency: 'eur' })),
   bad(addProduct, 'productId not a uuid', 400, () => product({ productId: 'p-1' })),
   ...amounts.map(([label, price]) => bad(addProduct, `price ${label}`, 400, () => product({ price }))),
-  ...amounts.map(([label, stockQuantity]) => bad(addProduct, `stockQuantity ${label}`, 400, () => product({ stockQuantity }))),
-  bad(addProduct, 'an existing productId with other attributes', 409, (f) => product({ productId: f.product, name: 'not the same' })),
+  ...amounts.map(([label, stockQuantity]) =>
+    bad(addProduct, `stockQuantity ${label}`, 400, () => product({ stockQuantity })),
+  ),
+  bad(addProduct, 'an existing productId with other attributes', 409, (f) =>
+    product({ productId: f.product, name: 'not the same' }),
+  ),
 
   bad(restock, 'id not a uuid', 400, restock.valid, { url: () => '/products/widget/restock' }),
   bad(restock, 'unknown product', 404, restock.valid, { url: () => `/products/${uuid()}/restock` }),
@@ -170,14 +267,21 @@ const watched = {
   orchestrator: ['sagas', 'saga_log', 'outbox', 'dead_letters', 'dead_letter_audit'],
   provider: ['provider_accounts'],
 } as const;
-const totals = { 'inventory stock': ['inventory', 'SELECT coalesce(sum(stock_quantity), 0)::int AS n FROM products'], 'provider credit': ['provider', 'SELECT coalesce(sum(credit), 0)::int AS n FROM provider_accounts'] } as const;
+const totals = {
+  'inventory stock': ['inventory', 'SELECT coalesce(sum(stock_quantity), 0)::int AS n FROM products'],
+  'provider credit': ['provider', 'SELECT coalesce(sum(credit), 0)::int AS n FROM provider_accounts'],
+} as const;
 
 async function snapshot(h: Harness): Promise<Record<string, number | undefined>> {
   const counts: Record<string, number | undefined> = {};
   for (const [db, tables] of Object.entries(watched) as [keyof typeof watched, readonly string[]][]) {
-    for (const table of tables) counts[`${db}.${table}`] = (await h.system.dbs[db].query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`))[0]?.n;
+    for (const table of tables)
+      counts[`${db}.${table}`] = (
+        await h.system.dbs[db].query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)
+      )[0]?.n;
   }
-  for (const [name, [db, sql]] of Object.entries(totals)) counts[name] = (await h.system.dbs[db].query<{ n: number }>(sql))[0]?.n;
+  for (const [name, [db, sql]] of Object.entries(totals))
+    counts[name] = (await h.system.dbs[db].query<{ n: number }>(sql))[0]?.n;
   return counts;
 }
 
@@ -203,7 +307,8 @@ describeSystem('bad input', covering, (h) => {
     const before = await snapshot(h);
     const { url, body, contentType, headers } = c.request(f);
     const response = await h.system.services[c.service].app.inject({
-      method: 'POST', url,
+      method: 'POST',
+      url,
       headers: contentType === undefined ? headers : { ...headers, 'content-type': contentType },
       ...(body === undefined ? {} : { payload: body }),
     });
@@ -211,7 +316,12 @@ describeSystem('bad input', covering, (h) => {
     expect(response.statusCode, summary).toBe(c.status);
     expect(response.headers['content-type'], summary).toMatch(/^application\/problem\+json/);
     const problem = JSON.parse(response.body) as Record<string, unknown>;
-    const shape = { type: typeof problem.type, title: typeof problem.title, status: problem.status, detail: typeof problem.detail };
+    const shape = {
+      type: typeof problem.type,
+      title: typeof problem.title,
+      status: problem.status,
+      detail: typeof problem.detail,
+    };
     expect(shape, summary).toEqual({ type: 'string', title: 'string', status: c.status, detail: 'string' });
     expect(response.body, summary).not.toMatch(leak);
     expect(({} as Record<string, unknown>).admin, 'Object.prototype was polluted').toBeUndefined();
@@ -224,18 +334,30 @@ describeSystem('bad input', covering, (h) => {
     const placed = await h.place(user, [{ productId: product, quantity: 2 }]);
     expect(placed.status).toBe(201);
     expect((await h.waitFinal(placed.orderId)).status).toBe('COMPLETED');
-    const restocked = await h.system.services.inventory.app.inject({ method: 'POST', url: `/products/${product}/restock`, payload: { quantity: 4 } });
+    const restocked = await h.system.services.inventory.app.inject({
+      method: 'POST',
+      url: `/products/${product}/restock`,
+      payload: { quantity: 4 },
+    });
     expect(restocked.json()).toMatchObject({ stockQuantity: 7 });
     h.system.provider.faults.delayMs = 300; // keep the next order PENDING long enough to cancel it
     try {
       const pending = await h.place(user, [{ productId: product, quantity: 1 }]);
-      const cancelled = await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${pending.orderId}/cancel`, payload: {} });
+      const cancelled = await h.system.services.order.app.inject({
+        method: 'POST',
+        url: `/orders/${pending.orderId}/cancel`,
+        payload: {},
+      });
       expect(cancelled.json()).toMatchObject({ status: 'CANCELLED' });
     } finally {
       h.system.provider.faults.delayMs = 0;
     }
     for (const s of services) {
-      const replayed = await h.system.services[s].app.inject({ method: 'POST', url: '/dead-letters/replay', payload: { all: true } });
+      const replayed = await h.system.services[s].app.inject({
+        method: 'POST',
+        url: '/dead-letters/replay',
+        payload: { all: true },
+      });
       expect(replayed.json()).toEqual({ results: [] });
     }
     await h.check();

@@ -22,11 +22,21 @@ const processes = launcher({
   runner: 'bundle',
   run,
   env: { LOG_LEVEL: 'warn' },
-  processes: (Object.keys(ports) as Name[]).map((name) => ({ name, entry: 'service', args: [name], env: { PORT: String(ports[name]) }, url: url(name) })),
+  processes: (Object.keys(ports) as Name[]).map((name) => ({
+    name,
+    entry: 'service',
+    args: [name],
+    env: { PORT: String(ports[name]) },
+    url: url(name),
+  })),
 });
 
 const post = async (name: Name, path: string, body: unknown, headers: Record<string, string> = {}) => {
-  const response = await fetch(`${url(name)}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+  const response = await fetch(`${url(name)}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify(body),
+  });
   return { status: response.status, body: (await response.json()) as Record<string, unknown> };
 };
 
@@ -38,7 +48,12 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
 
   const place = async (userId: string, quantity = 1) => {
     const key = crypto.randomUUID();
-    const { status, body } = await post('order', '/orders', { userId, items: [{ productId: product, quantity }] }, { 'idempotency-key': key });
+    const { status, body } = await post(
+      'order',
+      '/orders',
+      { userId, items: [{ productId: product, quantity }] },
+      { 'idempotency-key': key },
+    );
     expect(status).toBe(201);
     acknowledged.push({ orderId: body.orderId as string, userId, idempotencyKey: key });
     return body.orderId as string;
@@ -46,7 +61,12 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
 
   beforeAll(async () => {
     const open = (name: string) => openRunDatabase(run, name);
-    dbs = { order: await open('order'), inventory: await open('inventory'), payment: await open('payment'), provider: await open('provider') };
+    dbs = {
+      order: await open('order'),
+      inventory: await open('inventory'),
+      payment: await open('payment'),
+      provider: await open('provider'),
+    };
     bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${run.name}.events`, queuePrefix: `${run.name}.` });
     await processes.startAll();
     const created = await post('inventory', '/products', { name: 'cluster widget', price: 100, stockQuantity: 1000 });
@@ -68,31 +88,44 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
 
   const queueDepth = (name: string) => bus.depth(name);
 
-  it('given the order process killed after committing orders and before publishing them, when it restarts, then every order completes once', async () => {
-    await processes.restart('order', { kill: true, env: { RELAY: 'false' } });
-    const orders = await Promise.all(Array.from({ length: 20 }, () => place('carol')));
-    const [pending] = await dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL');
-    expect(pending?.n).toBe(20);
-    await processes.restart('order', { kill: true });
-    await waitForQuiet({ dbs, queueDepth }, 60_000);
-    const statuses = await dbs.order.query<{ status: string }>('SELECT status FROM orders WHERE order_id = ANY($1::uuid[])', [orders]);
-    expect(statuses.map((s) => s.status)).toEqual(Array.from({ length: 20 }, () => 'COMPLETED'));
-    await assertInvariants({ dbs, acknowledged, queueDepth });
-  });
+  it(
+    'given the order process killed after committing orders and before ' +
+      'publishing them, when it restarts, then every order completes once',
+    async () => {
+      await processes.restart('order', { kill: true, env: { RELAY: 'false' } });
+      const orders = await Promise.all(Array.from({ length: 20 }, () => place('carol')));
+      const [pending] = await dbs.order.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM outbox WHERE published_at IS NULL',
+      );
+      expect(pending?.n).toBe(20);
+      await processes.restart('order', { kill: true });
+      await waitForQuiet({ dbs, queueDepth }, 60_000);
+      const statuses = await dbs.order.query<{ status: string }>(
+        'SELECT status FROM orders WHERE order_id = ANY($1::uuid[])',
+        [orders],
+      );
+      expect(statuses.map((s) => s.status)).toEqual(Array.from({ length: 20 }, () => 'COMPLETED'));
+      await assertInvariants({ dbs, acknowledged, queueDepth });
+    },
+  );
 
-  it('given a stream of orders, when inventory and then payment are killed mid-stream and restarted, then nothing is lost or doubled', async () => {
-    const placing = (async () => {
-      for (let i = 0; i < 60; i++) {
-        await place('carol');
-        await new Promise((r) => setTimeout(r, 15));
-      }
-    })();
-    await new Promise((r) => setTimeout(r, 250));
-    await processes.restart('inventory', { kill: true });
-    await processes.restart('payment', { kill: true });
-    await placing;
-    await waitForQuiet({ dbs, queueDepth }, 90_000);
-    const report = await assertInvariants({ dbs, acknowledged, queueDepth });
-    expect(report.summary.completed).toBe(acknowledged.length);
-  });
+  it(
+    'given a stream of orders, when inventory and then payment are killed ' +
+      'mid-stream and restarted, then nothing is lost or doubled',
+    async () => {
+      const placing = (async () => {
+        for (let i = 0; i < 60; i++) {
+          await place('carol');
+          await new Promise((r) => setTimeout(r, 15));
+        }
+      })();
+      await new Promise((r) => setTimeout(r, 250));
+      await processes.restart('inventory', { kill: true });
+      await processes.restart('payment', { kill: true });
+      await placing;
+      await waitForQuiet({ dbs, queueDepth }, 90_000);
+      const report = await assertInvariants({ dbs, acknowledged, queueDepth });
+      expect(report.summary.completed).toBe(acknowledged.length);
+    },
+  );
 });

@@ -4,7 +4,17 @@
 // played into a fresh instance of one service through its consumer.
 import crypto from 'node:crypto';
 import { eventTypes, isCommandType, type Envelope } from '@converge/contracts';
-import { dropDatabase, ensureDatabase, openPglite, openPostgres, createLocalBus, silentLogger, startService, type Db, type RunningService } from '@converge/platform';
+import {
+  dropDatabase,
+  ensureDatabase,
+  openPglite,
+  openPostgres,
+  createLocalBus,
+  silentLogger,
+  startService,
+  type Db,
+  type RunningService,
+} from '@converge/platform';
 import { servers, uniqueName } from '@converge/platform/testing';
 import { expect, it } from 'vitest';
 import { inventoryService } from '../services/inventory/service.ts';
@@ -16,7 +26,9 @@ import { backendOf, describeSystem, modes, sagaModeOf, type Harness, type ModeNa
 async function allEvents(h: Harness): Promise<Envelope[]> {
   const events: Envelope[] = [];
   for (const name of ['order', 'inventory', 'payment', 'orchestrator'] as const) {
-    const rows = await h.system.dbs[name].query<{ envelope: Envelope }>('SELECT envelope FROM outbox ORDER BY position');
+    const rows = await h.system.dbs[name].query<{ envelope: Envelope }>(
+      'SELECT envelope FROM outbox ORDER BY position',
+    );
     events.push(...rows.map((r) => r.envelope));
   }
   return events;
@@ -30,7 +42,9 @@ async function snapshot(h: Harness) {
     commands: await orchestrator.query('SELECT count(*)::int AS n FROM outbox'),
     orders: await order.query('SELECT order_id, status, version FROM orders ORDER BY order_id'),
     orderEvents: await order.query('SELECT count(*)::int AS n FROM outbox'),
-    products: await inventory.query('SELECT product_id, stock_quantity, reserved, sold FROM products ORDER BY product_id'),
+    products: await inventory.query(
+      'SELECT product_id, stock_quantity, reserved, sold FROM products ORDER BY product_id',
+    ),
     reservations: await inventory.query('SELECT order_id, status FROM reservations ORDER BY order_id'),
     inventoryEvents: await inventory.query('SELECT count(*)::int AS n FROM outbox'),
     payments: await payment.query('SELECT order_id, status FROM payments ORDER BY order_id'),
@@ -65,17 +79,25 @@ async function truncateAll(db: Db): Promise<void> {
 async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payment'): Promise<Fresh> {
   const suite = uniqueName('shuffle');
   const open = async (db: string): Promise<Db> =>
-    backendOf(mode) === 'embedded' ? openPglite(db) : openPostgres(db, await ensureDatabase(servers.postgres, `${suite}_${db}`));
+    backendOf(mode) === 'embedded'
+      ? openPglite(db)
+      : openPostgres(db, await ensureDatabase(servers.postgres, `${suite}_${db}`));
   const db = await open(name);
   const busDb = await openPglite('bus');
   const bus = await createLocalBus(busDb);
   const providerDb = name === 'payment' ? await open('provider') : undefined;
   const saga = sagaModeOf(mode);
-  const definition = name === 'order' ? orderService(saga) : name === 'inventory' ? inventoryService(saga)
-    : paymentService(await openSimulatedProvider(providerDb as Db), { mode: saga });
+  const definition =
+    name === 'order'
+      ? orderService(saga)
+      : name === 'inventory'
+        ? inventoryService(saga)
+        : paymentService(await openSimulatedProvider(providerDb as Db), { mode: saga });
   const service = await startService(definition, { db, bus, log: silentLogger, relay: false });
   return {
-    service, db, ...(providerDb === undefined ? {} : { extra: providerDb }),
+    service,
+    db,
+    ...(providerDb === undefined ? {} : { extra: providerDb }),
     reset: async () => {
       await truncateAll(db);
       if (providerDb !== undefined) await truncateAll(providerDb);
@@ -84,7 +106,8 @@ async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payme
       await service.stop();
       await bus.close();
       for (const d of [db, busDb, providerDb]) await d?.close();
-      if (backendOf(mode) !== 'embedded') for (const d of [name, 'provider']) await dropDatabase(servers.postgres, `${suite}_${d}`);
+      if (backendOf(mode) !== 'embedded')
+        for (const d of [name, 'provider']) await dropDatabase(servers.postgres, `${suite}_${d}`);
     },
   };
 }
@@ -106,7 +129,11 @@ describeSystem('delivery faults', modes, (h, name) => {
     await new Promise((r) => setTimeout(r, 150));
     await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${refunded.orderId}/cancel` });
     h.system.provider.faults.delayMs = 0;
-    await h.system.services.inventory.app.inject({ method: 'POST', url: `/products/${product}/restock`, payload: { quantity: 3 } });
+    await h.system.services.inventory.app.inject({
+      method: 'POST',
+      url: `/products/${product}/restock`,
+      payload: { quantity: 3 },
+    });
     await h.quiet();
     const before = await snapshot(h);
     const events = await allEvents(h);
@@ -117,7 +144,9 @@ describeSystem('delivery faults', modes, (h, name) => {
 
     await h.system.bus.publish(events);
     await h.quiet();
-    const consumers = (['order', 'inventory', 'payment', 'orchestrator'] as const).map((s) => h.system.services[s].consumer);
+    const consumers = (['order', 'inventory', 'payment', 'orchestrator'] as const).map(
+      (s) => h.system.services[s].consumer,
+    );
     expect(await snapshot(h)).toEqual(before);
     const duplicates = consumers.reduce((sum, c) => sum + c.stats.duplicate, 0);
     // Each event comes again to every one of these that binds its type.
@@ -127,77 +156,134 @@ describeSystem('delivery faults', modes, (h, name) => {
     await h.check();
   });
 
-  it('given the events of one order, when each service receives them shuffled, then it ends where in-order delivery ends', async () => {
-    const product = await h.product(10, 400);
-    const rich = await h.user(1_000_000);
-    const poor = await h.user(100);
-    const scenarios: { orderId: string; userId: string; credit: number; amount: number }[] = [];
-    const ok = await h.place(rich, [{ productId: product, quantity: 2 }]);
-    scenarios.push({ orderId: ok.orderId, userId: rich, credit: 1_000_000, amount: 800 });
-    const declined = await h.place(poor, [{ productId: product, quantity: 1 }]);
-    scenarios.push({ orderId: declined.orderId, userId: poor, credit: 100, amount: 400 });
-    h.system.provider.faults.delayMs = 300;
-    const cancelled = await h.place(rich, [{ productId: product, quantity: 1 }]);
-    await new Promise((r) => setTimeout(r, 150));
-    await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${cancelled.orderId}/cancel` });
-    h.system.provider.faults.delayMs = 0;
-    scenarios.push({ orderId: cancelled.orderId, userId: rich, credit: 1_000_000, amount: 400 });
-    await h.quiet();
-    await h.check();
-    const events = await allEvents(h);
-    const [productRow] = await h.system.dbs.inventory.query<{ name: string }>('SELECT name FROM products WHERE product_id = $1', [product]);
+  it(
+    'given the events of one order, when each service receives them ' +
+      'shuffled, then it ends where in-order delivery ends',
+    async () => {
+      const product = await h.product(10, 400);
+      const rich = await h.user(1_000_000);
+      const poor = await h.user(100);
+      const scenarios: { orderId: string; userId: string; credit: number; amount: number }[] = [];
+      const ok = await h.place(rich, [{ productId: product, quantity: 2 }]);
+      scenarios.push({ orderId: ok.orderId, userId: rich, credit: 1_000_000, amount: 800 });
+      const declined = await h.place(poor, [{ productId: product, quantity: 1 }]);
+      scenarios.push({ orderId: declined.orderId, userId: poor, credit: 100, amount: 400 });
+      h.system.provider.faults.delayMs = 300;
+      const cancelled = await h.place(rich, [{ productId: product, quantity: 1 }]);
+      await new Promise((r) => setTimeout(r, 150));
+      await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${cancelled.orderId}/cancel` });
+      h.system.provider.faults.delayMs = 0;
+      scenarios.push({ orderId: cancelled.orderId, userId: rich, credit: 1_000_000, amount: 400 });
+      await h.quiet();
+      await h.check();
+      const events = await allEvents(h);
+      const [productRow] = await h.system.dbs.inventory.query<{ name: string }>(
+        'SELECT name FROM products WHERE product_id = $1',
+        [product],
+      );
 
-    const inventory = await freshService(name, 'inventory');
-    const payment = await freshService(name, 'payment');
-    const orders = await freshService(name, 'order');
-    for (const scenario of scenarios) {
-      const about = events.filter((e) => e.subject === scenario.orderId);
-      const reference = {
-        order: await h.system.dbs.order.query<{ status: string }>('SELECT status FROM orders WHERE order_id = $1', [scenario.orderId]),
-        reservation: await h.system.dbs.inventory.query('SELECT status, items FROM reservations WHERE order_id = $1', [scenario.orderId]),
-        payment: await h.system.dbs.payment.query<{ status: string }>('SELECT status FROM payments WHERE order_id = $1', [scenario.orderId]),
-      };
-      for (const seed of [1, 2, 0]) {
-        // Seed 0: the exact reverse of the order they were produced in.
-        const order = (list: Envelope[]) => (seed === 0 ? [...list].reverse() : shuffled(list, seed * 7919 + scenario.orderId.charCodeAt(0)));
+      const inventory = await freshService(name, 'inventory');
+      const payment = await freshService(name, 'payment');
+      const orders = await freshService(name, 'order');
+      for (const scenario of scenarios) {
+        const about = events.filter((e) => e.subject === scenario.orderId);
+        const reference = {
+          order: await h.system.dbs.order.query<{ status: string }>('SELECT status FROM orders WHERE order_id = $1', [
+            scenario.orderId,
+          ]),
+          reservation: await h.system.dbs.inventory.query(
+            'SELECT status, items FROM reservations WHERE order_id = $1',
+            [scenario.orderId],
+          ),
+          payment: await h.system.dbs.payment.query<{ status: string }>(
+            'SELECT status FROM payments WHERE order_id = $1',
+            [scenario.orderId],
+          ),
+        };
+        for (const seed of [1, 2, 0]) {
+          // Seed 0: the exact reverse of the order they were produced in.
+          const order = (list: Envelope[]) =>
+            seed === 0 ? [...list].reverse() : shuffled(list, seed * 7919 + scenario.orderId.charCodeAt(0));
 
-        await inventory.reset();
-        await inventory.service.app.inject({ method: 'POST', url: '/products', payload: { productId: product, name: productRow?.name ?? 'x', price: 400, stockQuantity: 10 } });
-        for (const e of order(about.filter((x) => x.source !== 'inventory'))) await inventory.service.consumer.process(e);
-        await inventory.service.consumer.sweepHeld();
-        expect(await inventory.db.query('SELECT status, items FROM reservations WHERE order_id = $1', [scenario.orderId])).toEqual(reference.reservation);
-        const [stock] = await inventory.db.query<{ stock_quantity: number; reserved: number; sold: number }>('SELECT stock_quantity, reserved, sold FROM products');
-        expect((stock?.stock_quantity ?? 0) + (stock?.reserved ?? 0) + (stock?.sold ?? 0)).toBe(10);
-        expect(stock?.reserved).toBe(0);
+          await inventory.reset();
+          await inventory.service.app.inject({
+            method: 'POST',
+            url: '/products',
+            payload: { productId: product, name: productRow?.name ?? 'x', price: 400, stockQuantity: 10 },
+          });
+          for (const e of order(about.filter((x) => x.source !== 'inventory')))
+            await inventory.service.consumer.process(e);
+          await inventory.service.consumer.sweepHeld();
+          expect(
+            await inventory.db.query('SELECT status, items FROM reservations WHERE order_id = $1', [scenario.orderId]),
+          ).toEqual(reference.reservation);
+          const [stock] = await inventory.db.query<{ stock_quantity: number; reserved: number; sold: number }>(
+            'SELECT stock_quantity, reserved, sold FROM products',
+          );
+          expect((stock?.stock_quantity ?? 0) + (stock?.reserved ?? 0) + (stock?.sold ?? 0)).toBe(10);
+          expect(stock?.reserved).toBe(0);
 
-        await payment.reset();
-        await payment.service.app.inject({ method: 'POST', url: `/users/${scenario.userId}/credit`, payload: { amount: scenario.credit } });
-        for (const e of order(about.filter((x) => x.source !== 'payment'))) await payment.service.consumer.process(e);
-        await payment.service.consumer.sweepHeld();
-        // A cancellation seen before the reservation refuses the charge (FAILED) where
-        // in-order delivery charged and refunded (REFUNDED): what must agree is whether
-        // money is held, and how much the user has left.
-        const [paid] = await payment.db.query<{ status: string }>('SELECT status FROM payments WHERE order_id = $1', [scenario.orderId]);
-        expect(paid?.status === 'PROCESSED').toBe(reference.payment[0]?.status === 'PROCESSED');
-        const credit = await payment.service.app.inject({ method: 'GET', url: `/users/${scenario.userId}/credit` });
-        expect(credit.json<{ credit: number }>().credit).toBe(scenario.credit - (reference.order[0]?.status === 'COMPLETED' ? scenario.amount : 0));
+          await payment.reset();
+          await payment.service.app.inject({
+            method: 'POST',
+            url: `/users/${scenario.userId}/credit`,
+            payload: { amount: scenario.credit },
+          });
+          for (const e of order(about.filter((x) => x.source !== 'payment'))) await payment.service.consumer.process(e);
+          await payment.service.consumer.sweepHeld();
+          // A cancellation seen before the reservation refuses the charge (FAILED) where
+          // in-order delivery charged and refunded (REFUNDED): what must agree is whether
+          // money is held, and how much the user has left.
+          const [paid] = await payment.db.query<{ status: string }>('SELECT status FROM payments WHERE order_id = $1', [
+            scenario.orderId,
+          ]);
+          expect(paid?.status === 'PROCESSED').toBe(reference.payment[0]?.status === 'PROCESSED');
+          const credit = await payment.service.app.inject({ method: 'GET', url: `/users/${scenario.userId}/credit` });
+          expect(credit.json<{ credit: number }>().credit).toBe(
+            scenario.credit - (reference.order[0]?.status === 'COMPLETED' ? scenario.amount : 0),
+          );
 
-        await orders.reset();
-        const created = about.find((x) => x.type === 'OrderCreated');
-        if (created === undefined) throw new Error('no OrderCreated');
-        const data = created.data as { userId: string; items: { productId: string; quantity: number; unitPrice: number }[]; currency: string };
-        // What the user did (place, and cancel if they did) happens in the order service
-        // itself; what other services said about the order arrives shuffled.
-        await orders.db.transaction(async (tx) => {
-          const context = { source: 'order', now: new Date(), correlationId: crypto.randomUUID() };
-          await executeOrderCommand(tx, scenario.orderId, { type: 'PlaceOrder', orderId: scenario.orderId, userId: data.userId, items: data.items, currency: data.currency, now: new Date() }, context);
-          if (about.some((x) => x.type === 'OrderCancelled')) await executeOrderCommand(tx, scenario.orderId, { type: 'CancelOrder', reason: 'cancelled by the user' }, context);
-        });
-        for (const e of order(about.filter((x) => x.source !== 'order'))) await orders.service.consumer.process(e);
-        await orders.service.consumer.sweepHeld();
-        expect(await orders.db.query('SELECT status FROM orders WHERE order_id = $1', [scenario.orderId])).toEqual(reference.order);
+          await orders.reset();
+          const created = about.find((x) => x.type === 'OrderCreated');
+          if (created === undefined) throw new Error('no OrderCreated');
+          const data = created.data as {
+            userId: string;
+            items: { productId: string; quantity: number; unitPrice: number }[];
+            currency: string;
+          };
+          // What the user did (place, and cancel if they did) happens in the order service
+          // itself; what other services said about the order arrives shuffled.
+          await orders.db.transaction(async (tx) => {
+            const context = { source: 'order', now: new Date(), correlationId: crypto.randomUUID() };
+            await executeOrderCommand(
+              tx,
+              scenario.orderId,
+              {
+                type: 'PlaceOrder',
+                orderId: scenario.orderId,
+                userId: data.userId,
+                items: data.items,
+                currency: data.currency,
+                now: new Date(),
+              },
+              context,
+            );
+            if (about.some((x) => x.type === 'OrderCancelled'))
+              await executeOrderCommand(
+                tx,
+                scenario.orderId,
+                { type: 'CancelOrder', reason: 'cancelled by the user' },
+                context,
+              );
+          });
+          for (const e of order(about.filter((x) => x.source !== 'order'))) await orders.service.consumer.process(e);
+          await orders.service.consumer.sweepHeld();
+          expect(await orders.db.query('SELECT status FROM orders WHERE order_id = $1', [scenario.orderId])).toEqual(
+            reference.order,
+          );
+        }
       }
-    }
-    for (const fresh of [inventory, payment, orders]) await fresh.close();
-  });
+      for (const fresh of [inventory, payment, orders]) await fresh.close();
+    },
+  );
 });

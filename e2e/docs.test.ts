@@ -20,7 +20,11 @@ type Operation = {
   requestBody?: unknown;
   responses?: Record<string, Response>;
 };
-type OpenApi = { openapi: string; info: { title: string; version: string }; paths: Record<string, Record<string, Operation>> };
+type OpenApi = {
+  openapi: string;
+  info: { title: string; version: string };
+  paths: Record<string, Record<string, Operation>>;
+};
 type AsyncApi = {
   asyncapi: string;
   info: { title: string; version: string; description: string };
@@ -35,23 +39,40 @@ const documented = {
   orchestrator: ['GET /sagas', 'GET /sagas/{id}', 'POST /sagas/{id}/retry', 'POST /sagas/{id}/resolve'],
   query: ['GET /orders/{id}', 'GET /users/{id}/orders', 'GET /products/{id}', 'GET /products', 'GET /system'],
 };
-const everyService = ['GET /dead-letters', 'POST /dead-letters/{id}/replay', 'POST /dead-letters/replay', 'GET /events', 'GET /events/marks'];
+const everyService = [
+  'GET /dead-letters',
+  'POST /dead-letters/{id}/replay',
+  'POST /dead-letters/replay',
+  'GET /events',
+  'GET /events/marks',
+];
 const methods = new Set(['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace']);
 
 /** Resolves a local JSON pointer (`#/a/b`) in a document. */
 function resolve(document: unknown, ref: string): unknown {
   if (!ref.startsWith('#/')) throw new Error(`not a local reference: ${ref}`);
-  return ref.slice(2).split('/').map((part) => part.replaceAll('~1', '/').replaceAll('~0', '~'))
-    .reduce<unknown>((node, key) => (typeof node === 'object' && node !== null ? (node as Record<string, unknown>)[key] : undefined), document);
+  return ref
+    .slice(2)
+    .split('/')
+    .map((part) => part.replaceAll('~1', '/').replaceAll('~0', '~'))
+    .reduce<unknown>(
+      (node, key) => (typeof node === 'object' && node !== null ? (node as Record<string, unknown>)[key] : undefined),
+      document,
+    );
 }
 
-const readCommitted = (file: string): Promise<string | undefined> => readFile(path.join(root, file), 'utf8').catch(() => undefined);
+const readCommitted = (file: string): Promise<string | undefined> =>
+  readFile(path.join(root, file), 'utf8').catch(() => undefined);
 
 let docs: Record<string, string>;
 const openApi = (service: string): OpenApi => JSON.parse(docs[`docs/openapi/${service}.json`] ?? 'null') as OpenApi;
 const asyncApi = (): AsyncApi => JSON.parse(docs['docs/asyncapi.json'] ?? 'null') as AsyncApi;
-const operationsOf = (doc: OpenApi) => Object.entries(doc.paths).flatMap(([route, item]) =>
-  Object.entries(item).filter(([method]) => methods.has(method)).map(([method, operation]) => ({ route, method, operation })));
+const operationsOf = (doc: OpenApi) =>
+  Object.entries(doc.paths).flatMap(([route, item]) =>
+    Object.entries(item)
+      .filter(([method]) => methods.has(method))
+      .map(([method, operation]) => ({ route, method, operation })),
+  );
 
 // Booting five in-memory databases takes a while on a busy machine.
 beforeAll(async () => {
@@ -61,15 +82,25 @@ beforeAll(async () => {
 describe('generated API documents', () => {
   it('are committed as generated (run npm run docs)', async () => {
     expect(Object.keys(docs).sort()).toEqual([
-      'docs/README.md', 'docs/asyncapi.json', 'docs/openapi/inventory.json', 'docs/openapi/orchestrator.json', 'docs/openapi/order.json',
-      'docs/openapi/payment.json', 'docs/openapi/query.json',
+      'docs/README.md',
+      'docs/asyncapi.json',
+      'docs/openapi/inventory.json',
+      'docs/openapi/orchestrator.json',
+      'docs/openapi/order.json',
+      'docs/openapi/payment.json',
+      'docs/openapi/query.json',
     ]);
     for (const [file, content] of Object.entries(docs)) {
       expect(await readCommitted(file), `${file} is stale: run npm run docs`).toBe(content);
     }
     const onDisk = await readdir(path.join(root, 'docs/openapi')).catch(() => []);
-    expect(onDisk.map((f) => `docs/openapi/${f}`).sort(), 'docs/openapi holds a file nothing generates: run npm run docs').toEqual(
-      Object.keys(docs).filter((f) => f.startsWith('docs/openapi/')).sort(),
+    expect(
+      onDisk.map((f) => `docs/openapi/${f}`).sort(),
+      'docs/openapi holds a file nothing generates: run npm run docs',
+    ).toEqual(
+      Object.keys(docs)
+        .filter((f) => f.startsWith('docs/openapi/'))
+        .sort(),
     );
   });
 });
@@ -82,7 +113,9 @@ describe('OpenAPI documents', () => {
     expect(typeof doc.info.version).toBe('string');
     expect(typeof doc.paths).toBe('object');
     const routes = operationsOf(doc).map(({ route, method }) => `${method.toUpperCase()} ${route}`);
-    expect(routes).toEqual(expect.arrayContaining([...documented[service as keyof typeof documented], ...everyService]));
+    expect(routes).toEqual(
+      expect.arrayContaining([...documented[service as keyof typeof documented], ...everyService]),
+    );
   });
 
   it.each(Object.keys(documented))('%s describes every operation: summary, path parameters, responses', (service) => {
@@ -90,11 +123,17 @@ describe('OpenAPI documents', () => {
       const where = `${method.toUpperCase()} ${route}`;
       expect(route, where).toMatch(/^\//);
       expect(operation.summary, `${where} has no summary`).toEqual(expect.any(String));
-      const declared = (operation.parameters ?? []).filter((p) => p.in === 'path' && p.required === true).map((p) => p.name).sort();
+      const declared = (operation.parameters ?? [])
+        .filter((p) => p.in === 'path' && p.required === true)
+        .map((p) => p.name)
+        .sort();
       const inPath = [...route.matchAll(/\{([^}]+)\}/g)].map((m) => m[1]).sort();
       expect(declared, `${where} path parameters`).toEqual(inPath);
       const responses = Object.entries(operation.responses ?? {});
-      expect(responses.some(([status, r]) => /^2\d\d$/.test(status) && r.content !== undefined), `${where} has no 2xx body`).toBe(true);
+      expect(
+        responses.some(([status, r]) => /^2\d\d$/.test(status) && r.content !== undefined),
+        `${where} has no 2xx body`,
+      ).toBe(true);
       if ((operation.parameters ?? []).length > 0 || operation.requestBody !== undefined) {
         expect(Object.keys(operation.responses ?? {}), `${where} takes input but documents no 400`).toContain('400');
       }
@@ -125,7 +164,16 @@ describe('AsyncAPI document', () => {
     const doc = asyncApi();
     expect(doc.asyncapi).toBe('3.0.0');
     expect(doc.info).toMatchObject({ title: 'Converge events', version: '1.0.0' });
-    for (const term of ['CloudEvents 1.0', 'subject', 'sequence', 'correlationid', 'causationid', 'dataversion', 'converge.events', 'quorum']) {
+    for (const term of [
+      'CloudEvents 1.0',
+      'subject',
+      'sequence',
+      'correlationid',
+      'causationid',
+      'dataversion',
+      'converge.events',
+      'quorum',
+    ]) {
       expect(doc.info.description).toContain(term);
     }
   });
@@ -150,26 +198,51 @@ describe('AsyncAPI document', () => {
     for (const [id, operation] of Object.entries(doc.operations)) {
       expect(resolve(doc, operation.channel.$ref), `${id} channel`).toBeDefined();
       for (const message of operation.messages) {
-        expect(message.$ref.startsWith(`${operation.channel.$ref}/messages/`), `${id} message of its channel`).toBe(true);
+        expect(message.$ref.startsWith(`${operation.channel.$ref}/messages/`), `${id} message of its channel`).toBe(
+          true,
+        );
         expect(resolve(doc, message.$ref), `${id} message`).toBeDefined();
       }
     }
     for (const type of eventTypes) {
-      const sent = Object.entries(doc.operations).filter(([, o]) => o.action === 'send' && o.channel.$ref === `#/channels/${type}`);
-      expect(sent.map(([id]) => id), type).toEqual([`${catalogue[type].source}.send.${type}`]);
+      const sent = Object.entries(doc.operations).filter(
+        ([, o]) => o.action === 'send' && o.channel.$ref === `#/channels/${type}`,
+      );
+      expect(
+        sent.map(([id]) => id),
+        type,
+      ).toEqual([`${catalogue[type].source}.send.${type}`]);
     }
-    const received = Object.entries(doc.operations).filter(([, o]) => o.action === 'receive').map(([id]) => id);
-    expect(received).toEqual(expect.arrayContaining([
-      'inventory.receive.OrderCreated', 'payment.receive.InventoryReserved', 'order.receive.InventoryRejected',
-      'order.receive.PaymentProcessed', 'order.receive.PaymentFailed', 'inventory.receive.PaymentFailed',
-      'inventory.receive.OrderCancelled', 'payment.receive.OrderCancelled', 'inventory.receive.OrderCompleted',
-      'order.receive.ProductAdded',
-      // Orchestration: the saga's commands go to the services, every reply to the orchestrator.
-      'inventory.receive.ReserveInventory', 'inventory.receive.ReleaseInventory', 'inventory.receive.CommitInventory',
-      'payment.receive.ProcessPayment', 'payment.receive.RefundPayment', 'order.receive.CompleteOrder', 'order.receive.FailOrder',
-      'orchestrator.receive.OrderCreated', 'orchestrator.receive.OrderCancelled', 'orchestrator.receive.InventoryReserved',
-      'orchestrator.receive.PaymentProcessed', 'orchestrator.receive.PaymentRefunded',
-    ]));
+    const received = Object.entries(doc.operations)
+      .filter(([, o]) => o.action === 'receive')
+      .map(([id]) => id);
+    expect(received).toEqual(
+      expect.arrayContaining([
+        'inventory.receive.OrderCreated',
+        'payment.receive.InventoryReserved',
+        'order.receive.InventoryRejected',
+        'order.receive.PaymentProcessed',
+        'order.receive.PaymentFailed',
+        'inventory.receive.PaymentFailed',
+        'inventory.receive.OrderCancelled',
+        'payment.receive.OrderCancelled',
+        'inventory.receive.OrderCompleted',
+        'order.receive.ProductAdded',
+        // Orchestration: the saga's commands go to the services, every reply to the orchestrator.
+        'inventory.receive.ReserveInventory',
+        'inventory.receive.ReleaseInventory',
+        'inventory.receive.CommitInventory',
+        'payment.receive.ProcessPayment',
+        'payment.receive.RefundPayment',
+        'order.receive.CompleteOrder',
+        'order.receive.FailOrder',
+        'orchestrator.receive.OrderCreated',
+        'orchestrator.receive.OrderCancelled',
+        'orchestrator.receive.InventoryReserved',
+        'orchestrator.receive.PaymentProcessed',
+        'orchestrator.receive.PaymentRefunded',
+      ]),
+    );
     expect(received.filter((id) => id.startsWith('order.receive.Order'))).toEqual([]);
   });
 });

@@ -15,15 +15,25 @@ import { boot, type Harness } from './harness.ts';
 const chromiumPath = '/usr/bin/chromium';
 const haveChromium = fs.existsSync(chromiumPath);
 if (!haveChromium && process.env.CI !== 'true') {
-  console.warn(`\n  NOTICE: ${chromiumPath} is missing, so the dashboard browser test is skipped (apt-get install -y chromium).\n`);
+  console.warn(
+    `\n  NOTICE: ${chromiumPath} is missing, so the dashboard browser test is skipped (apt-get install -y chromium).\n`,
+  );
 }
 
 type Json = Record<string, unknown>;
 
-async function call(url: string, init: RequestInit = {}): Promise<{ status: number; type: string; headers: Headers; body: Json }> {
+async function call(
+  url: string,
+  init: RequestInit = {},
+): Promise<{ status: number; type: string; headers: Headers; body: Json }> {
   const response = await fetch(url, init);
   const text = await response.text();
-  return { status: response.status, type: response.headers.get('content-type') ?? '', headers: response.headers, body: text === '' ? {} : (JSON.parse(text) as Json) };
+  return {
+    status: response.status,
+    type: response.headers.get('content-type') ?? '',
+    headers: response.headers,
+    body: text === '' ? {} : (JSON.parse(text) as Json),
+  };
 }
 
 const placeOrder = (site: string, userId: string, productId: string, quantity: number, key: string) =>
@@ -60,7 +70,9 @@ describe('gateway and dashboard (embedded)', () => {
   const product = demoCatalogue[0]?.productId ?? '';
 
   const parkedDeadLetters = async () => {
-    const parked = await Promise.all(serviceNames.map(async (name) => (await call(`${upstreams[name]}/dead-letters`)).body.parked as number));
+    const parked = await Promise.all(
+      serviceNames.map(async (name) => (await call(`${upstreams[name]}/dead-letters`)).body.parked as number),
+    );
     return parked.reduce((a, b) => a + b, 0);
   };
 
@@ -73,10 +85,14 @@ describe('gateway and dashboard (embedded)', () => {
     gateway = await createGateway({ log: silentLogger, upstreams });
     site = await gateway.listen({ port: 0, host: '127.0.0.1' });
     // The order service prices from its replica of the catalogue, filled by events.
-    await eventually(async () => {
-      const [row] = await h.system.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM catalogue');
-      return (row?.n ?? 0) >= demoCatalogue.length ? true : undefined;
-    }, 15_000, 'the demo catalogue in the order service');
+    await eventually(
+      async () => {
+        const [row] = await h.system.dbs.order.query<{ n: number }>('SELECT count(*)::int AS n FROM catalogue');
+        return (row?.n ?? 0) >= demoCatalogue.length ? true : undefined;
+      },
+      15_000,
+      'the demo catalogue in the order service',
+    );
   });
 
   afterAll(async () => {
@@ -84,35 +100,49 @@ describe('gateway and dashboard (embedded)', () => {
     await h.stop();
   });
 
-  it('given the system behind the gateway, when an order is posted through it, then it completes and reads back through the gateway', async () => {
-    const key = crypto.randomUUID();
-    const placed = await placeOrder(site, 'alice', product, 2, key);
-    expect(placed.status).toBe(201);
-    expect(placed.body).toMatchObject({ userId: 'alice', status: 'PENDING', items: [{ productId: product, quantity: 2 }] });
-    const orderId = placed.body.orderId as string;
-    h.acknowledged.push({ orderId, userId: 'alice', idempotencyKey: key });
-    expect(placed.headers.get('location')).toBe(`/api/order/orders/${orderId}`);
-    expect(placed.headers.get('etag')).toBe(`"${orderId}:1"`);
+  it(
+    'given the system behind the gateway, when an order is posted through ' +
+      'it, then it completes and reads back through the gateway',
+    async () => {
+      const key = crypto.randomUUID();
+      const placed = await placeOrder(site, 'alice', product, 2, key);
+      expect(placed.status).toBe(201);
+      expect(placed.body).toMatchObject({
+        userId: 'alice',
+        status: 'PENDING',
+        items: [{ productId: product, quantity: 2 }],
+      });
+      const orderId = placed.body.orderId as string;
+      h.acknowledged.push({ orderId, userId: 'alice', idempotencyKey: key });
+      expect(placed.headers.get('location')).toBe(`/api/order/orders/${orderId}`);
+      expect(placed.headers.get('etag')).toBe(`"${orderId}:1"`);
 
-    const final = await eventually(async () => {
-      const read = await call(`${site}/api/order/orders/${orderId}`);
-      return read.body.status === 'PENDING' ? undefined : read;
-    }, 20_000, 'the order to leave PENDING');
-    expect(final.status).toBe(200);
-    expect(final.body).toMatchObject({ orderId, status: 'COMPLETED' });
+      const final = await eventually(
+        async () => {
+          const read = await call(`${site}/api/order/orders/${orderId}`);
+          return read.body.status === 'PENDING' ? undefined : read;
+        },
+        20_000,
+        'the order to leave PENDING',
+      );
+      expect(final.status).toBe(200);
+      expect(final.body).toMatchObject({ orderId, status: 'COMPLETED' });
 
-    const replay = await placeOrder(site, 'alice', product, 2, key);
-    expect(replay.status).toBe(201);
-    expect(replay.headers.get('idempotent-replayed')).toBe('true');
-    expect(replay.body.orderId).toBe(orderId);
+      const replay = await placeOrder(site, 'alice', product, 2, key);
+      expect(replay.status).toBe(201);
+      expect(replay.headers.get('idempotent-replayed')).toBe('true');
+      expect(replay.body.orderId).toBe(orderId);
 
-    const listed = await call(`${site}/api/order/orders?userId=alice&limit=5`);
-    expect((listed.body.items as Json[]).map((o) => o.orderId)).toContain(orderId);
-  });
+      const listed = await call(`${site}/api/order/orders?userId=alice&limit=5`);
+      expect((listed.body.items as Json[]).map((o) => o.orderId)).toContain(orderId);
+    },
+  );
 
-  it('given a bad request, when it goes through the gateway, then the service\'s problem+json comes back as it was', async () => {
+  it("given a bad request, when it goes through the gateway, then the service's problem+json comes back as it was", async () => {
     const invalid = await call(`${site}/api/order/orders`, {
-      method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() }, body: JSON.stringify({ userId: 'alice' }),
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
+      body: JSON.stringify({ userId: 'alice' }),
     });
     expect(invalid.status).toBe(400);
     expect(invalid.type).toContain('application/problem+json');
@@ -123,7 +153,11 @@ describe('gateway and dashboard (embedded)', () => {
     expect(missing.status).toBe(404);
     expect(missing.type).toContain('application/problem+json');
 
-    const notJson = await call(`${site}/api/inventory/products`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hello' });
+    const notJson = await call(`${site}/api/inventory/products`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain' },
+      body: 'hello',
+    });
     expect(notJson.status).toBe(415);
     expect(notJson.type).toContain('application/problem+json');
 
@@ -138,164 +172,216 @@ describe('gateway and dashboard (embedded)', () => {
     const orderId = placed.body.orderId as string;
     h.acknowledged.push({ orderId, userId: 'carol', idempotencyKey: key });
     const stale = await call(`${site}/api/order/orders/${orderId}/cancel`, {
-      method: 'POST', headers: { 'content-type': 'application/json', 'if-match': `"${orderId}:0"` }, body: '{}',
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'if-match': `"${orderId}:0"` },
+      body: '{}',
     });
     expect(stale.status).toBe(412);
     expect(stale.body).toMatchObject({ status: 412, title: 'Precondition failed' });
   });
 
-  it('given a service that is down or silent, when a request is routed to it, then the gateway answers 503 or 504 problem+json and the overview shows it down', async () => {
-    const silent = net.createServer(() => undefined); // accepts connections, never answers
-    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    const silentPort = (silent.address() as net.AddressInfo).port;
-    const degraded = await createGateway({
-      log: silentLogger,
-      upstreams: { ...upstreams, order: `http://127.0.0.1:${await closedPort()}`, payment: `http://127.0.0.1:${silentPort}` },
-      timeoutMs: 300,
-      probeTimeoutMs: 300,
-    });
-    try {
-      const down = await degraded.inject({
-        method: 'POST', url: '/api/order/orders', headers: { 'idempotency-key': 'k' }, payload: { userId: 'alice', items: [{ productId: product, quantity: 1 }] },
+  it(
+    'given a service that is down or silent, when a request is routed to it, then the ' +
+      'gateway answers 503 or 504 problem+json and the overview shows it down',
+    async () => {
+      const silent = net.createServer(() => undefined); // accepts connections, never answers
+      await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+      const silentPort = (silent.address() as net.AddressInfo).port;
+      const degraded = await createGateway({
+        log: silentLogger,
+        upstreams: {
+          ...upstreams,
+          order: `http://127.0.0.1:${await closedPort()}`,
+          payment: `http://127.0.0.1:${silentPort}`,
+        },
+        timeoutMs: 300,
+        probeTimeoutMs: 300,
       });
-      expect(down.statusCode).toBe(503);
-      expect(down.headers['content-type']).toContain('application/problem+json');
-      expect(down.json()).toMatchObject({ status: 503, title: 'Unavailable' });
+      try {
+        const down = await degraded.inject({
+          method: 'POST',
+          url: '/api/order/orders',
+          headers: { 'idempotency-key': 'k' },
+          payload: { userId: 'alice', items: [{ productId: product, quantity: 1 }] },
+        });
+        expect(down.statusCode).toBe(503);
+        expect(down.headers['content-type']).toContain('application/problem+json');
+        expect(down.json()).toMatchObject({ status: 503, title: 'Unavailable' });
 
-      const slow = await degraded.inject({ method: 'GET', url: '/api/payment/payments?userId=alice' });
-      expect(slow.statusCode).toBe(504);
-      expect(slow.json()).toMatchObject({ status: 504, title: 'Gateway timeout' });
+        const slow = await degraded.inject({ method: 'GET', url: '/api/payment/payments?userId=alice' });
+        expect(slow.statusCode).toBe(504);
+        expect(slow.json()).toMatchObject({ status: 504, title: 'Gateway timeout' });
 
-      const overview = (await degraded.inject({ method: 'GET', url: '/api/overview' })).json<Overview>();
-      expect(overview.ready).toBe(false);
-      const byName = Object.fromEntries(overview.services.map((s) => [s.name, s]));
-      expect(byName.order).toMatchObject({ up: false, ready: false, status: null });
-      expect(byName.order?.error).toEqual(expect.any(String));
-      expect(byName.payment).toMatchObject({ up: false, ready: false });
-      expect(byName.inventory).toMatchObject({ up: true, ready: true });
-    } finally {
-      await degraded.close();
-      silent.close();
-    }
-  });
-
-  it('given every service up, when the overview is asked for, then it has each one\'s readiness, outbox, consumer and dead-letter figures', async () => {
-    const overview = await call(`${site}/api/overview`);
-    expect(overview.status).toBe(200);
-    const body = overview.body as unknown as Overview;
-    expect(body.ready).toBe(true);
-    expect(body.services.map((s) => s.name)).toEqual(['order', 'inventory', 'payment', 'orchestrator', 'query']);
-    for (const s of body.services) {
-      expect(s).toMatchObject({ up: true, ready: true, checks: { database: true }, error: null });
-      const status = s.status;
-      if (status === null) throw new Error(`${s.name} has no status`);
-      expect(status.service).toBe(s.name);
-      expect(Object.keys(status.outbox).sort()).toEqual(['backlog', 'oldestAgeSeconds', 'published']);
-      for (const outcome of ['applied', 'duplicate', 'stale', 'held', 'dead-lettered', 'retries']) {
-        expect(Number.isInteger(status.consumer[outcome]), outcome).toBe(true);
+        const overview = (await degraded.inject({ method: 'GET', url: '/api/overview' })).json<Overview>();
+        expect(overview.ready).toBe(false);
+        const byName = Object.fromEntries(overview.services.map((s) => [s.name, s]));
+        expect(byName.order).toMatchObject({ up: false, ready: false, status: null });
+        expect(byName.order?.error).toEqual(expect.any(String));
+        expect(byName.payment).toMatchObject({ up: false, ready: false });
+        expect(byName.inventory).toMatchObject({ up: true, ready: true });
+      } finally {
+        await degraded.close();
+        silent.close();
       }
-      expect(status.consumer['dead-lettered']).toBe(0);
-      expect(status.deadLetters).toBe(0);
-    }
-  });
+    },
+  );
 
-  it('given the dashboard, when it is fetched, then it is one self-contained page that loads nothing from elsewhere', async () => {
-    const response = await fetch(`${site}/`);
-    expect(response.status).toBe(200);
-    expect(response.headers.get('content-type')).toContain('text/html');
-    const policy = response.headers.get('content-security-policy') ?? '';
-    expect(policy).toContain("default-src 'none'");
-    expect(policy).toContain("connect-src 'self'");
-    const html = await response.text();
-    expect(html).toContain('<title>Converge</title>');
-    expect(html.match(/\b(?:https?:)?\/\/[a-z0-9.-]+\.[a-z]{2,}/gi) ?? []).toEqual([]);
-    expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+stylesheet|@import|url\(/i);
-  });
+  it(
+    'given every service up, when the overview is asked for, then it has each ' +
+      "one's readiness, outbox, consumer and dead-letter figures",
+    async () => {
+      const overview = await call(`${site}/api/overview`);
+      expect(overview.status).toBe(200);
+      const body = overview.body as unknown as Overview;
+      expect(body.ready).toBe(true);
+      expect(body.services.map((s) => s.name)).toEqual(['order', 'inventory', 'payment', 'orchestrator', 'query']);
+      for (const s of body.services) {
+        expect(s).toMatchObject({ up: true, ready: true, checks: { database: true }, error: null });
+        const status = s.status;
+        if (status === null) throw new Error(`${s.name} has no status`);
+        expect(status.service).toBe(s.name);
+        expect(Object.keys(status.outbox).sort()).toEqual(['backlog', 'oldestAgeSeconds', 'published']);
+        for (const outcome of ['applied', 'duplicate', 'stale', 'held', 'dead-lettered', 'retries']) {
+          expect(Number.isInteger(status.consumer[outcome]), outcome).toBe(true);
+        }
+        expect(status.consumer['dead-lettered']).toBe(0);
+        expect(status.deadLetters).toBe(0);
+      }
+    },
+  );
+
+  it(
+    'given the dashboard, when it is fetched, then it is one ' +
+      'self-contained page that loads nothing from elsewhere',
+    async () => {
+      const response = await fetch(`${site}/`);
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toContain('text/html');
+      const policy = response.headers.get('content-security-policy') ?? '';
+      expect(policy).toContain("default-src 'none'");
+      expect(policy).toContain("connect-src 'self'");
+      const html = await response.text();
+      expect(html).toContain('<title>Converge</title>');
+      expect(html.match(/\b(?:https?:)?\/\/[a-z0-9.-]+\.[a-z]{2,}/gi) ?? []).toEqual([]);
+      expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+stylesheet|@import|url\(/i);
+    },
+  );
 
   const browserTest = haveChromium || process.env.CI === 'true' ? it : it.skip;
-  browserTest('given the dashboard in a browser, when orders are placed, cancelled and a dead letter replayed from it, then each outcome shows', async () => {
-    if (!haveChromium) throw new Error(`${chromiumPath} is missing: CI must install it (apt-get install -y chromium)`);
-    const poisonSubject = crypto.randomUUID();
-    await h.system.bus.publish([{
-      specversion: '1.0', id: crypto.randomUUID(), source: 'order', type: 'OrderCompleted', subject: poisonSubject,
-      time: new Date().toISOString(), datacontenttype: 'application/json', dataversion: 1, sequence: 1,
-      correlationid: crypto.randomUUID(), data: { orderId: 'not-a-uuid' },
-    }]);
+  browserTest(
+    'given the dashboard in a browser, when orders are placed, cancelled and ' +
+      'a dead letter replayed from it, then each outcome shows',
+    async () => {
+      if (!haveChromium)
+        throw new Error(`${chromiumPath} is missing: CI must install it (apt-get install -y chromium)`);
+      const poisonSubject = crypto.randomUUID();
+      await h.system.bus.publish([
+        {
+          specversion: '1.0',
+          id: crypto.randomUUID(),
+          source: 'order',
+          type: 'OrderCompleted',
+          subject: poisonSubject,
+          time: new Date().toISOString(),
+          datacontenttype: 'application/json',
+          dataversion: 1,
+          sequence: 1,
+          correlationid: crypto.randomUUID(),
+          data: { orderId: 'not-a-uuid' },
+        },
+      ]);
 
-    const { chromium } = await import('playwright-core');
-    const browser = await chromium.launch({
-      executablePath: chromiumPath,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-    const problems: string[] = [];
-    const elsewhere: string[] = [];
-    const keys = new Map<string, string>();
-    try {
-      const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
-      page.setDefaultTimeout(15_000);
-      page.on('pageerror', (error) => problems.push(error.message));
-      page.on('console', (message) => {
-        // The refused order below is a 400 on purpose; anything else (a script error, a blocked load) is not.
-        if (message.type() === 'error' && !message.text().includes('status of 400')) problems.push(message.text());
+      const { chromium } = await import('playwright-core');
+      const browser = await chromium.launch({
+        executablePath: chromiumPath,
+        args: [
+          '--headless',
+          '--no-sandbox',
+          '--disable-gpu',
+          '--disable-quic',
+          '--no-first-run',
+          '--disable-background-networking',
+          '--disable-component-update',
+          '--disable-sync',
+        ],
       });
-      page.on('request', (request) => {
-        if (!request.url().startsWith(site)) elsewhere.push(request.url());
-      });
-      page.on('response', async (response) => {
-        const key = response.request().headers()['idempotency-key'];
-        if (key !== undefined && response.status() === 201) keys.set(((await response.json()) as { orderId: string }).orderId, key);
-      });
-      await page.goto(site);
-      await page.locator('#services [data-service="order"] .badge.ok').waitFor();
-      await page.locator(`#product option[value="${demoCatalogue[1]?.productId ?? ''}"]`).waitFor({ state: 'attached' });
-
-      const placeFromForm = async (user: string, productId: string, quantity: number): Promise<string> => {
-        await page.selectOption('#user', user);
-        await page.selectOption('#product', productId);
-        await page.fill('#quantity', String(quantity));
-        const answer = page.locator('#answer [data-order-id]');
-        const before = (await answer.count()) > 0 ? await answer.getAttribute('data-order-id') : null;
-        await page.click('#place');
-        await expect.poll(() => answer.getAttribute('data-order-id'), { timeout: 10_000 }).not.toBe(before);
-        return (await answer.getAttribute('data-order-id')) ?? '';
-      };
-
-      const completed = await placeFromForm('bob', demoCatalogue[1]?.productId ?? '', 2);
-      await page.locator(`#orders tr[data-order-id="${completed}"][data-status="COMPLETED"]`).waitFor({ timeout: 20_000 });
-      await expect.poll(() => page.locator('#placed-status').textContent()).toBe('COMPLETED');
-
-      h.system.provider.faults.delayMs = 4_000; // keep the next order PENDING long enough to cancel it
-      let cancelled = '';
+      const problems: string[] = [];
+      const elsewhere: string[] = [];
+      const keys = new Map<string, string>();
       try {
-        cancelled = await placeFromForm('bob', demoCatalogue[2]?.productId ?? '', 1);
-        await page.locator(`#orders tr[data-order-id="${cancelled}"] button`).click({ timeout: 3_000 });
-        await page.locator(`#orders tr[data-order-id="${cancelled}"][data-status="CANCELLED"]`).waitFor({ timeout: 10_000 });
+        const page = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+        page.setDefaultTimeout(15_000);
+        page.on('pageerror', (error) => problems.push(error.message));
+        page.on('console', (message) => {
+          // The refused order below is a 400 on purpose; anything else (a script error, a blocked load) is not.
+          if (message.type() === 'error' && !message.text().includes('status of 400')) problems.push(message.text());
+        });
+        page.on('request', (request) => {
+          if (!request.url().startsWith(site)) elsewhere.push(request.url());
+        });
+        page.on('response', async (response) => {
+          const key = response.request().headers()['idempotency-key'];
+          if (key !== undefined && response.status() === 201)
+            keys.set(((await response.json()) as { orderId: string }).orderId, key);
+        });
+        await page.goto(site);
+        await page.locator('#services [data-service="order"] .badge.ok').waitFor();
+        await page
+          .locator(`#product option[value="${demoCatalogue[1]?.productId ?? ''}"]`)
+          .waitFor({ state: 'attached' });
+
+        const placeFromForm = async (user: string, productId: string, quantity: number): Promise<string> => {
+          await page.selectOption('#user', user);
+          await page.selectOption('#product', productId);
+          await page.fill('#quantity', String(quantity));
+          const answer = page.locator('#answer [data-order-id]');
+          const before = (await answer.count()) > 0 ? await answer.getAttribute('data-order-id') : null;
+          await page.click('#place');
+          await expect.poll(() => answer.getAttribute('data-order-id'), { timeout: 10_000 }).not.toBe(before);
+          return (await answer.getAttribute('data-order-id')) ?? '';
+        };
+
+        const completed = await placeFromForm('bob', demoCatalogue[1]?.productId ?? '', 2);
+        await page
+          .locator(`#orders tr[data-order-id="${completed}"][data-status="COMPLETED"]`)
+          .waitFor({ timeout: 20_000 });
+        await expect.poll(() => page.locator('#placed-status').textContent()).toBe('COMPLETED');
+
+        h.system.provider.faults.delayMs = 4_000; // keep the next order PENDING long enough to cancel it
+        let cancelled = '';
+        try {
+          cancelled = await placeFromForm('bob', demoCatalogue[2]?.productId ?? '', 1);
+          await page.locator(`#orders tr[data-order-id="${cancelled}"] button`).click({ timeout: 3_000 });
+          await page
+            .locator(`#orders tr[data-order-id="${cancelled}"][data-status="CANCELLED"]`)
+            .waitFor({ timeout: 10_000 });
+        } finally {
+          h.system.provider.faults.delayMs = 0;
+        }
+
+        const refused = page.locator('#answer');
+        await page.fill('#quantity', '0');
+        await page.evaluate("document.getElementById('quantity').removeAttribute('min')"); // let the service refuse it
+        await page.click('#place');
+        await expect.poll(() => refused.textContent(), { timeout: 10_000 }).toContain('Order refused: Invalid request');
+
+        const letter = page.locator('#dead-letters [data-service="inventory"] [data-id]');
+        await letter.waitFor({ timeout: 10_000 });
+        await letter.locator('button').click();
+        await expect.poll(() => page.locator('#dead-notice').textContent(), { timeout: 10_000 }).toContain('failed');
+
+        for (const orderId of [completed, cancelled]) {
+          h.acknowledged.push({ orderId, userId: 'bob', idempotencyKey: keys.get(orderId) ?? 'unknown' });
+        }
       } finally {
-        h.system.provider.faults.delayMs = 0;
+        await browser.close();
       }
-
-      const refused = page.locator('#answer');
-      await page.fill('#quantity', '0');
-      await page.evaluate("document.getElementById('quantity').removeAttribute('min')"); // let the service refuse it
-      await page.click('#place');
-      await expect.poll(() => refused.textContent(), { timeout: 10_000 }).toContain('Order refused: Invalid request');
-
-      const letter = page.locator('#dead-letters [data-service="inventory"] [data-id]');
-      await letter.waitFor({ timeout: 10_000 });
-      await letter.locator('button').click();
-      await expect.poll(() => page.locator('#dead-notice').textContent(), { timeout: 10_000 }).toContain('failed');
-
-      for (const orderId of [completed, cancelled]) {
-        h.acknowledged.push({ orderId, userId: 'bob', idempotencyKey: keys.get(orderId) ?? 'unknown' });
-      }
-    } finally {
-      await browser.close();
-    }
-    expect(problems).toEqual([]);
-    expect(elsewhere).toEqual([]);
-    // The poison message stays parked wherever it was delivered: replaying cannot fix it.
-    expect(await parkedDeadLetters()).toBeGreaterThan(0);
-  });
+      expect(problems).toEqual([]);
+      expect(elsewhere).toEqual([]);
+      // The poison message stays parked wherever it was delivered: replaying cannot fix it.
+      expect(await parkedDeadLetters()).toBeGreaterThan(0);
+    },
+  );
 
   it('given all of the above, when the system is quiet, then every invariant holds', async () => {
     await h.check(await parkedDeadLetters());

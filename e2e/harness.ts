@@ -17,14 +17,21 @@ export type Backend = 'embedded' | 'postgres+rabbitmq';
 export type ModeName = Backend | `${Backend} · orchestration`;
 
 export const backendOf = (mode: ModeName): Backend => (mode.startsWith('embedded') ? 'embedded' : 'postgres+rabbitmq');
-export const sagaModeOf = (mode: ModeName): SagaMode => (mode.endsWith('orchestration') ? 'orchestration' : 'choreography');
+export const sagaModeOf = (mode: ModeName): SagaMode =>
+  mode.endsWith('orchestration') ? 'orchestration' : 'choreography';
 
 // Probed once, on import: under CI=true a missing server fails the run here, loudly;
 // elsewhere a notice is printed and the real backend's suites are skipped.
-const realUp = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq')) && (await serverAvailable('redis'));
+const realUp =
+  (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq')) && (await serverAvailable('redis'));
 
 /** The modes an end-to-end suite can run in: each backend with the saga choreographed (the plain name) and orchestrated. */
-export const modes: readonly ModeName[] = ['embedded', 'embedded · orchestration', 'postgres+rabbitmq', 'postgres+rabbitmq · orchestration'];
+export const modes: readonly ModeName[] = [
+  'embedded',
+  'embedded · orchestration',
+  'postgres+rabbitmq',
+  'postgres+rabbitmq · orchestration',
+];
 
 /**
  * No periodic sweep of the feeds by the query service in tests: it would repair what a
@@ -41,7 +48,11 @@ export type Harness = {
   acknowledged: Acknowledged[];
   product(stock: number, price?: number): Promise<string>;
   user(credit: number): Promise<string>;
-  place(userId: string, items: Line[], key?: string): Promise<{ status: number; body: Record<string, unknown>; orderId: string }>;
+  place(
+    userId: string,
+    items: Line[],
+    key?: string,
+  ): Promise<{ status: number; body: Record<string, unknown>; orderId: string }>;
   order(orderId: string): Promise<Record<string, unknown> & { status: string }>;
   waitFinal(orderId: string, timeoutMs?: number): Promise<Record<string, unknown> & { status: string }>;
   stock(productId: string): Promise<{ stockQuantity: number; reserved: number; sold: number }>;
@@ -64,10 +75,25 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
           ...saga,
           ...overrides,
         };
-  const system = await startSystem({ consumer: { backoff: { baseMs: 20, capMs: 200 }, maxAttempts: 4 }, queryWatch: testWatch, ...options });
+  const system = await startSystem({
+    consumer: { backoff: { baseMs: 20, capMs: 200 }, maxAttempts: 4 },
+    queryWatch: testWatch,
+    ...options,
+  });
   const acknowledged: Acknowledged[] = [];
-  const inject = async (service: 'order' | 'inventory' | 'payment', method: 'GET' | 'POST', url: string, payload?: object, headers?: Record<string, string>) => {
-    const response = await system.services[service].app.inject({ method, url, ...(payload === undefined ? {} : { payload }), ...(headers === undefined ? {} : { headers }) });
+  const inject = async (
+    service: 'order' | 'inventory' | 'payment',
+    method: 'GET' | 'POST',
+    url: string,
+    payload?: object,
+    headers?: Record<string, string>,
+  ) => {
+    const response = await system.services[service].app.inject({
+      method,
+      url,
+      ...(payload === undefined ? {} : { payload }),
+      ...(headers === undefined ? {} : { headers }),
+    });
     return { status: response.statusCode, body: response.json<Record<string, unknown>>() };
   };
   const queueDepth = (name: string) => system.bus.depth(name);
@@ -77,10 +103,15 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     system,
     acknowledged,
     product: async (stock, price = 1000) => {
-      const { status, body } = await inject('inventory', 'POST', '/products', { name: `product ${crypto.randomUUID().slice(0, 8)}`, price, stockQuantity: stock });
+      const { status, body } = await inject('inventory', 'POST', '/products', {
+        name: `product ${crypto.randomUUID().slice(0, 8)}`,
+        price,
+        stockQuantity: stock,
+      });
       if (status !== 201) throw new Error(`product not created: ${JSON.stringify(body)}`);
       const productId = body.productId as string;
-      if (!(await waitUntilPriced(dbs.order, [productId], 15_000, 20)).ok) throw new Error(`product ${productId} never reached the order service`);
+      if (!(await waitUntilPriced(dbs.order, [productId], 15_000, 20)).ok)
+        throw new Error(`product ${productId} never reached the order service`);
       return productId;
     },
     user: async (credit) => {
@@ -92,10 +123,12 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     place: async (userId, items, key = crypto.randomUUID()) => {
       const { status, body } = await inject('order', 'POST', '/orders', { userId, items }, { 'idempotency-key': key });
       const orderId = typeof body.orderId === 'string' ? body.orderId : '';
-      if (status === 201 && !acknowledged.some((a) => a.orderId === orderId)) acknowledged.push({ orderId, userId, idempotencyKey: key });
+      if (status === 201 && !acknowledged.some((a) => a.orderId === orderId))
+        acknowledged.push({ orderId, userId, idempotencyKey: key });
       return { status, body, orderId };
     },
-    order: async (orderId) => (await inject('order', 'GET', `/orders/${orderId}`)).body as Record<string, unknown> & { status: string },
+    order: async (orderId) =>
+      (await inject('order', 'GET', `/orders/${orderId}`)).body as Record<string, unknown> & { status: string },
     waitFinal: async (orderId, timeoutMs = 20_000) => {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
@@ -105,7 +138,12 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
         await new Promise((r) => setTimeout(r, 20));
       }
     },
-    stock: async (productId) => (await inject('inventory', 'GET', `/products/${productId}`)).body as { stockQuantity: number; reserved: number; sold: number },
+    stock: async (productId) =>
+      (await inject('inventory', 'GET', `/products/${productId}`)).body as {
+        stockQuantity: number;
+        reserved: number;
+        sold: number;
+      },
     credit: async (userId) => (await inject('payment', 'GET', `/users/${userId}/credit`)).body.credit as number,
     quiet: (timeoutMs = 30_000) => waitForQuiet({ dbs, queueDepth }, timeoutMs),
     check: async (expectedDeadLetters = 0) => {
@@ -115,7 +153,8 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     stop: async () => {
       await system.stop();
       await options.queryCache?.close();
-      if (backendOf(mode) === 'postgres+rabbitmq') await dropRun({ name: suite, postgres: servers.postgres, rabbitmq: servers.rabbitmq });
+      if (backendOf(mode) === 'postgres+rabbitmq')
+        await dropRun({ name: suite, postgres: servers.postgres, rabbitmq: servers.rabbitmq });
     },
   };
   return harness;
@@ -131,24 +170,39 @@ export type SuiteBody = (h: Harness, mode: ModeName) => void;
  * missing is skipped, visibly (see realUp).
  */
 export function describeSystem(title: string, modes: readonly ModeName[], body: SuiteBody): void;
-export function describeSystem(title: string, modes: readonly ModeName[], overrides: Partial<SystemOptions>, body: SuiteBody): void;
-export function describeSystem(title: string, modes: readonly ModeName[], ...rest: [SuiteBody] | [Partial<SystemOptions>, SuiteBody]): void {
+export function describeSystem(
+  title: string,
+  modes: readonly ModeName[],
+  overrides: Partial<SystemOptions>,
+  body: SuiteBody,
+): void;
+export function describeSystem(
+  title: string,
+  modes: readonly ModeName[],
+  ...rest: [SuiteBody] | [Partial<SystemOptions>, SuiteBody]
+): void {
   const [overrides, body] = rest.length === 1 ? [{}, rest[0]] : rest;
   for (const mode of modes) {
     // describe.each formats the mode into the title as these suites always named it.
-    describe.skipIf(backendOf(mode) === 'postgres+rabbitmq' && !realUp).each([{ name: mode }])(`${title} ($name)`, ({ name }) => {
-      let booted: Harness | undefined;
-      beforeAll(async () => {
-        booted = await boot(name, overrides);
-      });
-      afterAll(async () => {
-        await booted?.stop();
-      });
-      body(bootedLater(() => {
-        if (booted === undefined) throw new Error(`the system of "${title} (${name})" is not booted`);
-        return booted;
-      }), name);
-    });
+    describe.skipIf(backendOf(mode) === 'postgres+rabbitmq' && !realUp).each([{ name: mode }])(
+      `${title} ($name)`,
+      ({ name }) => {
+        let booted: Harness | undefined;
+        beforeAll(async () => {
+          booted = await boot(name, overrides);
+        });
+        afterAll(async () => {
+          await booted?.stop();
+        });
+        body(
+          bootedLater(() => {
+            if (booted === undefined) throw new Error(`the system of "${title} (${name})" is not booted`);
+            return booted;
+          }),
+          name,
+        );
+      },
+    );
   }
 }
 

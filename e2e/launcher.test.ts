@@ -15,7 +15,10 @@ const orderProcess = (run: Run, options: { supervise?: boolean } = {}): { cluste
   const port = 20_000 + Math.floor(Math.random() * 20_000);
   const url = `http://127.0.0.1:${port}`;
   const cluster = launcher({
-    runner: 'bundle', run, env: { LOG_LEVEL: 'warn' }, ...options,
+    runner: 'bundle',
+    run,
+    env: { LOG_LEVEL: 'warn' },
+    ...options,
     processes: [{ name: 'order', entry: 'service', args: ['order'], env: { PORT: String(port) }, url }],
   });
   return { cluster, url };
@@ -35,11 +38,17 @@ describe.skipIf(!up)('process launcher (PostgreSQL + RabbitMQ)', () => {
     const admin = await openPostgres('admin', servers.postgres, { max: 1 });
     const connection = await amqp.connect(servers.rabbitmq);
     try {
-      const databases = await admin.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname', [`${run.name}_%`]);
+      const databases = await admin.query<{ datname: string }>(
+        'SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname',
+        [`${run.name}_%`],
+      );
       // A failed check closes its channel with an error event, which is the answer here.
       const channel = await connection.createChannel();
       channel.on('error', () => undefined);
-      const queue = await channel.checkQueue(`${run.name}.order`).then(() => true, () => false);
+      const queue = await channel.checkQueue(`${run.name}.order`).then(
+        () => true,
+        () => false,
+      );
       return { databases: databases.map((d) => d.datname), queue };
     } finally {
       await connection.close().catch(() => undefined);
@@ -51,28 +60,41 @@ describe.skipIf(!up)('process launcher (PostgreSQL + RabbitMQ)', () => {
     for (const run of runs) await dropRun(run);
   });
 
-  it('given a supervised process killed by something else, when it dies, then it is started again, and shutting down stops it for good and drops the run', async () => {
-    const run = newRun();
-    runs.push(run);
-    const { cluster, url } = orderProcess(run, { supervise: true });
-    await cluster.startAll();
-    const first = cluster.pids().order;
-    process.kill(first ?? 0, 'SIGKILL');
-    const second = await eventually(async () => {
-      const pid = cluster.pids().order;
-      if (pid === first || !processAlive(pid)) return undefined;
-      return (await fetch(`${url}/readyz`).then((r) => r.ok, () => false)) ? pid : undefined;
-    }, 30_000, 'the killed process started again and ready');
-    expect(second).not.toBe(first);
-    expect(await leftOf(run)).toEqual({ databases: [`${run.name}_order`], queue: true });
+  it(
+    'given a supervised process killed by something else, when it dies, then it is ' +
+      'started again, and shutting down stops it for good and drops the run',
+    async () => {
+      const run = newRun();
+      runs.push(run);
+      const { cluster, url } = orderProcess(run, { supervise: true });
+      await cluster.startAll();
+      const first = cluster.pids().order;
+      process.kill(first ?? 0, 'SIGKILL');
+      const second = await eventually(
+        async () => {
+          const pid = cluster.pids().order;
+          if (pid === first || !processAlive(pid)) return undefined;
+          return (await fetch(`${url}/readyz`).then(
+            (r) => r.ok,
+            () => false,
+          ))
+            ? pid
+            : undefined;
+        },
+        30_000,
+        'the killed process started again and ready',
+      );
+      expect(second).not.toBe(first);
+      expect(await leftOf(run)).toEqual({ databases: [`${run.name}_order`], queue: true });
 
-    const { forced } = await cluster.shutdown();
-    expect(forced).toEqual([]);
-    expect(processAlive(second)).toBe(false);
-    await new Promise((r) => setTimeout(r, 1_000));
-    expect(cluster.pids().order).toBe(second);
-    expect(await leftOf(run)).toEqual({ databases: [], queue: false });
-  });
+      const { forced } = await cluster.shutdown();
+      expect(forced).toEqual([]);
+      expect(processAlive(second)).toBe(false);
+      await new Promise((r) => setTimeout(r, 1_000));
+      expect(cluster.pids().order).toBe(second);
+      expect(await leftOf(run)).toEqual({ databases: [], queue: false });
+    },
+  );
 
   it('given a process that exits while it starts, when it is started, then the start fails with its last words', async () => {
     const run = newRun();
@@ -82,18 +104,21 @@ describe.skipIf(!up)('process launcher (PostgreSQL + RabbitMQ)', () => {
     await cluster.shutdown();
   });
 
-  it('given a running process, when it is restarted gently and the run shut down keeping its data, then it stopped in time and the databases and queue stay', async () => {
-    const run = newRun();
-    runs.push(run);
-    const { cluster } = orderProcess(run);
-    await cluster.startAll();
-    const first = cluster.pids().order;
-    await cluster.restart('order');
-    expect(processAlive(first)).toBe(false);
-    expect(processAlive(cluster.pids().order)).toBe(true);
-    expect(await cluster.stop('order')).toBe(false);
-    await cluster.shutdown({ keepData: true });
-    expect(await leftOf(run)).toEqual({ databases: [`${run.name}_order`], queue: true });
-  });
+  it(
+    'given a running process, when it is restarted gently and the run shut down keeping ' +
+      'its data, then it stopped in time and the databases and queue stay',
+    async () => {
+      const run = newRun();
+      runs.push(run);
+      const { cluster } = orderProcess(run);
+      await cluster.startAll();
+      const first = cluster.pids().order;
+      await cluster.restart('order');
+      expect(processAlive(first)).toBe(false);
+      expect(processAlive(cluster.pids().order)).toBe(true);
+      expect(await cluster.stop('order')).toBe(false);
+      await cluster.shutdown({ keepData: true });
+      expect(await leftOf(run)).toEqual({ databases: [`${run.name}_order`], queue: true });
+    },
+  );
 });
-

@@ -31,7 +31,14 @@ export const entries = {
 export type Entry = keyof typeof entries;
 
 /** What the build read besides the bundled sources: a change here changes the output too. */
-const buildInputs = ['scripts/build.ts', 'package.json', 'package-lock.json', 'tsconfig.json', 'packages/contracts/package.json', 'packages/platform/package.json'];
+const buildInputs = [
+  'scripts/build.ts',
+  'package.json',
+  'package-lock.json',
+  'tsconfig.json',
+  'packages/contracts/package.json',
+  'packages/platform/package.json',
+];
 
 type BuildRecord = { startedAt: number; inputs: string[] };
 
@@ -45,7 +52,8 @@ export function staleReason(): string | undefined {
   } catch {
     return 'no build yet';
   }
-  for (const name of Object.keys(entries)) if (mtime(`dist/${name}.js`) === undefined) return `dist/${name}.js is missing`;
+  for (const name of Object.keys(entries))
+    if (mtime(`dist/${name}.js`) === undefined) return `dist/${name}.js is missing`;
   for (const file of [...buildInputs, ...record.inputs]) {
     const changed = mtime(file);
     if (changed === undefined) return `${file} is gone`;
@@ -63,7 +71,10 @@ function sourceUrls(entryFile: string): Plugin {
         const source = fs.readFileSync(args.path, 'utf8');
         if (args.path === entryFile || !source.includes('import.meta.url')) return { contents: source, loader: 'ts' };
         const relative = path.relative(dist, args.path).split(path.sep).join('/');
-        return { contents: source.replaceAll('import.meta.url', `new URL(${JSON.stringify(relative)}, import.meta.url).href`), loader: 'ts' };
+        return {
+          contents: source.replaceAll('import.meta.url', `new URL(${JSON.stringify(relative)}, import.meta.url).href`),
+          loader: 'ts',
+        };
       });
     },
   };
@@ -77,7 +88,9 @@ const bundled = /^(@converge\/|typebox(\/|$)|@fastify\/type-provider-typebox(\/|
 const externalDependencies: Plugin = {
   name: 'external-dependencies',
   setup(build) {
-    build.onResolve({ filter: /^[^./]/ }, (args) => (bundled.test(args.path) ? undefined : { path: args.path, external: true }));
+    build.onResolve({ filter: /^[^./]/ }, (args) =>
+      bundled.test(args.path) ? undefined : { path: args.path, external: true },
+    );
   },
 };
 
@@ -86,20 +99,24 @@ export async function build(): Promise<void> {
   const { build: esbuild } = await import('esbuild');
   const startedAt = Date.now();
   // One build per entry: a module that is one bundle's entry (the gateway) is a library in another's.
-  const results = await Promise.all(Object.entries(entries).map(([out, file]) => esbuild({
-    absWorkingDir: root,
-    entryPoints: [{ in: file, out }],
-    outdir: dist,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    sourcemap: 'linked',
-    write: false,
-    metafile: true,
-    logLevel: 'warning',
-    plugins: [externalDependencies, sourceUrls(path.join(root, file))],
-  })));
+  const results = await Promise.all(
+    Object.entries(entries).map(([out, file]) =>
+      esbuild({
+        absWorkingDir: root,
+        entryPoints: [{ in: file, out }],
+        outdir: dist,
+        bundle: true,
+        platform: 'node',
+        format: 'esm',
+        target: 'node20',
+        sourcemap: 'linked',
+        write: false,
+        metafile: true,
+        logLevel: 'warning',
+        plugins: [externalDependencies, sourceUrls(path.join(root, file))],
+      }),
+    ),
+  );
   fs.mkdirSync(dist, { recursive: true });
   for (const output of results.flatMap((result) => result.outputFiles)) {
     const temporary = `${output.path}.${process.pid}.tmp`;

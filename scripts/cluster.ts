@@ -39,13 +39,21 @@ function readConfig() {
 
 async function seed(inventoryUrl: string, paymentUrl: string): Promise<void> {
   for (const product of demoCatalogue) {
-    const response = await fetch(`${inventoryUrl}/products`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(product) });
+    const response = await fetch(`${inventoryUrl}/products`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(product),
+    });
     if (!response.ok) throw new Error(`seeding ${product.name}: ${response.status} ${await response.text()}`);
   }
   for (const [userId, credit] of Object.entries(demoUsers)) {
     const known = await fetch(`${paymentUrl}/users/${userId}/credit`);
     if (known.status === 404) {
-      await fetch(`${paymentUrl}/users/${userId}/credit`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ amount: credit }) });
+      await fetch(`${paymentUrl}/users/${userId}/credit`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ amount: credit }),
+      });
     }
   }
 }
@@ -53,11 +61,18 @@ async function seed(inventoryUrl: string, paymentUrl: string): Promise<void> {
 async function main(): Promise<void> {
   const config = readConfig();
   const instances: Record<ServiceName, number> = {
-    order: config.ORDER_INSTANCES, inventory: config.INVENTORY_INSTANCES, payment: config.PAYMENT_INSTANCES, orchestrator: config.ORCHESTRATOR_INSTANCES,
+    order: config.ORDER_INSTANCES,
+    inventory: config.INVENTORY_INSTANCES,
+    payment: config.PAYMENT_INSTANCES,
+    orchestrator: config.ORCHESTRATOR_INSTANCES,
     query: config.QUERY_INSTANCES,
   };
   const basePorts: Record<ServiceName, number> = {
-    order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT, query: config.QUERY_PORT,
+    order: config.ORDER_PORT,
+    inventory: config.INVENTORY_PORT,
+    payment: config.PAYMENT_PORT,
+    orchestrator: config.ORCHESTRATOR_PORT,
+    query: config.QUERY_PORT,
   };
   const members: ProcessSpec[] = [];
   const urls: Record<ServiceName, string[]> = { order: [], inventory: [], payment: [], orchestrator: [], query: [] };
@@ -67,22 +82,42 @@ async function main(): Promise<void> {
       const url = `http://${config.HOST}:${port}`;
       urls[service].push(url);
       // The query service reads the first instance's feeds for rebuilds.
-      const feeds = { ORDER_URL: `http://${config.HOST}:${basePorts.order}`, INVENTORY_URL: `http://${config.HOST}:${basePorts.inventory}`, PAYMENT_URL: `http://${config.HOST}:${basePorts.payment}` };
-      members.push({ name: `${service}#${i + 1}`, entry: 'service', args: [service], env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds }, url });
+      const feeds = {
+        ORDER_URL: `http://${config.HOST}:${basePorts.order}`,
+        INVENTORY_URL: `http://${config.HOST}:${basePorts.inventory}`,
+        PAYMENT_URL: `http://${config.HOST}:${basePorts.payment}`,
+      };
+      members.push({
+        name: `${service}#${i + 1}`,
+        entry: 'service',
+        args: [service],
+        env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds },
+        url,
+      });
     }
   }
   const first = (service: ServiceName) => urls[service][0] ?? '';
   const gateway = `http://${config.HOST}:${config.GATEWAY_PORT}`;
   members.push({
-    name: 'gateway', entry: 'gateway', url: gateway,
+    name: 'gateway',
+    entry: 'gateway',
+    url: gateway,
     env: {
-      GATEWAY_PORT: String(config.GATEWAY_PORT), ORDER_URL: first('order'), INVENTORY_URL: first('inventory'),
-      PAYMENT_URL: first('payment'), ORCHESTRATOR_URL: first('orchestrator'), QUERY_URL: first('query'),
+      GATEWAY_PORT: String(config.GATEWAY_PORT),
+      ORDER_URL: first('order'),
+      INVENTORY_URL: first('inventory'),
+      PAYMENT_URL: first('payment'),
+      ORCHESTRATOR_URL: first('orchestrator'),
+      QUERY_URL: first('query'),
     },
   });
 
   const cluster = launcher({
-    runner: 'bundle', processes: members, supervise: true, stdout: 'inherit', stopGraceMs: 15_000,
+    runner: 'bundle',
+    processes: members,
+    supervise: true,
+    stdout: 'inherit',
+    stopGraceMs: 15_000,
     // CPU_PROFILE_DIR=dir: every process writes a V8 CPU profile there when it stops.
     ...(process.env.CPU_PROFILE_DIR === undefined ? {} : { cpuProfileDir: process.env.CPU_PROFILE_DIR }),
   });
@@ -91,7 +126,10 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     console.log(`\n[cluster] ${signal}: stopping ${members.length} processes…`);
-    void cluster.shutdown().then(({ forced }) => process.exit(forced.length === 0 ? 0 : 1), () => process.exit(1));
+    void cluster.shutdown().then(
+      ({ forced }) => process.exit(forced.length === 0 ? 0 : 1),
+      () => process.exit(1),
+    );
   };
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.once('SIGTERM', () => shutdown('SIGTERM'));

@@ -4,10 +4,29 @@ import crypto from 'node:crypto';
 import type { System } from '../system/system.ts';
 
 const names = [
-  'Espresso beans 1 kg', 'Pour-over kettle', 'Ceramic dripper', 'Paper filters (100)', 'Burr grinder', 'Milk frother',
-  'Travel mug', 'Cold brew jar', 'Digital scale', 'Tamper 58 mm', 'Knock box', 'Cleaning tablets', 'Barista apron',
-  'Latte art pitcher', 'Decaf beans 500 g', 'Tea sampler', 'Chai concentrate', 'Oat milk (6)', 'Stroopwafels', 'Dark chocolate',
-  'Limited roast: Gesha', 'Vintage grinder', 'Signed brewing guide',
+  'Espresso beans 1 kg',
+  'Pour-over kettle',
+  'Ceramic dripper',
+  'Paper filters (100)',
+  'Burr grinder',
+  'Milk frother',
+  'Travel mug',
+  'Cold brew jar',
+  'Digital scale',
+  'Tamper 58 mm',
+  'Knock box',
+  'Cleaning tablets',
+  'Barista apron',
+  'Latte art pitcher',
+  'Decaf beans 500 g',
+  'Tea sampler',
+  'Chai concentrate',
+  'Oat milk (6)',
+  'Stroopwafels',
+  'Dark chocolate',
+  'Limited roast: Gesha',
+  'Vintage grinder',
+  'Signed brewing guide',
 ];
 
 export const demoUsers: Record<string, number> = { alice: 10_000_000, bob: 10_000_000, carol: 10_000_000, dave: 500 };

@@ -7,7 +7,15 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Type from 'typebox';
-import { EnvelopeSchema, boundTypes, catalogue, eventTypes, prevAttribute, subscriptions, type EventType } from '@converge/contracts';
+import {
+  EnvelopeSchema,
+  boundTypes,
+  catalogue,
+  eventTypes,
+  prevAttribute,
+  subscriptions,
+  type EventType,
+} from '@converge/contracts';
 import { sagaModes, type SagaMode } from '@converge/platform';
 import { inventorySources } from '../services/inventory/service.ts';
 import { orchestratorSources } from '../services/orchestrator/service.ts';
@@ -31,7 +39,11 @@ const sourcesIn: Record<string, (mode: SagaMode) => readonly string[]> = {
   orchestrator: (mode) => (mode === 'orchestration' ? orchestratorSources : []),
   query: () => querySources,
 };
-const consumers = Object.entries(sourcesIn).map(([name, sources]) => ({ name, modes: sagaModes.filter((mode) => sources(mode).length > 0), sourcesIn: sources }));
+const consumers = Object.entries(sourcesIn).map(([name, sources]) => ({
+  name,
+  modes: sagaModes.filter((mode) => sources(mode).length > 0),
+  sourcesIn: sources,
+}));
 const modesConsuming = (consumer: (typeof consumers)[number], type: EventType) =>
   consumer.modes.filter((mode) => boundTypes(consumer.name, consumer.sourcesIn(mode)).includes(type));
 
@@ -41,7 +53,9 @@ const json = (value: unknown): string => `${JSON.stringify(value, null, 2)}\n`;
 async function openApiDocuments(): Promise<Record<string, string>> {
   const system = await startSystem({ storage: { kind: 'pglite' }, bus: { kind: 'local' }, allowFaults: false });
   try {
-    return Object.fromEntries(serviceNames.map((name) => [`docs/openapi/${name}.json`, json(system.services[name].app.swagger())]));
+    return Object.fromEntries(
+      serviceNames.map((name) => [`docs/openapi/${name}.json`, json(system.services[name].app.swagger())]),
+    );
   } finally {
     await system.stop();
   }
@@ -55,7 +69,9 @@ const envelopeDescription = `Every message is a CloudEvents 1.0 envelope in stru
 - \`subject\`: the entity id (an order or product id) and the ordering key.
 - \`sequence\`: the version of the subject's stream at its source. Per source and subject, a consumer applies \
 messages in sequence order: it ignores stale ones and holds early ones until the gap is filled.
-- \`prev<consumer>\` (${Object.keys(subscriptions).map((name) => `\`${prevAttribute(name)}\``).join(', ')}): a consumer binds only the types it \
+- \`prev<consumer>\` (${Object.keys(subscriptions)
+  .map((name) => `\`${prevAttribute(name)}\``)
+  .join(', ')}): a consumer binds only the types it \
 handles, so its events of a subject have holes in \`sequence\`. Each event of a type that such a consumer binds carries, \
 for it, the sequence of the subject's previous event among the types it binds (0 when none): the consumer applies the \
 event once it has applied that one, and holds it otherwise. A consumer that binds every type of a source needs no stamp.
@@ -90,47 +106,77 @@ function messageOf(type: EventType) {
 }
 
 export function buildAsyncApi(): Record<string, unknown> {
-  const consumersOf = (type: EventType) => consumers.flatMap((c) => {
-    const modes = modesConsuming(c, type);
-    if (modes.length === 0) return [];
-    return [{ name: c.name, when: modes.length === sagaModes.length ? '' : ` (SAGA_MODE=${modes.join(', ')} only)` }];
-  });
-  const channels = Object.fromEntries(eventTypes.map((type) => [type, {
-    address: type,
-    title: type,
-    summary: catalogue[type].summary,
-    description: `Published by ${catalogue[type].source}; consumed by ${consumersOf(type).map((c) => `${c.name}${c.when}`).join(', ') || 'no service'}.`,
-    messages: { [type]: { $ref: `#/components/messages/${type}` } },
-    bindings: {
-      amqp: { is: 'routingKey', exchange: { name: exchange, type: 'topic', durable: true, autoDelete: false, vhost: '/' }, ...amqpBinding },
-    },
-  }]));
-  const operations = Object.fromEntries(eventTypes.flatMap((type): [string, object][] => {
-    const { source } = catalogue[type];
-    const refs = { channel: { $ref: `#/channels/${type}` }, messages: [{ $ref: `#/channels/${type}/messages/${type}` }] };
-    return [
-      [`${source}.send.${type}`, {
-        action: 'send',
-        ...refs,
-        summary: `${source} publishes ${type} from its outbox, in commit order per subject.`,
-        tags: [{ name: source }],
-        bindings: { amqp: { deliveryMode: 2, ...amqpBinding } },
-      }],
-      ...consumersOf(type).map(({ name, when }): [string, object] => [`${name}.receive.${type}`, {
-        action: 'receive',
-        ...refs,
-        summary: `${name} consumes ${type} from queue ${queueOf(name)}, once in effect (inbox), in sequence order per subject${when}.`,
-        tags: [{ name }],
-        bindings: { amqp: { ack: true, ...amqpBinding } },
-      }]),
-    ];
-  }));
+  const consumersOf = (type: EventType) =>
+    consumers.flatMap((c) => {
+      const modes = modesConsuming(c, type);
+      if (modes.length === 0) return [];
+      return [{ name: c.name, when: modes.length === sagaModes.length ? '' : ` (SAGA_MODE=${modes.join(', ')} only)` }];
+    });
+  const channels = Object.fromEntries(
+    eventTypes.map((type) => [
+      type,
+      {
+        address: type,
+        title: type,
+        summary: catalogue[type].summary,
+        description: `Published by ${catalogue[type].source}; consumed by ${
+          consumersOf(type)
+            .map((c) => `${c.name}${c.when}`)
+            .join(', ') || 'no service'
+        }.`,
+        messages: { [type]: { $ref: `#/components/messages/${type}` } },
+        bindings: {
+          amqp: {
+            is: 'routingKey',
+            exchange: { name: exchange, type: 'topic', durable: true, autoDelete: false, vhost: '/' },
+            ...amqpBinding,
+          },
+        },
+      },
+    ]),
+  );
+  const operations = Object.fromEntries(
+    eventTypes.flatMap((type): [string, object][] => {
+      const { source } = catalogue[type];
+      const refs = {
+        channel: { $ref: `#/channels/${type}` },
+        messages: [{ $ref: `#/channels/${type}/messages/${type}` }],
+      };
+      return [
+        [
+          `${source}.send.${type}`,
+          {
+            action: 'send',
+            ...refs,
+            summary: `${source} publishes ${type} from its outbox, in commit order per subject.`,
+            tags: [{ name: source }],
+            bindings: { amqp: { deliveryMode: 2, ...amqpBinding } },
+          },
+        ],
+        ...consumersOf(type).map(({ name, when }): [string, object] => [
+          `${name}.receive.${type}`,
+          {
+            action: 'receive',
+            ...refs,
+            summary: `${name} consumes ${type} from queue ${queueOf(name)}, once in effect (inbox), in sequence order per subject${when}.`,
+            tags: [{ name }],
+            bindings: { amqp: { ack: true, ...amqpBinding } },
+          },
+        ]),
+      ];
+    }),
+  );
   return {
     asyncapi: '3.0.0',
     info: { title: 'Converge events', version: '1.0.0', description: envelopeDescription },
     defaultContentType: 'application/cloudevents+json',
     servers: {
-      rabbitmq: { host: 'localhost:5672', protocol: 'amqp', protocolVersion: '0-9-1', description: 'Cluster mode: the broker given by AMQP_URL.' },
+      rabbitmq: {
+        host: 'localhost:5672',
+        protocol: 'amqp',
+        protocolVersion: '0-9-1',
+        description: 'Cluster mode: the broker given by AMQP_URL.',
+      },
     },
     channels,
     operations,
@@ -170,4 +216,5 @@ async function writeDocs(): Promise<void> {
   }
 }
 
-if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) await writeDocs();
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href)
+  await writeDocs();

@@ -19,6 +19,9 @@ if (!response.ok) {
   console.error(`rebuild failed: ${response.status} ${body}`);
   process.exit(1);
 }
-for (const r of (JSON.parse(body) as { rebuilt: { model: string; events: number; rows: number; tookMs: number }[] }).rebuilt) {
-  console.log(`${r.model.padEnd(22)} ${String(r.rows).padStart(7)} rows from ${String(r.events).padStart(8)} events in ${r.tookMs} ms`);
+for (const r of (JSON.parse(body) as { rebuilt: { model: string; events: number; rows: number; tookMs: number }[] })
+  .rebuilt) {
+  console.log(
+    `${r.model.padEnd(22)} ${String(r.rows).padStart(7)} rows from ${String(r.events).padStart(8)} events in ${r.tookMs} ms`,
+  );
 }

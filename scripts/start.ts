@@ -47,9 +47,20 @@ async function main(): Promise<void> {
   const config = readConfig();
   const log = createLogger('converge', config.LOG_LEVEL);
   const dataDir = path.resolve(config.DATA_DIR);
-  const ports: Record<ServiceName, number> = { order: config.ORDER_PORT, inventory: config.INVENTORY_PORT, payment: config.PAYMENT_PORT, orchestrator: config.ORCHESTRATOR_PORT, query: config.QUERY_PORT };
+  const ports: Record<ServiceName, number> = {
+    order: config.ORDER_PORT,
+    inventory: config.INVENTORY_PORT,
+    payment: config.PAYMENT_PORT,
+    orchestrator: config.ORCHESTRATOR_PORT,
+    query: config.QUERY_PORT,
+  };
 
-  const system = await startSystem({ storage: { kind: 'pglite', dataDir }, bus: { kind: 'local' }, log, sagaMode: config.SAGA_MODE });
+  const system = await startSystem({
+    storage: { kind: 'pglite', dataDir },
+    bus: { kind: 'local' },
+    log,
+    sagaMode: config.SAGA_MODE,
+  });
   let gateway: RunningGateway | undefined;
   let stopping: Promise<void> | undefined;
   const stop = () => {
@@ -87,8 +98,14 @@ async function main(): Promise<void> {
   try {
     await seedDemo(system);
     const urls = {} as Record<ServiceName, string>;
-    for (const name of serviceNames) urls[name] = baseUrl(config.HOST, portOf(await system.services[name].listen(ports[name], config.HOST)));
-    gateway = await startGateway({ log: log.child({ service: 'gateway' }), upstreams: urls, port: config.GATEWAY_PORT, host: config.HOST });
+    for (const name of serviceNames)
+      urls[name] = baseUrl(config.HOST, portOf(await system.services[name].listen(ports[name], config.HOST)));
+    gateway = await startGateway({
+      log: log.child({ service: 'gateway' }),
+      upstreams: urls,
+      port: config.GATEWAY_PORT,
+      host: config.HOST,
+    });
     const product = demoCatalogue[0];
     if (product === undefined) throw new Error('the demo catalogue is empty');
     // Products reach the order service through events: wait, so the first curl works.
@@ -97,25 +114,30 @@ async function main(): Promise<void> {
     }
     const site = baseUrl(config.HOST, portOf(gateway.url));
     const order = JSON.stringify({ userId: 'alice', items: [{ productId: product.productId, quantity: 1 }] });
-    console.log([
-      '',
-      `  Converge is running (embedded: PGlite in ${dataDir}, in-process bus)`,
-      '',
-      `  Dashboard   ${site}/`,
-      ...serviceNames.map((name) => `  ${name.padEnd(13)} ${urls[name]}   (OpenAPI: ${urls[name]}/openapi.json)`),
-      '',
-      `  Place an order for alice (${product.name}); the same Idempotency-Key again replays the first answer:`,
-      `    curl -s -X POST ${site}/api/order/orders -H 'content-type: application/json' -H 'idempotency-key: ${crypto.randomUUID()}' -d '${order}'`,
-      '  Look at alice\'s latest orders (PENDING, then COMPLETED a moment later):',
-      `    curl -s '${site}/api/order/orders?userId=alice&limit=3'`,
-      '',
-      '  Ctrl-C stops everything; the data stays for the next start.',
-      '',
-    ].join('\n'));
+    console.log(
+      [
+        '',
+        `  Converge is running (embedded: PGlite in ${dataDir}, in-process bus)`,
+        '',
+        `  Dashboard   ${site}/`,
+        ...serviceNames.map((name) => `  ${name.padEnd(13)} ${urls[name]}   (OpenAPI: ${urls[name]}/openapi.json)`),
+        '',
+        `  Place an order for alice (${product.name}); the same Idempotency-Key again replays the first answer:`,
+        `    curl -s -X POST ${site}/api/order/orders -H 'content-type: application/json' -H 'idempotency-key: ${crypto.randomUUID()}' -d '${order}'`,
+        "  Look at alice's latest orders (PENDING, then COMPLETED a moment later):",
+        `    curl -s '${site}/api/order/orders?userId=alice&limit=3'`,
+        '',
+        '  Ctrl-C stops everything; the data stays for the next start.',
+        '',
+      ].join('\n'),
+    );
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
     console.error(`start-up failed: ${message}`);
-    if ((error as { code?: unknown }).code === 'EADDRINUSE') console.error('a port is taken: set GATEWAY_PORT, ORDER_PORT, INVENTORY_PORT, PAYMENT_PORT, ORCHESTRATOR_PORT or QUERY_PORT');
+    if ((error as { code?: unknown }).code === 'EADDRINUSE')
+      console.error(
+        'a port is taken: set GATEWAY_PORT, ORDER_PORT, INVENTORY_PORT, PAYMENT_PORT, ORCHESTRATOR_PORT or QUERY_PORT',
+      );
     await stop().catch(() => undefined);
     process.exit(1);
   }

@@ -80,11 +80,15 @@ type Member = {
 };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const alive = (child: ChildProcess | undefined): boolean => child !== undefined && child.exitCode === null && child.signalCode === null;
-const exited = (child: ChildProcess): Promise<void> => alive(child) ? new Promise((resolve) => child.once('exit', () => resolve())) : Promise.resolve();
+const alive = (child: ChildProcess | undefined): boolean =>
+  child !== undefined && child.exitCode === null && child.signalCode === null;
+const exited = (child: ChildProcess): Promise<void> =>
+  alive(child) ? new Promise((resolve) => child.once('exit', () => resolve())) : Promise.resolve();
 
 export function launcher(options: LaunchOptions): Launcher {
-  const members = new Map<string, Member>(options.processes.map((spec) => [spec.name, { spec, extra: {}, restarts: 0, stderr: '' }]));
+  const members = new Map<string, Member>(
+    options.processes.map((spec) => [spec.name, { spec, extra: {}, restarts: 0, stderr: '' }]),
+  );
   const readyTimeoutMs = options.readyTimeoutMs ?? 60_000;
   const graceMs = options.stopGraceMs ?? 10_000;
   const shared = { ...(options.run === undefined ? {} : runEnv(options.run)), ...options.env };
@@ -101,11 +105,15 @@ export function launcher(options: LaunchOptions): Launcher {
   };
 
   const program = async (entry: Entry): Promise<string[]> =>
-    options.runner === 'bundle' ? ['--enable-source-maps', ...profile, await builtEntry(entry)] : [...profile, '--import', 'tsx', entries[entry]];
+    options.runner === 'bundle'
+      ? ['--enable-source-maps', ...profile, await builtEntry(entry)]
+      : [...profile, '--import', 'tsx', entries[entry]];
 
   const spawnMember = async (m: Member): Promise<ChildProcess> => {
     const child = spawn(process.execPath, [...(await program(m.spec.entry)), ...(m.spec.args ?? [])], {
-      cwd: root, env: { ...process.env, ...shared, ...m.spec.env, ...m.extra }, stdio: ['ignore', options.stdout ?? 'ignore', 'pipe'],
+      cwd: root,
+      env: { ...process.env, ...shared, ...m.spec.env, ...m.extra },
+      stdio: ['ignore', options.stdout ?? 'ignore', 'pipe'],
     });
     m.child = child;
     m.stderr = '';
@@ -119,10 +127,15 @@ export function launcher(options: LaunchOptions): Launcher {
       if (closing || deliberate.has(child) || options.supervise !== true) return;
       m.restarts += 1;
       const delay = Math.min(5000, 250 * 2 ** Math.min(m.restarts, 5));
-      note(`[launcher] ${m.spec.name} (pid ${child.pid ?? '?'}) exited (${signal ?? String(code)}); restarting in ${delay} ms`);
+      note(
+        `[launcher] ${m.spec.name} (pid ${child.pid ?? '?'}) exited (${signal ?? String(code)}); restarting in ${delay} ms`,
+      );
       m.restartTimer = setTimeout(() => {
         m.restartTimer = undefined;
-        if (!closing && !alive(m.child)) spawnMember(m).catch((error: unknown) => console.error(`[launcher] ${m.spec.name} did not start again:`, error));
+        if (!closing && !alive(m.child))
+          spawnMember(m).catch((error: unknown) =>
+            console.error(`[launcher] ${m.spec.name} did not start again:`, error),
+          );
       }, delay);
     });
     return child;
@@ -130,10 +143,17 @@ export function launcher(options: LaunchOptions): Launcher {
 
   const waitReady = async (m: Member, child: ChildProcess): Promise<void> => {
     const deadline = Date.now() + readyTimeoutMs;
-    while (!(await fetch(`${m.spec.url}/readyz`).then((r) => r.ok, () => false))) {
-      if (Date.now() > deadline) throw new Error(`${m.spec.name} not ready after ${readyTimeoutMs / 1000} s:\n${m.stderr}`);
+    while (
+      !(await fetch(`${m.spec.url}/readyz`).then(
+        (r) => r.ok,
+        () => false,
+      ))
+    ) {
+      if (Date.now() > deadline)
+        throw new Error(`${m.spec.name} not ready after ${readyTimeoutMs / 1000} s:\n${m.stderr}`);
       // Supervised, a process that dies while starting is started again: keep waiting.
-      if (options.supervise !== true && !alive(child)) throw new Error(`${m.spec.name} exited with ${child.exitCode ?? child.signalCode ?? '?'}:\n${m.stderr}`);
+      if (options.supervise !== true && !alive(child))
+        throw new Error(`${m.spec.name} exited with ${child.exitCode ?? child.signalCode ?? '?'}:\n${m.stderr}`);
       await sleep(100);
     }
   };
@@ -171,7 +191,9 @@ export function launcher(options: LaunchOptions): Launcher {
 
   const shutdown = async ({ keepData = false } = {}) => {
     closing = true;
-    const forced = await Promise.all([...members.values()].map(async (m) => ((await stopChild(m, 'SIGTERM')) ? [m.spec.name] : [])));
+    const forced = await Promise.all(
+      [...members.values()].map(async (m) => ((await stopChild(m, 'SIGTERM')) ? [m.spec.name] : [])),
+    );
     if (options.run !== undefined && !keepData) await dropRun(options.run);
     return { forced: forced.flat() };
   };
@@ -202,8 +224,11 @@ export type Run = { name: string; postgres: string; rabbitmq: string };
 
 /** The settings (system/service.ts) that put a service process in the run's databases, exchange and queues. */
 export const runEnv = (run: Run): Record<string, string> => ({
-  PG_URL: run.postgres, DATABASE_PREFIX: `${run.name}_`,
-  AMQP_URL: run.rabbitmq, AMQP_EXCHANGE: `${run.name}.events`, AMQP_QUEUE_PREFIX: `${run.name}.`,
+  PG_URL: run.postgres,
+  DATABASE_PREFIX: `${run.name}_`,
+  AMQP_URL: run.rabbitmq,
+  AMQP_EXCHANGE: `${run.name}.events`,
+  AMQP_QUEUE_PREFIX: `${run.name}.`,
 });
 
 /** One of the run's databases (`order`, `provider`, …), created if missing, for a checker outside the processes. */
@@ -213,7 +238,8 @@ export async function openRunDatabase(run: Run, db: string, options: { max?: num
 
 /** Drops every database, queue and the exchange the run may have created; what is missing already is no error. */
 export async function dropRun(run: Run): Promise<void> {
-  for (const db of [...serviceNames, 'provider']) await dropDatabase(run.postgres, `${run.name}_${db}`).catch(() => undefined);
+  for (const db of [...serviceNames, 'provider'])
+    await dropDatabase(run.postgres, `${run.name}_${db}`).catch(() => undefined);
   const connection = await amqp.connect(run.rabbitmq);
   try {
     const channel = await connection.createChannel();

@@ -5,7 +5,19 @@
 //   tsx system/service.ts order|inventory|payment|orchestrator|query
 import { pathToFileURL } from 'node:url';
 import { boundTypes } from '@converge/contracts';
-import { ConfigError, createLogger, ensureDatabase, loadConfig, openPostgres, redisCache, setting, startService, type Logger, type ServiceDefinition, type Spec } from '@converge/platform';
+import {
+  ConfigError,
+  createLogger,
+  ensureDatabase,
+  loadConfig,
+  openPostgres,
+  redisCache,
+  setting,
+  startService,
+  type Logger,
+  type ServiceDefinition,
+  type Spec,
+} from '@converge/platform';
 import { parseBusFaults, withFaults, type BusFaults } from '@converge/platform/faults';
 import { createRabbitBus } from '@converge/platform/rabbitmq';
 import { inventoryService } from '../services/inventory/service.ts';
@@ -63,7 +75,10 @@ type SharedConfig = ReturnType<typeof loadConfig<ReturnType<typeof sharedConfig>
 type Wiring = { definition: ServiceDefinition; close?: () => Promise<void> };
 type WiringContext = { log: Logger; databaseFor: (name: string) => Promise<string> };
 
-export async function runService(service: ServiceName, env: Record<string, string | undefined> = process.env): Promise<() => Promise<void>> {
+export async function runService(
+  service: ServiceName,
+  env: Record<string, string | undefined> = process.env,
+): Promise<() => Promise<void>> {
   // ORDER_PORT wins over PORT for the order service, and so on for every key.
   const prefixed = (key: string) => env[`${service.toUpperCase()}_${key}`] ?? env[key];
   const read = new Proxy({}, { get: (_target, key: string) => prefixed(key) });
@@ -74,28 +89,51 @@ export async function runService(service: ServiceName, env: Record<string, strin
       return runWith(service, config, async ({ databaseFor }) => {
         const providerDb = await openPostgres('provider', await databaseFor('provider'), { max: 5 });
         const provider = await openSimulatedProvider(providerDb);
-        return { definition: paymentService(provider, { mode: config.SAGA_MODE, allowFaults: config.PAYMENT_ALLOW_FAULTS }), close: () => providerDb.close() };
+        return {
+          definition: paymentService(provider, { mode: config.SAGA_MODE, allowFaults: config.PAYMENT_ALLOW_FAULTS }),
+          close: () => providerDb.close(),
+        };
       });
     }
     case 'orchestrator': {
       const config = loadConfig({ ...shared, ...orchestratorConfig }, read);
-      return runWith(service, config, () => Promise.resolve({
-        definition: orchestratorService({
-          mode: config.SAGA_MODE,
-          stuckAfterMs: config.SAGA_STUCK_AFTER_MS,
-          timings: {
-            deadlineMs: config.SAGA_STEP_DEADLINE_MS, maxDeadlineMs: config.SAGA_STEP_MAX_DEADLINE_MS,
-            attempts: config.SAGA_STEP_ATTEMPTS, compensationAttempts: config.SAGA_COMPENSATION_ATTEMPTS,
-          },
+      return runWith(service, config, () =>
+        Promise.resolve({
+          definition: orchestratorService({
+            mode: config.SAGA_MODE,
+            stuckAfterMs: config.SAGA_STUCK_AFTER_MS,
+            timings: {
+              deadlineMs: config.SAGA_STEP_DEADLINE_MS,
+              maxDeadlineMs: config.SAGA_STEP_MAX_DEADLINE_MS,
+              attempts: config.SAGA_STEP_ATTEMPTS,
+              compensationAttempts: config.SAGA_COMPENSATION_ATTEMPTS,
+            },
+          }),
         }),
-      }));
+      );
     }
     case 'query': {
       const config = loadConfig({ ...shared, ...queryConfig }, read);
       return runWith(service, config, ({ log }) => {
-        const feeds = [httpFeed('order', config.ORDER_URL), httpFeed('inventory', config.INVENTORY_URL), httpFeed('payment', config.PAYMENT_URL)];
-        const cache = config.REDIS_URL === '' ? undefined : redisCache({ url: config.REDIS_URL, prefix: `${config.DATABASE_PREFIX}cache:`, log: (m, f) => log.warn(m, f) });
-        const definition = queryService({ waitMs: config.QUERY_READ_WAIT_MS, feeds: () => feeds, watch: { sweepEveryMs: config.QUERY_SWEEP_MS }, ...(cache === undefined ? {} : { cache }) });
+        const feeds = [
+          httpFeed('order', config.ORDER_URL),
+          httpFeed('inventory', config.INVENTORY_URL),
+          httpFeed('payment', config.PAYMENT_URL),
+        ];
+        const cache =
+          config.REDIS_URL === ''
+            ? undefined
+            : redisCache({
+                url: config.REDIS_URL,
+                prefix: `${config.DATABASE_PREFIX}cache:`,
+                log: (m, f) => log.warn(m, f),
+              });
+        const definition = queryService({
+          waitMs: config.QUERY_READ_WAIT_MS,
+          feeds: () => feeds,
+          watch: { sweepEveryMs: config.QUERY_SWEEP_MS },
+          ...(cache === undefined ? {} : { cache }),
+        });
         return Promise.resolve({ definition, ...(cache === undefined ? {} : { close: () => cache.close() }) });
       });
     }
@@ -110,14 +148,24 @@ export async function runService(service: ServiceName, env: Record<string, strin
 }
 
 /** The shell every service runs in: log → database → bus → its wiring → consumers, relay and HTTP. */
-async function runWith(service: ServiceName, config: SharedConfig, wire: (context: WiringContext) => Promise<Wiring>): Promise<() => Promise<void>> {
+async function runWith(
+  service: ServiceName,
+  config: SharedConfig,
+  wire: (context: WiringContext) => Promise<Wiring>,
+): Promise<() => Promise<void>> {
   const log = createLogger(service, config.LOG_LEVEL);
-  const databaseFor = async (name: string) => config.DATABASE_URL !== undefined && name === service
-    ? config.DATABASE_URL
-    : ensureDatabase(config.PG_URL, `${config.DATABASE_PREFIX}${name}`);
-  const db = await openPostgres(service, await databaseFor(service), { max: config.DB_POOL_SIZE, log: (m, f) => log.warn(m, f) });
+  const databaseFor = async (name: string) =>
+    config.DATABASE_URL !== undefined && name === service
+      ? config.DATABASE_URL
+      : ensureDatabase(config.PG_URL, `${config.DATABASE_PREFIX}${name}`);
+  const db = await openPostgres(service, await databaseFor(service), {
+    max: config.DB_POOL_SIZE,
+    log: (m, f) => log.warn(m, f),
+  });
   const rabbit = await createRabbitBus({
-    url: config.AMQP_URL, exchange: config.AMQP_EXCHANGE, queuePrefix: config.AMQP_QUEUE_PREFIX,
+    url: config.AMQP_URL,
+    exchange: config.AMQP_EXCHANGE,
+    queuePrefix: config.AMQP_QUEUE_PREFIX,
     log: (level, message, fields) => log[level](message, fields),
   });
   const faulty = config.BUS_FAULTS === undefined ? undefined : withFaults(rabbit, config.BUS_FAULTS);
@@ -125,7 +173,13 @@ async function runWith(service: ServiceName, config: SharedConfig, wire: (contex
   const bus = faulty ?? rabbit;
   const { definition, close } = await wire({ log, databaseFor });
   await bus.declare(service, boundTypes(service, definition.sources));
-  const running = await startService(definition, { db, bus, log, relay: config.RELAY, ...(faulty === undefined ? {} : { faults: faulty.faultStats }) });
+  const running = await startService(definition, {
+    db,
+    bus,
+    log,
+    relay: config.RELAY,
+    ...(faulty === undefined ? {} : { faults: faulty.faultStats }),
+  });
   const url = await running.listen(config.PORT, config.HOST);
   log.info('service ready', { url, relay: config.RELAY, sagaMode: config.SAGA_MODE });
   return async () => {
@@ -150,7 +204,10 @@ async function main(): Promise<void> {
     process.exit(error instanceof ConfigError ? 2 : 1);
   }
   const onSignal = () => {
-    stop().then(() => process.exit(0), () => process.exit(1));
+    stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);

@@ -6,8 +6,23 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { boundTypes } from '@converge/contracts';
 import {
-  createLocalBus, ensureDatabase, inProcessFeed, openPglite, openPostgres, startService, silentLogger,
-  type Bus, type BusFaults, type Db, type HttpApp, type ReadCache, type Logger, type RunningService, type SagaMode, type ServiceDefinition, type ServiceDeps,
+  createLocalBus,
+  ensureDatabase,
+  inProcessFeed,
+  openPglite,
+  openPostgres,
+  startService,
+  silentLogger,
+  type Bus,
+  type BusFaults,
+  type Db,
+  type HttpApp,
+  type ReadCache,
+  type Logger,
+  type RunningService,
+  type SagaMode,
+  type ServiceDefinition,
+  type ServiceDeps,
 } from '@converge/platform';
 import type { FaultStats } from '@converge/platform/faults';
 import { createRabbitBus } from '@converge/platform/rabbitmq';
@@ -20,15 +35,20 @@ import { openSimulatedProvider, paymentService, type SimulatedProvider } from '.
 export const serviceNames = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
 export type ServiceName = (typeof serviceNames)[number];
 
-export const defaultPorts: Record<ServiceName | 'gateway', number> = { gateway: 3000, order: 3001, inventory: 3002, payment: 3003, orchestrator: 3004, query: 3005 };
+export const defaultPorts: Record<ServiceName | 'gateway', number> = {
+  gateway: 3000,
+  order: 3001,
+  inventory: 3002,
+  payment: 3003,
+  orchestrator: 3004,
+  query: 3005,
+};
 
 export type Storage =
-  | { kind: 'pglite'; dataDir?: string }
-  | { kind: 'postgres'; serverUrl: string; databasePrefix: string };
+  { kind: 'pglite'; dataDir?: string } | { kind: 'postgres'; serverUrl: string; databasePrefix: string };
 
 export type BusChoice =
-  | { kind: 'local'; faults?: BusFaults }
-  | { kind: 'rabbitmq'; url: string; exchange?: string; queuePrefix?: string };
+  { kind: 'local'; faults?: BusFaults } | { kind: 'rabbitmq'; url: string; exchange?: string; queuePrefix?: string };
 
 export type SystemOptions = {
   storage: Storage;
@@ -50,10 +70,14 @@ export type SystemOptions = {
 
 /** Every service of the system, wired for one saga mode. */
 export function serviceDefinitions(
-  mode: SagaMode, provider: SimulatedProvider,
+  mode: SagaMode,
+  provider: SimulatedProvider,
   options: {
-    allowFaults?: boolean; orchestrator?: Omit<OrchestratorOptions, 'mode'>; appOf?: (name: string) => HttpApp | undefined;
-    queryCache?: ReadCache; queryWatch?: WatchTimings;
+    allowFaults?: boolean;
+    orchestrator?: Omit<OrchestratorOptions, 'mode'>;
+    appOf?: (name: string) => HttpApp | undefined;
+    queryCache?: ReadCache;
+    queryWatch?: WatchTimings;
   } = {},
 ): Record<ServiceName, ServiceDefinition> {
   return {
@@ -106,12 +130,17 @@ async function createDataDirs(dataDir: string, names: readonly string[]): Promis
 }
 
 export async function openDatabase(storage: Storage, name: string, log: Logger): Promise<Db> {
-  if (storage.kind === 'pglite') return storage.dataDir === undefined ? openPglite(name) : openEmbedded(name, path.join(storage.dataDir, name));
+  if (storage.kind === 'pglite')
+    return storage.dataDir === undefined ? openPglite(name) : openEmbedded(name, path.join(storage.dataDir, name));
   const url = await ensureDatabase(storage.serverUrl, `${storage.databasePrefix}${name}`);
   return openPostgres(name, url, { log: (message, fields) => log.warn(message, fields) });
 }
 
-export async function openBus(choice: BusChoice, storage: Storage, log: Logger): Promise<{ bus: Bus; busDb?: Db; faults?: FaultStats }> {
+export async function openBus(
+  choice: BusChoice,
+  storage: Storage,
+  log: Logger,
+): Promise<{ bus: Bus; busDb?: Db; faults?: FaultStats }> {
   if (choice.kind === 'rabbitmq') {
     const bus = await createRabbitBus({
       url: choice.url,
@@ -121,7 +150,10 @@ export async function openBus(choice: BusChoice, storage: Storage, log: Logger):
     });
     return { bus };
   }
-  const busDb = storage.kind === 'pglite' && storage.dataDir !== undefined ? await openEmbedded('bus', path.join(storage.dataDir, 'bus')) : await openPglite('bus');
+  const busDb =
+    storage.kind === 'pglite' && storage.dataDir !== undefined
+      ? await openEmbedded('bus', path.join(storage.dataDir, 'bus'))
+      : await openPglite('bus');
   if (choice.faults === undefined) return { bus: await createLocalBus(busDb), busDb };
   const bus = await createLocalBus(busDb, { faults: choice.faults });
   return { bus, busDb, faults: bus.faultStats };
@@ -130,11 +162,18 @@ export async function openBus(choice: BusChoice, storage: Storage, log: Logger):
 export async function startSystem(options: SystemOptions): Promise<System> {
   const log = options.log ?? silentLogger;
   const { storage } = options;
-  if (storage.kind === 'pglite' && storage.dataDir !== undefined) await createDataDirs(storage.dataDir, [...serviceNames, 'provider', 'bus']);
+  if (storage.kind === 'pglite' && storage.dataDir !== undefined)
+    await createDataDirs(storage.dataDir, [...serviceNames, 'provider', 'bus']);
   // Opened together: an open waits on files as much as it computes.
   const open = (name: string) => openDatabase(storage, name, log);
   const [order, inventory, payment, orchestrator, query, providerDb, { bus, busDb, faults }] = await Promise.all([
-    open('order'), open('inventory'), open('payment'), open('orchestrator'), open('query'), open('provider'), openBus(options.bus, storage, log),
+    open('order'),
+    open('inventory'),
+    open('payment'),
+    open('orchestrator'),
+    open('query'),
+    open('provider'),
+    openBus(options.bus, storage, log),
   ]);
   const dbs = { order, inventory, payment, orchestrator, query, provider: providerDb };
   const provider = await openSimulatedProvider(dbs.provider);
@@ -149,7 +188,9 @@ export async function startSystem(options: SystemOptions): Promise<System> {
   });
   const start = (name: ServiceName, relay?: boolean) =>
     startService(definitions[name], {
-      db: dbs[name], bus, log,
+      db: dbs[name],
+      bus,
+      log,
       relay: relay ?? !(options.withoutRelay ?? []).includes(name),
       ...(options.consumer === undefined ? {} : { consumer: options.consumer }),
       ...(faults === undefined ? {} : { faults }),

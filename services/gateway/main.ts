@@ -12,7 +12,12 @@ export { createGateway, type Overview, type Upstreams } from './http.ts';
 
 export type RunningGateway = { app: HttpApp; url: string; stop(): Promise<void> };
 
-export async function startGateway(options: { log: Logger; upstreams: Upstreams; port: number; host?: string }): Promise<RunningGateway> {
+export async function startGateway(options: {
+  log: Logger;
+  upstreams: Upstreams;
+  port: number;
+  host?: string;
+}): Promise<RunningGateway> {
   const app = await createGateway({ log: options.log, upstreams: options.upstreams });
   const url = await app.listen({ port: options.port, host: options.host ?? '127.0.0.1' });
   return { app, url, stop: () => app.close() };
@@ -25,11 +30,20 @@ async function main(): Promise<void> {
     log,
     host: config.HOST,
     port: config.GATEWAY_PORT,
-    upstreams: { order: config.ORDER_URL, inventory: config.INVENTORY_URL, payment: config.PAYMENT_URL, orchestrator: config.ORCHESTRATOR_URL, query: config.QUERY_URL },
+    upstreams: {
+      order: config.ORDER_URL,
+      inventory: config.INVENTORY_URL,
+      payment: config.PAYMENT_URL,
+      orchestrator: config.ORCHESTRATOR_URL,
+      query: config.QUERY_URL,
+    },
   });
   log.info('gateway listening', { url: gateway.url });
   const stop = () => {
-    gateway.stop().then(() => process.exit(0), () => process.exit(1));
+    gateway.stop().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -14,7 +14,8 @@ import type { BatchHandler, SagaMode } from '@converge/platform';
 import { changedReservations, decide, evolve, netMoves, requestOf, type InventoryState } from './inventory.ts';
 import { applyMoves, lockProducts, lockReservations, saveReservations } from './store.ts';
 
-export const inventorySources = (mode: SagaMode): readonly string[] => (mode === 'choreography' ? ['order', 'payment'] : ['orchestrator']);
+export const inventorySources = (mode: SagaMode): readonly string[] =>
+  mode === 'choreography' ? ['order', 'payment'] : ['orchestrator'];
 
 export function inventoryBatchHandler(mode: SagaMode): BatchHandler {
   return async (tx, messages, { now, emit }) => {

@@ -34,60 +34,105 @@ const Restock = Type.Object(
 );
 
 const IdParams = Type.Object({ id: Uuid });
-const IdempotencyHeader = Type.Object({ 'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200 })) });
+const IdempotencyHeader = Type.Object({
+  'idempotency-key': Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+});
 
 export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): void {
-  app.get('/products', {
-    schema: {
-      tags: ['inventory'],
-      summary: 'The catalogue with stock levels',
-      querystring: Type.Object({
-        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-        offset: Type.Optional(Type.Integer({ minimum: 0 })),
-      }, { additionalProperties: false }),
-      response: { 200: Type.Object({ items: Type.Array(ProductSchema) }), ...problems(400) },
+  app.get(
+    '/products',
+    {
+      schema: {
+        tags: ['inventory'],
+        summary: 'The catalogue with stock levels',
+        querystring: Type.Object(
+          {
+            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+            offset: Type.Optional(Type.Integer({ minimum: 0 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Object({ items: Type.Array(ProductSchema) }), ...problems(400) },
+      },
     },
-  }, async (request) => ({ items: await listProducts(db, request.query.limit ?? 100, request.query.offset ?? 0) }));
+    async (request) => ({ items: await listProducts(db, request.query.limit ?? 100, request.query.offset ?? 0) }),
+  );
 
-  app.get('/products/:id', {
-    schema: { tags: ['inventory'], summary: 'One product', params: IdParams, response: { 200: ProductSchema, ...problems(400, 404) } },
-  }, async (request) => {
-    const product = await getProduct(db, request.params.id);
-    if (product === undefined) throw new NotFoundError(`no product ${request.params.id}`);
-    return product;
-  });
-
-  app.post('/products', {
-    schema: {
-      tags: ['inventory'],
-      summary: 'Adds a product to the catalogue (idempotent when productId is given)',
-      body: NewProduct,
-      response: { 201: ProductSchema, 200: ProductSchema, ...problems(400, 409, 413, 415) },
+  app.get(
+    '/products/:id',
+    {
+      schema: {
+        tags: ['inventory'],
+        summary: 'One product',
+        params: IdParams,
+        response: { 200: ProductSchema, ...problems(400, 404) },
+      },
     },
-  }, async (request, reply) => {
-    const body = request.body;
-    const productId = body.productId ?? crypto.randomUUID();
-    // Its ProductAdded is version 1 of the product's stream, whether just written or before.
-    void reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: productId, sequence: 1 }));
-    const { product, created } = await addProduct(db, {
-      productId, name: body.name, price: body.price, currency: body.currency ?? 'EUR', stockQuantity: body.stockQuantity, reserved: 0, sold: 0,
-    }, now());
-    if (created) return reply.code(201).header('location', `/products/${productId}`).send(product);
-    return reply.code(200).send(product);
-  });
-
-  app.post('/products/:id/restock', {
-    schema: {
-      tags: ['inventory'],
-      summary: 'Adds stock; an Idempotency-Key makes a retried request count once',
-      params: IdParams,
-      headers: IdempotencyHeader,
-      body: Restock,
-      response: { 200: ProductSchema, ...problems(400, 404, 409, 413, 415) },
+    async (request) => {
+      const product = await getProduct(db, request.params.id);
+      if (product === undefined) throw new NotFoundError(`no product ${request.params.id}`);
+      return product;
     },
-  }, async (request, reply) => {
-    const { id } = request.params;
-    const { product, version } = await restock(db, id, request.body.quantity, request.body.reason ?? 'restock', request.headers['idempotency-key'], now());
-    return reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: id, sequence: version })).send(product);
-  });
+  );
+
+  app.post(
+    '/products',
+    {
+      schema: {
+        tags: ['inventory'],
+        summary: 'Adds a product to the catalogue (idempotent when productId is given)',
+        body: NewProduct,
+        response: { 201: ProductSchema, 200: ProductSchema, ...problems(400, 409, 413, 415) },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      const productId = body.productId ?? crypto.randomUUID();
+      // Its ProductAdded is version 1 of the product's stream, whether just written or before.
+      void reply.header(consistencyHeader, formatToken({ source: 'inventory', subject: productId, sequence: 1 }));
+      const { product, created } = await addProduct(
+        db,
+        {
+          productId,
+          name: body.name,
+          price: body.price,
+          currency: body.currency ?? 'EUR',
+          stockQuantity: body.stockQuantity,
+          reserved: 0,
+          sold: 0,
+        },
+        now(),
+      );
+      if (created) return reply.code(201).header('location', `/products/${productId}`).send(product);
+      return reply.code(200).send(product);
+    },
+  );
+
+  app.post(
+    '/products/:id/restock',
+    {
+      schema: {
+        tags: ['inventory'],
+        summary: 'Adds stock; an Idempotency-Key makes a retried request count once',
+        params: IdParams,
+        headers: IdempotencyHeader,
+        body: Restock,
+        response: { 200: ProductSchema, ...problems(400, 404, 409, 413, 415) },
+      },
+    },
+    async (request, reply) => {
+      const { id } = request.params;
+      const { product, version } = await restock(
+        db,
+        id,
+        request.body.quantity,
+        request.body.reason ?? 'restock',
+        request.headers['idempotency-key'],
+        now(),
+      );
+      return reply
+        .header(consistencyHeader, formatToken({ source: 'inventory', subject: id, sequence: version }))
+        .send(product);
+    },
+  );
 }

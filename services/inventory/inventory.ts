@@ -38,7 +38,10 @@ export type InventoryState = {
   reservations: ReadonlyMap<string, Reservation>;
 };
 
-export type InventoryEvent = Extract<DomainEvent, { type: 'InventoryReserved' | 'InventoryRejected' | 'InventoryReleased' | 'InventoryCommitted' }> & { subject: string };
+export type InventoryEvent = Extract<
+  DomainEvent,
+  { type: 'InventoryReserved' | 'InventoryRejected' | 'InventoryReleased' | 'InventoryCommitted' }
+> & { subject: string };
 
 /** Stock moves of a reservation's lifecycle, as deltas on (available, reserved, sold). */
 export type Move = { productId: string; available: number; reserved: number; sold: number };
@@ -47,12 +50,31 @@ export type Decision = { events: InventoryEvent[]; moves: Move[]; reservation?: 
 
 /** What a message asks of inventory; `answer`: a saga command, which waits for a reply. */
 export type InventoryRequest =
-  | { kind: 'reserve'; orderId: string; userId: string; items: readonly StockLine[]; totalAmount: number; currency: string }
+  | {
+      kind: 'reserve';
+      orderId: string;
+      userId: string;
+      items: readonly StockLine[];
+      totalAmount: number;
+      currency: string;
+    }
   | { kind: 'release'; orderId: string; reason: string; answer: boolean }
   | { kind: 'commit'; orderId: string };
 
-const reserveOf = ({ orderId, userId, items, totalAmount, currency }: Omit<InventoryRequest & { kind: 'reserve' }, 'kind'>): InventoryRequest =>
-  ({ kind: 'reserve', orderId, userId, items, totalAmount, currency });
+const reserveOf = ({
+  orderId,
+  userId,
+  items,
+  totalAmount,
+  currency,
+}: Omit<InventoryRequest & { kind: 'reserve' }, 'kind'>): InventoryRequest => ({
+  kind: 'reserve',
+  orderId,
+  userId,
+  items,
+  totalAmount,
+  currency,
+});
 
 export function requestOf(message: DomainEvent, mode: SagaMode): InventoryRequest | undefined {
   const choreography = mode === 'choreography';
@@ -60,9 +82,18 @@ export function requestOf(message: DomainEvent, mode: SagaMode): InventoryReques
     case 'OrderCreated':
       return choreography ? reserveOf(message.data) : undefined;
     case 'PaymentFailed':
-      return choreography ? { kind: 'release', orderId: message.data.orderId, reason: `payment failed: ${message.data.reason}`, answer: false } : undefined;
+      return choreography
+        ? {
+            kind: 'release',
+            orderId: message.data.orderId,
+            reason: `payment failed: ${message.data.reason}`,
+            answer: false,
+          }
+        : undefined;
     case 'OrderCancelled':
-      return choreography ? { kind: 'release', orderId: message.data.orderId, reason: 'order cancelled', answer: false } : undefined;
+      return choreography
+        ? { kind: 'release', orderId: message.data.orderId, reason: 'order cancelled', answer: false }
+        : undefined;
     case 'OrderCompleted':
       return choreography ? { kind: 'commit', orderId: message.data.orderId } : undefined;
     case 'ReserveInventory':
@@ -105,27 +136,52 @@ function reserve(state: InventoryState, request: Extract<InventoryRequest, { kin
   const decision = decideReservation(state.products, items);
   if (!decision.ok) {
     return {
-      events: [{ type: 'InventoryRejected', subject: orderId, data: { orderId, userId, reason: decision.reason, shortages: decision.shortages } }],
+      events: [
+        {
+          type: 'InventoryRejected',
+          subject: orderId,
+          data: { orderId, userId, reason: decision.reason, shortages: decision.shortages },
+        },
+      ],
       moves: [],
       reservation: { status: 'REJECTED', orderId, userId, items: [], reason: decision.reason, answered: false },
     };
   }
   return {
-    events: [{ type: 'InventoryReserved', subject: orderId, data: { orderId, userId, items: decision.lines, totalAmount, currency } }],
+    events: [
+      {
+        type: 'InventoryReserved',
+        subject: orderId,
+        data: { orderId, userId, items: decision.lines, totalAmount, currency },
+      },
+    ],
     moves: reserveMoves(decision.lines),
     reservation: { status: 'RESERVED', orderId, userId, items: decision.lines },
   };
 }
 
-function release(reservation: Reservation | undefined, { orderId, reason, answer }: Extract<InventoryRequest, { kind: 'release' }>): Decision {
-  const released = (items: StockLine[]): InventoryEvent[] => [{ type: 'InventoryReleased', subject: orderId, data: { orderId, items, reason } }];
+function release(
+  reservation: Reservation | undefined,
+  { orderId, reason, answer }: Extract<InventoryRequest, { kind: 'release' }>,
+): Decision {
+  const released = (items: StockLine[]): InventoryEvent[] => [
+    { type: 'InventoryReleased', subject: orderId, data: { orderId, items, reason } },
+  ];
   if (reservation === undefined) {
     // The order is not here yet: a tombstone, so that it reserves nothing when it comes.
-    return { events: answer ? released([]) : [], moves: [], reservation: { status: 'RELEASED', orderId, userId: null, items: [], reason } };
+    return {
+      events: answer ? released([]) : [],
+      moves: [],
+      reservation: { status: 'RELEASED', orderId, userId: null, items: [], reason },
+    };
   }
   switch (reservation.status) {
     case 'RESERVED':
-      return { events: released(reservation.items), moves: releaseMoves(reservation.items), reservation: { ...reservation, status: 'RELEASED', reason } };
+      return {
+        events: released(reservation.items),
+        moves: releaseMoves(reservation.items),
+        reservation: { ...reservation, status: 'RELEASED', reason },
+      };
     case 'REJECTED':
       // Nothing was reserved: the saga still needs its answer, once.
       if (!answer || reservation.answered) return nothing();
@@ -136,7 +192,8 @@ function release(reservation: Reservation | undefined, { orderId, reason, answer
     case 'COMMITTED':
       // Stock already sold: only a return flow could give it back; never silently. The
       // saga asking for it means the saga and the stock disagree.
-      if (answer) throw new PermanentError(`order ${orderId}: release asked for stock already sold`, 'invariant violation');
+      if (answer)
+        throw new PermanentError(`order ${orderId}: release asked for stock already sold`, 'invariant violation');
       return nothing();
     default:
       return assertNever(reservation);
@@ -148,7 +205,10 @@ function commit(reservation: Reservation | undefined, orderId: string): Decision
   if (reservation?.status !== 'RESERVED') {
     // An order can only complete after its stock was reserved and paid for; anything
     // else is a divergence an operator must see.
-    throw new PermanentError(`order ${orderId} completed but its reservation is ${reservation?.status ?? 'missing'}`, 'invariant violation');
+    throw new PermanentError(
+      `order ${orderId} completed but its reservation is ${reservation?.status ?? 'missing'}`,
+      'invariant violation',
+    );
   }
   return {
     events: [{ type: 'InventoryCommitted', subject: orderId, data: { orderId, items: reservation.items } }],
@@ -166,15 +226,19 @@ export function evolve(state: InventoryState, decision: Decision): InventoryStat
       if (product === undefined) throw new Error(`stock move on unknown product ${move.productId}`);
       const next = {
         ...product,
-        stockQuantity: product.stockQuantity + move.available, reserved: product.reserved + move.reserved, sold: product.sold + move.sold,
+        stockQuantity: product.stockQuantity + move.available,
+        reserved: product.reserved + move.reserved,
+        sold: product.sold + move.sold,
       };
       // The rules never ask for this; reaching here is a bug, and failing keeps stock conserved.
-      if (next.stockQuantity < 0 || next.reserved < 0 || next.sold < 0) throw new Error(`stock move on ${move.productId} would break conservation`);
+      if (next.stockQuantity < 0 || next.reserved < 0 || next.sold < 0)
+        throw new Error(`stock move on ${move.productId} would break conservation`);
       moved.set(move.productId, next);
     }
     products = moved;
   }
-  if (decision.reservation !== undefined) reservations = new Map(reservations).set(decision.reservation.orderId, decision.reservation);
+  if (decision.reservation !== undefined)
+    reservations = new Map(reservations).set(decision.reservation.orderId, decision.reservation);
   return { products, reservations };
 }
 
@@ -184,13 +248,21 @@ export function netMoves(before: InventoryState, after: InventoryState): Move[] 
   for (const [productId, now] of after.products) {
     const then = before.products.get(productId);
     if (then === undefined || then === now) continue;
-    moves.push({ productId, available: now.stockQuantity - then.stockQuantity, reserved: now.reserved - then.reserved, sold: now.sold - then.sold });
+    moves.push({
+      productId,
+      available: now.stockQuantity - then.stockQuantity,
+      reserved: now.reserved - then.reserved,
+      sold: now.sold - then.sold,
+    });
   }
   return moves;
 }
 
 /** The reservations `after` changed, each with the status it had (undefined: new). */
-export function changedReservations(before: InventoryState, after: InventoryState): { from: Reservation['status'] | undefined; to: Reservation }[] {
+export function changedReservations(
+  before: InventoryState,
+  after: InventoryState,
+): { from: Reservation['status'] | undefined; to: Reservation }[] {
   const changed: { from: Reservation['status'] | undefined; to: Reservation }[] = [];
   for (const [orderId, to] of after.reservations) {
     const from = before.reservations.get(orderId);
@@ -207,10 +279,15 @@ export type ReserveDecision = { ok: true; lines: StockLine[] } | { ok: false; re
 export function combineLines(lines: readonly StockLine[]): StockLine[] {
   const totals = new Map<string, number>();
   for (const line of lines) totals.set(line.productId, (totals.get(line.productId) ?? 0) + line.quantity);
-  return [...totals].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([productId, quantity]) => ({ productId, quantity }));
+  return [...totals]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([productId, quantity]) => ({ productId, quantity }));
 }
 
-export function decideReservation(products: ReadonlyMap<string, Product>, lines: readonly StockLine[]): ReserveDecision {
+export function decideReservation(
+  products: ReadonlyMap<string, Product>,
+  lines: readonly StockLine[],
+): ReserveDecision {
   const combined = combineLines(lines);
   const shortages: Shortage[] = [];
   for (const line of combined) {

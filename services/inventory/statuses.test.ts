@@ -10,15 +10,22 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 let db: Db;
 beforeAll(async () => {
   db = await openPglite('inventory-statuses-test');
-  await migrate(db, { platform: platformMigrations, inventory: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations') });
+  await migrate(db, {
+    platform: platformMigrations,
+    inventory: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
+  });
 });
 afterAll(() => db.close());
 
-it('given the migrated database, when the CHECK on reservations.status is read, then it allows exactly the ReservationStatus of the contracts', async () => {
-  const [row] = await db.query<{ definition: string }>(
-    `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = 'reservations'::regclass AND conname = 'reservations_status_check'`,
-  );
-  const allowed = [...(row?.definition ?? '').matchAll(/'([^']*)'::text/g)].map((match) => match[1]);
+it(
+  'given the migrated database, when the CHECK on reservations.status is read, ' +
+    'then it allows exactly the ReservationStatus of the contracts',
+  async () => {
+    const [row] = await db.query<{ definition: string }>(
+      `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = 'reservations'::regclass AND conname = 'reservations_status_check'`,
+    );
+    const allowed = [...(row?.definition ?? '').matchAll(/'([^']*)'::text/g)].map((match) => match[1]);
 
-  expect(allowed.toSorted()).toEqual(literalsOf(ReservationStatus).toSorted());
-});
+    expect(allowed.toSorted()).toEqual(literalsOf(ReservationStatus).toSorted());
+  },
+);

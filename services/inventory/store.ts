@@ -9,12 +9,23 @@ import { ConflictError, NotFoundError, appendToOutbox, streamVersion, type Db, t
 import type { Move, Product, Reservation } from './inventory.ts';
 
 type ProductRow = {
-  product_id: string; name: string; price: number; currency: string; stock_quantity: number; reserved: number; sold: number;
+  product_id: string;
+  name: string;
+  price: number;
+  currency: string;
+  stock_quantity: number;
+  reserved: number;
+  sold: number;
 };
 
 const toProduct = (r: ProductRow): Product => ({
-  productId: r.product_id, name: r.name, price: r.price, currency: r.currency,
-  stockQuantity: r.stock_quantity, reserved: r.reserved, sold: r.sold,
+  productId: r.product_id,
+  name: r.name,
+  price: r.price,
+  currency: r.currency,
+  stockQuantity: r.stock_quantity,
+  reserved: r.reserved,
+  sold: r.sold,
 });
 
 const productColumns = 'product_id, name, price, currency, stock_quantity, reserved, sold';
@@ -33,7 +44,10 @@ export async function getProduct(db: Sql, productId: string): Promise<Product | 
 }
 
 export async function listProducts(db: Sql, limit: number, offset: number): Promise<Product[]> {
-  const rows = await db.query<ProductRow>(`SELECT ${productColumns} FROM products ORDER BY name, product_id LIMIT $1 OFFSET $2`, [limit, offset]);
+  const rows = await db.query<ProductRow>(
+    `SELECT ${productColumns} FROM products ORDER BY name, product_id LIMIT $1 OFFSET $2`,
+    [limit, offset],
+  );
   return rows.map(toProduct);
 }
 
@@ -44,10 +58,19 @@ export async function listProducts(db: Sql, limit: number, offset: number): Prom
 export async function addProduct(db: Db, product: Product, now: Date): Promise<{ product: Product; created: boolean }> {
   const created = await db.transaction(async (tx) => {
     if (!(await insertProduct(tx, product, now))) return false;
-    await appendToOutbox(tx, { source: 'inventory', now }, [{
-      type: 'ProductAdded', subject: product.productId,
-      data: { productId: product.productId, name: product.name, price: product.price, currency: product.currency, stockQuantity: product.stockQuantity },
-    }]);
+    await appendToOutbox(tx, { source: 'inventory', now }, [
+      {
+        type: 'ProductAdded',
+        subject: product.productId,
+        data: {
+          productId: product.productId,
+          name: product.name,
+          price: product.price,
+          currency: product.currency,
+          stockQuantity: product.stockQuantity,
+        },
+      },
+    ]);
     return true;
   });
   if (created) return { product, created };
@@ -66,7 +89,10 @@ async function insertProduct(tx: Sql, product: Product, now: Date): Promise<bool
   );
   if (inserted.length === 0) return false;
   await tx.query('INSERT INTO stock_adjustments (product_id, delta, reason, at) VALUES ($1, $2, $3, $4)', [
-    product.productId, product.stockQuantity, 'initial stock', now,
+    product.productId,
+    product.stockQuantity,
+    'initial stock',
+    now,
   ]);
   return true;
 }
@@ -77,17 +103,32 @@ async function insertProduct(tx: Sql, product: Product, now: Date): Promise<bool
  * stream as it stands: this restock, or (a retried key) the first one and anything since.
  */
 export async function restock(
-  db: Db, productId: string, quantity: number, reason: string, idempotencyKey: string | undefined, now: Date,
+  db: Db,
+  productId: string,
+  quantity: number,
+  reason: string,
+  idempotencyKey: string | undefined,
+  now: Date,
 ): Promise<{ product: Product; version: number }> {
   const adjusted = await db.transaction(async (tx) => {
     const [exists] = await tx.query('SELECT 1 FROM products WHERE product_id = $1 FOR UPDATE', [productId]);
     if (exists === undefined) throw new NotFoundError(`no product ${productId}`);
     const product = await adjustStock(tx, productId, quantity, reason, idempotencyKey, now);
     if (product === undefined) return undefined;
-    await appendToOutbox(tx, { source: 'inventory', now }, [{
-      type: 'StockAdjusted', subject: productId,
-      data: { productId, delta: quantity, reason, stockQuantity: product.stockQuantity, reserved: product.reserved, sold: product.sold },
-    }]);
+    await appendToOutbox(tx, { source: 'inventory', now }, [
+      {
+        type: 'StockAdjusted',
+        subject: productId,
+        data: {
+          productId,
+          delta: quantity,
+          reason,
+          stockQuantity: product.stockQuantity,
+          reserved: product.reserved,
+          sold: product.sold,
+        },
+      },
+    ]);
     return product;
   });
   const version = await streamVersion(db, productId);
@@ -98,7 +139,12 @@ export async function restock(
 
 /** Records a restock; returns undefined when this idempotency key was already used. */
 async function adjustStock(
-  tx: Sql, productId: string, delta: number, reason: string, idempotencyKey: string | undefined, now: Date,
+  tx: Sql,
+  productId: string,
+  delta: number,
+  reason: string,
+  idempotencyKey: string | undefined,
+  now: Date,
 ): Promise<Product | undefined> {
   const recorded = await tx.query(
     `INSERT INTO stock_adjustments (product_id, delta, reason, idempotency_key, at) VALUES ($1, $2, $3, $4, $5)
@@ -132,11 +178,17 @@ export async function applyMoves(tx: Sql, moves: readonly Move[], now: Date): Pr
   );
   // The rules checked this under the same row locks; reaching here means a bug, and
   // failing the transaction keeps the stock consistent.
-  if (updated.length !== moves.length) throw new Error(`stock moves on ${moves.map((m) => m.productId).join(', ')} would break conservation`);
+  if (updated.length !== moves.length)
+    throw new Error(`stock moves on ${moves.map((m) => m.productId).join(', ')} would break conservation`);
 }
 
 type ReservationRow = {
-  order_id: string; user_id: string | null; status: ReservationStatus; items: StockLine[]; reason: string | null; release_answered: boolean;
+  order_id: string;
+  user_id: string | null;
+  status: ReservationStatus;
+  items: StockLine[];
+  reason: string | null;
+  release_answered: boolean;
 };
 
 function toReservation(row: ReservationRow): Reservation {
@@ -168,12 +220,19 @@ export async function lockReservations(tx: Sql, orderIds: readonly string[]): Pr
  * first; anything else is a conflict and the batch rolls back.
  */
 export async function saveReservations(
-  tx: Sql, changes: readonly { from: ReservationStatus | undefined; to: Reservation }[], now: Date,
+  tx: Sql,
+  changes: readonly { from: ReservationStatus | undefined; to: Reservation }[],
+  now: Date,
 ): Promise<void> {
   if (changes.length === 0) return;
   const rows = changes.map(({ from, to }) => ({
-    order_id: to.orderId, user_id: to.userId, status: to.status, items: to.items, from: from ?? null,
-    reason: 'reason' in to ? to.reason : null, release_answered: to.status === 'REJECTED' && to.answered,
+    order_id: to.orderId,
+    user_id: to.userId,
+    status: to.status,
+    items: to.items,
+    from: from ?? null,
+    reason: 'reason' in to ? to.reason : null,
+    release_answered: to.status === 'REJECTED' && to.answered,
   }));
   // `= ANY($3)` gives the UPDATE an index condition of its own, whatever the statistics
   // of a young reservations table say.
@@ -195,5 +254,6 @@ export async function saveReservations(
      SELECT (SELECT count(*) FROM updated)::int + (SELECT count(*) FROM inserted)::int AS n`,
     [JSON.stringify(rows), now, rows.map((r) => r.order_id)],
   );
-  if (written?.n !== changes.length) throw new ConflictError(`reservations of ${changes.map((c) => c.to.orderId).join(', ')} were written concurrently`);
+  if (written?.n !== changes.length)
+    throw new ConflictError(`reservations of ${changes.map((c) => c.to.orderId).join(', ')} were written concurrently`);
 }

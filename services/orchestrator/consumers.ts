@@ -22,5 +22,7 @@ export function sagaHandler<Data>(definition: SagaDefinition<Data>): Handler {
 }
 
 /** The same rules for a consumer batch, in a fixed number of statements (applyToSagas). */
-export const sagaBatchHandler = <Data>(definition: SagaDefinition<Data>): BatchHandler => (tx, messages, { now }) =>
-  applyToSagas(tx, definition, messages, now);
+export const sagaBatchHandler =
+  <Data>(definition: SagaDefinition<Data>): BatchHandler =>
+  (tx, messages, { now }) =>
+    applyToSagas(tx, definition, messages, now);

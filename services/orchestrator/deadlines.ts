@@ -8,9 +8,14 @@ import { advanceSaga, claimDueSagas } from './store.ts';
 
 export type DeadlineTimer = { tick(): Promise<number>; stop(): Promise<void> };
 
-export function startDeadlineTimer<Data>(
-  options: { db: Db; definition: SagaDefinition<Data>; log: Logger; now: () => Date; intervalMs?: number; batch?: number },
-): DeadlineTimer {
+export function startDeadlineTimer<Data>(options: {
+  db: Db;
+  definition: SagaDefinition<Data>;
+  log: Logger;
+  now: () => Date;
+  intervalMs?: number;
+  batch?: number;
+}): DeadlineTimer {
   const { db, definition, log, now } = options;
   const intervalMs = options.intervalMs ?? 250;
   const batch = options.batch ?? 100;

@@ -20,26 +20,51 @@ export type FulfilmentTimings = {
   maxDeadlineMs: number;
 };
 
-export const defaultTimings: FulfilmentTimings = { deadlineMs: 10_000, attempts: 3, compensationAttempts: 5, maxDeadlineMs: 120_000 };
+export const defaultTimings: FulfilmentTimings = {
+  deadlineMs: 10_000,
+  attempts: 3,
+  compensationAttempts: 5,
+  maxDeadlineMs: 120_000,
+};
 
 /** Steps after which there is no compensation, though they are not the last. */
 export const irreversibleSteps = ['complete'] as const;
 
 const reasonOf = (prefix: string) => (reply: DomainEvent) =>
-  'reason' in reply.data && typeof reply.data.reason === 'string' ? `${prefix}${reply.data.reason}` : `${prefix}${reply.type}`;
+  'reason' in reply.data && typeof reply.data.reason === 'string'
+    ? `${prefix}${reply.data.reason}`
+    : `${prefix}${reply.type}`;
 
 export function orderFulfilment(timings: FulfilmentTimings = defaultTimings): SagaDefinition<Fulfilment> {
-  const retry: RetryPolicy = { attempts: timings.attempts, deadlineMs: timings.deadlineMs, maxDeadlineMs: timings.maxDeadlineMs };
-  const undo: RetryPolicy = { attempts: timings.compensationAttempts, deadlineMs: timings.deadlineMs, maxDeadlineMs: timings.maxDeadlineMs };
+  const retry: RetryPolicy = {
+    attempts: timings.attempts,
+    deadlineMs: timings.deadlineMs,
+    maxDeadlineMs: timings.maxDeadlineMs,
+  };
+  const undo: RetryPolicy = {
+    attempts: timings.compensationAttempts,
+    deadlineMs: timings.deadlineMs,
+    maxDeadlineMs: timings.maxDeadlineMs,
+  };
   // After the pivot a step can only be retried: it gets the compensations' patience.
   const forwardOnly = undo;
   return {
     name: 'order-fulfilment',
     startedBy: 'OrderCreated',
     start: (event) => {
-      if (event.type !== 'OrderCreated') throw new Error(`order-fulfilment starts with OrderCreated, not ${event.type}`);
+      if (event.type !== 'OrderCreated')
+        throw new Error(`order-fulfilment starts with OrderCreated, not ${event.type}`);
       const { orderId, userId, items, totalAmount, currency } = event.data;
-      return { id: orderId, data: { orderId, userId, items: items.map(({ productId, quantity }) => ({ productId, quantity })), totalAmount, currency } };
+      return {
+        id: orderId,
+        data: {
+          orderId,
+          userId,
+          items: items.map(({ productId, quantity }) => ({ productId, quantity })),
+          totalAmount,
+          currency,
+        },
+      };
     },
     steps: [
       {
@@ -58,7 +83,11 @@ export function orderFulfilment(timings: FulfilmentTimings = defaultTimings): Sa
         failure: ['InventoryRejected'],
         reasonOf: reasonOf(''),
         compensation: {
-          command: (d, reason) => ({ type: 'ReleaseInventory', subject: d.orderId, data: { orderId: d.orderId, reason } }),
+          command: (d, reason) => ({
+            type: 'ReleaseInventory',
+            subject: d.orderId,
+            data: { orderId: d.orderId, reason },
+          }),
           replies: ['InventoryReleased'],
           retry: undo,
         },
@@ -66,12 +95,20 @@ export function orderFulfilment(timings: FulfilmentTimings = defaultTimings): Sa
       },
       {
         name: 'pay',
-        command: (d) => ({ type: 'ProcessPayment', subject: d.orderId, data: { orderId: d.orderId, userId: d.userId, amount: d.totalAmount, currency: d.currency } }),
+        command: (d) => ({
+          type: 'ProcessPayment',
+          subject: d.orderId,
+          data: { orderId: d.orderId, userId: d.userId, amount: d.totalAmount, currency: d.currency },
+        }),
         success: ['PaymentProcessed'],
         failure: ['PaymentFailed'],
         reasonOf: reasonOf('payment failed: '),
         compensation: {
-          command: (d, reason) => ({ type: 'RefundPayment', subject: d.orderId, data: { orderId: d.orderId, userId: d.userId, amount: d.totalAmount, currency: d.currency, reason } }),
+          command: (d, reason) => ({
+            type: 'RefundPayment',
+            subject: d.orderId,
+            data: { orderId: d.orderId, userId: d.userId, amount: d.totalAmount, currency: d.currency, reason },
+          }),
           // A refund, or the payment refused for good when nothing had been charged.
           replies: ['PaymentRefunded', 'PaymentFailed'],
           retry: undo,

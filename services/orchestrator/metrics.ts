@@ -29,10 +29,14 @@ export function sagaMetrics(db: Db, stuckBefore: () => Date): () => Promise<stri
       '# HELP converge_sagas_stuck Sagas not final and unchanged for longer than the stuck threshold (alert on > 0).',
       '# TYPE converge_sagas_stuck gauge',
       `converge_sagas_stuck ${counts.stuck}`,
-      '# HELP converge_saga_step_duration_seconds Time from a step\'s first command to its reply, over sagas changed in the last minute.',
+      "# HELP converge_saga_step_duration_seconds Time from a step's first " +
+        'command to its reply, over sagas changed in the last minute.',
       '# TYPE converge_saga_step_duration_seconds summary',
       ...durations.flatMap((d) => [
-        ...quantiles.map((q, i) => `converge_saga_step_duration_seconds{step="${d.step}",quantile="${q}"} ${(d.q?.[i] ?? 0).toFixed(6)}`),
+        ...quantiles.map(
+          (q, i) =>
+            `converge_saga_step_duration_seconds{step="${d.step}",quantile="${q}"} ${(d.q?.[i] ?? 0).toFixed(6)}`,
+        ),
         `converge_saga_step_duration_seconds_count{step="${d.step}"} ${d.n}`,
       ]),
     ];

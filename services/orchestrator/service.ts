@@ -38,7 +38,18 @@ export function orchestratorService(options: OrchestratorOptions): ServiceDefini
     handle: sagaHandler(definition),
     handleBatch: sagaBatchHandler(definition),
     routes: (app, { db, now }) => registerSagaRoutes(app, db, definition, { mode: options.mode, now, stuckAfterMs }),
-    ...(active ? { background: ({ db, log, now }) => startDeadlineTimer({ db, definition, log, now, ...(options.tickMs === undefined ? {} : { intervalMs: options.tickMs }) }) } : {}),
+    ...(active
+      ? {
+          background: ({ db, log, now }) =>
+            startDeadlineTimer({
+              db,
+              definition,
+              log,
+              now,
+              ...(options.tickMs === undefined ? {} : { intervalMs: options.tickMs }),
+            }),
+        }
+      : {}),
     metrics: ({ db, now }) => sagaMetrics(db, () => new Date(now().getTime() - stuckAfterMs)),
   };
 }

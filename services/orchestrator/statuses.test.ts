@@ -10,15 +10,22 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 let db: Db;
 beforeAll(async () => {
   db = await openPglite('orchestrator-statuses-test');
-  await migrate(db, { platform: platformMigrations, orchestrator: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations') });
+  await migrate(db, {
+    platform: platformMigrations,
+    orchestrator: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
+  });
 });
 afterAll(() => db.close());
 
-it('given the migrated database, when the CHECK on sagas.status is read, then it allows exactly the SagaStatus of the contracts', async () => {
-  const [row] = await db.query<{ definition: string }>(
-    `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = 'sagas'::regclass AND conname = 'sagas_status_check'`,
-  );
-  const allowed = [...(row?.definition ?? '').matchAll(/'([^']*)'::text/g)].map((match) => match[1]);
+it(
+  'given the migrated database, when the CHECK on sagas.status is read, ' +
+    'then it allows exactly the SagaStatus of the contracts',
+  async () => {
+    const [row] = await db.query<{ definition: string }>(
+      `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = 'sagas'::regclass AND conname = 'sagas_status_check'`,
+    );
+    const allowed = [...(row?.definition ?? '').matchAll(/'([^']*)'::text/g)].map((match) => match[1]);
 
-  expect(allowed.toSorted()).toEqual(literalsOf(SagaStatus).toSorted());
-});
+    expect(allowed.toSorted()).toEqual(literalsOf(SagaStatus).toSorted());
+  },
+);

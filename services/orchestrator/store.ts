@@ -5,20 +5,52 @@
 // transaction fails: it retries on the new state, so the saga advances once per input.
 import type { DomainEvent } from '@converge/contracts';
 import {
-  appendCaused, appendToOutbox, ConflictError, decide, evolve, startSaga,
-  type AppendContext, type CausedEvents, type Message, type Saga, type SagaDefinition, type SagaEvent, type SagaInput, type Sql,
+  appendCaused,
+  appendToOutbox,
+  ConflictError,
+  decide,
+  evolve,
+  startSaga,
+  type AppendContext,
+  type CausedEvents,
+  type Message,
+  type Saga,
+  type SagaDefinition,
+  type SagaEvent,
+  type SagaInput,
+  type Sql,
 } from '@converge/platform';
 
 export type SagaRow<Data> = { state: Saga<Data> };
 
 export async function loadSaga<Data>(tx: Sql, sagaId: string, lock = false): Promise<Saga<Data> | undefined> {
-  const [row] = await tx.query<SagaRow<Data>>(`SELECT state FROM sagas WHERE saga_id = $1${lock ? ' FOR UPDATE' : ''}`, [sagaId]);
+  const [row] = await tx.query<SagaRow<Data>>(
+    `SELECT state FROM sagas WHERE saga_id = $1${lock ? ' FOR UPDATE' : ''}`,
+    [sagaId],
+  );
   return row?.state;
 }
 
 /** Writes the saga's new state at the expected version, its log and its commands: one statement for the saga. */
-async function saveSaga<Data>(tx: Sql, saga: Saga<Data>, events: readonly SagaEvent<Data>[], expected: number, context: AppendContext): Promise<void> {
-  const params = [saga.id, saga.definition, saga.status, saga.version, JSON.stringify(saga), saga.deadlineAt, saga.startedAt, saga.updatedAt, expected, JSON.stringify(events)];
+async function saveSaga<Data>(
+  tx: Sql,
+  saga: Saga<Data>,
+  events: readonly SagaEvent<Data>[],
+  expected: number,
+  context: AppendContext,
+): Promise<void> {
+  const params = [
+    saga.id,
+    saga.definition,
+    saga.status,
+    saga.version,
+    JSON.stringify(saga),
+    saga.deadlineAt,
+    saga.startedAt,
+    saga.updatedAt,
+    expected,
+    JSON.stringify(events),
+  ];
   const [written] = await tx.query<{ n: number }>(
     `WITH written AS (
        INSERT INTO sagas (saga_id, definition, status, version, state, deadline_at, started_at, updated_at)
@@ -35,7 +67,8 @@ async function saveSaga<Data>(tx: Sql, saga: Saga<Data>, events: readonly SagaEv
      SELECT count(*)::int AS n FROM written`,
     params,
   );
-  if ((written?.n ?? 0) === 0) throw new ConflictError(`saga ${saga.id} moved past version ${expected}; retrying on its new state`);
+  if ((written?.n ?? 0) === 0)
+    throw new ConflictError(`saga ${saga.id} moved past version ${expected}; retrying on its new state`);
   const commands = events.flatMap((e) => (e.type === 'CommandSent' ? [e.command] : []));
   if (commands.length > 0) await appendToOutbox(tx, context, commands);
 }
@@ -44,7 +77,10 @@ export type Advanced<Data> = { saga: Saga<Data>; events: SagaEvent<Data>[] };
 
 /** What a consumer message's commands carry: its cause, and the saga's correlation. */
 export const replyContext = (message: Message, now: Date): AppendContext => ({
-  source: 'orchestrator', now, correlationId: message.correlationid, causationId: message.id,
+  source: 'orchestrator',
+  now,
+  correlationId: message.correlationid,
+  causationId: message.id,
   ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
 });
 
@@ -57,9 +93,17 @@ export const replyContext = (message: Message, now: Date): AppendContext => ({
  * timer, another instance) fails the whole statement, and the consumer retries each
  * message alone.
  */
-export async function applyToSagas<Data>(tx: Sql, definition: SagaDefinition<Data>, messages: readonly Message[], now: Date): Promise<void> {
+export async function applyToSagas<Data>(
+  tx: Sql,
+  definition: SagaDefinition<Data>,
+  messages: readonly Message[],
+  now: Date,
+): Promise<void> {
   const ids = messages.map((m) => (m.type === definition.startedBy ? definition.start(m).id : m.subject));
-  const rows = await tx.query<{ saga_id: string; state: Saga<Data> }>('SELECT saga_id, state FROM sagas WHERE saga_id = ANY($1::text[])', [ids]);
+  const rows = await tx.query<{ saga_id: string; state: Saga<Data> }>(
+    'SELECT saga_id, state FROM sagas WHERE saga_id = ANY($1::text[])',
+    [ids],
+  );
   const loaded = new Map(rows.map((r) => [r.saga_id, r.state]));
   const writes: { saga: Saga<Data>; events: SagaEvent<Data>[]; expected: number }[] = [];
   const commands: CausedEvents[] = [];
@@ -84,8 +128,16 @@ export async function applyToSagas<Data>(tx: Sql, definition: SagaDefinition<Dat
   }
   if (writes.length === 0) return;
   const input = writes.map(({ saga, events, expected }) => ({
-    saga_id: saga.id, definition: saga.definition, status: saga.status, version: saga.version, state: saga,
-    deadline_at: saga.deadlineAt, started_at: saga.startedAt, updated_at: saga.updatedAt, expected, events,
+    saga_id: saga.id,
+    definition: saga.definition,
+    status: saga.status,
+    version: saga.version,
+    state: saga,
+    deadline_at: saga.deadlineAt,
+    started_at: saga.startedAt,
+    updated_at: saga.updatedAt,
+    expected,
+    events,
   }));
   const [written] = await tx.query<{ n: number }>(
     `WITH input AS (
@@ -107,13 +159,17 @@ export async function applyToSagas<Data>(tx: Sql, definition: SagaDefinition<Dat
      SELECT count(*)::int AS n FROM written`,
     [JSON.stringify(input)],
   );
-  if ((written?.n ?? 0) !== writes.length) throw new ConflictError('a saga of this batch moved meanwhile; retrying its messages one by one');
+  if ((written?.n ?? 0) !== writes.length)
+    throw new ConflictError('a saga of this batch moved meanwhile; retrying its messages one by one');
   await appendCaused(tx, commands);
 }
 
 /** Starts the saga a trigger event begins; nothing when it exists (a duplicate trigger). */
 export async function beginSaga<Data>(
-  tx: Sql, definition: SagaDefinition<Data>, trigger: DomainEvent & { id?: string; correlationid?: string }, context: AppendContext,
+  tx: Sql,
+  definition: SagaDefinition<Data>,
+  trigger: DomainEvent & { id?: string; correlationid?: string },
+  context: AppendContext,
 ): Promise<Advanced<Data> | undefined> {
   const { saga: initial, events } = startSaga(definition, trigger, context.now);
   if ((await loadSaga(tx, initial.id)) !== undefined) return undefined;
@@ -124,14 +180,22 @@ export async function beginSaga<Data>(
 
 /** Applies one input (a reply, a deadline, an operator's action) to a saga. */
 export async function advanceSaga<Data>(
-  tx: Sql, definition: SagaDefinition<Data>, sagaId: string, input: SagaInput, context: AppendContext, lock = false,
+  tx: Sql,
+  definition: SagaDefinition<Data>,
+  sagaId: string,
+  input: SagaInput,
+  context: AppendContext,
+  lock = false,
 ): Promise<Advanced<Data> | undefined> {
   const saga = await loadSaga<Data>(tx, sagaId, lock);
   if (saga === undefined) return undefined;
   const events = decide(definition, saga, input, context.now);
   if (events.length === 0) return { saga, events };
   const next = events.reduce(evolve, saga);
-  await saveSaga(tx, next, events, saga.version, { ...context, correlationId: saga.correlationId ?? context.correlationId ?? saga.id });
+  await saveSaga(tx, next, events, saga.version, {
+    ...context,
+    correlationId: saga.correlationId ?? context.correlationId ?? saga.id,
+  });
   return { saga: next, events };
 }
 
@@ -148,12 +212,16 @@ export type LogEntry = { version: number; type: string; at: string } & Record<st
 
 export async function sagaHistory(db: Sql, sagaId: string): Promise<LogEntry[]> {
   const rows = await db.query<{ version: number; type: string; event: Record<string, unknown> & { at: string } }>(
-    'SELECT version, type, event FROM saga_log WHERE saga_id = $1 ORDER BY version', [sagaId],
+    'SELECT version, type, event FROM saga_log WHERE saga_id = $1 ORDER BY version',
+    [sagaId],
   );
   return rows.map((r) => ({ ...r.event, version: r.version, type: r.type }));
 }
 
-export async function listSagas<Data>(db: Sql, filter: { status?: string; limit: number; before?: string }): Promise<Saga<Data>[]> {
+export async function listSagas<Data>(
+  db: Sql,
+  filter: { status?: string; limit: number; before?: string },
+): Promise<Saga<Data>[]> {
   const rows = await db.query<SagaRow<Data>>(
     `SELECT state FROM sagas
       WHERE ($1::text IS NULL OR status = $1) AND ($2::timestamptz IS NULL OR updated_at < $2)
@@ -163,12 +231,18 @@ export async function listSagas<Data>(db: Sql, filter: { status?: string; limit:
   return rows.map((r) => r.state);
 }
 
-export async function sagaCounts(db: Sql, stuckBefore: Date): Promise<{ byStatus: Record<string, number>; stuck: number }> {
+export async function sagaCounts(
+  db: Sql,
+  stuckBefore: Date,
+): Promise<{ byStatus: Record<string, number>; stuck: number }> {
   const rows = await db.query<{ status: string; n: number; stuck: number }>(
     `SELECT status, count(*)::int AS n,
             count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'COMPENSATED', 'RESOLVED') AND updated_at < $1)::int AS stuck
        FROM sagas GROUP BY status`,
     [stuckBefore],
   );
-  return { byStatus: Object.fromEntries(rows.map((r) => [r.status, r.n])), stuck: rows.reduce((sum, r) => sum + r.stuck, 0) };
+  return {
+    byStatus: Object.fromEntries(rows.map((r) => [r.status, r.n])),
+    stuck: rows.reduce((sum, r) => sum + r.stuck, 0),
+  };
 }

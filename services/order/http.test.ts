@@ -5,7 +5,16 @@ import crypto from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Envelope } from '@converge/contracts';
-import { costCounters, createHttpApp, migrate, openPglite, platformMigrations, silentLogger, type Db, type HttpApp } from '@converge/platform';
+import {
+  costCounters,
+  createHttpApp,
+  migrate,
+  openPglite,
+  platformMigrations,
+  silentLogger,
+  type Db,
+  type HttpApp,
+} from '@converge/platform';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { registerOrderRoutes } from './http.ts';
 
@@ -19,8 +28,16 @@ let app: HttpApp;
 beforeAll(async () => {
   db = await openPglite('order-http-test');
   await migrate(db, { platform: platformMigrations, order: migrations });
-  await db.query(`INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Beans', 500, 'EUR'), ($2, 'Mill', 9000, 'EUR')`, [beans, mill]);
-  app = await createHttpApp({ service: 'order', log: silentLogger, description: 'test', ready: () => Promise.resolve({}) });
+  await db.query(
+    `INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Beans', 500, 'EUR'), ($2, 'Mill', 9000, 'EUR')`,
+    [beans, mill],
+  );
+  app = await createHttpApp({
+    service: 'order',
+    log: silentLogger,
+    description: 'test',
+    ready: () => Promise.resolve({}),
+  });
   registerOrderRoutes(app, db, () => now);
   await app.ready();
 });
@@ -29,71 +46,117 @@ afterAll(async () => {
   await db.close();
 });
 
-const body = { userId: 'ada', items: [{ productId: beans, quantity: 2 }, { productId: mill, quantity: 1 }] };
+const body = {
+  userId: 'ada',
+  items: [
+    { productId: beans, quantity: 2 },
+    { productId: mill, quantity: 1 },
+  ],
+};
 
 async function place(key: string, payload: object = body) {
   const before = costCounters();
   const response = await app.inject({ method: 'POST', url: '/orders', headers: { 'idempotency-key': key }, payload });
   const after = costCounters();
-  return { response, statements: after.statements - before.statements, transactions: after.transactions - before.transactions };
+  return {
+    response,
+    statements: after.statements - before.statements,
+    transactions: after.transactions - before.transactions,
+  };
 }
 
 const counts = async () =>
-  db.query('SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM outbox) AS events, (SELECT count(*) FROM idempotency_keys) AS keys');
+  db.query(
+    'SELECT (SELECT count(*) FROM orders) AS orders, (SELECT count(*) FROM ' +
+      'outbox) AS events, (SELECT count(*) FROM idempotency_keys) AS keys',
+  );
 
 describe('POST /orders', () => {
-  it('given a priced catalogue, when an order is placed, then it is PENDING at server prices, its row, OrderCreated and key commit together in one transaction of two statements after the price lookup', async () => {
-    const key = crypto.randomUUID();
+  it(
+    'given a priced catalogue, when an order is placed, then it is PENDING at server prices, its row, ' +
+      'OrderCreated and key commit together in one transaction of two statements after the price lookup',
+    async () => {
+      const key = crypto.randomUUID();
 
-    const { response, statements, transactions } = await place(key);
+      const { response, statements, transactions } = await place(key);
 
-    expect(response.statusCode).toBe(201);
-    const order = response.json<{ orderId: string }>();
-    expect(order).toMatchObject({
-      userId: 'ada', status: 'PENDING', totalAmount: 10_000, currency: 'EUR', version: 1, createdAt: now.toISOString(), updatedAt: now.toISOString(),
-      items: [{ productId: beans, quantity: 2, unitPrice: 500 }, { productId: mill, quantity: 1, unitPrice: 9000 }],
-    });
-    expect(response.headers).toMatchObject({ location: `/orders/${order.orderId}`, etag: `"${order.orderId}:1"` });
-    expect({ statements, transactions }).toEqual({ statements: 3, transactions: 1 });
-    expect((await app.inject({ method: 'GET', url: `/orders/${order.orderId}` })).json()).toEqual(order);
-    const stream = await db.query<{ envelope: Envelope }>('SELECT envelope FROM outbox WHERE subject = $1', [order.orderId]);
-    expect(stream.map((r) => r.envelope)).toMatchObject([{ type: 'OrderCreated', sequence: 1, source: 'order', data: { orderId: order.orderId, totalAmount: 10_000 } }]);
-    expect(await db.query('SELECT order_id, response_body FROM idempotency_keys WHERE key = $1', [key])).toEqual([{ order_id: order.orderId, response_body: order }]);
-  });
+      expect(response.statusCode).toBe(201);
+      const order = response.json<{ orderId: string }>();
+      expect(order).toMatchObject({
+        userId: 'ada',
+        status: 'PENDING',
+        totalAmount: 10_000,
+        currency: 'EUR',
+        version: 1,
+        createdAt: now.toISOString(),
+        updatedAt: now.toISOString(),
+        items: [
+          { productId: beans, quantity: 2, unitPrice: 500 },
+          { productId: mill, quantity: 1, unitPrice: 9000 },
+        ],
+      });
+      expect(response.headers).toMatchObject({ location: `/orders/${order.orderId}`, etag: `"${order.orderId}:1"` });
+      expect({ statements, transactions }).toEqual({ statements: 3, transactions: 1 });
+      expect((await app.inject({ method: 'GET', url: `/orders/${order.orderId}` })).json()).toEqual(order);
+      const stream = await db.query<{ envelope: Envelope }>('SELECT envelope FROM outbox WHERE subject = $1', [
+        order.orderId,
+      ]);
+      expect(stream.map((r) => r.envelope)).toMatchObject([
+        { type: 'OrderCreated', sequence: 1, source: 'order', data: { orderId: order.orderId, totalAmount: 10_000 } },
+      ]);
+      expect(await db.query('SELECT order_id, response_body FROM idempotency_keys WHERE key = $1', [key])).toEqual([
+        { order_id: order.orderId, response_body: order },
+      ]);
+    },
+  );
 
-  it('given products priced by an earlier order, when another order of them is placed, then no price lookup is sent', async () => {
-    await place(crypto.randomUUID());
+  it(
+    'given products priced by an earlier order, when another order ' +
+      'of them is placed, then no price lookup is sent',
+    async () => {
+      await place(crypto.randomUUID());
 
-    const { response, statements } = await place(crypto.randomUUID());
+      const { response, statements } = await place(crypto.randomUUID());
 
-    expect(response.statusCode).toBe(201);
-    expect(statements).toBe(2);
-  });
+      expect(response.statusCode).toBe(201);
+      expect(statements).toBe(2);
+    },
+  );
 
-  it('given a product not in the catalogue, when an order of it is refused and the product arrives, then the next order of it is priced', async () => {
-    const later = crypto.randomUUID();
-    const items = [{ productId: later, quantity: 1 }];
-    expect((await place(crypto.randomUUID(), { userId: 'ada', items })).response.statusCode).toBe(422);
+  it(
+    'given a product not in the catalogue, when an order of it is refused and ' +
+      'the product arrives, then the next order of it is priced',
+    async () => {
+      const later = crypto.randomUUID();
+      const items = [{ productId: later, quantity: 1 }];
+      expect((await place(crypto.randomUUID(), { userId: 'ada', items })).response.statusCode).toBe(422);
 
-    await db.query(`INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Grinder', 4200, 'EUR')`, [later]);
-    const { response } = await place(crypto.randomUUID(), { userId: 'ada', items });
+      await db.query(`INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Grinder', 4200, 'EUR')`, [
+        later,
+      ]);
+      const { response } = await place(crypto.randomUUID(), { userId: 'ada', items });
 
-    expect(response.statusCode).toBe(201);
-    expect(response.json()).toMatchObject({ totalAmount: 4200, items: [{ productId: later, unitPrice: 4200 }] });
-  });
+      expect(response.statusCode).toBe(201);
+      expect(response.json()).toMatchObject({ totalAmount: 4200, items: [{ productId: later, unitPrice: 4200 }] });
+    },
+  );
 
-  it('given an order placed under a key, when the same request comes again, then the first response is replayed and nothing more is written', async () => {
-    const key = crypto.randomUUID();
-    const first = (await place(key)).response.json<{ orderId: string }>();
-    const written = await counts();
+  it(
+    'given an order placed under a key, when the same request comes again, then ' +
+      'the first response is replayed and nothing more is written',
+    async () => {
+      const key = crypto.randomUUID();
+      const first = (await place(key)).response.json<{ orderId: string }>();
+      const written = await counts();
 
-    const { response } = await place(key);
+      const { response } = await place(key);
 
-    expect(response.statusCode).toBe(201);
-    expect(response.headers['idempotent-replayed']).toBe('true');
-    expect(response.json()).toEqual(first);
-    expect(await counts()).toEqual(written);
-  });
+      expect(response.statusCode).toBe(201);
+      expect(response.headers['idempotent-replayed']).toBe('true');
+      expect(response.json()).toEqual(first);
+      expect(await counts()).toEqual(written);
+    },
+  );
 
   it('given two requests with one key at once, when both are placed, then one order exists and both answer it', async () => {
     const key = crypto.randomUUID();
@@ -105,13 +168,17 @@ describe('POST /orders', () => {
     expect(await db.query('SELECT 1 FROM outbox WHERE subject = $1', [orderId])).toHaveLength(1);
   });
 
-  it('given an order placed under a key, when another body comes with that key, then 422 and the first order stays alone', async () => {
-    const key = crypto.randomUUID();
-    await place(key);
+  it(
+    'given an order placed under a key, when another body comes with ' +
+      'that key, then 422 and the first order stays alone',
+    async () => {
+      const key = crypto.randomUUID();
+      await place(key);
 
-    const { response } = await place(key, { ...body, items: [{ productId: beans, quantity: 3 }] });
+      const { response } = await place(key, { ...body, items: [{ productId: beans, quantity: 3 }] });
 
-    expect(response.statusCode).toBe(422);
-    expect(await db.query('SELECT 1 FROM idempotency_keys WHERE key = $1', [key])).toHaveLength(1);
-  });
+      expect(response.statusCode).toBe(422);
+      expect(await db.query('SELECT 1 FROM idempotency_keys WHERE key = $1', [key])).toHaveLength(1);
+    },
+  );
 });

@@ -23,16 +23,27 @@ afterAll(async () => {
   fs.rmSync(firstOnly, { recursive: true, force: true });
 });
 
-it('given claims left without a response by an earlier version, when the migrations run, then they are gone, finished keys stay, and no unfinished claim can be written', async () => {
-  const insert = `INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
+it(
+  'given claims left without a response by an earlier version, when the migrations run, then ' +
+    'they are gone, finished keys stay, and no unfinished claim can be written',
+  async () => {
+    const insert = `INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
                   VALUES ($1, $2, 'h', $3, $4, $5, $6::jsonb, now())`;
-  await db.query(insert, ['alice', 'died', 'in_flight', null, null, null]);
-  await db.query(insert, ['alice', 'placed', 'done', '5b0c1f9e-8d0a-4b8e-9a43-0d1c2b3a4f5e', 201, JSON.stringify({ orderId: '5b0c1f9e-8d0a-4b8e-9a43-0d1c2b3a4f5e' })]);
+    await db.query(insert, ['alice', 'died', 'in_flight', null, null, null]);
+    await db.query(insert, [
+      'alice',
+      'placed',
+      'done',
+      '5b0c1f9e-8d0a-4b8e-9a43-0d1c2b3a4f5e',
+      201,
+      JSON.stringify({ orderId: '5b0c1f9e-8d0a-4b8e-9a43-0d1c2b3a4f5e' }),
+    ]);
 
-  await migrate(db, { platform: platformMigrations, order: migrations });
+    await migrate(db, { platform: platformMigrations, order: migrations });
 
-  const keys = await db.query<{ key: string }>('SELECT key FROM idempotency_keys ORDER BY key');
-  expect(keys.map((k) => k.key)).toEqual(['placed']);
-  await expect(db.query(insert, ['bob', 'claim', 'in_flight', null, null, null])).rejects.toThrow(/violates/);
-  await expect(db.query(insert, ['bob', 'claim', 'done', null, 201, null])).rejects.toThrow(/violates/);
-});
+    const keys = await db.query<{ key: string }>('SELECT key FROM idempotency_keys ORDER BY key');
+    expect(keys.map((k) => k.key)).toEqual(['placed']);
+    await expect(db.query(insert, ['bob', 'claim', 'in_flight', null, null, null])).rejects.toThrow(/violates/);
+    await expect(db.query(insert, ['bob', 'claim', 'done', null, 201, null])).rejects.toThrow(/violates/);
+  },
+);

@@ -22,7 +22,10 @@ export type Order =
   | (Placed & { status: 'FAILED'; reason: string })
   | (Placed & { status: 'CANCELLED'; reason: string });
 
-export type OrderEvent = Extract<DomainEvent, { type: 'OrderCreated' | 'OrderCompleted' | 'OrderFailed' | 'OrderCancelled' }>;
+export type OrderEvent = Extract<
+  DomainEvent,
+  { type: 'OrderCreated' | 'OrderCompleted' | 'OrderFailed' | 'OrderCancelled' }
+>;
 
 export type OrderCommand =
   | { type: 'PlaceOrder'; orderId: string; userId: string; items: OrderLine[]; currency: string; now: Date }
@@ -59,20 +62,39 @@ export function decide(command: OrderCommand, state: Order): OrderEvent[] {
     case 'PlaceOrder': {
       if (state.status !== 'NONE') throw new ConflictError(`order ${command.orderId} exists`);
       const { orderId, userId, items, currency, now } = command;
-      return [{ type: 'OrderCreated', data: { orderId, userId, items, totalAmount: totalOf(items), currency, createdAt: now.toISOString() } }];
+      return [
+        {
+          type: 'OrderCreated',
+          data: { orderId, userId, items, totalAmount: totalOf(items), currency, createdAt: now.toISOString() },
+        },
+      ];
     }
     case 'CompleteOrder':
       if (state.status !== 'PENDING') return [];
-      return [{ type: 'OrderCompleted', data: { orderId: state.orderId, userId: state.userId, totalAmount: state.totalAmount, currency: state.currency } }];
+      return [
+        {
+          type: 'OrderCompleted',
+          data: {
+            orderId: state.orderId,
+            userId: state.userId,
+            totalAmount: state.totalAmount,
+            currency: state.currency,
+          },
+        },
+      ];
     case 'FailOrder':
       if (state.status !== 'PENDING') return [];
       return [{ type: 'OrderFailed', data: { orderId: state.orderId, userId: state.userId, reason: command.reason } }];
     case 'CancelOrder':
       if (state.status === 'CANCELLED') return [];
       if (state.status !== 'PENDING') {
-        throw new ConflictError(state.status === 'NONE' ? 'no such order' : `order is ${state.status} and can no longer be cancelled`);
+        throw new ConflictError(
+          state.status === 'NONE' ? 'no such order' : `order is ${state.status} and can no longer be cancelled`,
+        );
       }
-      return [{ type: 'OrderCancelled', data: { orderId: state.orderId, userId: state.userId, reason: command.reason } }];
+      return [
+        { type: 'OrderCancelled', data: { orderId: state.orderId, userId: state.userId, reason: command.reason } },
+      ];
     default:
       return assertNever(command);
   }

@@ -33,7 +33,12 @@ export function orderPlacement(db: Db): (request: PlaceOrderRequest, key: string
     const orderId = crypto.randomUUID();
     try {
       const order = await db.transaction(async (tx) => {
-        const placed = await insertOrder(tx, { type: 'PlaceOrder', orderId, userId: request.userId, items, currency, now }, { key, requestHash: hash }, { source: 'order', now });
+        const placed = await insertOrder(
+          tx,
+          { type: 'PlaceOrder', orderId, userId: request.userId, items, currency, now },
+          { key, requestHash: hash },
+          { source: 'order', now },
+        );
         if (placed === undefined) throw new KeyTaken();
         return placed;
       });
@@ -52,7 +57,10 @@ type KeyRow = { request_hash: string; response_body: OrderView };
 
 /** What the first request with this key got: its order again, or 422 for another body. */
 async function replayKey(db: Db, userId: string, key: string, hash: string): Promise<OrderView> {
-  const [row] = await db.query<KeyRow>('SELECT request_hash, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2', [userId, key]);
+  const [row] = await db.query<KeyRow>(
+    'SELECT request_hash, response_body FROM idempotency_keys WHERE user_id = $1 AND key = $2',
+    [userId, key],
+  );
   // The key was taken by a transaction that committed; a row always holds its response.
   if (row === undefined) throw new ConflictError('a request with this Idempotency-Key is being placed; retry');
   if (row.request_hash !== hash) throw new InvalidError('this Idempotency-Key was used with a different request body');
@@ -61,16 +69,29 @@ async function replayKey(db: Db, userId: string, key: string, hash: string): Pro
 
 type PricesOf = (productIds: readonly string[]) => Promise<Map<string, Price>>;
 
-async function priceOrder(pricesOf: PricesOf, body: PlaceOrderRequest): Promise<{ items: OrderLine[]; currency: string }> {
+async function priceOrder(
+  pricesOf: PricesOf,
+  body: PlaceOrderRequest,
+): Promise<{ items: OrderLine[]; currency: string }> {
   const ids = body.items.map((i) => i.productId);
-  if (new Set(ids).size !== ids.length) throw new InvalidError('each product may appear in one line only', ['items: duplicate productId']);
+  if (new Set(ids).size !== ids.length)
+    throw new InvalidError('each product may appear in one line only', ['items: duplicate productId']);
   const prices = await pricesOf(ids);
   const unknown = ids.filter((id) => !prices.has(id));
-  if (unknown.length > 0) throw new InvalidError('unknown product', unknown.map((id) => `items: unknown product ${id}`));
+  if (unknown.length > 0)
+    throw new InvalidError(
+      'unknown product',
+      unknown.map((id) => `items: unknown product ${id}`),
+    );
   const currencies = new Set([...prices.values()].map((p) => p.currency));
   const [currency] = currencies;
-  if (currency === undefined || currencies.size > 1) throw new InvalidError('all products of an order must share one currency');
-  const items = body.items.map((line) => ({ productId: line.productId, quantity: line.quantity, unitPrice: prices.get(line.productId)?.price ?? 0 }));
+  if (currency === undefined || currencies.size > 1)
+    throw new InvalidError('all products of an order must share one currency');
+  const items = body.items.map((line) => ({
+    productId: line.productId,
+    quantity: line.quantity,
+    unitPrice: prices.get(line.productId)?.price ?? 0,
+  }));
   const total = items.reduce((sum, l) => sum + l.quantity * l.unitPrice, 0);
   if (!Number.isSafeInteger(total)) throw new InvalidError('order total is too large');
   return { items, currency };
@@ -86,7 +107,10 @@ type KeyClaim = { key: string; requestHash: string };
  * here for the first one's commit).
  */
 async function insertOrder(
-  tx: Sql, command: Extract<OrderCommand, { type: 'PlaceOrder' }>, claim: KeyClaim, context: AppendContext,
+  tx: Sql,
+  command: Extract<OrderCommand, { type: 'PlaceOrder' }>,
+  claim: KeyClaim,
+  context: AppendContext,
 ): Promise<OrderView | undefined> {
   // A new order's id was just drawn at random: there is no stream to load or lock.
   const events = decide(command, initialOrder);
@@ -101,11 +125,27 @@ async function insertOrder(
      INSERT INTO orders (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
      SELECT order_id, $2::text, 'PENDING', $3::jsonb, $4::bigint, $5::text, NULL, $6::int, $7::timestamptz, $8::timestamptz FROM claimed
      RETURNING 1`,
-    [order.orderId, order.userId, JSON.stringify(order.items), order.totalAmount, order.currency, order.version, order.createdAt, context.now,
-      claim.key, claim.requestHash, JSON.stringify(view)],
+    [
+      order.orderId,
+      order.userId,
+      JSON.stringify(order.items),
+      order.totalAmount,
+      order.currency,
+      order.version,
+      order.createdAt,
+      context.now,
+      claim.key,
+      claim.requestHash,
+      JSON.stringify(view),
+    ],
   );
   if (placed === undefined) return undefined;
-  await appendToOutbox(tx, context, events.map((e) => ({ ...e, subject: order.orderId })), initialOrder.version);
+  await appendToOutbox(
+    tx,
+    context,
+    events.map((e) => ({ ...e, subject: order.orderId })),
+    initialOrder.version,
+  );
   return view;
 }
 
@@ -135,9 +175,11 @@ function cataloguePrices(db: Sql, maxEntries = 10_000): PricesOf {
         known.delete(oldest);
       }
     }
-    return new Map(productIds.flatMap((id) => {
-      const price = known.get(id);
-      return price === undefined ? [] : [[id, price] as const];
-    }));
+    return new Map(
+      productIds.flatMap((id) => {
+        const price = known.get(id);
+        return price === undefined ? [] : [[id, price] as const];
+      }),
+    );
   };
 }

@@ -6,7 +6,14 @@
 // them back in one; its events are appended at the versions it loaded. The row lock
 // serialises writers of one order; the (subject, sequence) key catches anything else.
 import type { Envelope, OrderStatus } from '@converge/contracts';
-import { appendToOutbox, ConflictError, NotFoundError, type AppendContext, type Db, type Sql } from '@converge/platform';
+import {
+  appendToOutbox,
+  ConflictError,
+  NotFoundError,
+  type AppendContext,
+  type Db,
+  type Sql,
+} from '@converge/platform';
 import { decide, evolve, initialOrder, type Order, type OrderCommand, type OrderEvent } from './order.ts';
 
 export async function loadOrder(tx: Sql, orderId: string, lock: boolean): Promise<Order> {
@@ -18,19 +25,30 @@ export async function loadOrder(tx: Sql, orderId: string, lock: boolean): Promis
       : 'SELECT envelope FROM outbox WHERE subject = $1 ORDER BY sequence',
     [orderId],
   );
-  return rows.reduce<Order>((state, { envelope }) => evolve(state, { type: envelope.type, data: envelope.data } as OrderEvent), initialOrder);
+  return rows.reduce<Order>(
+    (state, { envelope }) => evolve(state, { type: envelope.type, data: envelope.data } as OrderEvent),
+    initialOrder,
+  );
 }
 
 /** Loads, decides, appends and saves: one command on one order, inside `tx`. */
 export async function executeOrderCommand(
-  tx: Sql, orderId: string, command: OrderCommand, context: AppendContext,
+  tx: Sql,
+  orderId: string,
+  command: OrderCommand,
+  context: AppendContext,
 ): Promise<{ order: Order; events: OrderEvent[] }> {
   // A new order's id was just drawn at random: there is no stream to load or lock.
   const state = command.type === 'PlaceOrder' ? initialOrder : await loadOrder(tx, orderId, true);
   if (command.type !== 'PlaceOrder' && state.status === 'NONE') throw new NotFoundError(`no order ${orderId}`);
   const events = decide(command, state);
   if (events.length === 0) return { order: state, events };
-  await appendToOutbox(tx, context, events.map((e) => ({ ...e, subject: orderId })), state.version);
+  await appendToOutbox(
+    tx,
+    context,
+    events.map((e) => ({ ...e, subject: orderId })),
+    state.version,
+  );
   const order = events.reduce(evolve, state);
   await saveOrder(tx, order, context.now);
   return { order, events };
@@ -43,8 +61,18 @@ async function saveOrder(tx: Sql, order: Order, now: Date): Promise<void> {
     `INSERT INTO orders (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
      VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)
      ON CONFLICT (order_id) DO UPDATE SET status = $3, reason = $7, version = $8, updated_at = $10`,
-    [order.orderId, order.userId, order.status, JSON.stringify(order.items), order.totalAmount, order.currency, reason,
-      order.version, order.createdAt, now],
+    [
+      order.orderId,
+      order.userId,
+      order.status,
+      JSON.stringify(order.items),
+      order.totalAmount,
+      order.currency,
+      reason,
+      order.version,
+      order.createdAt,
+      now,
+    ],
   );
 }
 
@@ -55,11 +83,18 @@ export const etagOf = (order: OrderView): string => `"${order.orderId}:${order.v
  * Cancels an order, inside one transaction: 404 when there is none, 412 when `ifMatch`
  * is given and is not its current ETag; cancelling a cancelled order changes nothing.
  */
-export async function cancelOrder(db: Db, orderId: string, reason: string, ifMatch: string | undefined, now: Date): Promise<OrderView> {
+export async function cancelOrder(
+  db: Db,
+  orderId: string,
+  reason: string,
+  ifMatch: string | undefined,
+  now: Date,
+): Promise<OrderView> {
   const view = await db.transaction(async (tx) => {
     const current = await getOrder(tx, orderId);
     if (current === undefined) throw new NotFoundError(`no order ${orderId}`);
-    if (ifMatch !== undefined && ifMatch !== etagOf(current)) throw new ConflictError(`order is at ${etagOf(current)}, not ${ifMatch}`, 412);
+    if (ifMatch !== undefined && ifMatch !== etagOf(current))
+      throw new ConflictError(`order is at ${etagOf(current)}, not ${ifMatch}`, 412);
     await executeOrderCommand(tx, orderId, { type: 'CancelOrder', reason }, { source: 'order', now });
     return getOrder(tx, orderId);
   });
@@ -70,13 +105,20 @@ export async function cancelOrder(db: Db, orderId: string, reason: string, ifMat
 /** The folded state of each of `orderIds` that exists, its row locked (one statement). */
 export async function loadOrders(tx: Sql, orderIds: readonly string[]): Promise<Map<string, Order>> {
   if (orderIds.length === 0) return new Map();
-  const rows = await tx.query<OrderRow>('SELECT * FROM orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE', [orderIds]);
+  const rows = await tx.query<OrderRow>(
+    'SELECT * FROM orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE',
+    [orderIds],
+  );
   return new Map(rows.map((r) => [r.order_id, orderOf(r)]));
 }
 
 /** Writes back the state of orders that exist (one statement). */
 export async function saveOrders(tx: Sql, orders: readonly Order[], now: Date): Promise<void> {
-  const changes = orders.flatMap((o) => (o.status === 'NONE' ? [] : [{ order_id: o.orderId, status: o.status, reason: 'reason' in o ? o.reason : null, version: o.version }]));
+  const changes = orders.flatMap((o) =>
+    o.status === 'NONE'
+      ? []
+      : [{ order_id: o.orderId, status: o.status, reason: 'reason' in o ? o.reason : null, version: o.version }],
+  );
   if (changes.length === 0) return;
   // `= ANY($3)` gives the planner an index condition on orders itself: joined only to
   // the recordset, a young table's stale statistics make it scan every order.
@@ -89,24 +131,53 @@ export async function saveOrders(tx: Sql, orders: readonly Order[], now: Date): 
 }
 
 export type OrderView = {
-  orderId: string; userId: string; status: OrderStatus; items: { productId: string; quantity: number; unitPrice: number }[];
-  totalAmount: number; currency: string; reason?: string; version: number; createdAt: string; updatedAt: string;
+  orderId: string;
+  userId: string;
+  status: OrderStatus;
+  items: { productId: string; quantity: number; unitPrice: number }[];
+  totalAmount: number;
+  currency: string;
+  reason?: string;
+  version: number;
+  createdAt: string;
+  updatedAt: string;
 };
 
 type OrderRow = {
-  order_id: string; user_id: string; status: OrderView['status']; items: OrderView['items']; total_amount: number;
-  currency: string; reason: string | null; version: number; created_at: Date; updated_at: Date;
+  order_id: string;
+  user_id: string;
+  status: OrderView['status'];
+  items: OrderView['items'];
+  total_amount: number;
+  currency: string;
+  reason: string | null;
+  version: number;
+  created_at: Date;
+  updated_at: Date;
 };
 
 const toView = (r: OrderRow): OrderView => ({
-  orderId: r.order_id, userId: r.user_id, status: r.status, items: r.items, totalAmount: r.total_amount, currency: r.currency,
-  ...(r.reason === null ? {} : { reason: r.reason }), version: r.version, createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString(),
+  orderId: r.order_id,
+  userId: r.user_id,
+  status: r.status,
+  items: r.items,
+  totalAmount: r.total_amount,
+  currency: r.currency,
+  ...(r.reason === null ? {} : { reason: r.reason }),
+  version: r.version,
+  createdAt: r.created_at.toISOString(),
+  updatedAt: r.updated_at.toISOString(),
 });
 
 function orderOf(r: OrderRow): Order {
   const placed = {
-    orderId: r.order_id, userId: r.user_id, items: r.items, totalAmount: r.total_amount, currency: r.currency,
-    createdAt: r.created_at.toISOString(), version: r.version,
+    orderId: r.order_id,
+    userId: r.user_id,
+    items: r.items,
+    totalAmount: r.total_amount,
+    currency: r.currency,
+    createdAt: r.created_at.toISOString(),
+    version: r.version,
   };
   switch (r.status) {
     case 'PENDING':
@@ -141,10 +212,18 @@ export async function listOrders(db: Sql, userId: string, limit: number, before?
  * created. Waits until it can price every one of `productIds`; resolves to how many it
  * knows when `timeoutMs` runs out first.
  */
-export async function waitUntilPriced(db: Sql, productIds: readonly string[], timeoutMs: number, pollMs = 50): Promise<{ ok: boolean; known: number }> {
+export async function waitUntilPriced(
+  db: Sql,
+  productIds: readonly string[],
+  timeoutMs: number,
+  pollMs = 50,
+): Promise<{ ok: boolean; known: number }> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const [row] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM catalogue WHERE product_id = ANY($1::uuid[])', [productIds]);
+    const [row] = await db.query<{ n: number }>(
+      'SELECT count(*)::int AS n FROM catalogue WHERE product_id = ANY($1::uuid[])',
+      [productIds],
+    );
     const known = row?.n ?? 0;
     if (known >= new Set(productIds).size) return { ok: true, known };
     if (Date.now() > deadline) return { ok: false, known };
@@ -157,7 +236,14 @@ export type Product = { productId: string; name: string; price: number; currency
 /** Enters products into the catalogue, the last of each id winning (one statement). */
 export async function upsertCatalogue(tx: Sql, products: readonly Product[]): Promise<void> {
   // One statement may not update a row twice, so each id goes in once.
-  const rows = [...new Map(products.map((p) => [p.productId, { product_id: p.productId, name: p.name, price: p.price, currency: p.currency }])).values()];
+  const rows = [
+    ...new Map(
+      products.map((p) => [
+        p.productId,
+        { product_id: p.productId, name: p.name, price: p.price, currency: p.currency },
+      ]),
+    ).values(),
+  ];
   if (rows.length === 0) return;
   await tx.query(
     `INSERT INTO catalogue (product_id, name, price, currency)
@@ -170,8 +256,15 @@ export async function upsertCatalogue(tx: Sql, products: readonly Product[]): Pr
 /** The API's view of an order, from its folded state. */
 export function viewOf(order: Exclude<Order, { status: 'NONE' }>, updatedAt: Date): OrderView {
   return {
-    orderId: order.orderId, userId: order.userId, status: order.status, items: order.items, totalAmount: order.totalAmount,
-    currency: order.currency, ...('reason' in order ? { reason: order.reason } : {}), version: order.version,
-    createdAt: order.createdAt, updatedAt: updatedAt.toISOString(),
+    orderId: order.orderId,
+    userId: order.userId,
+    status: order.status,
+    items: order.items,
+    totalAmount: order.totalAmount,
+    currency: order.currency,
+    ...('reason' in order ? { reason: order.reason } : {}),
+    version: order.version,
+    createdAt: order.createdAt,
+    updatedAt: updatedAt.toISOString(),
   };
 }

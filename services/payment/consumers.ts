@@ -15,7 +15,8 @@ import { commandOf, decide, initialState, type Decision, type Outcome, type Paym
 import type { ChargeResult, PaymentProvider } from './provider.ts';
 import { loadStates, saveStates } from './store.ts';
 
-export const paymentSources = (mode: SagaMode): readonly string[] => (mode === 'choreography' ? ['inventory', 'order'] : ['orchestrator']);
+export const paymentSources = (mode: SagaMode): readonly string[] =>
+  mode === 'choreography' ? ['inventory', 'order'] : ['orchestrator'];
 
 type Decided = { message: Message; orderId: string; before: PaymentState; decision: Decision };
 
@@ -26,14 +27,19 @@ export function paymentBatchHandler(provider: PaymentProvider, mode: SagaMode): 
       return command === undefined ? [] : [{ message, command }];
     });
     if (asked.length === 0) return;
-    const states = await loadStates(tx, asked.map(({ command }) => command.orderId));
+    const states = await loadStates(
+      tx,
+      asked.map(({ command }) => command.orderId),
+    );
     const decided = asked.map(({ message, command }): Decided => {
       const before = states.get(command.orderId) ?? initialState;
       return { message, orderId: command.orderId, before, decision: decide(before, command) };
     });
 
     // Refunds first: money given back in this batch can pay for a charge in it.
-    const refunds = decided.flatMap(({ decision }) => (decision.kind === 'refund' ? [{ paymentId: decision.paymentId }] : []));
+    const refunds = decided.flatMap(({ decision }) =>
+      decision.kind === 'refund' ? [{ paymentId: decision.paymentId }] : [],
+    );
     await provider.refundMany(refunds);
     const charges = decided.flatMap(({ decision }) => (decision.kind === 'charge' ? [decision.request] : []));
     const results = await provider.chargeMany(charges);
@@ -50,8 +56,16 @@ export function paymentBatchHandler(provider: PaymentProvider, mode: SagaMode): 
     };
 
     const outcomes = decided.map((d) => ({ ...d, after: settle(d.decision) }));
-    await saveStates(tx, outcomes.map(({ orderId, before, after }) => ({ orderId, before, after: after.state })), now);
-    for (const { message, orderId, after } of outcomes) emit(message, after.events.map((event) => ({ ...event, subject: orderId })));
+    await saveStates(
+      tx,
+      outcomes.map(({ orderId, before, after }) => ({ orderId, before, after: after.state })),
+      now,
+    );
+    for (const { message, orderId, after } of outcomes)
+      emit(
+        message,
+        after.events.map((event) => ({ ...event, subject: orderId })),
+      );
   };
 }
 

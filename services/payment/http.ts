@@ -18,52 +18,85 @@ const PaymentSchema = Type.Object({
 const Credit = Type.Object({ userId: Type.String(), credit: Money });
 
 export function registerPaymentRoutes(app: HttpApp, db: Db, provider: SimulatedProvider, allowFaults: boolean): void {
-  app.get('/payments', {
-    schema: {
-      tags: ['payment'],
-      summary: 'Payments of an order or of a user, newest first',
-      querystring: Type.Object({
-        orderId: Type.Optional(Uuid),
-        userId: Type.Optional(UserId),
-        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-      }, { additionalProperties: false }),
-      response: { 200: Type.Object({ items: Type.Array(PaymentSchema) }), ...problems(400) },
+  app.get(
+    '/payments',
+    {
+      schema: {
+        tags: ['payment'],
+        summary: 'Payments of an order or of a user, newest first',
+        querystring: Type.Object(
+          {
+            orderId: Type.Optional(Uuid),
+            userId: Type.Optional(UserId),
+            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Object({ items: Type.Array(PaymentSchema) }), ...problems(400) },
+      },
     },
-  }, async (request) => ({ items: await findPayments(db, request.query, request.query.limit ?? 100) }));
+    async (request) => ({ items: await findPayments(db, request.query, request.query.limit ?? 100) }),
+  );
 
-  app.get('/users/:id/credit', {
-    schema: { tags: ['payment'], summary: "A user's available credit", params: Type.Object({ id: UserId }), response: { 200: Credit, ...problems(400, 404) } },
-  }, async (request) => {
-    const credit = await provider.credit(request.params.id);
-    if (credit === undefined) throw new NotFoundError(`no payment account for ${request.params.id}`);
-    return { userId: request.params.id, credit };
-  });
-
-  app.post('/users/:id/credit', {
-    schema: {
-      tags: ['payment'],
-      summary: "Adds credit to a user's account (creating it)",
-      params: Type.Object({ id: UserId }),
-      body: Type.Object({ amount: Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 }) }, { additionalProperties: false }),
-      response: { 200: Credit, ...problems(400, 413, 415) },
+  app.get(
+    '/users/:id/credit',
+    {
+      schema: {
+        tags: ['payment'],
+        summary: "A user's available credit",
+        params: Type.Object({ id: UserId }),
+        response: { 200: Credit, ...problems(400, 404) },
+      },
     },
-  }, async (request) => ({ userId: request.params.id, credit: await provider.deposit(request.params.id, request.body.amount) }));
+    async (request) => {
+      const credit = await provider.credit(request.params.id);
+      if (credit === undefined) throw new NotFoundError(`no payment account for ${request.params.id}`);
+      return { userId: request.params.id, credit };
+    },
+  );
+
+  app.post(
+    '/users/:id/credit',
+    {
+      schema: {
+        tags: ['payment'],
+        summary: "Adds credit to a user's account (creating it)",
+        params: Type.Object({ id: UserId }),
+        body: Type.Object(
+          { amount: Type.Integer({ minimum: 1, maximum: 1_000_000_000_000 }) },
+          { additionalProperties: false },
+        ),
+        response: { 200: Credit, ...problems(400, 413, 415) },
+      },
+    },
+    async (request) => ({
+      userId: request.params.id,
+      credit: await provider.deposit(request.params.id, request.body.amount),
+    }),
+  );
 
   if (allowFaults) {
-    app.post('/admin/provider-faults', {
-      schema: {
-        tags: ['testing'],
-        summary: 'Test-only: make the simulated provider fail or slow (enabled by PAYMENT_ALLOW_FAULTS)',
-        body: Type.Object({
-          down: Type.Optional(Type.Boolean()),
-          failNext: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })),
-          delayMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000 })),
-          refundsDown: Type.Optional(Type.Boolean()),
-        }, { additionalProperties: false }),
+    app.post(
+      '/admin/provider-faults',
+      {
+        schema: {
+          tags: ['testing'],
+          summary: 'Test-only: make the simulated provider fail or slow (enabled by PAYMENT_ALLOW_FAULTS)',
+          body: Type.Object(
+            {
+              down: Type.Optional(Type.Boolean()),
+              failNext: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000 })),
+              delayMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000 })),
+              refundsDown: Type.Optional(Type.Boolean()),
+            },
+            { additionalProperties: false },
+          ),
+        },
       },
-    }, (request) => {
-      Object.assign(provider.faults, request.body);
-      return provider.faults;
-    });
+      (request) => {
+        Object.assign(provider.faults, request.body);
+        return provider.faults;
+      },
+    );
   }
 }

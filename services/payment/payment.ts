@@ -17,7 +17,15 @@ import type { ChargeRequest, ChargeResult } from './provider.ts';
 
 export type Payment =
   | { status: 'PROCESSED'; paymentId: string; orderId: string; userId: string; amount: number; currency: string }
-  | { status: 'FAILED'; paymentId: string; orderId: string; userId: string; amount: number; currency: string; reason: string }
+  | {
+      status: 'FAILED';
+      paymentId: string;
+      orderId: string;
+      userId: string;
+      amount: number;
+      currency: string;
+      reason: string;
+    }
   | { status: 'REFUNDED'; paymentId: string; orderId: string; userId: string; amount: number; currency: string };
 
 export type PaymentState = { payment: Payment | undefined; cancelled: boolean };
@@ -78,10 +86,9 @@ const done = (state: PaymentState, events: PaymentEvent[] = []): Outcome => ({ k
 function failed(state: PaymentState, orderId: string, payer: Payer, reason: string): Outcome {
   const { userId, amount, currency } = payer;
   const paymentId = paymentIdFor(orderId);
-  return done(
-    { ...state, payment: { status: 'FAILED', paymentId, orderId, userId, amount, currency, reason } },
-    [{ type: 'PaymentFailed', data: { orderId, paymentId, userId, amount, reason } }],
-  );
+  return done({ ...state, payment: { status: 'FAILED', paymentId, orderId, userId, amount, currency, reason } }, [
+    { type: 'PaymentFailed', data: { orderId, paymentId, userId, amount, reason } },
+  ]);
 }
 
 function charge(state: PaymentState, command: Extract<PaymentCommand, { type: 'Charge' }>): Decision {
@@ -92,28 +99,31 @@ function charge(state: PaymentState, command: Extract<PaymentCommand, { type: 'C
   return {
     kind: 'charge',
     request: { paymentId, userId, amount, currency },
-    settle: (result) => result.status === 'declined'
-      ? failed(state, orderId, command, result.reason)
-      : done(
-        { ...state, payment: { status: 'PROCESSED', paymentId, orderId, userId, amount, currency } },
-        [{ type: 'PaymentProcessed', data: { orderId, paymentId, userId, amount, currency } }],
-      ),
+    settle: (result) =>
+      result.status === 'declined'
+        ? failed(state, orderId, command, result.reason)
+        : done({ ...state, payment: { status: 'PROCESSED', paymentId, orderId, userId, amount, currency } }, [
+            { type: 'PaymentProcessed', data: { orderId, paymentId, userId, amount, currency } },
+          ]),
   };
 }
 
 function cancel(state: PaymentState, command: Extract<PaymentCommand, { type: 'Cancel' }>): Decision {
   const cancelled = { ...state, cancelled: true };
   const { payment } = state;
-  if (payment === undefined) return command.unpaid === undefined ? done(cancelled) : failed(cancelled, command.orderId, command.unpaid, command.unpaid.reason);
+  if (payment === undefined)
+    return command.unpaid === undefined
+      ? done(cancelled)
+      : failed(cancelled, command.orderId, command.unpaid, command.unpaid.reason);
   if (payment.status !== 'PROCESSED') return done(cancelled);
   const { paymentId, orderId, userId, amount, currency } = payment;
   return {
     kind: 'refund',
     paymentId,
-    settle: () => done(
-      { ...cancelled, payment: { ...payment, status: 'REFUNDED' } },
-      [{ type: 'PaymentRefunded', data: { orderId, paymentId, userId, amount, currency } }],
-    ),
+    settle: () =>
+      done({ ...cancelled, payment: { ...payment, status: 'REFUNDED' } }, [
+        { type: 'PaymentRefunded', data: { orderId, paymentId, userId, amount, currency } },
+      ]),
   };
 }
 

@@ -72,23 +72,41 @@ export function simulatedProvider(db: Db): SimulatedProvider {
         const credit = new Map<string, number>();
         for (const [k, { paymentId, userId }] of requests.entries()) {
           const row = known[k];
-          if (row?.status != null) answers.set(paymentId, row.status === 'declined' ? { status: 'declined', reason: row.reason ?? 'declined' } : { status: 'approved' });
+          if (row?.status != null)
+            answers.set(
+              paymentId,
+              row.status === 'declined'
+                ? { status: 'declined', reason: row.reason ?? 'declined' }
+                : { status: 'approved' },
+            );
           if (row?.credit != null && !credit.has(userId)) credit.set(userId, row.credit);
         }
         // In request order, so one user's charges take their credit one after another.
-        const fresh: { payment_id: string; user_id: string; amount: number; status: 'captured' | 'declined'; reason: string | null }[] = [];
+        const fresh: {
+          payment_id: string;
+          user_id: string;
+          amount: number;
+          status: 'captured' | 'declined';
+          reason: string | null;
+        }[] = [];
         const results = requests.map(({ paymentId, userId, amount }): ChargeResult => {
           const previous = answers.get(paymentId);
           if (previous !== undefined) return previous;
           const available = credit.get(userId);
-          const result: ChargeResult = available === undefined ? { status: 'declined', reason: 'no payment account' }
-            : available < amount ? { status: 'declined', reason: 'insufficient credit' }
-            : { status: 'approved' };
+          const result: ChargeResult =
+            available === undefined
+              ? { status: 'declined', reason: 'no payment account' }
+              : available < amount
+                ? { status: 'declined', reason: 'insufficient credit' }
+                : { status: 'approved' };
           if (available !== undefined && result.status === 'approved') credit.set(userId, available - amount);
           answers.set(paymentId, result);
           fresh.push({
-            payment_id: paymentId, user_id: userId, amount,
-            status: result.status === 'approved' ? 'captured' : 'declined', reason: result.status === 'declined' ? result.reason : null,
+            payment_id: paymentId,
+            user_id: userId,
+            amount,
+            status: result.status === 'approved' ? 'captured' : 'declined',
+            reason: result.status === 'declined' ? result.reason : null,
           });
           return result;
         });
@@ -126,7 +144,9 @@ export function simulatedProvider(db: Db): SimulatedProvider {
       );
     },
     credit: async (userId) => {
-      const [row] = await db.query<{ credit: number }>('SELECT credit FROM provider_accounts WHERE user_id = $1', [userId]);
+      const [row] = await db.query<{ credit: number }>('SELECT credit FROM provider_accounts WHERE user_id = $1', [
+        userId,
+      ]);
       return row?.credit;
     },
     deposit: async (userId, amount) => {

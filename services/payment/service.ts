@@ -20,7 +20,10 @@ export async function openSimulatedProvider(db: Db): Promise<SimulatedProvider> 
   return simulatedProvider(db);
 }
 
-export function paymentService(provider: SimulatedProvider, options: { mode: SagaMode; allowFaults?: boolean }): ServiceDefinition {
+export function paymentService(
+  provider: SimulatedProvider,
+  options: { mode: SagaMode; allowFaults?: boolean },
+): ServiceDefinition {
   return {
     name: 'payment',
     description: 'Charges and refunds orders through the payment provider.',

@@ -10,15 +10,22 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 let db: Db;
 beforeAll(async () => {
   db = await openPglite('payment-statuses-test');
-  await migrate(db, { platform: platformMigrations, payment: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations') });
+  await migrate(db, {
+    platform: platformMigrations,
+    payment: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
+  });
 });
 afterAll(() => db.close());
 
-it('given the migrated database, when the CHECK on payments.status is read, then it allows exactly the PaymentStatus of the contracts', async () => {
-  const [row] = await db.query<{ definition: string }>(
-    `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = 'payments'::regclass AND conname = 'payments_status_check'`,
-  );
-  const allowed = [...(row?.definition ?? '').matchAll(/'([^']*)'::text/g)].map((match) => match[1]);
+it(
+  'given the migrated database, when the CHECK on payments.status is read, ' +
+    'then it allows exactly the PaymentStatus of the contracts',
+  async () => {
+    const [row] = await db.query<{ definition: string }>(
+      `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = 'payments'::regclass AND conname = 'payments_status_check'`,
+    );
+    const allowed = [...(row?.definition ?? '').matchAll(/'([^']*)'::text/g)].map((match) => match[1]);
 
-  expect(allowed.toSorted()).toEqual(literalsOf(PaymentStatus).toSorted());
-});
+    expect(allowed.toSorted()).toEqual(literalsOf(PaymentStatus).toSorted());
+  },
+);

@@ -6,12 +6,25 @@ import type { Sql } from '@converge/platform';
 import type { Payment, PaymentState } from './payment.ts';
 
 type PaymentRow = {
-  payment_id: string; order_id: string; user_id: string; amount: number; currency: string;
-  status: PaymentStatus; reason: string | null; processed_at: Date; refunded_at: Date | null;
+  payment_id: string;
+  order_id: string;
+  user_id: string;
+  amount: number;
+  currency: string;
+  status: PaymentStatus;
+  reason: string | null;
+  processed_at: Date;
+  refunded_at: Date | null;
 };
 
 function toPayment(r: PaymentRow): Payment {
-  const base = { paymentId: r.payment_id, orderId: r.order_id, userId: r.user_id, amount: r.amount, currency: r.currency };
+  const base = {
+    paymentId: r.payment_id,
+    orderId: r.order_id,
+    userId: r.user_id,
+    amount: r.amount,
+    currency: r.currency,
+  };
   return r.status === 'FAILED' ? { ...base, status: 'FAILED', reason: r.reason ?? '' } : { ...base, status: r.status };
 }
 
@@ -43,10 +56,18 @@ export type StateChange = { orderId: string; before: PaymentState; after: Paymen
 export async function saveStates(tx: Sql, changes: readonly StateChange[], now: Date): Promise<void> {
   const payments = changes.flatMap(({ before, after: { payment: p } }) => {
     if (p === undefined || p.status === before.payment?.status) return [];
-    return [{
-      payment_id: p.paymentId, order_id: p.orderId, user_id: p.userId, amount: p.amount, currency: p.currency, status: p.status,
-      reason: p.status === 'FAILED' ? p.reason : null, refunded: p.status === 'REFUNDED',
-    }];
+    return [
+      {
+        payment_id: p.paymentId,
+        order_id: p.orderId,
+        user_id: p.userId,
+        amount: p.amount,
+        currency: p.currency,
+        status: p.status,
+        reason: p.status === 'FAILED' ? p.reason : null,
+        refunded: p.status === 'REFUNDED',
+      },
+    ];
   });
   const cancelled = changes.filter(({ before, after }) => after.cancelled && !before.cancelled).map((c) => c.orderId);
   if (payments.length === 0 && cancelled.length === 0) return;
@@ -63,7 +84,11 @@ export async function saveStates(tx: Sql, changes: readonly StateChange[], now: 
   );
 }
 
-export async function findPayments(db: Sql, filter: { orderId?: string; userId?: string }, limit: number): Promise<Payment[]> {
+export async function findPayments(
+  db: Sql,
+  filter: { orderId?: string; userId?: string },
+  limit: number,
+): Promise<Payment[]> {
   const rows = await db.query<PaymentRow>(
     `SELECT * FROM payments WHERE ($1::uuid IS NULL OR order_id = $1) AND ($2::text IS NULL OR user_id = $2)
       ORDER BY processed_at DESC LIMIT $3`,

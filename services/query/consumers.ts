@@ -22,19 +22,24 @@ export const querySources = ['order', 'inventory', 'payment'] as const;
 /** A batch handler that emits nothing: a projection only folds. */
 export type Projector = (tx: Sql, messages: readonly Message[], context: { now: Date }) => Promise<void>;
 
-export const projectBatch = (lag: LagTracker, cache: ReadCache): Projector => async (tx, messages, { now }) => {
-  const { run, written } = await projectEvents(tx, readModels, messages, now);
-  await cache.invalidate(written);
-  // Which models each event changed, for the lag figures.
-  const changed = new Map<SourceEvent, Set<ReadModelName>>(messages.map((m) => [m, new Set()]));
-  for (const model of readModels) {
-    for (const step of model.steps(run)) if (step.after !== undefined) changed.get(step.event)?.add(model.name);
-  }
-  // Recorded as the transaction ends; a transaction that then fails is retried and
-  // records again, so the figures may count a retried event twice, never miss one.
-  const appliedAt = new Date();
-  for (const message of messages) lag.record([...(changed.get(message) ?? [])], message.time, appliedAt);
-};
+export const projectBatch =
+  (lag: LagTracker, cache: ReadCache): Projector =>
+  async (tx, messages, { now }) => {
+    const { run, written } = await projectEvents(tx, readModels, messages, now);
+    await cache.invalidate(written);
+    // Which models each event changed, for the lag figures.
+    const changed = new Map<SourceEvent, Set<ReadModelName>>(messages.map((m) => [m, new Set()]));
+    for (const model of readModels) {
+      for (const step of model.steps(run)) if (step.after !== undefined) changed.get(step.event)?.add(model.name);
+    }
+    // Recorded as the transaction ends; a transaction that then fails is retried and
+    // records again, so the figures may count a retried event twice, never miss one.
+    const appliedAt = new Date();
+    for (const message of messages) lag.record([...(changed.get(message) ?? [])], message.time, appliedAt);
+  };
 
 /** One event alone (retries, a drained hold, replays): the batch fold of one. */
-export const queryHandler = (project: Projector): Handler => (tx, message, { now }) => project(tx, [message], { now });
+export const queryHandler =
+  (project: Projector): Handler =>
+  (tx, message, { now }) =>
+    project(tx, [message], { now });

@@ -4,8 +4,19 @@
 // otherwise answers 503 saying how far behind they are, never older data as fresh.
 import { UserId, Uuid } from '@converge/contracts';
 import {
-  ConsistencyTokenSchema, InvalidError, NotFoundError, cached, consistencyHeader, parseToken, problems, waitForToken,
-  type CaughtUp, type Db, type FeedSource, type HttpApp, type ReadCache,
+  ConsistencyTokenSchema,
+  InvalidError,
+  NotFoundError,
+  cached,
+  consistencyHeader,
+  parseToken,
+  problems,
+  waitForToken,
+  type CaughtUp,
+  type Db,
+  type FeedSource,
+  type HttpApp,
+  type ReadCache,
 } from '@converge/platform';
 import Type from 'typebox';
 import type { LagTracker } from './lag.ts';
@@ -16,32 +27,65 @@ import { listUserOrders, type UserOrdersCursor } from './projections/user-orders
 import { readModels, type ReadModelName } from './read-models.ts';
 import { rebuildReadModel, type Rebuilt } from './rebuild.ts';
 
-const Status = Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]);
+const Status = Type.Union([
+  Type.Literal('PENDING'),
+  Type.Literal('COMPLETED'),
+  Type.Literal('FAILED'),
+  Type.Literal('CANCELLED'),
+]);
 const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(schema: T) => Type.Union([schema, Type.Null()]);
 
-const SummarySchema = Type.Object({
-  orderId: Uuid,
-  userId: Nullable(Type.String()),
-  status: Nullable(Status),
-  items: Type.Array(Type.Object({ productId: Uuid, quantity: Type.Integer(), unitPrice: Type.Integer() })),
-  totalAmount: Nullable(Type.Integer()),
-  currency: Nullable(Type.String()),
-  reason: Nullable(Type.String()),
-  stock: Nullable(Type.Object({ outcome: Type.String(), reason: Type.Optional(Type.String()) })),
-  payment: Nullable(Type.Object({ paymentId: Uuid, outcome: Type.String(), amount: Type.Integer(), reason: Type.Optional(Type.String()) })),
-  timeline: Type.Array(Type.Object({ at: Type.String(), source: Type.String(), type: Type.String(), detail: Type.Optional(Type.String()) })),
-  createdAt: Nullable(Type.String()),
-  updatedAt: Type.String(),
-}, { description: 'Fields a source has not reported yet are null.' });
+const SummarySchema = Type.Object(
+  {
+    orderId: Uuid,
+    userId: Nullable(Type.String()),
+    status: Nullable(Status),
+    items: Type.Array(Type.Object({ productId: Uuid, quantity: Type.Integer(), unitPrice: Type.Integer() })),
+    totalAmount: Nullable(Type.Integer()),
+    currency: Nullable(Type.String()),
+    reason: Nullable(Type.String()),
+    stock: Nullable(Type.Object({ outcome: Type.String(), reason: Type.Optional(Type.String()) })),
+    payment: Nullable(
+      Type.Object({
+        paymentId: Uuid,
+        outcome: Type.String(),
+        amount: Type.Integer(),
+        reason: Type.Optional(Type.String()),
+      }),
+    ),
+    timeline: Type.Array(
+      Type.Object({
+        at: Type.String(),
+        source: Type.String(),
+        type: Type.String(),
+        detail: Type.Optional(Type.String()),
+      }),
+    ),
+    createdAt: Nullable(Type.String()),
+    updatedAt: Type.String(),
+  },
+  { description: 'Fields a source has not reported yet are null.' },
+);
 
 const UserOrderSchema = Type.Object({
-  orderId: Uuid, userId: Type.String(), status: Status, totalAmount: Type.Integer(), currency: Type.String(), lines: Type.Integer(),
-  createdAt: Type.String({ format: 'date-time' }), updatedAt: Type.String({ format: 'date-time' }),
+  orderId: Uuid,
+  userId: Type.String(),
+  status: Status,
+  totalAmount: Type.Integer(),
+  currency: Type.String(),
+  lines: Type.Integer(),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
 });
 
 const AvailabilitySchema = Type.Object({
-  productId: Uuid, name: Nullable(Type.String()), price: Nullable(Type.Integer()), currency: Nullable(Type.String()),
-  stockQuantity: Type.Integer(), reserved: Type.Integer(), sold: Type.Integer(),
+  productId: Uuid,
+  name: Nullable(Type.String()),
+  price: Nullable(Type.Integer()),
+  currency: Nullable(Type.String()),
+  stockQuantity: Type.Integer(),
+  reserved: Type.Integer(),
+  sold: Type.Integer(),
 });
 
 const TokenHeader = Type.Object({ [consistencyHeader]: Type.Optional(ConsistencyTokenSchema) });
@@ -55,17 +99,29 @@ const ProjectionSchema = Type.Object({
   ),
   lag: Type.Object(
     { events: Type.Integer(), seconds: Type.Number() },
-    { description: 'Events waiting for the read side (queue and hold), and, while any wait, how long ago the last applied one was committed (before any since the service started, how long it has run).' },
+    {
+      description:
+        'Events waiting for the read side (queue and hold), and, while any wait, how long ago the last ' +
+        'applied one was committed (before any since the service started, how long it has run).',
+    },
   ),
 });
 
 // A page cursor is opaque to clients: the last order's creation time and id.
-const writeCursor = (cursor: UserOrdersCursor) => Buffer.from(`${cursor.createdAt}|${cursor.orderId}`).toString('base64url');
+const writeCursor = (cursor: UserOrdersCursor) =>
+  Buffer.from(`${cursor.createdAt}|${cursor.orderId}`).toString('base64url');
 function readCursor(text: string): UserOrdersCursor {
   const [createdAt, orderId, ...rest] = Buffer.from(text, 'base64url').toString('utf8').split('|');
   const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
   const instant = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$/;
-  if (createdAt === undefined || orderId === undefined || rest.length > 0 || !instant.test(createdAt) || Number.isNaN(Date.parse(createdAt)) || !uuid.test(orderId)) {
+  if (
+    createdAt === undefined ||
+    orderId === undefined ||
+    rest.length > 0 ||
+    !instant.test(createdAt) ||
+    Number.isNaN(Date.parse(createdAt)) ||
+    !uuid.test(orderId)
+  ) {
     throw new InvalidError('cursor is not one this service handed out', [], 400);
   }
   return { createdAt, orderId };
@@ -74,125 +130,226 @@ function readCursor(text: string): UserOrdersCursor {
 export type LagProbe = { lag: LagTracker; waiting(): Promise<number> };
 
 /** The current lag of one read model: events waiting, and how far behind in time while any wait. */
-export async function currentLag(probe: LagProbe, model: ReadModelName, now: Date): Promise<{ events: number; seconds: number }> {
+export async function currentLag(
+  probe: LagProbe,
+  model: ReadModelName,
+  now: Date,
+): Promise<{ events: number; seconds: number }> {
   const events = await probe.waiting();
   const last = probe.lag.report(model).lastEventTime ?? probe.lag.startedAt;
   return { events, seconds: events > 0 ? Math.max(0, (now.getTime() - last) / 1000) : 0 };
 }
 
 export function registerQueryRoutes(
-  app: HttpApp, db: Db,
+  app: HttpApp,
+  db: Db,
   options: {
-    consumer: string; sources: readonly string[]; waitMs: number; probe: LagProbe; now: () => Date;
-    feeds: () => readonly FeedSource[]; catchUp: () => Promise<CaughtUp>; cache: ReadCache;
+    consumer: string;
+    sources: readonly string[];
+    waitMs: number;
+    probe: LagProbe;
+    now: () => Date;
+    feeds: () => readonly FeedSource[];
+    catchUp: () => Promise<CaughtUp>;
+    cache: ReadCache;
   },
 ): void {
-  app.post('/projections/catch-up', {
-    schema: {
-      tags: ['query'],
-      summary: 'Reads every source feed from its checkpoint and applies what the broker lost (the rest is found applied)',
-      response: { 200: Type.Object({ read: Type.Integer() }, { additionalProperties: Type.Integer() }), ...problems(503) },
-    },
-  }, () => options.catchUp());
-
-  app.post('/projections/:name/rebuild', {
-    schema: {
-      tags: ['query'],
-      summary: 'Rebuilds a read model (or all) from the feeds while the old one serves, then switches atomically',
-      params: Type.Object({ name: Type.Union([...readModels.map((m) => Type.Literal(m.name)), Type.Literal('all')]) }),
-      response: {
-        200: Type.Object({ rebuilt: Type.Array(Type.Object({ model: Type.String(), events: Type.Integer(), rows: Type.Integer(), tookMs: Type.Integer() })) }),
-        ...problems(400, 503),
+  app.post(
+    '/projections/catch-up',
+    {
+      schema: {
+        tags: ['query'],
+        summary:
+          'Reads every source feed from its checkpoint and applies what the broker lost (the rest is found applied)',
+        response: {
+          200: Type.Object({ read: Type.Integer() }, { additionalProperties: Type.Integer() }),
+          ...problems(503),
+        },
       },
     },
-  }, async (request) => {
-    const models: ReadModelName[] = request.params.name === 'all' ? readModels.map((m) => m.name) : [request.params.name];
-    const rebuilt: Rebuilt[] = [];
-    for (const model of models) rebuilt.push(await rebuildReadModel(db, options.feeds(), model, { consumer: options.consumer, cache: options.cache }));
-    return { rebuilt };
-  });
+    () => options.catchUp(),
+  );
 
-  app.get('/projections', {
-    schema: { tags: ['query'], summary: 'Each read model: events applied, delay from commit to applied, current lag', response: { 200: Type.Object({ projections: Type.Array(ProjectionSchema) }) } },
-  }, async () => ({
-    projections: await Promise.all(readModels.map(async ({ name }) => {
-      const { applied, delayMs } = options.probe.lag.report(name);
-      return { name, applied, delayMs, lag: await currentLag(options.probe, name, options.now()) };
-    })),
-  }));
+  app.post(
+    '/projections/:name/rebuild',
+    {
+      schema: {
+        tags: ['query'],
+        summary: 'Rebuilds a read model (or all) from the feeds while the old one serves, then switches atomically',
+        params: Type.Object({
+          name: Type.Union([...readModels.map((m) => Type.Literal(m.name)), Type.Literal('all')]),
+        }),
+        response: {
+          200: Type.Object({
+            rebuilt: Type.Array(
+              Type.Object({
+                model: Type.String(),
+                events: Type.Integer(),
+                rows: Type.Integer(),
+                tookMs: Type.Integer(),
+              }),
+            ),
+          }),
+          ...problems(400, 503),
+        },
+      },
+    },
+    async (request) => {
+      const models: ReadModelName[] =
+        request.params.name === 'all' ? readModels.map((m) => m.name) : [request.params.name];
+      const rebuilt: Rebuilt[] = [];
+      for (const model of models)
+        rebuilt.push(
+          await rebuildReadModel(db, options.feeds(), model, { consumer: options.consumer, cache: options.cache }),
+        );
+      return { rebuilt };
+    },
+  );
+
+  app.get(
+    '/projections',
+    {
+      schema: {
+        tags: ['query'],
+        summary: 'Each read model: events applied, delay from commit to applied, current lag',
+        response: { 200: Type.Object({ projections: Type.Array(ProjectionSchema) }) },
+      },
+    },
+    async () => ({
+      projections: await Promise.all(
+        readModels.map(async ({ name }) => {
+          const { applied, delayMs } = options.probe.lag.report(name);
+          return { name, applied, delayMs, lag: await currentLag(options.probe, name, options.now()) };
+        }),
+      ),
+    }),
+  );
 
   // Every route here reads the read models: a token makes it wait for the write first.
   app.addHook('preHandler', async (request, reply) => {
     const header = request.headers[consistencyHeader];
     if (typeof header !== 'string') return;
-    const { waitedMs } = await waitForToken(db, options.consumer, parseToken(header), { timeoutMs: options.waitMs, sources: options.sources });
+    const { waitedMs } = await waitForToken(db, options.consumer, parseToken(header), {
+      timeoutMs: options.waitMs,
+      sources: options.sources,
+    });
     void reply.header('consistency-waited-ms', String(waitedMs));
   });
 
-  app.get('/orders/:id', {
-    schema: {
-      tags: ['query'], summary: "An order's summary: lines, stock outcome, payment and status timeline",
-      params: Type.Object({ id: Uuid }), headers: TokenHeader, response: { 200: SummarySchema, ...problems(400, 404, 503) },
-    },
-  }, async (request) => {
-    const summary = await cached(options.cache, summaryKey(request.params.id), () => getSummary(db, request.params.id));
-    if (summary === undefined) throw new NotFoundError(`no order ${request.params.id} in the read model`);
-    return summary;
-  });
-
-  app.get('/users/:id/orders', {
-    schema: {
-      tags: ['query'],
-      summary: "A user's orders, newest first, optionally of one status; paged by cursor",
-      params: Type.Object({ id: UserId }),
-      headers: TokenHeader,
-      querystring: Type.Object({
-        limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
-        status: Type.Optional(Status),
-        cursor: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Page on: the `next` of the previous page.' })),
-      }, { additionalProperties: false }),
-      response: {
-        200: Type.Object({
-          items: Type.Array(UserOrderSchema),
-          next: Nullable(Type.String({ description: 'The cursor of the next page; null on the last page.' })),
-        }),
-        ...problems(400, 503),
+  app.get(
+    '/orders/:id',
+    {
+      schema: {
+        tags: ['query'],
+        summary: "An order's summary: lines, stock outcome, payment and status timeline",
+        params: Type.Object({ id: Uuid }),
+        headers: TokenHeader,
+        response: { 200: SummarySchema, ...problems(400, 404, 503) },
       },
     },
-  }, async (request) => {
-    const limit = request.query.limit ?? 50;
-    // One row more than asked for tells whether another page follows.
-    const rows = await listUserOrders(db, request.params.id, { limit: limit + 1, status: request.query.status, after: request.query.cursor === undefined ? undefined : readCursor(request.query.cursor) });
-    const items = rows.slice(0, limit);
-    const last = items.at(-1);
-    return { items, next: rows.length > limit && last !== undefined ? writeCursor({ createdAt: last.createdAt, orderId: last.orderId }) : null };
-  });
-
-  app.get('/products/:id', {
-    schema: {
-      tags: ['query'], summary: "A product's availability: in stock, reserved, sold",
-      params: Type.Object({ id: Uuid }), headers: TokenHeader, response: { 200: AvailabilitySchema, ...problems(400, 404, 503) },
+    async (request) => {
+      const summary = await cached(options.cache, summaryKey(request.params.id), () =>
+        getSummary(db, request.params.id),
+      );
+      if (summary === undefined) throw new NotFoundError(`no order ${request.params.id} in the read model`);
+      return summary;
     },
-  }, async (request) => {
-    const availability = await cached(options.cache, productKey(request.params.id), () => getAvailability(db, request.params.id));
-    if (availability === undefined) throw new NotFoundError(`no product ${request.params.id} in the read model`);
-    return availability;
-  });
+  );
 
-  app.get('/products', {
-    schema: {
-      tags: ['query'],
-      summary: 'Availability of every product, by product id',
-      headers: TokenHeader,
-      querystring: Type.Object({ limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })), after: Type.Optional(Uuid) }, { additionalProperties: false }),
-      response: { 200: Type.Object({ items: Type.Array(AvailabilitySchema) }), ...problems(400, 503) },
+  app.get(
+    '/users/:id/orders',
+    {
+      schema: {
+        tags: ['query'],
+        summary: "A user's orders, newest first, optionally of one status; paged by cursor",
+        params: Type.Object({ id: UserId }),
+        headers: TokenHeader,
+        querystring: Type.Object(
+          {
+            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
+            status: Type.Optional(Status),
+            cursor: Type.Optional(
+              Type.String({ minLength: 1, maxLength: 200, description: 'Page on: the `next` of the previous page.' }),
+            ),
+          },
+          { additionalProperties: false },
+        ),
+        response: {
+          200: Type.Object({
+            items: Type.Array(UserOrderSchema),
+            next: Nullable(Type.String({ description: 'The cursor of the next page; null on the last page.' })),
+          }),
+          ...problems(400, 503),
+        },
+      },
     },
-  }, async (request) => ({ items: await listAvailability(db, request.query.limit ?? 100, request.query.after) }));
+    async (request) => {
+      const limit = request.query.limit ?? 50;
+      // One row more than asked for tells whether another page follows.
+      const rows = await listUserOrders(db, request.params.id, {
+        limit: limit + 1,
+        status: request.query.status,
+        after: request.query.cursor === undefined ? undefined : readCursor(request.query.cursor),
+      });
+      const items = rows.slice(0, limit);
+      const last = items.at(-1);
+      return {
+        items,
+        next:
+          rows.length > limit && last !== undefined
+            ? writeCursor({ createdAt: last.createdAt, orderId: last.orderId })
+            : null,
+      };
+    },
+  );
 
-  app.get('/system', {
-    schema: {
-      tags: ['query'], summary: 'Orders per status', headers: TokenHeader,
-      response: { 200: Type.Object({ orders: Type.Record(Type.String(), Type.Integer()) }), ...problems(400, 503) },
+  app.get(
+    '/products/:id',
+    {
+      schema: {
+        tags: ['query'],
+        summary: "A product's availability: in stock, reserved, sold",
+        params: Type.Object({ id: Uuid }),
+        headers: TokenHeader,
+        response: { 200: AvailabilitySchema, ...problems(400, 404, 503) },
+      },
     },
-  }, async () => ({ orders: await orderCountsByStatus(db) }));
+    async (request) => {
+      const availability = await cached(options.cache, productKey(request.params.id), () =>
+        getAvailability(db, request.params.id),
+      );
+      if (availability === undefined) throw new NotFoundError(`no product ${request.params.id} in the read model`);
+      return availability;
+    },
+  );
+
+  app.get(
+    '/products',
+    {
+      schema: {
+        tags: ['query'],
+        summary: 'Availability of every product, by product id',
+        headers: TokenHeader,
+        querystring: Type.Object(
+          { limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })), after: Type.Optional(Uuid) },
+          { additionalProperties: false },
+        ),
+        response: { 200: Type.Object({ items: Type.Array(AvailabilitySchema) }), ...problems(400, 503) },
+      },
+    },
+    async (request) => ({ items: await listAvailability(db, request.query.limit ?? 100, request.query.after) }),
+  );
+
+  app.get(
+    '/system',
+    {
+      schema: {
+        tags: ['query'],
+        summary: 'Orders per status',
+        headers: TokenHeader,
+        response: { 200: Type.Object({ orders: Type.Record(Type.String(), Type.Integer()) }), ...problems(400, 503) },
+      },
+    },
+    async () => ({ orders: await orderCountsByStatus(db) }),
+  );
 }

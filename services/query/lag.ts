@@ -9,7 +9,10 @@ import { readModels, type ReadModelName } from './read-models.ts';
 // Fine below the 100 ms target and at most 1.5 to 2.5 times apart up to 5 s, so
 // quantiles estimated from the buckets (as Prometheus and the benchmark do) stay close
 // to the truth where it matters.
-const bucketsSeconds = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30];
+const bucketsSeconds = [
+  0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1, 1.5, 2.5,
+  5, 10, 30,
+];
 const window = 1_000;
 
 type Track = { applied: number; buckets: number[]; sum: number; recent: number[]; lastEventTime: number | undefined };
@@ -18,14 +21,24 @@ export type LagTracker = {
   /** When the tracker began: the lag's reference until the first event is applied. */
   readonly startedAt: number;
   record(models: readonly ReadModelName[], eventTime: string, appliedAt: Date): void;
-  report(model: ReadModelName): { applied: number; delayMs: { p50: number; p99: number; max: number; samples: number }; lastEventTime: number | undefined };
+  report(model: ReadModelName): {
+    applied: number;
+    delayMs: { p50: number; p99: number; max: number; samples: number };
+    lastEventTime: number | undefined;
+  };
   metricLines(): string[];
 };
 
-const quantile = (sorted: readonly number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
+const quantile = (sorted: readonly number[], q: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? 0;
 
 export function createLagTracker(startedAt = Date.now()): LagTracker {
-  const tracks = new Map<ReadModelName, Track>(readModels.map((m) => [m.name, { applied: 0, buckets: bucketsSeconds.map(() => 0), sum: 0, recent: [], lastEventTime: undefined }]));
+  const tracks = new Map<ReadModelName, Track>(
+    readModels.map((m) => [
+      m.name,
+      { applied: 0, buckets: bucketsSeconds.map(() => 0), sum: 0, recent: [], lastEventTime: undefined },
+    ]),
+  );
   return {
     startedAt,
     record(models, eventTime, appliedAt) {
@@ -49,17 +62,25 @@ export function createLagTracker(startedAt = Date.now()): LagTracker {
       const sorted = [...(track?.recent ?? [])].sort((a, b) => a - b);
       return {
         applied: track?.applied ?? 0,
-        delayMs: { p50: quantile(sorted, 0.5), p99: quantile(sorted, 0.99), max: sorted.at(-1) ?? 0, samples: sorted.length },
+        delayMs: {
+          p50: quantile(sorted, 0.5),
+          p99: quantile(sorted, 0.99),
+          max: sorted.at(-1) ?? 0,
+          samples: sorted.length,
+        },
         lastEventTime: track?.lastEventTime,
       };
     },
     metricLines() {
       const lines = [
-        '# HELP converge_projection_delay_seconds Time from an event\'s commit at its source to its effect in a read model.',
+        "# HELP converge_projection_delay_seconds Time from an event's " +
+          'commit at its source to its effect in a read model.',
         '# TYPE converge_projection_delay_seconds histogram',
       ];
       for (const [model, track] of tracks) {
-        bucketsSeconds.forEach((le, i) => lines.push(`converge_projection_delay_seconds_bucket{model="${model}",le="${le}"} ${track.buckets[i] ?? 0}`));
+        bucketsSeconds.forEach((le, i) =>
+          lines.push(`converge_projection_delay_seconds_bucket{model="${model}",le="${le}"} ${track.buckets[i] ?? 0}`),
+        );
         lines.push(
           `converge_projection_delay_seconds_bucket{model="${model}",le="+Inf"} ${track.applied}`,
           `converge_projection_delay_seconds_sum{model="${model}"} ${track.sum.toFixed(6)}`,

@@ -55,7 +55,9 @@ export type ReadModel<Name extends string = string, Doc = unknown> = {
 };
 
 function define<Name extends string, Key extends string, Doc, Input>(
-  definition: Definition<Name, Key, Doc, Input>, inputsOf: (run: Run) => readonly Input[], eventOf: (input: Input) => SourceEvent,
+  definition: Definition<Name, Key, Doc, Input>,
+  inputsOf: (run: Run) => readonly Input[],
+  eventOf: (input: Input) => SourceEvent,
 ): ReadModel<Name, Doc> {
   type State = { stored: ReadonlyMap<string, Doc>; docs: Map<string, Doc>; steps: Step<Doc>[] };
   // Each run's documents, kept by the model that folds them.
@@ -96,13 +98,25 @@ function define<Name extends string, Key extends string, Doc, Input>(
 }
 
 /** A read model folded from the events. */
-export const readModel = <Name extends string, Key extends string, Doc>(definition: Definition<Name, Key, Doc, SourceEvent>): ReadModel<Name, Doc> =>
-  define(definition, (run) => run.events, (event) => event);
+export const readModel = <Name extends string, Key extends string, Doc>(
+  definition: Definition<Name, Key, Doc, SourceEvent>,
+): ReadModel<Name, Doc> =>
+  define(
+    definition,
+    (run) => run.events,
+    (event) => event,
+  );
 
 /** A read model folded from another one's steps (it must come after that one in the registry). */
 export const viewOf = <Upstream, Name extends string, Key extends string, Doc>(
-  from: ReadModel<string, Upstream>, definition: Definition<Name, Key, Doc, Step<Upstream>>,
-): ReadModel<Name, Doc> => define(definition, (run) => from.steps(run), (step) => step.event);
+  from: ReadModel<string, Upstream>,
+  definition: Definition<Name, Key, Doc, Step<Upstream>>,
+): ReadModel<Name, Doc> =>
+  define(
+    definition,
+    (run) => from.steps(run),
+    (step) => step.event,
+  );
 
 /** Every model's fold of the events, from nothing (a rebuild, the invariant checker). */
 export function foldEvents(models: readonly ReadModel[], events: readonly SourceEvent[]): Run {
@@ -117,7 +131,10 @@ export function foldEvents(models: readonly ReadModel[], events: readonly Source
  * saves (one statement per table). Returns the run and the cache keys written.
  */
 export async function projectEvents(
-  tx: Sql, models: readonly ReadModel[], events: readonly SourceEvent[], now: Date,
+  tx: Sql,
+  models: readonly ReadModel[],
+  events: readonly SourceEvent[],
+  now: Date,
 ): Promise<{ run: Run; written: { key: string; version: number }[] }> {
   const run: Run = { events };
   for (const model of models) await model.load(tx, run);

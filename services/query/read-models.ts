@@ -32,6 +32,8 @@ export function foldReadModels(events: readonly SourceEvent[]): ReadModels {
     summaries: new Map(orderSummary.documents(run)),
     userOrders: new Map(userOrders.documents(run)),
     availability: new Map([...productAvailability.documents(run)].map(([id, sum]) => [id, availabilityOf(sum)])),
-    counts: Object.fromEntries([...orderCounts.documents(run).values()].filter((c) => c.by !== 0).map((c) => [c.status, c.by])),
+    counts: Object.fromEntries(
+      [...orderCounts.documents(run).values()].filter((c) => c.by !== 0).map((c) => [c.status, c.by]),
+    ),
   };
 }

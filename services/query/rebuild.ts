@@ -7,7 +7,16 @@
 // for. The rebuilt table replaces the live one in that transaction: readers see the
 // old table until the commit and the new one after, and the consumer goes on with the
 // new one from exactly where the old one stood.
-import { NotFoundError, UnavailableError, readFeedFrom, sleep, type Db, type FeedSource, type ReadCache, type Sql } from '@converge/platform';
+import {
+  NotFoundError,
+  UnavailableError,
+  readFeedFrom,
+  sleep,
+  type Db,
+  type FeedSource,
+  type ReadCache,
+  type Sql,
+} from '@converge/platform';
 import { foldEvents, type ReadModel, type SourceEvent } from './read-model.ts';
 import { readModels, type ReadModelName } from './read-models.ts';
 
@@ -17,7 +26,10 @@ type FeedEvent = SourceEvent & { subject: string; sequence: number };
 export type Rebuilt = { model: ReadModelName; events: number; rows: number; tookMs: number };
 
 export async function rebuildReadModel(
-  db: Db, feeds: readonly FeedSource[], name: ReadModelName, options: { consumer: string; cache: ReadCache; settleMs?: number },
+  db: Db,
+  feeds: readonly FeedSource[],
+  name: ReadModelName,
+  options: { consumer: string; cache: ReadCache; settleMs?: number },
 ): Promise<Rebuilt> {
   const started = Date.now();
   const model = readModels.find((m) => m.name === name);
@@ -29,7 +41,11 @@ export async function rebuildReadModel(
 
   return db.transaction(async (tx) => {
     await tx.query(`LOCK TABLE ${table} IN EXCLUSIVE MODE`);
-    const positions = await applied(tx, options.consumer, feeds.map((f) => f.source));
+    const positions = await applied(
+      tx,
+      options.consumer,
+      feeds.map((f) => f.source),
+    );
     const deadline = Date.now() + (options.settleMs ?? 10_000);
     for (;;) {
       for (const feed of feeds) {
@@ -39,10 +55,13 @@ export async function rebuildReadModel(
       }
       const missing = missingFromFeeds(read, positions);
       if (missing === undefined) break;
-      if (Date.now() > deadline) throw new UnavailableError(`rebuild of ${name}: ${missing} was applied but is not in its feed yet; retry`);
+      if (Date.now() > deadline)
+        throw new UnavailableError(`rebuild of ${name}: ${missing} was applied but is not in its feed yet; retry`);
       await sleep(50);
     }
-    const events = [...read.values()].flatMap((r) => r.events).filter((e) => e.sequence <= (positions.get(key(e.source, e.subject)) ?? 0));
+    const events = [...read.values()]
+      .flatMap((r) => r.events)
+      .filter((e) => e.sequence <= (positions.get(key(e.source, e.subject)) ?? 0));
     // Every model folds (a view needs the model it folds); only this one is written.
     const run = foldEvents(readModels, events);
     const shadow = `${table}_rebuild`;
@@ -81,16 +100,22 @@ const key = (source: string, subject: string) => `${source}\u0000${subject}`;
 
 async function applied(tx: Sql, consumer: string, sources: readonly string[]): Promise<Map<string, number>> {
   const rows = await tx.query<{ source: string; subject: string; last: number }>(
-    'SELECT source, subject, last_sequence AS last FROM consumer_positions WHERE consumer = $1 AND source = ANY($2::text[])',
+    'SELECT source, subject, last_sequence AS last FROM ' +
+      'consumer_positions WHERE consumer = $1 AND source = ANY($2::text[])',
     [consumer, sources],
   );
   return new Map(rows.map((r) => [key(r.source, r.subject), r.last]));
 }
 
 /** A stream version the consumer applied that its feed does not hold yet, if any. */
-function missingFromFeeds(read: Map<string, { events: FeedEvent[] }>, positions: Map<string, number>): string | undefined {
+function missingFromFeeds(
+  read: Map<string, { events: FeedEvent[] }>,
+  positions: Map<string, number>,
+): string | undefined {
   const highest = new Map<string, number>();
-  for (const { events } of read.values()) for (const e of events) highest.set(key(e.source, e.subject), Math.max(highest.get(key(e.source, e.subject)) ?? 0, e.sequence));
+  for (const { events } of read.values())
+    for (const e of events)
+      highest.set(key(e.source, e.subject), Math.max(highest.get(key(e.source, e.subject)) ?? 0, e.sequence));
   for (const [stream, last] of positions) {
     if ((highest.get(stream) ?? 0) < last) return `${stream.replace('\u0000', ':')}:${last}`;
   }

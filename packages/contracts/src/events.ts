@@ -36,12 +36,27 @@ export const OrderCreated = Type.Object(
   },
   strict,
 );
-export const OrderCompleted = Type.Object({ orderId: Uuid, userId: UserId, totalAmount: Money, currency: Currency }, strict);
-export const OrderFailed = Type.Object({ orderId: Uuid, userId: UserId, reason: Type.String({ maxLength: 500 }) }, strict);
-export const OrderCancelled = Type.Object({ orderId: Uuid, userId: UserId, reason: Type.String({ maxLength: 500 }) }, strict);
+export const OrderCompleted = Type.Object(
+  { orderId: Uuid, userId: UserId, totalAmount: Money, currency: Currency },
+  strict,
+);
+export const OrderFailed = Type.Object(
+  { orderId: Uuid, userId: UserId, reason: Type.String({ maxLength: 500 }) },
+  strict,
+);
+export const OrderCancelled = Type.Object(
+  { orderId: Uuid, userId: UserId, reason: Type.String({ maxLength: 500 }) },
+  strict,
+);
 
 export const InventoryReserved = Type.Object(
-  { orderId: Uuid, userId: UserId, items: Type.Array(StockLine, { minItems: 1 }), totalAmount: Money, currency: Currency },
+  {
+    orderId: Uuid,
+    userId: UserId,
+    items: Type.Array(StockLine, { minItems: 1 }),
+    totalAmount: Money,
+    currency: Currency,
+  },
   strict,
 );
 export const InventoryRejected = Type.Object(
@@ -93,59 +108,146 @@ export const PaymentRefunded = Type.Object(
 // command is idempotent at its target, so a retry after a missed deadline is harmless.
 const Reason = Type.String({ maxLength: 500 });
 export const ReserveInventory = Type.Object(
-  { orderId: Uuid, userId: UserId, items: Type.Array(StockLine, { minItems: 1, maxItems: 100 }), totalAmount: Money, currency: Currency },
+  {
+    orderId: Uuid,
+    userId: UserId,
+    items: Type.Array(StockLine, { minItems: 1, maxItems: 100 }),
+    totalAmount: Money,
+    currency: Currency,
+  },
   strict,
 );
 export const ReleaseInventory = Type.Object({ orderId: Uuid, reason: Reason }, strict);
 export const CommitInventory = Type.Object({ orderId: Uuid }, strict);
 export const ProcessPayment = Type.Object({ orderId: Uuid, userId: UserId, amount: Money, currency: Currency }, strict);
-export const RefundPayment = Type.Object({ orderId: Uuid, userId: UserId, amount: Money, currency: Currency, reason: Reason }, strict);
+export const RefundPayment = Type.Object(
+  { orderId: Uuid, userId: UserId, amount: Money, currency: Currency, reason: Reason },
+  strict,
+);
 export const CompleteOrder = Type.Object({ orderId: Uuid }, strict);
 export const FailOrder = Type.Object({ orderId: Uuid, reason: Reason }, strict);
 
 export const catalogue = {
   OrderCreated: { source: 'order', version: 1, schema: OrderCreated, summary: 'An order was accepted and is PENDING.' },
-  OrderCompleted: { source: 'order', version: 1, schema: OrderCompleted, summary: 'Stock reserved and payment taken; final.' },
+  OrderCompleted: {
+    source: 'order',
+    version: 1,
+    schema: OrderCompleted,
+    summary: 'Stock reserved and payment taken; final.',
+  },
   OrderFailed: { source: 'order', version: 1, schema: OrderFailed, summary: 'Stock or payment was refused; final.' },
-  OrderCancelled: { source: 'order', version: 1, schema: OrderCancelled, summary: 'Cancelled by the user while PENDING; final.' },
-  InventoryReserved: { source: 'inventory', version: 1, schema: InventoryReserved, summary: 'Every line of the order is reserved.' },
-  InventoryRejected: { source: 'inventory', version: 1, schema: InventoryRejected, summary: 'At least one line could not be reserved; nothing was.' },
-  InventoryReleased: { source: 'inventory', version: 1, schema: InventoryReleased, summary: 'A reservation was given back (compensation).' },
-  InventoryCommitted: { source: 'inventory', version: 1, schema: InventoryCommitted, summary: 'Reserved stock became sold.' },
+  OrderCancelled: {
+    source: 'order',
+    version: 1,
+    schema: OrderCancelled,
+    summary: 'Cancelled by the user while PENDING; final.',
+  },
+  InventoryReserved: {
+    source: 'inventory',
+    version: 1,
+    schema: InventoryReserved,
+    summary: 'Every line of the order is reserved.',
+  },
+  InventoryRejected: {
+    source: 'inventory',
+    version: 1,
+    schema: InventoryRejected,
+    summary: 'At least one line could not be reserved; nothing was.',
+  },
+  InventoryReleased: {
+    source: 'inventory',
+    version: 1,
+    schema: InventoryReleased,
+    summary: 'A reservation was given back (compensation).',
+  },
+  InventoryCommitted: {
+    source: 'inventory',
+    version: 1,
+    schema: InventoryCommitted,
+    summary: 'Reserved stock became sold.',
+  },
   ProductAdded: { source: 'inventory', version: 1, schema: ProductAdded, summary: 'A product entered the catalogue.' },
-  StockAdjusted: { source: 'inventory', version: 1, schema: StockAdjusted, summary: 'Available stock changed by an operator (restock).' },
-  PaymentProcessed: { source: 'payment', version: 1, schema: PaymentProcessed, summary: 'The order total was captured.' },
-  PaymentFailed: { source: 'payment', version: 1, schema: PaymentFailed, summary: 'The charge was declined or could not be made.' },
-  PaymentRefunded: { source: 'payment', version: 1, schema: PaymentRefunded, summary: 'A captured payment was given back.' },
+  StockAdjusted: {
+    source: 'inventory',
+    version: 1,
+    schema: StockAdjusted,
+    summary: 'Available stock changed by an operator (restock).',
+  },
+  PaymentProcessed: {
+    source: 'payment',
+    version: 1,
+    schema: PaymentProcessed,
+    summary: 'The order total was captured.',
+  },
+  PaymentFailed: {
+    source: 'payment',
+    version: 1,
+    schema: PaymentFailed,
+    summary: 'The charge was declined or could not be made.',
+  },
+  PaymentRefunded: {
+    source: 'payment',
+    version: 1,
+    schema: PaymentRefunded,
+    summary: 'A captured payment was given back.',
+  },
   ReserveInventory: {
-    source: 'orchestrator', version: 1, schema: ReserveInventory, target: 'inventory',
+    source: 'orchestrator',
+    version: 1,
+    schema: ReserveInventory,
+    target: 'inventory',
     summary: 'Command: reserve every line or none. Replies InventoryReserved or InventoryRejected.',
   },
   ReleaseInventory: {
-    source: 'orchestrator', version: 1, schema: ReleaseInventory, target: 'inventory',
+    source: 'orchestrator',
+    version: 1,
+    schema: ReleaseInventory,
+    target: 'inventory',
     summary: 'Command (compensation): give the reservation back, or refuse a later one. Replies InventoryReleased.',
   },
   CommitInventory: {
-    source: 'orchestrator', version: 1, schema: CommitInventory, target: 'inventory',
+    source: 'orchestrator',
+    version: 1,
+    schema: CommitInventory,
+    target: 'inventory',
     summary: 'Command: reserved stock becomes sold. Replies InventoryCommitted.',
   },
   ProcessPayment: {
-    source: 'orchestrator', version: 1, schema: ProcessPayment, target: 'payment',
+    source: 'orchestrator',
+    version: 1,
+    schema: ProcessPayment,
+    target: 'payment',
     summary: 'Command: charge the order total. Replies PaymentProcessed or PaymentFailed.',
   },
   RefundPayment: {
-    source: 'orchestrator', version: 1, schema: RefundPayment, target: 'payment',
-    summary: 'Command (compensation): refund a captured payment, or refuse a later charge. Replies PaymentRefunded or PaymentFailed.',
+    source: 'orchestrator',
+    version: 1,
+    schema: RefundPayment,
+    target: 'payment',
+    summary:
+      'Command (compensation): refund a captured payment, or refuse a ' +
+      'later charge. Replies PaymentRefunded or PaymentFailed.',
   },
   CompleteOrder: {
-    source: 'orchestrator', version: 1, schema: CompleteOrder, target: 'order',
+    source: 'orchestrator',
+    version: 1,
+    schema: CompleteOrder,
+    target: 'order',
     summary: 'Command: the order is paid for. Replies OrderCompleted, or OrderCancelled when the user cancelled first.',
   },
   FailOrder: {
-    source: 'orchestrator', version: 1, schema: FailOrder, target: 'order',
-    summary: 'Command (compensation): the order cannot be fulfilled. Replies OrderFailed, or OrderCancelled when the user cancelled first.',
+    source: 'orchestrator',
+    version: 1,
+    schema: FailOrder,
+    target: 'order',
+    summary:
+      'Command (compensation): the order cannot be fulfilled. Replies ' +
+      'OrderFailed, or OrderCancelled when the user cancelled first.',
   },
-} as const satisfies Record<string, { source: string; version: number; schema: TSchema; summary: string; target?: string }>;
+} as const satisfies Record<
+  string,
+  { source: string; version: number; schema: TSchema; summary: string; target?: string }
+>;
 
 export type Catalogue = typeof catalogue;
 export type EventType = keyof Catalogue;

@@ -3,18 +3,32 @@
 // service's tests check that the CHECK constraint of its table allows exactly these.
 import Type, { type Static, type TLiteral, type TUnion } from 'typebox';
 
-export const OrderStatus = Type.Union([Type.Literal('PENDING'), Type.Literal('COMPLETED'), Type.Literal('FAILED'), Type.Literal('CANCELLED')]);
+export const OrderStatus = Type.Union([
+  Type.Literal('PENDING'),
+  Type.Literal('COMPLETED'),
+  Type.Literal('FAILED'),
+  Type.Literal('CANCELLED'),
+]);
 export type OrderStatus = Static<typeof OrderStatus>;
 
-export const ReservationStatus = Type.Union([Type.Literal('RESERVED'), Type.Literal('REJECTED'), Type.Literal('RELEASED'), Type.Literal('COMMITTED')]);
+export const ReservationStatus = Type.Union([
+  Type.Literal('RESERVED'),
+  Type.Literal('REJECTED'),
+  Type.Literal('RELEASED'),
+  Type.Literal('COMMITTED'),
+]);
 export type ReservationStatus = Static<typeof ReservationStatus>;
 
 export const PaymentStatus = Type.Union([Type.Literal('PROCESSED'), Type.Literal('FAILED'), Type.Literal('REFUNDED')]);
 export type PaymentStatus = Static<typeof PaymentStatus>;
 
 export const SagaStatus = Type.Union([
-  Type.Literal('RUNNING'), Type.Literal('COMPENSATING'), Type.Literal('COMPLETED'),
-  Type.Literal('COMPENSATED'), Type.Literal('NEEDS_ATTENTION'), Type.Literal('RESOLVED'),
+  Type.Literal('RUNNING'),
+  Type.Literal('COMPENSATING'),
+  Type.Literal('COMPLETED'),
+  Type.Literal('COMPENSATED'),
+  Type.Literal('NEEDS_ATTENTION'),
+  Type.Literal('RESOLVED'),
 ]);
 export type SagaStatus = Static<typeof SagaStatus>;
 

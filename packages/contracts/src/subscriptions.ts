@@ -19,7 +19,15 @@ const events = (source: string): EventType[] =>
 
 export const subscriptions = {
   order: ['InventoryRejected', 'ProductAdded', 'PaymentProcessed', 'PaymentFailed', 'CompleteOrder', 'FailOrder'],
-  inventory: ['OrderCreated', 'OrderCancelled', 'OrderCompleted', 'PaymentFailed', 'ReserveInventory', 'ReleaseInventory', 'CommitInventory'],
+  inventory: [
+    'OrderCreated',
+    'OrderCancelled',
+    'OrderCompleted',
+    'PaymentFailed',
+    'ReserveInventory',
+    'ReleaseInventory',
+    'CommitInventory',
+  ],
   payment: ['InventoryReserved', 'OrderCancelled', 'ProcessPayment', 'RefundPayment'],
   orchestrator: [
     ...events('order'),

@@ -26,10 +26,14 @@ export function checkEnvelope(value: unknown): Checked<Envelope & DomainEvent> {
   const envelope = value as Envelope;
   if (!isEventType(envelope.type)) return { ok: false, errors: [`unknown event type ${envelope.type}`] };
   if (catalogue[envelope.type].source !== envelope.source) {
-    return { ok: false, errors: [`${envelope.type} must come from ${catalogue[envelope.type].source}, not ${envelope.source}`] };
+    return {
+      ok: false,
+      errors: [`${envelope.type} must come from ${catalogue[envelope.type].source}, not ${envelope.source}`],
+    };
   }
   const validator = payloadValidators.get(envelope.type);
   if (validator === undefined) return { ok: false, errors: [`no schema for ${envelope.type}`] };
-  if (!validator.Check(envelope.data)) return { ok: false, errors: describeErrors(validator, envelope.data).map((e) => `data${e}`) };
+  if (!validator.Check(envelope.data))
+    return { ok: false, errors: describeErrors(validator, envelope.data).map((e) => `data${e}`) };
   return { ok: true, value: envelope as Envelope & DomainEvent };
 }

@@ -41,7 +41,9 @@ export function batchesOf(messages: readonly Envelope[]): { type: string; envelo
 
 /** The body of one broker message: a lone event as itself, several as a batch. */
 export function encodeBatch(envelopes: readonly Envelope[]): { body: string; batch: boolean } {
-  return envelopes.length === 1 ? { body: JSON.stringify(envelopes[0]), batch: false } : { body: JSON.stringify(envelopes), batch: true };
+  return envelopes.length === 1
+    ? { body: JSON.stringify(envelopes[0]), batch: false }
+    : { body: JSON.stringify(envelopes), batch: true };
 }
 
 /** The events a delivery carries: the elements of a batch, or its body. A batch that is not an array is one poison event. */

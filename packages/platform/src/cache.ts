@@ -28,7 +28,11 @@ export type Invalidation = { key: string; version: number };
 type Entry = { v: number; value: unknown };
 
 /** Reads through a cache: the cached value, or the database's (offered to the cache). */
-export async function cached<T>(cache: ReadCache, key: string, load: () => Promise<{ version: number; value: T } | undefined>): Promise<T | undefined> {
+export async function cached<T>(
+  cache: ReadCache,
+  key: string,
+  load: () => Promise<{ version: number; value: T } | undefined>,
+): Promise<T | undefined> {
   const hit = await cache.get<T>(key);
   if (hit !== undefined) return hit;
   const row = await load();
@@ -46,10 +50,11 @@ export function memoryCache(options: { maxEntries?: number } = {}): ReadCache {
     entries.delete(key);
     entries.set(key, entry);
     // Least recently used first: the Map keeps insertion order, a hit re-inserts.
-    if (entries.size > maxEntries) for (const oldest of entries.keys()) {
-      entries.delete(oldest);
-      break;
-    }
+    if (entries.size > maxEntries)
+      for (const oldest of entries.keys()) {
+        entries.delete(oldest);
+        break;
+      }
   };
   return {
     kind: 'memory',
@@ -87,13 +92,22 @@ return 1`;
 
 const asError = (error: unknown) => (error instanceof Error ? error : new Error(String(error)));
 
-export function redisCache(options: { url: string; prefix?: string; ttlMs?: number; timeoutMs?: number; log?: (message: string, fields: Record<string, unknown>) => void }): ReadCache {
+export function redisCache(options: {
+  url: string;
+  prefix?: string;
+  ttlMs?: number;
+  timeoutMs?: number;
+  log?: (message: string, fields: Record<string, unknown>) => void;
+}): ReadCache {
   const prefix = options.prefix ?? 'converge:cache:';
   const ttl = String(options.ttlMs ?? 300_000);
   const client = new Redis(options.url, {
     // Out of reach is answered within the command timeout (reads go to the database):
     // a command waits for a connection being made, never for a retry.
-    enableOfflineQueue: true, maxRetriesPerRequest: 0, commandTimeout: options.timeoutMs ?? 200, lazyConnect: false,
+    enableOfflineQueue: true,
+    maxRetriesPerRequest: 0,
+    commandTimeout: options.timeoutMs ?? 200,
+    lazyConnect: false,
     retryStrategy: (times) => Math.min(times * 200, 2_000),
   });
   client.on('error', () => undefined); // reported per command below, not per reconnect attempt
@@ -103,14 +117,18 @@ export function redisCache(options: { url: string; prefix?: string; ttlMs?: numb
     client.eval(setIfNotNewer, 1, prefix + key, String(version), JSON.stringify({ v: version, value }), ttl);
   const failed = (what: string, error: unknown) => {
     stats.errors += 1;
-    if (stats.errors === 1 || stats.errors % 100 === 0) options.log?.(`redis cache: ${what} failed`, { error: (error as Error).message, errors: stats.errors });
+    if (stats.errors === 1 || stats.errors % 100 === 0)
+      options.log?.(`redis cache: ${what} failed`, { error: (error as Error).message, errors: stats.errors });
   };
   const retry = setInterval(() => {
     for (const [key, version] of pending) {
-      void store(key, version, null).then(() => {
-        if (pending.get(key) === version) pending.delete(key);
-        stats.pendingInvalidations = pending.size;
-      }, () => undefined);
+      void store(key, version, null).then(
+        () => {
+          if (pending.get(key) === version) pending.delete(key);
+          stats.pendingInvalidations = pending.size;
+        },
+        () => undefined,
+      );
     }
   }, 500);
   retry.unref();
@@ -146,8 +164,18 @@ export function redisCache(options: { url: string; prefix?: string; ttlMs?: numb
       // One pipeline: each entry succeeds or fails on its own; a failed one is kept and
       // retried, and its key bypasses the cache meanwhile.
       const pipeline = client.pipeline();
-      for (const { key, version } of invalidations) pipeline.eval(setIfNotNewer, 1, prefix + key, String(version), JSON.stringify({ v: version, value: null }), ttl);
-      const replies = await pipeline.exec().catch((error: unknown) => invalidations.map(() => [asError(error), null] as const));
+      for (const { key, version } of invalidations)
+        pipeline.eval(
+          setIfNotNewer,
+          1,
+          prefix + key,
+          String(version),
+          JSON.stringify({ v: version, value: null }),
+          ttl,
+        );
+      const replies = await pipeline
+        .exec()
+        .catch((error: unknown) => invalidations.map(() => [asError(error), null] as const));
       invalidations.forEach(({ key, version }, i) => {
         const error = replies?.[i]?.[0] ?? (replies === null ? new Error('pipeline discarded') : null);
         if (error === null) return;

@@ -50,87 +50,141 @@ async function world() {
     await tx.query('INSERT INTO effects (subject, sequence) VALUES ($1, $2)', [m.subject, m.sequence]);
   };
   // Not subscribed: what the relay publishes never reaches it.
-  const consumer = await startConsumer({ name: 'watcher', db, bus, log: silentLogger, sources: ['inventory'], handle: record }, false);
+  const consumer = await startConsumer(
+    { name: 'watcher', db, bus, log: silentLogger, sources: ['inventory'], handle: record },
+    false,
+  );
   cleanups.push(() => consumer.stop());
 
   /** Commits stock moves at the source and relays them: they get feed positions, and are lost on the way. */
   const publish = async (products: readonly string[], at = new Date()) => {
-    await source.transaction((tx) => appendToOutbox(tx, { source: 'inventory', now: at }, products.map((productId) => ({
-      type: 'StockAdjusted' as const, subject: productId, data: { productId, delta: 1, reason: 'restock', stockQuantity: 1, reserved: 0, sold: 0 },
-    }))));
+    await source.transaction((tx) =>
+      appendToOutbox(
+        tx,
+        { source: 'inventory', now: at },
+        products.map((productId) => ({
+          type: 'StockAdjusted' as const,
+          subject: productId,
+          data: { productId, delta: 1, reason: 'restock', stockQuantity: 1, reserved: 0, sold: 0 },
+        })),
+      ),
+    );
     await relayBatch(source, bus, 100);
   };
-  const effects = async () => (await db.query<{ e: string }>(`SELECT subject || ':' || sequence AS e FROM effects ORDER BY n`)).map((r) => r.e);
-  const checkpoint = async () => (await db.query<{ position: number }>('SELECT position::int AS position FROM feed_checkpoints WHERE source = $1', ['inventory']))[0]?.position;
+  const effects = async () =>
+    (await db.query<{ e: string }>(`SELECT subject || ':' || sequence AS e FROM effects ORDER BY n`)).map((r) => r.e);
+  const checkpoint = async () =>
+    (
+      await db.query<{ position: number }>('SELECT position::int AS position FROM feed_checkpoints WHERE source = $1', [
+        'inventory',
+      ])
+    )[0]?.position;
   return { source, app, db, consumer, publish, effects, checkpoint };
 }
 
 const ofProduct = (effects: readonly string[], product: string) => effects.filter((e) => e.startsWith(product));
 
 describe('catching up from the feeds', () => {
-  it('given events the broker lost, when caught up over HTTP, then each is applied once in stream order, the checkpoint stands at the head, and a delivered event is found applied', async () => {
-    const w = await world();
-    await w.publish([productA, productB, productA]);
-    await w.publish([productA, productB]);
-    const url = await w.app.listen({ port: 0, host: '127.0.0.1' });
-    const feed = httpFeed('inventory', url);
+  it(
+    'given events the broker lost, when caught up over HTTP, then each is applied once in stream ' +
+      'order, the checkpoint stands at the head, and a delivered event is found applied',
+    async () => {
+      const w = await world();
+      await w.publish([productA, productB, productA]);
+      await w.publish([productA, productB]);
+      const url = await w.app.listen({ port: 0, host: '127.0.0.1' });
+      const feed = httpFeed('inventory', url);
 
-    const everything = await readFeedFrom(feed, 0, 2);
-    expect(everything.events.map((e) => `${e.subject}:${e.sequence}`)).toEqual([`${productA}:1`, `${productB}:1`, `${productA}:2`, `${productA}:3`, `${productB}:2`]);
-    expect(everything.next).toBe(5);
+      const everything = await readFeedFrom(feed, 0, 2);
+      expect(everything.events.map((e) => `${e.subject}:${e.sequence}`)).toEqual([
+        `${productA}:1`,
+        `${productB}:1`,
+        `${productA}:2`,
+        `${productA}:3`,
+        `${productB}:2`,
+      ]);
+      expect(everything.next).toBe(5);
 
-    expect(await catchUp(w.db, w.consumer, [feed])).toEqual({ read: 5, applied: 5, duplicate: 0 });
-    expect(ofProduct(await w.effects(), productA)).toEqual([`${productA}:1`, `${productA}:2`, `${productA}:3`]);
-    expect(ofProduct(await w.effects(), productB)).toEqual([`${productB}:1`, `${productB}:2`]);
-    expect(await w.checkpoint()).toBe(5);
+      expect(await catchUp(w.db, w.consumer, [feed])).toEqual({ read: 5, applied: 5, duplicate: 0 });
+      expect(ofProduct(await w.effects(), productA)).toEqual([`${productA}:1`, `${productA}:2`, `${productA}:3`]);
+      expect(ofProduct(await w.effects(), productB)).toEqual([`${productB}:1`, `${productB}:2`]);
+      expect(await w.checkpoint()).toBe(5);
 
-    // This one the broker delivers; the next catch-up reads it and finds it applied.
-    await w.publish([productB]);
-    const [delivered] = (await readFeed(w.source, 5, 10)).events;
-    expect(await w.consumer.process(delivered?.event)).toBe('applied');
-    expect(await catchUp(w.db, w.consumer, [feed])).toEqual({ read: 1, duplicate: 1 });
-    expect(await w.effects()).toHaveLength(6);
-    expect(await w.checkpoint()).toBe(6);
-  });
+      // This one the broker delivers; the next catch-up reads it and finds it applied.
+      await w.publish([productB]);
+      const [delivered] = (await readFeed(w.source, 5, 10)).events;
+      expect(await w.consumer.process(delivered?.event)).toBe('applied');
+      expect(await catchUp(w.db, w.consumer, [feed])).toEqual({ read: 1, duplicate: 1 });
+      expect(await w.effects()).toHaveLength(6);
+      expect(await w.checkpoint()).toBe(6);
+    },
+  );
 
-  it('given unseen events committed after the settle mark, when swept, then they are left to the broker and the checkpoint stops before them', async () => {
-    const w = await world();
-    await w.publish([productA], new Date('2026-01-01T00:00:00.000Z'));
-    await w.publish([productB], new Date('2026-01-01T00:00:10.000Z'));
-    const feed = inProcessFeed('inventory', () => w.app);
+  it(
+    'given unseen events committed after the settle mark, when swept, then they ' +
+      'are left to the broker and the checkpoint stops before them',
+    async () => {
+      const w = await world();
+      await w.publish([productA], new Date('2026-01-01T00:00:00.000Z'));
+      await w.publish([productB], new Date('2026-01-01T00:00:10.000Z'));
+      const feed = inProcessFeed('inventory', () => w.app);
 
-    expect(await catchUp(w.db, w.consumer, [feed], { settledBefore: new Date('2026-01-01T00:00:05.000Z') })).toEqual({ read: 1, applied: 1, duplicate: 0 });
-    expect(await w.effects()).toEqual([`${productA}:1`]);
-    expect(await w.checkpoint()).toBe(1);
+      expect(await catchUp(w.db, w.consumer, [feed], { settledBefore: new Date('2026-01-01T00:00:05.000Z') })).toEqual({
+        read: 1,
+        applied: 1,
+        duplicate: 0,
+      });
+      expect(await w.effects()).toEqual([`${productA}:1`]);
+      expect(await w.checkpoint()).toBe(1);
 
-    expect(await catchUp(w.db, w.consumer, [feed])).toEqual({ read: 1, applied: 1, duplicate: 0 });
-    expect(await w.effects()).toEqual([`${productA}:1`, `${productB}:1`]);
-    expect(await w.checkpoint()).toBe(2);
-  });
+      expect(await catchUp(w.db, w.consumer, [feed])).toEqual({ read: 1, applied: 1, duplicate: 0 });
+      expect(await w.effects()).toEqual([`${productA}:1`, `${productB}:1`]);
+      expect(await w.checkpoint()).toBe(2);
+    },
+  );
 
-  it('given a source not running yet, when the watch starts, then the start-up catch-up is owed until the source answers; and an event held for a lost predecessor makes it read the feed and drain the hold', async () => {
-    const w = await world();
-    await w.publish([productA, productA]);
-    const started: { app?: HttpApp } = {};
-    const feeds: FeedSource[] = [inProcessFeed('inventory', () => started.app)];
-    const watch = watchForGaps({ db: w.db, consumer: w.consumer, feeds: () => feeds, log: silentLogger, now: () => new Date(), everyMs: 20, gapAfterMs: 50, sweepEveryMs: 0 });
-    cleanups.push(() => watch.stop());
+  it(
+    'given a source not running yet, when the watch starts, then the start-up catch-up is owed until the source ' +
+      'answers; and an event held for a lost predecessor makes it read the feed and drain the hold',
+    async () => {
+      const w = await world();
+      await w.publish([productA, productA]);
+      const started: { app?: HttpApp } = {};
+      const feeds: FeedSource[] = [inProcessFeed('inventory', () => started.app)];
+      const watch = watchForGaps({
+        db: w.db,
+        consumer: w.consumer,
+        feeds: () => feeds,
+        log: silentLogger,
+        now: () => new Date(),
+        everyMs: 20,
+        gapAfterMs: 50,
+        sweepEveryMs: 0,
+      });
+      cleanups.push(() => watch.stop());
 
-    await sleep(150);
-    expect(watch.stats.runs).toBe(0);
-    expect(await w.effects()).toEqual([]);
-    started.app = w.app;
-    await eventually(() => Promise.resolve(watch.stats.runs >= 1 ? true : undefined), 5_000, 'the start-up catch-up');
-    expect(await w.effects()).toEqual([`${productA}:1`, `${productA}:2`]);
-    expect(watch.stats.recovered).toBe(2);
+      await sleep(150);
+      expect(watch.stats.runs).toBe(0);
+      expect(await w.effects()).toEqual([]);
+      started.app = w.app;
+      await eventually(() => Promise.resolve(watch.stats.runs >= 1 ? true : undefined), 5_000, 'the start-up catch-up');
+      expect(await w.effects()).toEqual([`${productA}:1`, `${productA}:2`]);
+      expect(watch.stats.recovered).toBe(2);
 
-    // The third is lost, the fourth delivered: it waits in the hold for its predecessor.
-    await w.publish([productA, productA]);
-    const fourth = (await readFeed(w.source, 0, 10)).events.map((e) => e.event).find((e: Envelope) => e.sequence === 4);
-    expect(await w.consumer.process(fourth)).toBe('held');
-    await eventually(async () => ((await w.effects()).length === 4 ? true : undefined), 5_000, 'the gap closed from the feed');
-    expect(await w.effects()).toEqual([`${productA}:1`, `${productA}:2`, `${productA}:3`, `${productA}:4`]);
-    expect(await w.db.query('SELECT 1 FROM held_messages')).toHaveLength(0);
-    expect(watch.stats.runs).toBeGreaterThanOrEqual(2);
-  });
+      // The third is lost, the fourth delivered: it waits in the hold for its predecessor.
+      await w.publish([productA, productA]);
+      const fourth = (await readFeed(w.source, 0, 10)).events
+        .map((e) => e.event)
+        .find((e: Envelope) => e.sequence === 4);
+      expect(await w.consumer.process(fourth)).toBe('held');
+      await eventually(
+        async () => ((await w.effects()).length === 4 ? true : undefined),
+        5_000,
+        'the gap closed from the feed',
+      );
+      expect(await w.effects()).toEqual([`${productA}:1`, `${productA}:2`, `${productA}:3`, `${productA}:4`]);
+      expect(await w.db.query('SELECT 1 FROM held_messages')).toHaveLength(0);
+      expect(watch.stats.runs).toBeGreaterThanOrEqual(2);
+    },
+  );
 });

@@ -34,7 +34,9 @@ export type FeedSource = {
 export function httpFeed(source: string, baseUrl: string): FeedSource {
   const base = baseUrl.replace(/\/+$/, '');
   const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
-    const response = await fetch(`${base}${path}?after=${after}&limit=${limit}`, { signal: AbortSignal.timeout(10_000) });
+    const response = await fetch(`${base}${path}?after=${after}&limit=${limit}`, {
+      signal: AbortSignal.timeout(10_000),
+    });
     if (!response.ok) throw new Error(`${source} feed answered ${response.status}`);
     return (await response.json()) as T;
   };
@@ -62,7 +64,11 @@ export function inProcessFeed(source: string, app: () => HttpApp | undefined): F
 }
 
 /** Every event of a feed after `after`, page by page; and the position read up to. */
-export async function readFeedFrom(feed: FeedSource, after: number, pageSize = 1000): Promise<{ events: Envelope[]; next: number }> {
+export async function readFeedFrom(
+  feed: FeedSource,
+  after: number,
+  pageSize = 1000,
+): Promise<{ events: Envelope[]; next: number }> {
   const events: Envelope[] = [];
   let next = after;
   for (;;) {
@@ -76,21 +82,32 @@ export async function readFeedFrom(feed: FeedSource, after: number, pageSize = 1
 export type CaughtUp = { read: number } & Partial<Record<Outcome, number>>;
 
 export async function catchUp(
-  db: Db, consumer: Consumer, feeds: readonly FeedSource[], options: { settledBefore?: Date } = {},
+  db: Db,
+  consumer: Consumer,
+  feeds: readonly FeedSource[],
+  options: { settledBefore?: Date } = {},
 ): Promise<CaughtUp> {
   const result: CaughtUp = { read: 0 };
   const settled = options.settledBefore?.getTime() ?? Number.POSITIVE_INFINITY;
   for (const feed of feeds) {
-    const [checkpoint] = await db.query<{ position: number }>('SELECT position FROM feed_checkpoints WHERE source = $1', [feed.source]);
+    const [checkpoint] = await db.query<{ position: number }>(
+      'SELECT position FROM feed_checkpoints WHERE source = $1',
+      [feed.source],
+    );
     let after = checkpoint?.position ?? 0;
     for (;;) {
       // Marks first: a catch-up finds most events applied, and asks for the events of a
       // page only when some of it is new.
       const page = await feed.marks(after, 500);
       if (page.marks.length === 0) break;
-      const seen = new Set((await db.query<{ message_id: string }>(
-        'SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2::text[])', [consumer.name, page.marks.map((m) => m.id)],
-      )).map((r) => r.message_id));
+      const seen = new Set(
+        (
+          await db.query<{ message_id: string }>(
+            'SELECT message_id FROM inbox WHERE consumer = $1 AND message_id = ANY($2::text[])',
+            [consumer.name, page.marks.map((m) => m.id)],
+          )
+        ).map((r) => r.message_id),
+      );
       const recent = page.marks.findIndex((m) => !seen.has(m.id) && Date.parse(m.time) > settled);
       const taken = recent === -1 ? page.marks : page.marks.slice(0, recent);
       if (taken.length === 0) break;
@@ -100,7 +117,9 @@ export async function catchUp(
         // once: the consumer batches different subjects and keeps each subject's events
         // in the order they are handed over (feed order).
         const { events } = await feed.read(after, taken.length);
-        const outcomes = await Promise.all(events.filter(({ event }) => unseen.has(event.id)).map(({ event }) => consumer.process(event)));
+        const outcomes = await Promise.all(
+          events.filter(({ event }) => unseen.has(event.id)).map(({ event }) => consumer.process(event)),
+        );
         for (const outcome of outcomes) result[outcome] = (result[outcome] ?? 0) + 1;
       }
       result.duplicate = (result.duplicate ?? 0) + taken.length - unseen.size;
@@ -117,7 +136,11 @@ export async function catchUp(
   return result;
 }
 
-export type CatchUpWatch = { run(reason: string): Promise<CaughtUp>; stats: { runs: number; recovered: number }; stop(): Promise<void> };
+export type CatchUpWatch = {
+  run(reason: string): Promise<CaughtUp>;
+  stats: { runs: number; recovered: number };
+  stop(): Promise<void>;
+};
 
 export type WatchTimings = {
   /** How long an event may wait in the hold for its predecessor before the feeds are read. */
@@ -133,7 +156,14 @@ export type WatchTimings = {
  * `gapAfterMs` (its predecessor was lost on the way), and sweeps every `sweepEveryMs`.
  */
 export function watchForGaps(
-  options: { db: Db; consumer: Consumer; feeds: () => readonly FeedSource[]; log: Logger; now: () => Date; everyMs?: number } & WatchTimings,
+  options: {
+    db: Db;
+    consumer: Consumer;
+    feeds: () => readonly FeedSource[];
+    log: Logger;
+    now: () => Date;
+    everyMs?: number;
+  } & WatchTimings,
 ): CatchUpWatch {
   const { db, consumer, log } = options;
   const gapAfterMs = options.gapAfterMs ?? 2_000;
@@ -143,17 +173,23 @@ export function watchForGaps(
   let running: Promise<CaughtUp> | undefined;
   let stopped = false;
   let lastSweep = options.now().getTime();
-  const run = (reason: string, settledBefore?: Date): Promise<CaughtUp> => (running ??= (async () => {
-    try {
-      const result = await catchUp(db, consumer, options.feeds(), settledBefore === undefined ? {} : { settledBefore });
-      stats.runs += 1;
-      stats.recovered += result.applied ?? 0;
-      if ((result.applied ?? 0) > 0) log.warn('caught up from the feeds', { reason, ...result });
-      return result;
-    } finally {
-      running = undefined;
-    }
-  })());
+  const run = (reason: string, settledBefore?: Date): Promise<CaughtUp> =>
+    (running ??= (async () => {
+      try {
+        const result = await catchUp(
+          db,
+          consumer,
+          options.feeds(),
+          settledBefore === undefined ? {} : { settledBefore },
+        );
+        stats.runs += 1;
+        stats.recovered += result.applied ?? 0;
+        if ((result.applied ?? 0) > 0) log.warn('caught up from the feeds', { reason, ...result });
+        return result;
+      } finally {
+        running = undefined;
+      }
+    })());
   const gapped = async () => {
     const [row] = await db.query<{ gap: boolean }>(
       `SELECT EXISTS (SELECT 1 FROM held_messages WHERE consumer = $1 AND held_at < now() - make_interval(secs => $2::float8 / 1000)) AS gap`,
@@ -163,7 +199,8 @@ export function watchForGaps(
   };
   // The start-up catch-up is owed until it succeeds (the sources may not answer yet).
   let owed = true;
-  const failed = (error: unknown) => log.warn('catching up from the feeds failed; will try again', { error: (error as Error).message });
+  const failed = (error: unknown) =>
+    log.warn('catching up from the feeds failed; will try again', { error: (error as Error).message });
   const tick = async () => {
     if (owed) {
       await run('start-up');

@@ -20,14 +20,16 @@ export const setting = {
     parse: (raw, key) => {
       if (raw === undefined || raw === '') return fallback;
       const value = Number(raw);
-      if (!Number.isInteger(value) || value < min || value > max) throw new Error(`${key} must be an integer in [${min}, ${max}], got "${raw}"`);
+      if (!Number.isInteger(value) || value < min || value > max)
+        throw new Error(`${key} must be an integer in [${min}, ${max}], got "${raw}"`);
       return value;
     },
   }),
   oneOf: <const T extends string>(values: readonly T[], fallback: T): Spec<T> => ({
     parse: (raw, key) => {
       const value = raw === undefined || raw === '' ? fallback : raw;
-      if (!(values as readonly string[]).includes(value)) throw new Error(`${key} must be one of ${values.join(', ')}, got "${value}"`);
+      if (!(values as readonly string[]).includes(value))
+        throw new Error(`${key} must be one of ${values.join(', ')}, got "${value}"`);
       return value as T;
     },
   }),

@@ -16,15 +16,19 @@ export const consistencyHeader = 'consistency-token';
 export const ConsistencyTokenSchema = Type.String({
   maxLength: 300,
   pattern: '^[a-z]+:[A-Za-z0-9._@-]+:[1-9][0-9]{0,9}$',
-  description: 'From a write response: `<source>:<subject>:<version>`. The read waits until the read model has applied it.',
+  description:
+    'From a write response: `<source>:<subject>:<version>`. The read waits until the read model has applied it.',
 });
 
-export const formatToken = ({ source, subject, sequence }: ConsistencyToken): string => `${source}:${subject}:${sequence}`;
+export const formatToken = ({ source, subject, sequence }: ConsistencyToken): string =>
+  `${source}:${subject}:${sequence}`;
 
 export function parseToken(text: string): ConsistencyToken {
   const match = /^([a-z]+):([A-Za-z0-9._@-]+):([1-9][0-9]{0,9})$/.exec(text);
   if (match?.[1] === undefined || match[2] === undefined || match[3] === undefined) {
-    throw new InvalidError('malformed consistency token', [`${consistencyHeader}: expected <source>:<subject>:<version>`]);
+    throw new InvalidError('malformed consistency token', [
+      `${consistencyHeader}: expected <source>:<subject>:<version>`,
+    ]);
   }
   return { source: match[1], subject: match[2], sequence: Number(match[3]) };
 }
@@ -43,10 +47,15 @@ export async function appliedVersion(db: Sql, consumer: string, token: Consisten
  * most `timeoutMs`; then throws UnavailableError (503) saying how far behind it is.
  */
 export async function waitForToken(
-  db: Sql, consumer: string, token: ConsistencyToken, options: { timeoutMs: number; pollMs?: number; sources: readonly string[] },
+  db: Sql,
+  consumer: string,
+  token: ConsistencyToken,
+  options: { timeoutMs: number; pollMs?: number; sources: readonly string[] },
 ): Promise<{ waitedMs: number }> {
   if (!options.sources.includes(token.source)) {
-    throw new InvalidError(`this read model does not follow ${token.source}`, [`${consistencyHeader}: source must be one of ${options.sources.join(', ')}`]);
+    throw new InvalidError(`this read model does not follow ${token.source}`, [
+      `${consistencyHeader}: source must be one of ${options.sources.join(', ')}`,
+    ]);
   }
   const started = Date.now();
   for (;;) {

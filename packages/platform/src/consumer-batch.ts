@@ -14,12 +14,21 @@ import { appendCaused, appendToOutbox, type AppendContext, type CausedEvents } f
 
 /** What a message's events carry: its correlation, and itself as their cause. */
 const causedBy = (consumer: string, message: Message, at: Date): AppendContext => ({
-  source: consumer, now: at, correlationId: message.correlationid, causationId: message.id,
+  source: consumer,
+  now: at,
+  correlationId: message.correlationid,
+  causationId: message.id,
   ...(message.traceparent === undefined ? {} : { traceparent: message.traceparent }),
 });
 
 /** Runs the handler for one message; what it emits carries the message's correlation. */
-export async function runHandler(tx: Sql, consumer: string, handle: Handler, message: Message, at: Date): Promise<void> {
+export async function runHandler(
+  tx: Sql,
+  consumer: string,
+  handle: Handler,
+  message: Message,
+  at: Date,
+): Promise<void> {
   await handle(tx, message, {
     now: at,
     emit: async (events) => {
@@ -33,14 +42,22 @@ export async function runHandler(tx: Sql, consumer: string, handle: Handler, mes
  * left in flight (`appended`) so that it goes out with what follows it and the COMMIT.
  */
 export async function runBatchHandler(
-  tx: Sql, consumer: string, handle: BatchHandler, messages: readonly Message[], at: Date,
+  tx: Sql,
+  consumer: string,
+  handle: BatchHandler,
+  messages: readonly Message[],
+  at: Date,
 ): Promise<{ appended: Promise<unknown> }> {
   const caused: CausedEvents[] = [];
   await handle(tx, messages, {
     now: at,
     emit: (cause, events, expectedVersion) => {
       if (events.length === 0) return;
-      caused.push({ context: causedBy(consumer, cause, at), events, ...(expectedVersion === undefined ? {} : { expectedVersion }) });
+      caused.push({
+        context: causedBy(consumer, cause, at),
+        events,
+        ...(expectedVersion === undefined ? {} : { expectedVersion }),
+      });
     },
   });
   return { appended: appendCaused(tx, caused) };
@@ -51,13 +68,24 @@ export async function holdMessage(tx: Sql, consumer: string, message: Message): 
   await tx.query(
     `INSERT INTO held_messages (consumer, source, subject, sequence, after_sequence, envelope)
      VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT DO NOTHING`,
-    [consumer, message.source, message.subject, message.sequence, previousSequence(consumer, message), JSON.stringify(message)],
+    [
+      consumer,
+      message.source,
+      message.subject,
+      message.sequence,
+      previousSequence(consumer, message),
+      JSON.stringify(message),
+    ],
   );
 }
 
 /** Applies a batch; `handle` is either the per-message handler or one for the batch's due messages at once. */
 export async function applyBatch(
-  db: Db, consumer: string, messages: readonly Message[], handle: Handler | { batch: BatchHandler }, at: Date,
+  db: Db,
+  consumer: string,
+  messages: readonly Message[],
+  handle: Handler | { batch: BatchHandler },
+  at: Date,
 ): Promise<Applied[]> {
   const { results, appended, advanced } = await db.transaction(async (tx) => {
     const input = messages.map((m, i) => ({ i, source: m.source, subject: m.subject, id: m.id, type: m.type }));
@@ -101,8 +129,10 @@ export async function applyBatch(
         applied.push({ i, source: message.source, subject: message.subject, sequence: message.sequence });
       }
     }
-    const { appended } = typeof handle !== 'function' && due.length > 0
-      ? await runBatchHandler(tx, consumer, handle.batch, due, at) : { appended: undefined };
+    const { appended } =
+      typeof handle !== 'function' && due.length > 0
+        ? await runBatchHandler(tx, consumer, handle.batch, due, at)
+        : { appended: undefined };
     if (applied.length === 0) return { results, appended };
     // An upsert, not UPDATE … FROM: its arbiter index is probed once per row whatever
     // the planner believes about the table, and a young table's statistics (a handful

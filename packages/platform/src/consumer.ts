@@ -14,7 +14,14 @@
 // safe in any order, and the saga retries them when no reply comes: so a parked
 // command does not hold back the later commands about its subject, and an operator's
 // replay of one runs it even after later ones took effect.
-import { boundTypes, checkEnvelope, isCommandType, previousSequence, type DomainEvent, type Envelope } from '@converge/contracts';
+import {
+  boundTypes,
+  checkEnvelope,
+  isCommandType,
+  previousSequence,
+  type DomainEvent,
+  type Envelope,
+} from '@converge/contracts';
 import { eventsOf, type Bus, type Delivery, type Subscription } from './bus.ts';
 import type { Db, Sql } from './db.ts';
 import { PermanentError } from './errors.ts';
@@ -108,14 +115,27 @@ function missing(what: string): never {
 
 export async function startConsumer(options: ConsumerOptions, subscribe = true): Promise<Consumer> {
   const { name, db, bus, log, handle, handleBatch } = options;
-  const batchWith: Handler | { batch: BatchHandler } = handleBatch !== undefined ? { batch: handleBatch }
-    : handle ?? missing(`consumer ${name} needs handle or handleBatch`);
+  const batchWith: Handler | { batch: BatchHandler } =
+    handleBatch !== undefined
+      ? { batch: handleBatch }
+      : (handle ?? missing(`consumer ${name} needs handle or handleBatch`));
   const maxAttempts = options.maxAttempts ?? 5;
   const batchSize = options.batchSize ?? 64;
   const concurrency = options.concurrency ?? 1;
   const backoff = options.backoff ?? { baseMs: 50, capMs: 2000 };
   const now = options.now ?? (() => new Date());
-  const stats: ConsumerStats = { received: 0, applied: 0, duplicate: 0, stale: 0, held: 0, skipped: 0, 'dead-lettered': 0, retries: 0, batches: 0, fallbacks: 0 };
+  const stats: ConsumerStats = {
+    received: 0,
+    applied: 0,
+    duplicate: 0,
+    stale: 0,
+    held: 0,
+    skipped: 0,
+    'dead-lettered': 0,
+    retries: 0,
+    batches: 0,
+    fallbacks: 0,
+  };
   const lanes = new Map<string, Promise<unknown>>();
   let stopped = false;
   const types = boundTypes(name, options.sources);
@@ -153,7 +173,11 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       const last = claim.last;
       const rerun = replay && isCommandType(message.type);
       if (message.sequence <= last && !rerun) {
-        if (fromHold) await tx.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [...key, message.sequence]);
+        if (fromHold)
+          await tx.query(
+            'DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4',
+            [...key, message.sequence],
+          );
         return { outcome: 'stale', more: false };
       }
       if (previousSequence(name, message) > last && !rerun) {
@@ -162,7 +186,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       }
       let appended: Promise<unknown> | undefined;
       if (handle !== undefined) await runHandler(tx, name, handle, message, now());
-      else if (handleBatch !== undefined) ({ appended } = await runBatchHandler(tx, name, handleBatch, [message], now()));
+      else if (handleBatch !== undefined)
+        ({ appended } = await runBatchHandler(tx, name, handleBatch, [message], now()));
       // Advances the position, clears this message from the hold if it came from there,
       // and says whether the next one is already waiting: one statement, left in flight
       // with the append before it, so both go out with the COMMIT.
@@ -183,20 +208,39 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     return { outcome: 'applied', more: advanced?.more ?? false };
   }
 
-  async function deadLetter(body: unknown, messageId: string | undefined, reason: string, error: string, attempts: number) {
+  async function deadLetter(
+    body: unknown,
+    messageId: string | undefined,
+    reason: string,
+    error: string,
+    attempts: number,
+  ) {
     const envelope = typeof body === 'object' && body !== null ? (body as Partial<Record<string, unknown>>) : {};
     const text = typeof body === 'string' ? body : JSON.stringify(body);
     const id = typeof envelope.id === 'string' ? envelope.id : messageId;
     await db.query(
       `INSERT INTO dead_letters (id, consumer, message_id, type, subject, body, reason, error, attempts)
        VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING`,
-      [name, id ?? null, typeof envelope.type === 'string' ? envelope.type : null, typeof envelope.subject === 'string' ? envelope.subject : null, text, reason, error.slice(0, 2000), attempts],
+      [
+        name,
+        id ?? null,
+        typeof envelope.type === 'string' ? envelope.type : null,
+        typeof envelope.subject === 'string' ? envelope.subject : null,
+        text,
+        reason,
+        error.slice(0, 2000),
+        attempts,
+      ],
     );
     stats['dead-lettered'] += 1;
     log.warn('message dead-lettered', { consumer: name, messageId: id, reason, error });
   }
 
-  const databaseDown = () => db.query('SELECT 1').then(() => false, () => true);
+  const databaseDown = () =>
+    db.query('SELECT 1').then(
+      () => false,
+      () => true,
+    );
 
   // Applies with retries; parks the message when it can never succeed or retries run out.
   async function applyWithRetry(message: Message, fromHold: boolean): Promise<Applied> {
@@ -210,17 +254,31 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         if (!permanent && !stopped && (await databaseDown())) {
           outage += 1;
           stats.retries += 1;
-          if (outage === 1 || outage % 20 === 0) log.warn('database unreachable; retrying', { consumer: name, messageId: message.id, error: (error as Error).message });
+          if (outage === 1 || outage % 20 === 0)
+            log.warn('database unreachable; retrying', {
+              consumer: name,
+              messageId: message.id,
+              error: (error as Error).message,
+            });
           await sleep(backoffDelay(outage, backoff));
           continue;
         }
         attempt += 1;
         if (permanent || attempt >= maxAttempts || stopped) {
           if (stopped && !permanent) throw error;
-          await deadLetter(message, message.id, permanent ? error.reason : 'retries exhausted', (error as Error).message, attempt);
+          await deadLetter(
+            message,
+            message.id,
+            permanent ? error.reason : 'retries exhausted',
+            (error as Error).message,
+            attempt,
+          );
           if (isCommandType(message.type)) return { outcome: 'dead-lettered', more: await passParkedCommand(message) };
           if (fromHold) {
-            await db.query('DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4', [name, message.source, message.subject, message.sequence]);
+            await db.query(
+              'DELETE FROM held_messages WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4',
+              [name, message.source, message.subject, message.sequence],
+            );
           }
           return { outcome: 'dead-lettered', more: false };
         }
@@ -324,23 +382,31 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     let results: Applied[] | undefined;
     if (batch.length > 1 && !stopped) {
       try {
-        results = await applyBatch(db, name, batch.map((item) => item.message), batchWith, now());
+        results = await applyBatch(
+          db,
+          name,
+          batch.map((item) => item.message),
+          batchWith,
+          now(),
+        );
       } catch {
         // Rolled back whole; below, each message is applied alone, and the one at fault
         // is retried, logged and parked on its own.
         stats.fallbacks += 1;
       }
     }
-    await Promise.all(batch.map(async (item, k) => {
-      try {
-        const { outcome, more } = results?.[k] ?? (await applyWithRetry(item.message, false));
-        count(outcome);
-        if (more) await drainHeld(item.message.source, item.message.subject);
-        item.resolve(outcome);
-      } catch (error) {
-        item.reject(error);
-      }
-    }));
+    await Promise.all(
+      batch.map(async (item, k) => {
+        try {
+          const { outcome, more } = results?.[k] ?? (await applyWithRetry(item.message, false));
+          count(outcome);
+          if (more) await drainHeld(item.message.source, item.message.subject);
+          item.resolve(outcome);
+        } catch (error) {
+          item.reject(error);
+        }
+      }),
+    );
   }
 
   async function processBody(body: unknown, messageId?: string): Promise<Outcome> {
@@ -369,13 +435,18 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   async function onDelivery(delivery: Delivery) {
     try {
       const events = eventsOf(delivery);
-      const settled = await Promise.allSettled(events.map((body) => processBody(body, events.length === 1 ? delivery.messageId : undefined)));
+      const settled = await Promise.allSettled(
+        events.map((body) => processBody(body, events.length === 1 ? delivery.messageId : undefined)),
+      );
       const failed = settled.find((result) => result.status === 'rejected');
       if (failed !== undefined) throw failed.reason;
       await delivery.ack();
     } catch (error) {
       // Only reached when even parking failed (database down): leave it to the broker.
-      log.error('message could not be handled or parked; returning it to the queue', { consumer: name, error: (error as Error).message });
+      log.error('message could not be handled or parked; returning it to the queue', {
+        consumer: name,
+        error: (error as Error).message,
+      });
       await delivery.nack(1000);
     }
   }

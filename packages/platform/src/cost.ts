@@ -21,9 +21,14 @@ export type CostCounters = {
 };
 
 const counters: CostCounters = {
-  statements: 0, transactions: 0,
-  busPublishes: 0, busPublishedEvents: 0, busPublishedBytes: 0,
-  busDeliveries: 0, busDeliveredEvents: 0, busDeliveredBytes: 0,
+  statements: 0,
+  transactions: 0,
+  busPublishes: 0,
+  busPublishedEvents: 0,
+  busPublishedBytes: 0,
+  busDeliveries: 0,
+  busDeliveredEvents: 0,
+  busDeliveredBytes: 0,
 };
 
 export function countStatement(): void {
@@ -53,17 +58,41 @@ export function costCounters(): Readonly<CostCounters> {
 }
 
 const metrics: [keyof CostCounters, string, string][] = [
-  ['statements', 'converge_db_statements_total', 'Database statements sent by this process (BEGIN and COMMIT not included).'],
+  [
+    'statements',
+    'converge_db_statements_total',
+    'Database statements sent by this process (BEGIN and COMMIT not included).',
+  ],
   ['transactions', 'converge_db_transactions_total', 'Explicit database transactions run by this process.'],
   ['busPublishes', 'converge_bus_publishes_total', 'Broker messages published by this process.'],
-  ['busPublishedEvents', 'converge_bus_published_events_total', 'Events in the broker messages this process published.'],
-  ['busPublishedBytes', 'converge_bus_published_bytes_total', 'Body bytes of the broker messages this process published.'],
+  [
+    'busPublishedEvents',
+    'converge_bus_published_events_total',
+    'Events in the broker messages this process published.',
+  ],
+  [
+    'busPublishedBytes',
+    'converge_bus_published_bytes_total',
+    'Body bytes of the broker messages this process published.',
+  ],
   ['busDeliveries', 'converge_bus_deliveries_total', 'Broker messages delivered to this process.'],
-  ['busDeliveredEvents', 'converge_bus_delivered_events_total', 'Events in the broker messages delivered to this process.'],
-  ['busDeliveredBytes', 'converge_bus_delivered_bytes_total', 'Body bytes of the broker messages delivered to this process.'],
+  [
+    'busDeliveredEvents',
+    'converge_bus_delivered_events_total',
+    'Events in the broker messages delivered to this process.',
+  ],
+  [
+    'busDeliveredBytes',
+    'converge_bus_delivered_bytes_total',
+    'Body bytes of the broker messages delivered to this process.',
+  ],
 ];
 
 /** The counters as Prometheus text lines, each series labelled with `label` (`service="order"`). */
 export function costMetricLines(label: string): string[] {
-  return metrics.flatMap(([key, name, help]) => [`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name}{${label}} ${counters[key]}`]);
+  return metrics.flatMap(([key, name, help]) => [
+    `# HELP ${name} ${help}`,
+    `# TYPE ${name} counter`,
+    `${name}{${label}} ${counters[key]}`,
+  ]);
 }

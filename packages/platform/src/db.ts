@@ -33,7 +33,9 @@ const numeric = 1700;
 // Most of a PGlite open (and of its initdb) is zeroing its shared buffers, 128MB by
 // default; an embedded service's or a test's tables fit in far less.
 const pgliteStartParams = [
-  ...((PGlite as unknown as { defaultStartParams?: string[] }).defaultStartParams ?? []), '-c', 'shared_buffers=16MB',
+  ...((PGlite as unknown as { defaultStartParams?: string[] }).defaultStartParams ?? []),
+  '-c',
+  'shared_buffers=16MB',
 ];
 
 export async function openPglite(name: string, dataDir?: string): Promise<Db> {
@@ -118,7 +120,10 @@ function pipelined(client: pg.PoolClient): Pipeline {
   const begun = client.query('BEGIN');
   begun.catch(() => undefined);
   const inFlight = new Set<Promise<unknown>>([begun]);
-  void begun.then(() => inFlight.delete(begun), () => undefined);
+  void begun.then(
+    () => inFlight.delete(begun),
+    () => undefined,
+  );
   return {
     send: <R extends object>(config: pg.QueryConfig) => {
       const sent = client.query<R & pg.QueryResultRow>(config);
@@ -149,7 +154,12 @@ export type PostgresOptions = { max?: number; log?: (msg: string, fields?: Recor
 
 /** A database on a PostgreSQL server, through a connection pool. */
 export async function openPostgres(name: string, url: string, options: PostgresOptions = {}): Promise<Db> {
-  const pool = new pg.Pool({ connectionString: url, max: options.max ?? 10, pipeline: true, types: { getTypeParser: typeParser } });
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 10,
+    pipeline: true,
+    types: { getTypeParser: typeParser },
+  });
   // An idle client whose server went away must not crash the process; the pool replaces it.
   pool.on('error', (error) => options.log?.('idle database client failed', { db: name, error: error.message }));
   // The pool listens for errors only on idle clients. A checked-out one whose server goes

@@ -31,8 +31,17 @@ async function faultyBus(faults: BusFaults) {
 function envelope(sequence: number): Envelope {
   const id = crypto.randomUUID();
   return {
-    specversion: '1.0', id, source: 'inventory', type: 'StockAdjusted', subject: 's', time: new Date().toISOString(),
-    datacontenttype: 'application/json', dataversion: 1, sequence, correlationid: id, data: { n: sequence },
+    specversion: '1.0',
+    id,
+    source: 'inventory',
+    type: 'StockAdjusted',
+    subject: 's',
+    time: new Date().toISOString(),
+    datacontenttype: 'application/json',
+    dataversion: 1,
+    sequence,
+    correlationid: id,
+    data: { n: sequence },
   };
 }
 
@@ -43,84 +52,112 @@ async function publishEach(bus: Pick<Bus, 'publish'>, messages: readonly Envelop
   for (const message of messages) await bus.publish([message]);
 }
 
-
 describe('a bus with faults', () => {
-  it('given every delivery duplicated, when three messages are consumed and acked, then each arrives twice, the copy marked redelivered, and the queue empties', async () => {
-    const bus = await faultyBus({ duplicateRate: 1, delayRate: 0, maxDelayMs: 0 });
-    const messages = [1, 2, 3].map(envelope);
-    const seen: Delivery[] = [];
+  it(
+    'given every delivery duplicated, when three messages are consumed and acked, then ' +
+      'each arrives twice, the copy marked redelivered, and the queue empties',
+    async () => {
+      const bus = await faultyBus({ duplicateRate: 1, delayRate: 0, maxDelayMs: 0 });
+      const messages = [1, 2, 3].map(envelope);
+      const seen: Delivery[] = [];
 
-    await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
-      seen.push(d);
-      await d.ack();
-    });
-    await publishEach(bus, messages);
+      await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
+        seen.push(d);
+        await d.ack();
+      });
+      await publishEach(bus, messages);
 
-    await eventually(async () => (seen.length >= 6 && (await bus.depth('stock')) === 0 ? true : undefined), 5_000, 'six deliveries, queue empty');
-    for (const message of messages) {
-      const copies = seen.filter((d) => idOf(d) === message.id);
-      expect(copies).toHaveLength(2);
-      expect(copies.map((d) => d.redelivered).sort()).toEqual([false, true]);
-    }
-    expect(bus.faultStats).toEqual({ duplicated: 3, delayed: 0 });
-  });
+      await eventually(
+        async () => (seen.length >= 6 && (await bus.depth('stock')) === 0 ? true : undefined),
+        5_000,
+        'six deliveries, queue empty',
+      );
+      for (const message of messages) {
+        const copies = seen.filter((d) => idOf(d) === message.id);
+        expect(copies).toHaveLength(2);
+        expect(copies.map((d) => d.redelivered).sort()).toEqual([false, true]);
+      }
+      expect(bus.faultStats).toEqual({ duplicated: 3, delayed: 0 });
+    },
+  );
 
-  it('given a duplicated delivery, when only the copy is acked, then the message stays in the queue until the original is', async () => {
-    const bus = await faultyBus({ duplicateRate: 1, delayRate: 0, maxDelayMs: 0 });
-    const originals: Delivery[] = [];
+  it(
+    'given a duplicated delivery, when only the copy is acked, then ' +
+      'the message stays in the queue until the original is',
+    async () => {
+      const bus = await faultyBus({ duplicateRate: 1, delayRate: 0, maxDelayMs: 0 });
+      const originals: Delivery[] = [];
 
-    await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
-      if (d.redelivered) await d.ack(); // the copy (the original is a first delivery)
-      else originals.push(d);
-    });
-    await bus.publish([envelope(1)]);
-    await eventually(() => Promise.resolve(originals.length >= 1 ? true : undefined), 5_000, 'the original');
-    await sleep(200);
+      await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
+        if (d.redelivered)
+          await d.ack(); // the copy (the original is a first delivery)
+        else originals.push(d);
+      });
+      await bus.publish([envelope(1)]);
+      await eventually(() => Promise.resolve(originals.length >= 1 ? true : undefined), 5_000, 'the original');
+      await sleep(200);
 
-    expect(await bus.depth('stock')).toBe(1);
-    await originals[0]?.ack();
-    expect(await bus.depth('stock')).toBe(0);
-  });
+      expect(await bus.depth('stock')).toBe(1);
+      await originals[0]?.ack();
+      expect(await bus.depth('stock')).toBe(0);
+    },
+  );
 
-  it('given every delivery delayed, when messages are published, then they all arrive later and out of order, and the counter says so', async () => {
-    const bus = await faultyBus({ duplicateRate: 0, delayRate: 1, maxDelayMs: 400 });
-    const messages = Array.from({ length: 20 }, (_, i) => envelope(i + 1));
-    const arrived: number[] = [];
+  it(
+    'given every delivery delayed, when messages are published, then they ' +
+      'all arrive later and out of order, and the counter says so',
+    async () => {
+      const bus = await faultyBus({ duplicateRate: 0, delayRate: 1, maxDelayMs: 400 });
+      const messages = Array.from({ length: 20 }, (_, i) => envelope(i + 1));
+      const arrived: number[] = [];
 
-    await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
-      arrived.push((d.body as Envelope).sequence);
-      await d.ack();
-    });
-    await publishEach(bus, messages);
+      await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
+        arrived.push((d.body as Envelope).sequence);
+        await d.ack();
+      });
+      await publishEach(bus, messages);
 
-    await eventually(async () => (arrived.length >= 20 && (await bus.depth('stock')) === 0 ? true : undefined), 5_000, 'all delivered');
-    expect([...arrived].sort((a, b) => a - b)).toEqual(messages.map((m) => m.sequence));
-    expect(arrived).not.toEqual(messages.map((m) => m.sequence)); // 20 random delays keep this order with p = 1/20!
-    expect(bus.faultStats).toEqual({ duplicated: 0, delayed: 20 });
-  });
+      await eventually(
+        async () => (arrived.length >= 20 && (await bus.depth('stock')) === 0 ? true : undefined),
+        5_000,
+        'all delivered',
+      );
+      expect([...arrived].sort((a, b) => a - b)).toEqual(messages.map((m) => m.sequence));
+      expect(arrived).not.toEqual(messages.map((m) => m.sequence)); // 20 random delays keep this order with p = 1/20!
+      expect(bus.faultStats).toEqual({ duplicated: 0, delayed: 20 });
+    },
+  );
 
-  it('given deliveries waiting out their delay, when the subscription closes, then none reaches the handler and a new subscriber gets them all', async () => {
-    const bus = await faultyBus({ duplicateRate: 0, delayRate: 1, maxDelayMs: 60_000 });
-    const first: Delivery[] = [];
-    const subscription = await bus.subscribe('stock', ['StockAdjusted'], (d) => {
-      first.push(d);
-      return Promise.resolve();
-    });
-    await publishEach(bus, [1, 2, 3].map(envelope));
-    await eventually(() => Promise.resolve(bus.faultStats.delayed >= 3 ? true : undefined), 5_000, 'three delayed');
+  it(
+    'given deliveries waiting out their delay, when the subscription closes, ' +
+      'then none reaches the handler and a new subscriber gets them all',
+    async () => {
+      const bus = await faultyBus({ duplicateRate: 0, delayRate: 1, maxDelayMs: 60_000 });
+      const first: Delivery[] = [];
+      const subscription = await bus.subscribe('stock', ['StockAdjusted'], (d) => {
+        first.push(d);
+        return Promise.resolve();
+      });
+      await publishEach(bus, [1, 2, 3].map(envelope));
+      await eventually(() => Promise.resolve(bus.faultStats.delayed >= 3 ? true : undefined), 5_000, 'three delayed');
 
-    await subscription.close();
-    const second: Delivery[] = [];
-    await bus.inner.subscribe('stock', ['StockAdjusted'], async (d) => {
-      second.push(d);
-      await d.ack();
-    });
+      await subscription.close();
+      const second: Delivery[] = [];
+      await bus.inner.subscribe('stock', ['StockAdjusted'], async (d) => {
+        second.push(d);
+        await d.ack();
+      });
 
-    await eventually(async () => (second.length >= 3 && (await bus.depth('stock')) === 0 ? true : undefined), 5_000, 'redelivered');
-    await sleep(100);
-    expect(first).toHaveLength(0);
-    expect(second.every((d) => d.redelivered)).toBe(true);
-  });
+      await eventually(
+        async () => (second.length >= 3 && (await bus.depth('stock')) === 0 ? true : undefined),
+        5_000,
+        'redelivered',
+      );
+      await sleep(100);
+      expect(first).toHaveLength(0);
+      expect(second.every((d) => d.redelivered)).toBe(true);
+    },
+  );
 
   it('given no faults asked for, when messages flow, then nothing is duplicated or delayed', async () => {
     const bus = await faultyBus({ duplicateRate: 0, delayRate: 0, maxDelayMs: 3000 });
@@ -139,11 +176,18 @@ describe('a bus with faults', () => {
 
 describe('the BUS_FAULTS setting', () => {
   it('given the documented form, when parsed, then it gives the rates and the longest delay', () => {
-    expect(parseBusFaults('duplicate=0.1,delay=0.1,max-delay-ms=3000')).toEqual({ duplicateRate: 0.1, delayRate: 0.1, maxDelayMs: 3000 });
+    expect(parseBusFaults('duplicate=0.1,delay=0.1,max-delay-ms=3000')).toEqual({
+      duplicateRate: 0.1,
+      delayRate: 0.1,
+      maxDelayMs: 3000,
+    });
     expect(parseBusFaults(' duplicate = 0.5 ')).toEqual({ duplicateRate: 0.5, delayRate: 0, maxDelayMs: 0 });
   });
 
-  it.each(['duplicate=2', 'delay=-0.1', 'dup=0.1', 'duplicate', 'duplicate=abc', 'max-delay-ms=-1', 'delay=0.1=0.2'])('given %s, when parsed, then it is refused', (text) => {
-    expect(() => parseBusFaults(text)).toThrow();
-  });
+  it.each(['duplicate=2', 'delay=-0.1', 'dup=0.1', 'duplicate', 'duplicate=abc', 'max-delay-ms=-1', 'delay=0.1=0.2'])(
+    'given %s, when parsed, then it is refused',
+    (text) => {
+      expect(() => parseBusFaults(text)).toThrow();
+    },
+  );
 });

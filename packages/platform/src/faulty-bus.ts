@@ -29,7 +29,12 @@ export function withFaults(
     const faulty = async (delivery: Delivery): Promise<void> => {
       if (Math.random() < faults.duplicateRate) {
         stats.duplicated += 1;
-        const copy: Delivery = { ...delivery, redelivered: true, ack: () => Promise.resolve(), nack: () => Promise.resolve() };
+        const copy: Delivery = {
+          ...delivery,
+          redelivered: true,
+          ack: () => Promise.resolve(),
+          nack: () => Promise.resolve(),
+        };
         void onDelivery(copy).catch(ignore);
       }
       if (Math.random() < faults.delayRate) {
@@ -72,7 +77,11 @@ export function withFaults(
 
 function checkFaults(faults: BusFaults): void {
   const rate = (value: number) => Number.isFinite(value) && value >= 0 && value <= 1;
-  if (!rate(faults.duplicateRate) || !rate(faults.delayRate) || !(Number.isFinite(faults.maxDelayMs) && faults.maxDelayMs >= 0)) {
+  if (
+    !rate(faults.duplicateRate) ||
+    !rate(faults.delayRate) ||
+    !(Number.isFinite(faults.maxDelayMs) && faults.maxDelayMs >= 0)
+  ) {
     throw new Error(`invalid bus faults ${JSON.stringify(faults)}: rates are in [0, 1], max delay ≥ 0`);
   }
 }
@@ -81,7 +90,10 @@ function checkFaults(faults: BusFaults): void {
 export function parseBusFaults(text: string): BusFaults {
   const faults: BusFaults = { duplicateRate: 0, delayRate: 0, maxDelayMs: 0 };
   const keys = { duplicate: 'duplicateRate', delay: 'delayRate', 'max-delay-ms': 'maxDelayMs' } as const;
-  for (const part of text.split(',').map((p) => p.trim()).filter((p) => p !== '')) {
+  for (const part of text
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p !== '')) {
     const [key = '', value = '', ...rest] = part.split('=').map((s) => s.trim());
     const field = Object.hasOwn(keys, key) ? keys[key as keyof typeof keys] : undefined;
     if (field === undefined || rest.length > 0 || value === '' || !Number.isFinite(Number(value))) {

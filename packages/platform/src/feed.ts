@@ -43,7 +43,9 @@ export type FeedPage = { events: FeedEntry[]; next: number; head: number };
 export type FeedMark = { position: number; id: string; time: string };
 export type FeedMarks = { marks: FeedMark[]; next: number; head: number };
 
-const headOf = async (db: Sql) => (await db.query<{ head: number }>('SELECT coalesce(max(feed_position), 0)::bigint AS head FROM outbox'))[0]?.head ?? 0;
+const headOf = async (db: Sql) =>
+  (await db.query<{ head: number }>('SELECT coalesce(max(feed_position), 0)::bigint AS head FROM outbox'))[0]?.head ??
+  0;
 
 /** Events after `after`, at most `limit`, and the newest position there is. */
 export async function readFeed(db: Sql, after: number, limit: number): Promise<FeedPage> {
@@ -70,41 +72,60 @@ const FeedEntrySchema = Type.Object({
   event: Type.Unknown({ description: 'The CloudEvents envelope as it was published (see the AsyncAPI document).' }),
 });
 
-const PageQuery = Type.Object({
-  after: Type.Optional(Type.Integer({ minimum: 0, description: 'The last position already read (0: from the start).' })),
-  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-}, { additionalProperties: false });
+const PageQuery = Type.Object(
+  {
+    after: Type.Optional(
+      Type.Integer({ minimum: 0, description: 'The last position already read (0: from the start).' }),
+    ),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+  },
+  { additionalProperties: false },
+);
 const next = Type.Integer({ minimum: 0, description: 'The position to ask after next time.' });
 const head = Type.Integer({ minimum: 0, description: 'The newest position when this page was read.' });
 
 export function registerFeedRoutes(app: HttpApp, db: Db): void {
-  app.get('/events/marks', {
-    schema: {
-      tags: ['operations'],
-      summary: 'The same pages as /events, each event by its id and commit time only',
-      description: 'For a reader that has most events already (a sweep for what the broker lost): it asks /events for a page only when a mark is new to it.',
-      querystring: PageQuery,
-      response: {
-        200: Type.Object({
-          marks: Type.Array(Type.Object({ position: Type.Integer({ minimum: 1 }), id: Type.String(), time: Type.String() })),
-          next, head,
-        }),
-        ...problems(400),
+  app.get(
+    '/events/marks',
+    {
+      schema: {
+        tags: ['operations'],
+        summary: 'The same pages as /events, each event by its id and commit time only',
+        description:
+          'For a reader that has most events already (a sweep for what the broker ' +
+          'lost): it asks /events for a page only when a mark is new to it.',
+        querystring: PageQuery,
+        response: {
+          200: Type.Object({
+            marks: Type.Array(
+              Type.Object({ position: Type.Integer({ minimum: 1 }), id: Type.String(), time: Type.String() }),
+            ),
+            next,
+            head,
+          }),
+          ...problems(400),
+        },
       },
     },
-  }, (request) => readFeedMarks(db, request.query.after ?? 0, request.query.limit ?? 100));
+    (request) => readFeedMarks(db, request.query.after ?? 0, request.query.limit ?? 100),
+  );
 
-  app.get('/events', {
-    schema: {
-      tags: ['operations'],
-      summary: 'The events this service published, in publish order, after a position',
-      description: 'Positions start at 1 and have no gaps; a position once seen is never followed by a smaller one. ' +
-        'Read on with `after` = `next` until `next` = `head`.',
-      querystring: PageQuery,
-      response: {
-        200: Type.Object({ events: Type.Array(FeedEntrySchema), next, head }),
-        ...problems(400),
+  app.get(
+    '/events',
+    {
+      schema: {
+        tags: ['operations'],
+        summary: 'The events this service published, in publish order, after a position',
+        description:
+          'Positions start at 1 and have no gaps; a position once seen is never followed by a smaller one. ' +
+          'Read on with `after` = `next` until `next` = `head`.',
+        querystring: PageQuery,
+        response: {
+          200: Type.Object({ events: Type.Array(FeedEntrySchema), next, head }),
+          ...problems(400),
+        },
       },
     },
-  }, (request) => readFeed(db, request.query.after ?? 0, request.query.limit ?? 100));
+    (request) => readFeed(db, request.query.after ?? 0, request.query.limit ?? 100),
+  );
 }

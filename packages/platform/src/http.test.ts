@@ -42,19 +42,23 @@ describe.skipIf(!pgUp)('the HTTP edge, database out of reach', () => {
     await db.close().catch(() => undefined);
   });
 
-  it('given a working database, when the proxy is cut, then reads answer 503 problem+json with Retry-After instead of 500', async () => {
-    expect((await app.inject({ method: 'GET', url: '/now' })).statusCode).toBe(200);
+  it(
+    'given a working database, when the proxy is cut, then reads ' +
+      'answer 503 problem+json with Retry-After instead of 500',
+    async () => {
+      expect((await app.inject({ method: 'GET', url: '/now' })).statusCode).toBe(200);
 
-    proxy.close();
-    for (const socket of sockets) socket.destroy();
-    const cut = await app.inject({ method: 'GET', url: '/now' });
-    const refused = await app.inject({ method: 'GET', url: '/now' });
+      proxy.close();
+      for (const socket of sockets) socket.destroy();
+      const cut = await app.inject({ method: 'GET', url: '/now' });
+      const refused = await app.inject({ method: 'GET', url: '/now' });
 
-    for (const response of [cut, refused]) {
-      expect(response.statusCode).toBe(503);
-      expect(response.headers['content-type']).toContain('application/problem+json');
-      expect(response.headers['retry-after']).toBe('1');
-      expect(response.json()).toMatchObject({ status: 503, title: 'Unavailable' });
-    }
-  });
+      for (const response of [cut, refused]) {
+        expect(response.statusCode).toBe(503);
+        expect(response.headers['content-type']).toContain('application/problem+json');
+        expect(response.headers['retry-after']).toBe('1');
+        expect(response.json()).toMatchObject({ status: 503, title: 'Unavailable' });
+      }
+    },
+  );
 });

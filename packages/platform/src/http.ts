@@ -43,37 +43,82 @@ function problem(reply: FastifyReply, status: number, title: string, detail?: st
   return reply
     .code(status)
     .type('application/problem+json')
-    .send({ type: `https://converge.dev/problems/${title.toLowerCase().replace(/[^a-z]+/g, '-')}`, title, status, detail, errors });
+    .send({
+      type: `https://converge.dev/problems/${title.toLowerCase().replace(/[^a-z]+/g, '-')}`,
+      title,
+      status,
+      detail,
+      errors,
+    });
 }
 
-export async function createHttpApp({ service, log, description, bodyLimit = 64 * 1024, ready }: HttpOptions): Promise<HttpApp> {
+export async function createHttpApp({
+  service,
+  log,
+  description,
+  bodyLimit = 64 * 1024,
+  ready,
+}: HttpOptions): Promise<HttpApp> {
   const handleError = (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     if (error.validation !== undefined) {
-      const errors = error.validation.map((v) => `${error.validationContext ?? 'body'}${v.instancePath || ''} ${v.message ?? 'is invalid'}`);
+      const errors = error.validation.map(
+        (v) => `${error.validationContext ?? 'body'}${v.instancePath || ''} ${v.message ?? 'is invalid'}`,
+      );
       return problem(reply, 400, 'Invalid request', 'The request does not match the schema.', errors);
     }
-    if (error instanceof InvalidError) return problem(reply, error.status, error.status === 422 ? 'Unprocessable request' : 'Invalid request', error.message, error.details);
+    if (error instanceof InvalidError)
+      return problem(
+        reply,
+        error.status,
+        error.status === 422 ? 'Unprocessable request' : 'Invalid request',
+        error.message,
+        error.details,
+      );
     if (error instanceof NotFoundError) return problem(reply, 404, 'Not found', error.message);
-    if (error instanceof ConflictError) return problem(reply, error.status, error.status === 412 ? 'Precondition failed' : 'Conflict', error.message);
-    if (error instanceof UnavailableError) return problem(reply.header('retry-after', '1'), 503, 'Unavailable', error.message);
+    if (error instanceof ConflictError)
+      return problem(reply, error.status, error.status === 412 ? 'Precondition failed' : 'Conflict', error.message);
+    if (error instanceof UnavailableError)
+      return problem(reply.header('retry-after', '1'), 503, 'Unavailable', error.message);
     if (isUnreachable(error)) {
-      log.warn('request failed: a dependency is out of reach', { method: request.method, url: request.url, error: error.message });
+      log.warn('request failed: a dependency is out of reach', {
+        method: request.method,
+        url: request.url,
+        error: error.message,
+      });
       void reply.header('retry-after', '1');
-      return problem(reply, 503, 'Unavailable', 'The service cannot reach its database right now. Retry shortly (with the same Idempotency-Key where the request takes one).');
+      return problem(
+        reply,
+        503,
+        'Unavailable',
+        'The service cannot reach its database right now. Retry shortly (with ' +
+          'the same Idempotency-Key where the request takes one).',
+      );
     }
     const status = typeof error.statusCode === 'number' ? error.statusCode : 500;
     if (status >= 400 && status < 500) {
-      const title = status === 413 ? 'Payload too large' : status === 414 ? 'URI too long' : status === 415 ? 'Unsupported media type' : 'Invalid request';
+      const title =
+        status === 413
+          ? 'Payload too large'
+          : status === 414
+            ? 'URI too long'
+            : status === 415
+              ? 'Unsupported media type'
+              : 'Invalid request';
       return problem(reply, status, title, error.message);
     }
     log.error('request failed', { method: request.method, url: request.url, error: error.message, stack: error.stack });
     return problem(reply, 500, 'Internal error', 'The request could not be completed; it has been logged.');
   };
   const app = Fastify({
-    logger: false, bodyLimit, return503OnClosing: true, forceCloseConnections: true,
+    logger: false,
+    bodyLimit,
+    return503OnClosing: true,
+    forceCloseConnections: true,
     // The router refuses some URLs (bad percent-encoding, a parameter over 100
     // characters) before any route runs: they too leave as problem+json.
-    frameworkErrors: (error, request, reply) => { void handleError(error, request, reply); },
+    frameworkErrors: (error, request, reply) => {
+      void handleError(error, request, reply);
+    },
   })
     .setValidatorCompiler((route) => {
       const validate = TypeBoxValidatorCompiler(route);
@@ -95,7 +140,9 @@ export async function createHttpApp({ service, log, description, bodyLimit = 64 
 
   app.setErrorHandler(handleError);
 
-  app.setNotFoundHandler((request, reply) => problem(reply, 404, 'Not found', `no route ${request.method} ${request.url}`));
+  app.setNotFoundHandler((request, reply) =>
+    problem(reply, 404, 'Not found', `no route ${request.method} ${request.url}`),
+  );
 
   app.get('/healthz', { schema: { hide: true } }, () => ({ status: 'ok', service }));
   app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {

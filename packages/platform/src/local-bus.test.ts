@@ -73,8 +73,17 @@ async function openBus(open: () => Promise<Db>): Promise<Opened> {
 function envelope(type: string, subject: string = crypto.randomUUID(), sequence = 1): Envelope {
   const id = crypto.randomUUID();
   return {
-    specversion: '1.0', id, source: 'inventory', type, subject, time: new Date().toISOString(),
-    datacontenttype: 'application/json', dataversion: 1, sequence, correlationid: id, data: { n: sequence },
+    specversion: '1.0',
+    id,
+    source: 'inventory',
+    type,
+    subject,
+    time: new Date().toISOString(),
+    datacontenttype: 'application/json',
+    dataversion: 1,
+    sequence,
+    correlationid: id,
+    data: { n: sequence },
   };
 }
 
@@ -91,203 +100,254 @@ function recorder() {
     deliveries.push(d);
     return Promise.resolve();
   };
-  const count = (n: number) => eventually(() => Promise.resolve(deliveries.length >= n ? true : undefined), 5_000, `${n} deliveries`);
+  const count = (n: number) =>
+    eventually(() => Promise.resolve(deliveries.length >= n ? true : undefined), 5_000, `${n} deliveries`);
   return { deliveries, ids, onDelivery, count };
 }
 
 describe.each(backends)('local bus on $name', (backend) => {
   describe.skipIf(!backend.up)('the local bus', () => {
-    it('given two queues bound to different types, when three types are published, then each queue holds only its types and the unbound one is dropped', async () => {
-      const { bus, db } = await openBus(await backend.store());
-      await bus.declare('stock', ['StockAdjusted']);
-      await bus.declare('catalogue', ['ProductAdded', 'StockAdjusted']);
-      const [adjusted, added, created] = [envelope('StockAdjusted'), envelope('ProductAdded'), envelope('OrderCreated')];
+    it(
+      'given two queues bound to different types, when three types are published, ' +
+        'then each queue holds only its types and the unbound one is dropped',
+      async () => {
+        const { bus, db } = await openBus(await backend.store());
+        await bus.declare('stock', ['StockAdjusted']);
+        await bus.declare('catalogue', ['ProductAdded', 'StockAdjusted']);
+        const [adjusted, added, created] = [
+          envelope('StockAdjusted'),
+          envelope('ProductAdded'),
+          envelope('OrderCreated'),
+        ];
 
-      await bus.publish([adjusted, added, created]);
+        await bus.publish([adjusted, added, created]);
 
-      expect([await bus.depth('stock'), await bus.depth('catalogue'), await bus.depth('orders')]).toEqual([1, 2, 0]);
-      const [all] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM bus_messages');
-      expect(all?.n).toBe(3);
-      const stock = recorder();
-      await bus.subscribe('stock', ['StockAdjusted'], stock.onDelivery);
-      await stock.count(1);
-      await sleep(200);
-      expect(stock.ids()).toEqual([adjusted.id]);
-      expect(stock.deliveries[0]?.routingKey).toBe('StockAdjusted');
-    });
+        expect([await bus.depth('stock'), await bus.depth('catalogue'), await bus.depth('orders')]).toEqual([1, 2, 0]);
+        const [all] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM bus_messages');
+        expect(all?.n).toBe(3);
+        const stock = recorder();
+        await bus.subscribe('stock', ['StockAdjusted'], stock.onDelivery);
+        await stock.count(1);
+        await sleep(200);
+        expect(stock.ids()).toEqual([adjusted.id]);
+        expect(stock.deliveries[0]?.routingKey).toBe('StockAdjusted');
+      },
+    );
 
-    it('given a declared queue with nobody listening, when messages are published and a subscriber comes later, then it gets them all in order, fresh', async () => {
-      const { bus } = await openBus(await backend.store());
-      await bus.declare('stock', ['StockAdjusted']);
-      const messages = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
-      await publishEach(bus, messages);
-      await sleep(200);
+    it(
+      'given a declared queue with nobody listening, when messages are published and ' +
+        'a subscriber comes later, then it gets them all in order, fresh',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        await bus.declare('stock', ['StockAdjusted']);
+        const messages = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
+        await publishEach(bus, messages);
+        await sleep(200);
 
-      const late = recorder();
-      await bus.subscribe('stock', ['StockAdjusted'], late.onDelivery);
-      await late.count(3);
+        const late = recorder();
+        await bus.subscribe('stock', ['StockAdjusted'], late.onDelivery);
+        await late.count(3);
 
-      expect(late.ids()).toEqual(messages.map((m) => m.id));
-      expect(late.deliveries.map((d) => [d.redelivered, d.messageId])).toEqual(messages.map((m) => [false, m.id]));
-      expect(late.deliveries[0]?.body).toEqual(messages[0]);
-      for (const d of late.deliveries) await d.ack();
-      expect(await bus.depth('stock')).toBe(0);
-    });
+        expect(late.ids()).toEqual(messages.map((m) => m.id));
+        expect(late.deliveries.map((d) => [d.redelivered, d.messageId])).toEqual(messages.map((m) => [false, m.id]));
+        expect(late.deliveries[0]?.body).toEqual(messages[0]);
+        for (const d of late.deliveries) await d.ack();
+        expect(await bus.depth('stock')).toBe(0);
+      },
+    );
 
-    it('given several events of one type in one publish, when consumed, then they arrive as one batch delivery, in order, and one ack settles them all', async () => {
-      const { bus } = await openBus(await backend.store());
-      await bus.declare('stock', ['StockAdjusted', 'ProductAdded']);
-      const adjusted = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
-      const added = envelope('ProductAdded', 'p');
+    it(
+      'given several events of one type in one publish, when consumed, then they ' +
+        'arrive as one batch delivery, in order, and one ack settles them all',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        await bus.declare('stock', ['StockAdjusted', 'ProductAdded']);
+        const adjusted = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
+        const added = envelope('ProductAdded', 'p');
 
-      await bus.publish([adjusted[0], added, ...adjusted.slice(1)].filter((m) => m !== undefined));
-      const stock = recorder();
-      await bus.subscribe('stock', ['StockAdjusted', 'ProductAdded'], stock.onDelivery);
-      await stock.count(2);
+        await bus.publish([adjusted[0], added, ...adjusted.slice(1)].filter((m) => m !== undefined));
+        const stock = recorder();
+        await bus.subscribe('stock', ['StockAdjusted', 'ProductAdded'], stock.onDelivery);
+        await stock.count(2);
 
-      expect(stock.deliveries.map((d) => [d.routingKey, d.batch])).toEqual([['StockAdjusted', true], ['ProductAdded', false]]);
-      expect(stock.deliveries.map((d) => eventsOf(d).map((e) => (e as Envelope).id))).toEqual([adjusted.map((m) => m.id), [added.id]]);
-      expect(await bus.depth('stock')).toBe(2);
-      for (const d of stock.deliveries) await d.ack();
-      expect(await bus.depth('stock')).toBe(0);
-    });
+        expect(stock.deliveries.map((d) => [d.routingKey, d.batch])).toEqual([
+          ['StockAdjusted', true],
+          ['ProductAdded', false],
+        ]);
+        expect(stock.deliveries.map((d) => eventsOf(d).map((e) => (e as Envelope).id))).toEqual([
+          adjusted.map((m) => m.id),
+          [added.id],
+        ]);
+        expect(await bus.depth('stock')).toBe(2);
+        for (const d of stock.deliveries) await d.ack();
+        expect(await bus.depth('stock')).toBe(0);
+      },
+    );
 
-    it('given a queue declared with fewer types than before, when the old types are published, then they no longer reach it', async () => {
-      const { bus } = await openBus(await backend.store());
-      await bus.declare('stock', ['StockAdjusted', 'ProductAdded']);
-      await bus.declare('stock', ['StockAdjusted']);
+    it(
+      'given a queue declared with fewer types than before, when the old ' +
+        'types are published, then they no longer reach it',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        await bus.declare('stock', ['StockAdjusted', 'ProductAdded']);
+        await bus.declare('stock', ['StockAdjusted']);
 
-      await bus.publish([envelope('ProductAdded'), envelope('StockAdjusted')]);
+        await bus.publish([envelope('ProductAdded'), envelope('StockAdjusted')]);
 
-      expect(await bus.depth('stock')).toBe(1);
-    });
+        expect(await bus.depth('stock')).toBe(1);
+      },
+    );
 
-    it('given a delivery held unacked, when its subscriber closes and another subscribes, then only the newcomer gets it again, marked redelivered', async () => {
-      const { bus } = await openBus(await backend.store());
-      const message = envelope('StockAdjusted');
-      const first = recorder();
-      const subscription = await bus.subscribe('stock', ['StockAdjusted'], first.onDelivery);
-      await bus.publish([message]);
-      await first.count(1);
-      await sleep(300);
-      expect(first.deliveries).toHaveLength(1);
+    it(
+      'given a delivery held unacked, when its subscriber closes and another ' +
+        'subscribes, then only the newcomer gets it again, marked redelivered',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        const message = envelope('StockAdjusted');
+        const first = recorder();
+        const subscription = await bus.subscribe('stock', ['StockAdjusted'], first.onDelivery);
+        await bus.publish([message]);
+        await first.count(1);
+        await sleep(300);
+        expect(first.deliveries).toHaveLength(1);
 
-      await subscription.close();
-      const second = recorder();
-      await bus.subscribe('stock', ['StockAdjusted'], second.onDelivery);
-      await second.count(1);
+        await subscription.close();
+        const second = recorder();
+        await bus.subscribe('stock', ['StockAdjusted'], second.onDelivery);
+        await second.count(1);
 
-      expect(second.ids()).toEqual([message.id]);
-      expect(second.deliveries[0]?.redelivered).toBe(true);
-      expect(first.deliveries).toHaveLength(1);
-      await second.deliveries[0]?.ack();
-      expect(await bus.depth('stock')).toBe(0);
-    });
+        expect(second.ids()).toEqual([message.id]);
+        expect(second.deliveries[0]?.redelivered).toBe(true);
+        expect(first.deliveries).toHaveLength(1);
+        await second.deliveries[0]?.ack();
+        expect(await bus.depth('stock')).toBe(0);
+      },
+    );
 
-    it('given two subscribers, when one closes holding an unacked delivery, then the other gets it, marked redelivered', async () => {
-      const { bus } = await openBus(await backend.store());
-      const [a, b] = [recorder(), recorder()];
-      const leaving = await bus.subscribe('stock', ['StockAdjusted'], a.onDelivery, { prefetch: 1 });
-      await bus.subscribe('stock', ['StockAdjusted'], b.onDelivery, { prefetch: 1 });
-      const messages = [envelope('StockAdjusted', 'x'), envelope('StockAdjusted', 'y')];
-      await publishEach(bus, messages);
-      await a.count(1);
-      await b.count(1);
+    it(
+      'given two subscribers, when one closes holding an unacked ' +
+        'delivery, then the other gets it, marked redelivered',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        const [a, b] = [recorder(), recorder()];
+        const leaving = await bus.subscribe('stock', ['StockAdjusted'], a.onDelivery, { prefetch: 1 });
+        await bus.subscribe('stock', ['StockAdjusted'], b.onDelivery, { prefetch: 1 });
+        const messages = [envelope('StockAdjusted', 'x'), envelope('StockAdjusted', 'y')];
+        await publishEach(bus, messages);
+        await a.count(1);
+        await b.count(1);
 
-      await leaving.close();
-      await b.deliveries[0]?.ack();
-      await b.count(2);
+        await leaving.close();
+        await b.deliveries[0]?.ack();
+        await b.count(2);
 
-      expect([...a.ids(), ...b.ids()]).toEqual([messages[0]?.id, messages[1]?.id, messages[0]?.id]);
-      expect(b.deliveries.map((d) => d.redelivered)).toEqual([false, true]);
-    });
+        expect([...a.ids(), ...b.ids()]).toEqual([messages[0]?.id, messages[1]?.id, messages[0]?.id]);
+        expect(b.deliveries.map((d) => d.redelivered)).toEqual([false, true]);
+      },
+    );
 
-    it('given one message acked and one not, when the bus and its database are closed and reopened, then only the unacked one comes back', async () => {
-      const open = await backend.store();
-      const before = await openBus(open);
-      const [acked, unacked] = [envelope('StockAdjusted', 'a'), envelope('StockAdjusted', 'b')];
-      const first = recorder();
-      await before.bus.subscribe('stock', ['StockAdjusted'], first.onDelivery);
-      await publishEach(before.bus, [acked, unacked]);
-      await first.count(2);
-      await first.deliveries[0]?.ack();
+    it(
+      'given one message acked and one not, when the bus and its database are ' +
+        'closed and reopened, then only the unacked one comes back',
+      async () => {
+        const open = await backend.store();
+        const before = await openBus(open);
+        const [acked, unacked] = [envelope('StockAdjusted', 'a'), envelope('StockAdjusted', 'b')];
+        const first = recorder();
+        await before.bus.subscribe('stock', ['StockAdjusted'], first.onDelivery);
+        await publishEach(before.bus, [acked, unacked]);
+        await first.count(2);
+        await first.deliveries[0]?.ack();
 
-      await before.close();
-      const after = await openBus(open);
-      const afterRestart = envelope('StockAdjusted', 'c');
-      await after.bus.publish([afterRestart]);
-      const second = recorder();
-      await after.bus.subscribe('stock', ['StockAdjusted'], second.onDelivery);
-      await second.count(2);
-      await sleep(200);
+        await before.close();
+        const after = await openBus(open);
+        const afterRestart = envelope('StockAdjusted', 'c');
+        await after.bus.publish([afterRestart]);
+        const second = recorder();
+        await after.bus.subscribe('stock', ['StockAdjusted'], second.onDelivery);
+        await second.count(2);
+        await sleep(200);
 
-      expect(second.ids()).toEqual([unacked.id, afterRestart.id]);
-      expect(second.deliveries.map((d) => d.redelivered)).toEqual([true, false]);
-      expect(await after.bus.depth('stock')).toBe(2);
-    });
+        expect(second.ids()).toEqual([unacked.id, afterRestart.id]);
+        expect(second.deliveries.map((d) => d.redelivered)).toEqual([true, false]);
+        expect(await after.bus.depth('stock')).toBe(2);
+      },
+    );
 
-    it('given a delivery nacked with a delay of 400 ms, when time passes, then later messages go first and it returns no sooner than the delay', async () => {
-      const { bus } = await openBus(await backend.store());
-      const [slow, quick] = [envelope('StockAdjusted', 'slow'), envelope('StockAdjusted', 'quick')];
-      const seen = recorder();
-      const at: number[] = [];
-      await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
-        at.push(Date.now());
-        await seen.onDelivery(d);
-        if ((d.body as Envelope).id === slow.id && !d.redelivered) await d.nack(400);
-        else await d.ack();
-      });
+    it(
+      'given a delivery nacked with a delay of 400 ms, when time passes, then ' +
+        'later messages go first and it returns no sooner than the delay',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        const [slow, quick] = [envelope('StockAdjusted', 'slow'), envelope('StockAdjusted', 'quick')];
+        const seen = recorder();
+        const at: number[] = [];
+        await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
+          at.push(Date.now());
+          await seen.onDelivery(d);
+          if ((d.body as Envelope).id === slow.id && !d.redelivered) await d.nack(400);
+          else await d.ack();
+        });
 
-      await bus.publish([slow]);
-      await seen.count(1);
-      await bus.publish([quick]);
-      await seen.count(3);
+        await bus.publish([slow]);
+        await seen.count(1);
+        await bus.publish([quick]);
+        await seen.count(3);
 
-      expect(seen.ids()).toEqual([slow.id, quick.id, slow.id]);
-      expect(seen.deliveries.map((d) => d.redelivered)).toEqual([false, false, true]);
-      expect((at[2] ?? 0) - (at[0] ?? 0)).toBeGreaterThanOrEqual(400);
-      await eventually(async () => ((await bus.depth('stock')) === 0 ? true : undefined), 5_000, 'queue empty');
-    });
+        expect(seen.ids()).toEqual([slow.id, quick.id, slow.id]);
+        expect(seen.deliveries.map((d) => d.redelivered)).toEqual([false, false, true]);
+        expect((at[2] ?? 0) - (at[0] ?? 0)).toBeGreaterThanOrEqual(400);
+        await eventually(async () => ((await bus.depth('stock')) === 0 ? true : undefined), 5_000, 'queue empty');
+      },
+    );
 
-    it('given a handler that throws, when a message is delivered, then it is returned to the queue and delivered again', async () => {
-      const { bus } = await openBus(await backend.store());
-      const seen = recorder();
-      await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
-        await seen.onDelivery(d);
-        if (!d.redelivered) throw new Error('handler crashed');
-        await d.ack();
-      });
+    it(
+      'given a handler that throws, when a message is delivered, then ' +
+        'it is returned to the queue and delivered again',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        const seen = recorder();
+        await bus.subscribe('stock', ['StockAdjusted'], async (d) => {
+          await seen.onDelivery(d);
+          if (!d.redelivered) throw new Error('handler crashed');
+          await d.ack();
+        });
 
-      await bus.publish([envelope('StockAdjusted')]);
-      await seen.count(2);
+        await bus.publish([envelope('StockAdjusted')]);
+        await seen.count(2);
 
-      expect(seen.deliveries.map((d) => d.redelivered)).toEqual([false, true]);
-      await eventually(async () => ((await bus.depth('stock')) === 0 ? true : undefined), 5_000, 'queue empty');
-    });
+        expect(seen.deliveries.map((d) => d.redelivered)).toEqual([false, true]);
+        await eventually(async () => ((await bus.depth('stock')) === 0 ? true : undefined), 5_000, 'queue empty');
+      },
+    );
 
-    it('given a subscriber with prefetch 1, when three messages wait, then it holds one at a time and depth counts ready and unacked alike', async () => {
-      const { bus } = await openBus(await backend.store());
-      await bus.declare('stock', ['StockAdjusted']);
-      const messages = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
-      await publishEach(bus, messages);
-      expect(await bus.depth('stock')).toBe(3);
-      const one = recorder();
-      await bus.subscribe('stock', ['StockAdjusted'], one.onDelivery, { prefetch: 1 });
+    it(
+      'given a subscriber with prefetch 1, when three messages wait, then it ' +
+        'holds one at a time and depth counts ready and unacked alike',
+      async () => {
+        const { bus } = await openBus(await backend.store());
+        await bus.declare('stock', ['StockAdjusted']);
+        const messages = [1, 2, 3].map((n) => envelope('StockAdjusted', 's', n));
+        await publishEach(bus, messages);
+        expect(await bus.depth('stock')).toBe(3);
+        const one = recorder();
+        await bus.subscribe('stock', ['StockAdjusted'], one.onDelivery, { prefetch: 1 });
 
-      await one.count(1);
-      await sleep(200);
-      expect(one.deliveries).toHaveLength(1);
-      expect(await bus.depth('stock')).toBe(3);
-      await one.deliveries[0]?.ack();
-      await one.count(2);
-      expect(await bus.depth('stock')).toBe(2);
-      await one.deliveries[1]?.ack();
-      await one.count(3);
-      await one.deliveries[2]?.ack();
+        await one.count(1);
+        await sleep(200);
+        expect(one.deliveries).toHaveLength(1);
+        expect(await bus.depth('stock')).toBe(3);
+        await one.deliveries[0]?.ack();
+        await one.count(2);
+        expect(await bus.depth('stock')).toBe(2);
+        await one.deliveries[1]?.ack();
+        await one.count(3);
+        await one.deliveries[2]?.ack();
 
-      expect(one.ids()).toEqual(messages.map((m) => m.id));
-      expect(await bus.depth('stock')).toBe(0);
-    });
+        expect(one.ids()).toEqual(messages.map((m) => m.id));
+        expect(await bus.depth('stock')).toBe(0);
+      },
+    );
 
     it('given a closed bus, when publishing, then it refuses', async () => {
       const { bus } = await openBus(await backend.store());

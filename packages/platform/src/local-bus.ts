@@ -11,9 +11,21 @@ import { withFaults, type BusFaults, type FaultStats } from './faulty-bus.ts';
 
 export type { BusFaults } from './faulty-bus.ts';
 
-type QueueConsumer = { onDelivery: (d: Delivery) => Promise<void>; prefetch: number; closed: boolean; unacked: Set<number> };
+type QueueConsumer = {
+  onDelivery: (d: Delivery) => Promise<void>;
+  prefetch: number;
+  closed: boolean;
+  unacked: Set<number>;
+};
 
-type Row = { id: number; routing_key: string; message_id: string | null; body: string; batch: boolean; deliveries: number };
+type Row = {
+  id: number;
+  routing_key: string;
+  message_id: string | null;
+  body: string;
+  batch: boolean;
+  deliveries: number;
+};
 
 type QueueState = {
   inflight: Set<number>;
@@ -26,7 +38,10 @@ type QueueState = {
 };
 
 /** `faults` (tests only) duplicates or delays some deliveries: see faulty-bus.ts. */
-export async function createLocalBus(db: Db, options: { faults?: BusFaults; pollMs?: number } = {}): Promise<Bus & { faultStats: FaultStats }> {
+export async function createLocalBus(
+  db: Db,
+  options: { faults?: BusFaults; pollMs?: number } = {},
+): Promise<Bus & { faultStats: FaultStats }> {
   await db.exec(`
     CREATE TABLE IF NOT EXISTS bus_bindings (queue text NOT NULL, routing_key text NOT NULL, PRIMARY KEY (queue, routing_key));
     CREATE TABLE IF NOT EXISTS bus_messages (
@@ -35,7 +50,9 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     CREATE INDEX IF NOT EXISTS bus_messages_queue ON bus_messages (queue, id);
     ALTER TABLE bus_messages ADD COLUMN IF NOT EXISTS batch boolean NOT NULL DEFAULT false;`);
   const bindings = new Map<string, Set<string>>();
-  for (const row of await db.query<{ queue: string; routing_key: string }>('SELECT queue, routing_key FROM bus_bindings')) {
+  for (const row of await db.query<{ queue: string; routing_key: string }>(
+    'SELECT queue, routing_key FROM bus_bindings',
+  )) {
     bind(row.queue, row.routing_key);
   }
   const queues = new Map<string, QueueState>();
@@ -132,7 +149,9 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
       redelivered: row.deliveries > 1,
       ack: () => settle(() => db.query('DELETE FROM bus_messages WHERE id = $1', [row.id])),
       nack: (delayMs = 0) =>
-        settle(() => db.query('UPDATE bus_messages SET available_at = $2 WHERE id = $1', [row.id, Date.now() + delayMs])),
+        settle(() =>
+          db.query('UPDATE bus_messages SET available_at = $2 WHERE id = $1', [row.id, Date.now() + delayMs]),
+        ),
     };
     void onDelivery(delivery).catch(() => delivery.nack(100));
   }
@@ -153,7 +172,14 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
         `INSERT INTO bus_messages (queue, routing_key, message_id, body, batch, available_at)
          SELECT q, k, i, b, x, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[]) WITH ORDINALITY AS t(q, k, i, b, x, n)
           ORDER BY n`,
-        [rows.map((r) => r.queue), rows.map((r) => r.key), rows.map((r) => r.id), rows.map((r) => r.body), rows.map((r) => r.batch), Date.now()],
+        [
+          rows.map((r) => r.queue),
+          rows.map((r) => r.key),
+          rows.map((r) => r.id),
+          rows.map((r) => r.body),
+          rows.map((r) => r.batch),
+          Date.now(),
+        ],
       );
       for (const queue of new Set(rows.map((r) => r.queue))) void pump(queue);
     },
@@ -161,7 +187,12 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
     subscribe: async (queue, types, onDelivery, subscribeOptions: SubscribeOptions = {}): Promise<Subscription> => {
       await declare(queue, types);
       const s = state(queue);
-      const consumer: QueueConsumer = { onDelivery, prefetch: subscribeOptions.prefetch ?? 256, closed: false, unacked: new Set() };
+      const consumer: QueueConsumer = {
+        onDelivery,
+        prefetch: subscribeOptions.prefetch ?? 256,
+        closed: false,
+        unacked: new Set(),
+      };
       s.consumers.push(consumer);
       void pump(queue);
       return {
@@ -179,12 +210,17 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
       };
     },
     depth: async (queue) => {
-      const [row] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM bus_messages WHERE queue = $1', [queue]);
+      const [row] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM bus_messages WHERE queue = $1', [
+        queue,
+      ]);
       return row?.n ?? 0;
     },
     purge: async (queue) => {
       const inflight = [...state(queue).inflight];
-      const rows = await db.query('DELETE FROM bus_messages WHERE queue = $1 AND NOT (id = ANY($2::bigint[])) RETURNING 1', [queue, inflight]);
+      const rows = await db.query(
+        'DELETE FROM bus_messages WHERE queue = $1 AND NOT (id = ANY($2::bigint[])) RETURNING 1',
+        [queue, inflight],
+      );
       return rows.length;
     },
     close: async () => {
@@ -193,5 +229,7 @@ export async function createLocalBus(db: Db, options: { faults?: BusFaults; poll
       await Promise.resolve();
     },
   };
-  return options.faults === undefined ? { ...bus, faultStats: { duplicated: 0, delayed: 0 } } : withFaults(bus, options.faults);
+  return options.faults === undefined
+    ? { ...bus, faultStats: { duplicated: 0, delayed: 0 } }
+    : withFaults(bus, options.faults);
 }

@@ -19,9 +19,15 @@ function readMigrations(dir: string): Migration[] {
     .sort()
     .map((file) => {
       const match = /^(\d+)_([\w-]+)\.sql$/.exec(file);
-      if (match?.[1] === undefined || match[2] === undefined) throw new Error(`migration file ${file} must be named NNN_what.sql`);
+      if (match?.[1] === undefined || match[2] === undefined)
+        throw new Error(`migration file ${file} must be named NNN_what.sql`);
       const sql = fs.readFileSync(path.join(dir, file), 'utf8');
-      return { version: Number(match[1]), name: match[2], sql, checksum: crypto.createHash('sha256').update(sql).digest('hex') };
+      return {
+        version: Number(match[1]),
+        name: match[2],
+        sql,
+        checksum: crypto.createHash('sha256').update(sql).digest('hex'),
+      };
     });
 }
 

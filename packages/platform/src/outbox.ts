@@ -111,7 +111,9 @@ export async function appendCaused(tx: Sql, groups: readonly CausedEvents[]): Pr
   // so an append is one round trip. Without an expected version two concurrent writers
   // of a subject compute the same sequence and the (subject, sequence) key refuses the
   // second. Its `prev` stamps come from the rows before it, in the table or this append.
-  const stamps = [...sources].flatMap((source) => familiesFor(source).map((f) => ({ source, key: f.key, types: f.types })));
+  const stamps = [...sources].flatMap((source) =>
+    familiesFor(source).map((f) => ({ source, key: f.key, types: f.types })),
+  );
   try {
     const rows = await tx.query<{ id: string; sequence: number }>(
       `WITH input AS (
@@ -143,9 +145,11 @@ export async function appendCaused(tx: Sql, groups: readonly CausedEvents[]): Pr
     if ((error as { code?: string }).code === '23505') {
       const subject = envelopes[0]?.subject ?? 'the stream';
       const version = groups.length === 1 ? groups[0]?.expectedVersion : undefined;
-      throw new ConflictError(version === undefined
-        ? `a concurrent writer appended to ${subject} first`
-        : `stream ${subject} is no longer at version ${version}`);
+      throw new ConflictError(
+        version === undefined
+          ? `a concurrent writer appended to ${subject} first`
+          : `stream ${subject} is no longer at version ${version}`,
+      );
     }
     throw error;
   }

@@ -111,13 +111,17 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
     });
     const subjects = ['a', 'b', 'c', 'd'];
     // Enough messages per call to fill amqplib's write buffer and exercise 'drain'.
-    const batches = subjects.map((subject) => Array.from({ length: 3000 }, (_, i) => envelope('OrderCreated', i + 1, subject)));
+    const batches = subjects.map((subject) =>
+      Array.from({ length: 3000 }, (_, i) => envelope('OrderCreated', i + 1, subject)),
+    );
 
     await Promise.all(batches.map((batch) => bus.publish(batch)));
 
     await until(() => eventsIn(deliveries).length === 12_000, '12000 events', 30_000);
     for (const subject of subjects) {
-      const received = eventsIn(deliveries).filter((e) => e.subject === subject).map((e) => e.sequence);
+      const received = eventsIn(deliveries)
+        .filter((e) => e.subject === subject)
+        .map((e) => e.sequence);
       expect(received).toEqual(Array.from({ length: 3000 }, (_, i) => i + 1));
     }
   });
@@ -207,7 +211,10 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
     if (first === false || second === false) throw new Error('expected two messages');
     expect(first.properties.contentType).toBe('application/cloudevents-batch+json');
     expect((JSON.parse(first.content.toString()) as Envelope[]).map((e) => e.id)).toEqual(created.map((m) => m.id));
-    expect([second.properties.contentType, second.properties.messageId]).toEqual(['application/cloudevents+json', cancelled.id]);
+    expect([second.properties.contentType, second.properties.messageId]).toEqual([
+      'application/cloudevents+json',
+      cancelled.id,
+    ]);
   });
 
   it('unbinds the types a queue is declared without', async () => {
@@ -231,7 +238,10 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
     // Declaring it again with other arguments would close the channel (406).
     const probe = await admin.createChannel();
     probe.on('error', () => undefined);
-    const declared = await probe.assertQueue(queuePrefix + 'orders', { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    const declared = await probe.assertQueue(queuePrefix + 'orders', {
+      durable: true,
+      arguments: { 'x-queue-type': 'quorum' },
+    });
     await probe.close();
     expect(declared.queue).toBe(queuePrefix + 'orders');
   });

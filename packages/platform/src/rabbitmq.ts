@@ -177,7 +177,10 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
       const body = Buffer.from(encoded.body);
       const timestamp = Math.floor(Date.now() / 1000);
       const properties = {
-        contentType: encoded.batch ? batchContentType : eventContentType, persistent: true, type, timestamp,
+        contentType: encoded.batch ? batchContentType : eventContentType,
+        persistent: true,
+        type,
+        timestamp,
         ...(encoded.batch ? {} : { messageId: envelopes[0]?.id }),
       };
       countPublish(envelopes.length, body.length);
@@ -192,7 +195,9 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
     const channel = await connected().createChannel();
     const live: Generation = { channel, held: new Set(), dead: new AbortController() };
     setMaxListeners(0, live.dead.signal); // one listener per delayed nack
-    channel.on('error', (error: Error) => log('warn', 'consumer channel failed', { queue: consumer.name, error: error.message }));
+    channel.on('error', (error: Error) =>
+      log('warn', 'consumer channel failed', { queue: consumer.name, error: error.message }),
+    );
     channel.on('close', () => {
       live.dead.abort();
       live.held.clear();
@@ -317,7 +322,9 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
   try {
     await recovering.waitForConnect();
   } catch {
-    throw new UnavailableError(`RabbitMQ at ${host} unreachable for ${timeoutMs} ms${lastError ? `: ${lastError.message}` : ''}`);
+    throw new UnavailableError(
+      `RabbitMQ at ${host} unreachable for ${timeoutMs} ms${lastError ? `: ${lastError.message}` : ''}`,
+    );
   } finally {
     clearTimeout(giveUp);
   }

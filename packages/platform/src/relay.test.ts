@@ -62,7 +62,11 @@ async function openBus(): Promise<Bus> {
   return bus;
 }
 
-type PublishLog = { published: { relay: string; envelope: Envelope }[]; inFlight: Map<string, string>; overlaps: string[] };
+type PublishLog = {
+  published: { relay: string; envelope: Envelope }[];
+  inFlight: Map<string, string>;
+  overlaps: string[];
+};
 const newLog = (): PublishLog => ({ published: [], inFlight: new Map(), overlaps: [] });
 
 /** Fault injection around the real bus: fails the first `failures` publishes, and records the rest. */
@@ -114,7 +118,9 @@ async function appendAll(db: Db, subjects: readonly string[], perTransaction: nu
   const ids: string[] = [];
   for (let i = 0; i < subjects.length; i += perTransaction) {
     const events = subjects.slice(i, i + perTransaction).map(stockAdjusted);
-    const envelopes = await db.transaction((tx) => appendToOutbox(tx, { source: 'inventory', now: new Date() }, events));
+    const envelopes = await db.transaction((tx) =>
+      appendToOutbox(tx, { source: 'inventory', now: new Date() }, events),
+    );
     ids.push(...envelopes.map((e) => e.id));
   }
   return ids;
@@ -139,7 +145,8 @@ async function takeAll(bus: Bus, expected: number): Promise<Envelope[]> {
 
 function sequencesBySubject(published: readonly { envelope: Envelope }[]): Map<string, number[]> {
   const bySubject = new Map<string, number[]>();
-  for (const { envelope } of published) bySubject.set(envelope.subject, [...(bySubject.get(envelope.subject) ?? []), envelope.sequence]);
+  for (const { envelope } of published)
+    bySubject.set(envelope.subject, [...(bySubject.get(envelope.subject) ?? []), envelope.sequence]);
   return bySubject;
 }
 
@@ -147,101 +154,139 @@ const upTo = (n: number) => Array.from({ length: n }, (_, i) => i + 1);
 
 describe.each(backends)('relay on $name', (backend) => {
   describe.skipIf(!backend.up)('the relay', () => {
-    it('given seven pending rows, when relayBatch runs with a batch of three, then it publishes the oldest three and marks only them', async () => {
-      const db = await backend.open();
-      const log = newLog();
-      const bus = recordingBus(await openBus(), 'one', log);
-      const [a, b] = [crypto.randomUUID(), crypto.randomUUID()];
-      const ids = await appendAll(db, [a, b, a, a, b, a, b], 2);
+    it(
+      'given seven pending rows, when relayBatch runs with a batch of three, ' +
+        'then it publishes the oldest three and marks only them',
+      async () => {
+        const db = await backend.open();
+        const log = newLog();
+        const bus = recordingBus(await openBus(), 'one', log);
+        const [a, b] = [crypto.randomUUID(), crypto.randomUUID()];
+        const ids = await appendAll(db, [a, b, a, a, b, a, b], 2);
 
-      const counts = [await relayBatch(db, bus, 3), await relayBatch(db, bus, 3), await relayBatch(db, bus, 3), await relayBatch(db, bus, 3)];
+        const counts = [
+          await relayBatch(db, bus, 3),
+          await relayBatch(db, bus, 3),
+          await relayBatch(db, bus, 3),
+          await relayBatch(db, bus, 3),
+        ];
 
-      expect(counts).toEqual([3, 3, 1, 0]);
-      expect(log.published.map((p) => p.envelope.id)).toEqual(ids);
-      expect(await outboxStatus(db)).toMatchObject({ backlog: 0, published: 7 });
-      expect(await takeAll(bus, 7)).toHaveLength(7);
-    });
+        expect(counts).toEqual([3, 3, 1, 0]);
+        expect(log.published.map((p) => p.envelope.id)).toEqual(ids);
+        expect(await outboxStatus(db)).toMatchObject({ backlog: 0, published: 7 });
+        expect(await takeAll(bus, 7)).toHaveLength(7);
+      },
+    );
 
-    it('given events on three subjects, when the relay runs, then the bus receives them in position order and every row is marked published', async () => {
-      const db = await backend.open();
-      const bus = await openBus();
-      const received: Envelope[] = [];
-      await bus.subscribe('audit', ['StockAdjusted'], async (delivery) => {
-        received.push(...(eventsOf(delivery) as Envelope[]));
-        await delivery.ack();
-      });
-      const subjects = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
-      const ids = await appendAll(db, Array.from({ length: 30 }, (_, i) => subjects[i % 3] ?? ''), 4);
+    it(
+      'given events on three subjects, when the relay runs, then the bus ' +
+        'receives them in position order and every row is marked published',
+      async () => {
+        const db = await backend.open();
+        const bus = await openBus();
+        const received: Envelope[] = [];
+        await bus.subscribe('audit', ['StockAdjusted'], async (delivery) => {
+          received.push(...(eventsOf(delivery) as Envelope[]));
+          await delivery.ack();
+        });
+        const subjects = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+        const ids = await appendAll(
+          db,
+          Array.from({ length: 30 }, (_, i) => subjects[i % 3] ?? ''),
+          4,
+        );
 
-      const relay = await run(db, bus, { batchSize: 4 });
-      await eventually(drained(db), 15_000, 'outbox drained');
-      await eventually(() => Promise.resolve(received.length >= 30 ? true : undefined), 15_000, 'all delivered');
+        const relay = await run(db, bus, { batchSize: 4 });
+        await eventually(drained(db), 15_000, 'outbox drained');
+        await eventually(() => Promise.resolve(received.length >= 30 ? true : undefined), 15_000, 'all delivered');
 
-      expect(received.map((e) => e.id)).toEqual(ids);
-      expect([...sequencesBySubject(received.map((envelope) => ({ envelope }))).values()]).toEqual([upTo(10), upTo(10), upTo(10)]);
-      expect(relay.published).toBe(30);
-      const unmarked = await db.query('SELECT 1 FROM outbox WHERE published_at IS NULL');
-      expect(unmarked).toHaveLength(0);
-    });
+        expect(received.map((e) => e.id)).toEqual(ids);
+        expect([...sequencesBySubject(received.map((envelope) => ({ envelope }))).values()]).toEqual([
+          upTo(10),
+          upTo(10),
+          upTo(10),
+        ]);
+        expect(relay.published).toBe(30);
+        const unmarked = await db.query('SELECT 1 FROM outbox WHERE published_at IS NULL');
+        expect(unmarked).toHaveLength(0);
+      },
+    );
 
-    it('given a broker that refuses the first four publishes, when the relay retries, then everything arrives once, in order, with nothing lost', async () => {
-      const db = await backend.open();
-      const log = newLog();
-      const bus = recordingBus(await openBus(), 'one', log, 4);
-      const subjects = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
-      const ids = await appendAll(db, Array.from({ length: 24 }, (_, i) => subjects[(i * 7) % 3] ?? ''), 5);
+    it(
+      'given a broker that refuses the first four publishes, when the relay ' +
+        'retries, then everything arrives once, in order, with nothing lost',
+      async () => {
+        const db = await backend.open();
+        const log = newLog();
+        const bus = recordingBus(await openBus(), 'one', log, 4);
+        const subjects = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+        const ids = await appendAll(
+          db,
+          Array.from({ length: 24 }, (_, i) => subjects[(i * 7) % 3] ?? ''),
+          5,
+        );
 
-      const relay = await run(db, bus, { batchSize: 10 });
-      await eventually(drained(db), 20_000, 'outbox drained');
+        const relay = await run(db, bus, { batchSize: 10 });
+        await eventually(drained(db), 20_000, 'outbox drained');
 
-      expect(bus.failed).toBe(4);
-      expect(log.published.map((p) => p.envelope.id)).toEqual(ids);
-      expect(relay.published).toBe(24);
-      expect(await takeAll(bus, 24)).toHaveLength(24);
-    });
+        expect(bus.failed).toBe(4);
+        expect(log.published.map((p) => p.envelope.id)).toEqual(ids);
+        expect(relay.published).toBe(24);
+        expect(await takeAll(bus, 24)).toHaveLength(24);
+      },
+    );
 
-    it('given two relays on one database, when 2,000 events on 50 subjects arrive, then each is published once, in order per subject, never by both at once', async () => {
-      const db = await backend.open();
-      const other = backend.name === 'postgres' && serverUrl !== undefined ? await openPostgres('relay-test-2', serverUrl) : db;
-      if (other !== db) cleanups.push(() => other.close());
-      const log = newLog();
-      const broker = await openBus();
-      const relays = [
-        await run(db, recordingBus(broker, 'a', log), { batchSize: 25 }),
-        await run(other, recordingBus(broker, 'b', log), { batchSize: 25 }),
-      ];
-      const subjects = Array.from({ length: 50 }, () => crypto.randomUUID());
-      const picks = subjects.flatMap((s) => Array.from({ length: 40 }, () => s)).sort(() => Math.random() - 0.5);
+    it(
+      'given two relays on one database, when 2,000 events on 50 subjects arrive, then ' +
+        'each is published once, in order per subject, never by both at once',
+      async () => {
+        const db = await backend.open();
+        const other =
+          backend.name === 'postgres' && serverUrl !== undefined ? await openPostgres('relay-test-2', serverUrl) : db;
+        if (other !== db) cleanups.push(() => other.close());
+        const log = newLog();
+        const broker = await openBus();
+        const relays = [
+          await run(db, recordingBus(broker, 'a', log), { batchSize: 25 }),
+          await run(other, recordingBus(broker, 'b', log), { batchSize: 25 }),
+        ];
+        const subjects = Array.from({ length: 50 }, () => crypto.randomUUID());
+        const picks = subjects.flatMap((s) => Array.from({ length: 40 }, () => s)).sort(() => Math.random() - 0.5);
 
-      const ids = await appendAll(db, picks, 20);
-      await eventually(drained(db), 60_000, 'outbox drained');
+        const ids = await appendAll(db, picks, 20);
+        await eventually(drained(db), 60_000, 'outbox drained');
 
-      expect(log.published).toHaveLength(2000);
-      expect(new Set(log.published.map((p) => p.envelope.id))).toEqual(new Set(ids));
-      const bySubject = sequencesBySubject(log.published);
-      expect(bySubject.size).toBe(50);
-      for (const sequences of bySubject.values()) expect(sequences).toEqual(upTo(40));
-      expect(log.overlaps).toEqual([]);
-      expect(relays.map((r) => r.published).reduce((x, y) => x + y)).toBe(2000);
-      expect(await takeAll(broker, 2000)).toHaveLength(2000);
-      expect(await positionOrder(db)).toHaveLength(2000);
-    });
+        expect(log.published).toHaveLength(2000);
+        expect(new Set(log.published.map((p) => p.envelope.id))).toEqual(new Set(ids));
+        const bySubject = sequencesBySubject(log.published);
+        expect(bySubject.size).toBe(50);
+        for (const sequences of bySubject.values()) expect(sequences).toEqual(upTo(40));
+        expect(log.overlaps).toEqual([]);
+        expect(relays.map((r) => r.published).reduce((x, y) => x + y)).toBe(2000);
+        expect(await takeAll(broker, 2000)).toHaveLength(2000);
+        expect(await positionOrder(db)).toHaveLength(2000);
+      },
+    );
 
-    it('given an idle relay polling once a minute, when a row is committed, then NOTIFY wakes it and the row is published within seconds', async () => {
-      const db = await backend.open();
-      const log = newLog();
-      const bus = recordingBus(await openBus(), 'one', log);
-      const [first] = await appendAll(db, [crypto.randomUUID()], 1);
-      await run(db, bus, { pollMs: 60_000 });
-      await eventually(drained(db), 5_000, 'first row published');
-      await sleep(200);
+    it(
+      'given an idle relay polling once a minute, when a row is committed, ' +
+        'then NOTIFY wakes it and the row is published within seconds',
+      async () => {
+        const db = await backend.open();
+        const log = newLog();
+        const bus = recordingBus(await openBus(), 'one', log);
+        const [first] = await appendAll(db, [crypto.randomUUID()], 1);
+        await run(db, bus, { pollMs: 60_000 });
+        await eventually(drained(db), 5_000, 'first row published');
+        await sleep(200);
 
-      const committedAt = Date.now();
-      const [second] = await appendAll(db, [crypto.randomUUID()], 1);
-      await eventually(drained(db), 5_000, 'second row published after NOTIFY');
+        const committedAt = Date.now();
+        const [second] = await appendAll(db, [crypto.randomUUID()], 1);
+        await eventually(drained(db), 5_000, 'second row published after NOTIFY');
 
-      expect(Date.now() - committedAt).toBeLessThan(5_000);
-      expect(log.published.map((p) => p.envelope.id)).toEqual([first, second]);
-    });
+        expect(Date.now() - committedAt).toBeLessThan(5_000);
+        expect(log.published.map((p) => p.envelope.id)).toEqual([first, second]);
+      },
+    );
   });
 });

@@ -60,7 +60,13 @@ export async function relayBatch(db: Db, bus: Bus, batchSize: number): Promise<n
     if (rows.length === 0) return { count: 0 };
     await bus.publish(rows.map((row) => row.envelope));
     // Left in flight: the marking goes out with the COMMIT, one round trip for both.
-    return { count: rows.length, marked: markPublished(tx, rows.map((r) => r.position)) };
+    return {
+      count: rows.length,
+      marked: markPublished(
+        tx,
+        rows.map((r) => r.position),
+      ),
+    };
   });
   await marked;
   return count;
@@ -104,7 +110,12 @@ export async function startRelay({ db, bus, log, batchSize = 500, pollMs = 1000 
         failures += 1;
         const delay = backoffDelay(failures, { baseMs: 100, capMs: 5000 });
         if (failures === 1 || failures % 20 === 0) {
-          log.warn('relay batch failed; retrying', { db: db.name, failures, delayMs: delay, error: (error as Error).message });
+          log.warn('relay batch failed; retrying', {
+            db: db.name,
+            failures,
+            delayMs: delay,
+            error: (error as Error).message,
+          });
         }
         await idle(delay);
       }

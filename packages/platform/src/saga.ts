@@ -97,7 +97,15 @@ export type Saga<Data> = {
 
 export type SagaEvent<Data> =
   | { type: 'SagaStarted'; at: string; id: string; data: Data; correlationId?: string }
-  | { type: 'CommandSent'; at: string; step: number; phase: 'forward' | 'compensation'; attempt: number; deadlineAt: string; command: Outgoing }
+  | {
+      type: 'CommandSent';
+      at: string;
+      step: number;
+      phase: 'forward' | 'compensation';
+      attempt: number;
+      deadlineAt: string;
+      command: Outgoing;
+    }
   | { type: 'StepSucceeded'; at: string; step: number; reply: EventType; messageId?: string }
   | { type: 'StepFailed'; at: string; step: number; reason: string; reply?: EventType; messageId?: string }
   | { type: 'StepTimedOut'; at: string; step: number; reason: string }
@@ -129,47 +137,72 @@ export const isFinal = (status: SagaStatus): boolean => finalStatuses.includes(s
  * step with a command has a retry policy, and a step that cannot be undone is either
  * the last or explicitly declared so. Throws listing every problem.
  */
-export function validateSaga<Data>(definition: SagaDefinition<Data>, declaredIrreversible: readonly string[] = []): void {
+export function validateSaga<Data>(
+  definition: SagaDefinition<Data>,
+  declaredIrreversible: readonly string[] = [],
+): void {
   const problems: string[] = [];
   const { steps } = definition;
-  if (!isEventType(definition.startedBy)) problems.push(`startedBy ${String(definition.startedBy)} is not a known event type`);
+  if (!isEventType(definition.startedBy))
+    problems.push(`startedBy ${String(definition.startedBy)} is not a known event type`);
   if (steps.length === 0) problems.push('a saga needs at least one step');
   const names = new Set<string>();
   steps.forEach((step, index) => {
     if (names.has(step.name)) problems.push(`step name ${step.name} is used twice`);
     names.add(step.name);
-    const replies = [...step.success, ...(step.failure ?? []), ...(step.compensation === 'none' ? [] : step.compensation.replies)];
-    for (const reply of replies) if (!isEventType(reply)) problems.push(`step ${step.name}: unknown reply type ${String(reply)}`);
+    const replies = [
+      ...step.success,
+      ...(step.failure ?? []),
+      ...(step.compensation === 'none' ? [] : step.compensation.replies),
+    ];
+    for (const reply of replies)
+      if (!isEventType(reply)) problems.push(`step ${step.name}: unknown reply type ${String(reply)}`);
     if (step.success.length === 0) problems.push(`step ${step.name}: no success reply`);
-    if (step.command !== undefined && step.retry === undefined) problems.push(`step ${step.name}: a command needs a retry policy`);
-    if (step.command === undefined && index !== 0) problems.push(`step ${step.name}: only the first step may be done by the trigger`);
+    if (step.command !== undefined && step.retry === undefined)
+      problems.push(`step ${step.name}: a command needs a retry policy`);
+    if (step.command === undefined && index !== 0)
+      problems.push(`step ${step.name}: only the first step may be done by the trigger`);
     for (const policy of [step.retry, step.compensation === 'none' ? undefined : step.compensation.retry]) {
-      if (policy !== undefined && (policy.attempts < 1 || policy.deadlineMs <= 0)) problems.push(`step ${step.name}: retry needs attempts ≥ 1 and a positive deadline`);
+      if (policy !== undefined && (policy.attempts < 1 || policy.deadlineMs <= 0))
+        problems.push(`step ${step.name}: retry needs attempts ≥ 1 and a positive deadline`);
     }
     const last = index === steps.length - 1;
     if (step.compensation === 'none' && !last && !declaredIrreversible.includes(step.name)) {
-      problems.push(`step ${step.name} has no compensation: it must be the last step or be declared irreversible (the pivot)`);
+      problems.push(
+        `step ${step.name} has no compensation: it must be the last step or be declared irreversible (the pivot)`,
+      );
     }
   });
   for (const name of declaredIrreversible) {
     const step = steps.find((s) => s.name === name);
     if (step === undefined) problems.push(`irreversible step ${name} does not exist`);
-    else if (step.compensation !== 'none') problems.push(`step ${name} is declared irreversible but has a compensation`);
+    else if (step.compensation !== 'none')
+      problems.push(`step ${name} is declared irreversible but has a compensation`);
   }
-  if (problems.length > 0) throw new SagaDefinitionError(`saga ${definition.name} is not valid:\n  ${problems.join('\n  ')}`);
+  if (problems.length > 0)
+    throw new SagaDefinitionError(`saga ${definition.name} is not valid:\n  ${problems.join('\n  ')}`);
 }
 
 /** The state before the first event. */
 export function newSaga<Data>(definition: SagaDefinition<Data>, id: string, data: Data, at: string): Saga<Data> {
   return {
-    id, definition: definition.name, status: 'RUNNING', data, version: 0, deadlineAt: null, startedAt: at, updatedAt: at,
+    id,
+    definition: definition.name,
+    status: 'RUNNING',
+    data,
+    version: 0,
+    deadlineAt: null,
+    startedAt: at,
+    updatedAt: at,
     steps: definition.steps.map((s) => ({ name: s.name, status: 'pending', attempts: 0 })),
   };
 }
 
 /** The events that start a saga from its trigger. */
 export function startSaga<Data>(
-  definition: SagaDefinition<Data>, trigger: DomainEvent & { id?: string; correlationid?: string }, now: Date,
+  definition: SagaDefinition<Data>,
+  trigger: DomainEvent & { id?: string; correlationid?: string },
+  now: Date,
 ): { saga: Saga<Data>; events: SagaEvent<Data>[] } {
   const at = now.toISOString();
   const { id, data } = definition.start(trigger);
@@ -178,17 +211,34 @@ export function startSaga<Data>(
   const events: SagaEvent<Data>[] = [{ type: 'SagaStarted', at, id, data, ...correlation }];
   const first = definition.steps[0];
   if (first !== undefined && first.command === undefined) {
-    events.push({ type: 'StepSucceeded', at, step: 0, reply: trigger.type, ...(trigger.id === undefined ? {} : { messageId: trigger.id }) });
+    events.push({
+      type: 'StepSucceeded',
+      at,
+      step: 0,
+      reply: trigger.type,
+      ...(trigger.id === undefined ? {} : { messageId: trigger.id }),
+    });
   }
   return { saga: initial, events: [...events, ...advance(definition, events.reduce(evolve, initial), now)] };
 }
 
 export function evolve<Data>(saga: Saga<Data>, event: SagaEvent<Data>): Saga<Data> {
-  const next: Saga<Data> = { ...saga, version: saga.version + 1, updatedAt: event.at, steps: saga.steps.map((s) => ({ ...s })) };
+  const next: Saga<Data> = {
+    ...saga,
+    version: saga.version + 1,
+    updatedAt: event.at,
+    steps: saga.steps.map((s) => ({ ...s })),
+  };
   const step = 'step' in event ? next.steps[event.step] : undefined;
   switch (event.type) {
     case 'SagaStarted':
-      return { ...next, id: event.id, data: event.data, startedAt: event.at, ...(event.correlationId === undefined ? {} : { correlationId: event.correlationId }) };
+      return {
+        ...next,
+        id: event.id,
+        data: event.data,
+        startedAt: event.at,
+        ...(event.correlationId === undefined ? {} : { correlationId: event.correlationId }),
+      };
     case 'CommandSent':
       if (step !== undefined) {
         step.status = event.phase === 'forward' ? 'started' : 'compensating';
@@ -197,7 +247,12 @@ export function evolve<Data>(saga: Saga<Data>, event: SagaEvent<Data>): Saga<Dat
       }
       return { ...next, deadlineAt: event.deadlineAt };
     case 'StepSucceeded':
-      if (step !== undefined) Object.assign(step, { status: 'succeeded', endedAt: event.at, ...(step.startedAt === undefined ? { startedAt: event.at } : {}) });
+      if (step !== undefined)
+        Object.assign(step, {
+          status: 'succeeded',
+          endedAt: event.at,
+          ...(step.startedAt === undefined ? { startedAt: event.at } : {}),
+        });
       return { ...unparked(next), deadlineAt: null };
     case 'StepFailed':
       if (step !== undefined) Object.assign(step, { status: 'failed', endedAt: event.at, error: event.reason });
@@ -214,7 +269,16 @@ export function evolve<Data>(saga: Saga<Data>, event: SagaEvent<Data>): Saga<Dat
       // A step undone from outside while the saga ran (the order cancelled): the saga
       // can no longer go forward, so it compensates the rest.
       const aborted = next.status === 'RUNNING';
-      return { ...unparked(next), deadlineAt: null, ...(aborted ? { status: 'COMPENSATING' as const, reason: next.reason ?? `${event.reply} undid step ${step?.name ?? event.step}` } : {}) };
+      return {
+        ...unparked(next),
+        deadlineAt: null,
+        ...(aborted
+          ? {
+              status: 'COMPENSATING' as const,
+              reason: next.reason ?? `${event.reply} undid step ${step?.name ?? event.step}`,
+            }
+          : {}),
+      };
     }
     case 'DeadlineMissed':
       if (step !== undefined) step.error = `no reply within the deadline of attempt ${event.attempt}`;
@@ -244,7 +308,12 @@ function unparked<Data>(saga: Saga<Data>): Saga<Data> {
   return saga.status === 'NEEDS_ATTENTION' ? { ...saga, status: saga.parkedFrom ?? 'RUNNING' } : saga;
 }
 
-export function decide<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>, input: SagaInput, now: Date): SagaEvent<Data>[] {
+export function decide<Data>(
+  definition: SagaDefinition<Data>,
+  saga: Saga<Data>,
+  input: SagaInput,
+  now: Date,
+): SagaEvent<Data>[] {
   const at = now.toISOString();
   switch (input.kind) {
     case 'reply':
@@ -252,32 +321,46 @@ export function decide<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>,
     case 'deadline':
       return withAdvance(definition, saga, onDeadline(definition, saga, now), now);
     case 'retry': {
-      if (saga.status !== 'NEEDS_ATTENTION') throw new ConflictError(`saga ${saga.id} is ${saga.status}; only a saga that NEEDS_ATTENTION can be retried`);
+      if (saga.status !== 'NEEDS_ATTENTION')
+        throw new ConflictError(`saga ${saga.id} is ${saga.status}; only a saga that NEEDS_ATTENTION can be retried`);
       const retried: SagaEvent<Data> = { type: 'OperatorRetried', at, note: input.note };
       const state = evolve(saga, retried);
       return [retried, ...resend(definition, state, now), ...advance(definition, state, now)];
     }
     case 'resolve':
-      if (saga.status !== 'NEEDS_ATTENTION') throw new ConflictError(`saga ${saga.id} is ${saga.status}; only a saga that NEEDS_ATTENTION can be resolved`);
+      if (saga.status !== 'NEEDS_ATTENTION')
+        throw new ConflictError(`saga ${saga.id} is ${saga.status}; only a saga that NEEDS_ATTENTION can be resolved`);
       return [{ type: 'OperatorResolved', at, note: input.note }];
     default:
       return assertNever(input);
   }
 }
 
-function withAdvance<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>, events: SagaEvent<Data>[], now: Date): SagaEvent<Data>[] {
+function withAdvance<Data>(
+  definition: SagaDefinition<Data>,
+  saga: Saga<Data>,
+  events: SagaEvent<Data>[],
+  now: Date,
+): SagaEvent<Data>[] {
   if (events.length === 0 || events.every((e) => e.type === 'ReplyIgnored')) return events;
   return [...events, ...advance(definition, events.reduce(evolve, saga), now)];
 }
 
-function onReply<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>, message: DomainEvent & { id?: string }, at: string): SagaEvent<Data>[] {
+function onReply<Data>(
+  definition: SagaDefinition<Data>,
+  saga: Saga<Data>,
+  message: DomainEvent & { id?: string },
+  at: string,
+): SagaEvent<Data>[] {
   const reply = message.type;
   const ids = message.id === undefined ? {} : { messageId: message.id };
   const ignored = (why: string): SagaEvent<Data>[] => [{ type: 'ReplyIgnored', at, reply, ...ids, why }];
   if (isFinal(saga.status)) {
     // A success reply of a step the saga undid (or never finished) means something was
     // done after all: undo it again. Compensations are idempotent.
-    const late = definition.steps.findIndex((s, i) => s.success.includes(reply) && saga.steps[i]?.status === 'compensated');
+    const late = definition.steps.findIndex(
+      (s, i) => s.success.includes(reply) && saga.steps[i]?.status === 'compensated',
+    );
     if (saga.status === 'COMPENSATED' && late >= 0) return [{ type: 'LateSuccess', at, step: late, reply, ...ids }];
     return ignored(`the saga is ${saga.status}`);
   }
@@ -286,7 +369,8 @@ function onReply<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>, messa
   definition.steps.forEach((step, index) => {
     const state = saga.steps[index];
     if (step.compensation === 'none' || state === undefined || !step.compensation.replies.includes(reply)) return;
-    if (state.status === 'compensating' || state.status === 'succeeded') events.push({ type: 'StepCompensated', at, step: index, reply, ...ids });
+    if (state.status === 'compensating' || state.status === 'succeeded')
+      events.push({ type: 'StepCompensated', at, step: index, reply, ...ids });
   });
   // The reply to the step in flight.
   const active = saga.steps.findIndex((s) => s.status === 'started');
@@ -300,11 +384,15 @@ function onReply<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>, messa
     }
   }
   if (events.length > 0) return events;
-  const undone = definition.steps.findIndex((s, i) => s.success.includes(reply) && saga.steps[i]?.status === 'compensated');
+  const undone = definition.steps.findIndex(
+    (s, i) => s.success.includes(reply) && saga.steps[i]?.status === 'compensated',
+  );
   if (undone >= 0) return [{ type: 'LateSuccess', at, step: undone, reply, ...ids }];
   const compensating = saga.steps.findIndex((s) => s.status === 'compensating');
   if (compensating >= 0 && definition.steps[compensating]?.success.includes(reply)) {
-    return ignored(`late success of ${saga.steps[compensating]?.name ?? compensating}: its compensation is already under way`);
+    return ignored(
+      `late success of ${saga.steps[compensating]?.name ?? compensating}: its compensation is already under way`,
+    );
   }
   const parked = saga.status === 'NEEDS_ATTENTION' ? ' (the saga is parked)' : '';
   return ignored(`no step of ${saga.status.toLowerCase()} saga awaits ${reply}${parked}`);
@@ -365,15 +453,31 @@ function advance<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>, now: 
 }
 
 function commandSent<Data>(
-  definition: SagaDefinition<Data>, saga: Saga<Data>, index: number, phase: 'forward' | 'compensation', attempt: number, now: Date,
+  definition: SagaDefinition<Data>,
+  saga: Saga<Data>,
+  index: number,
+  phase: 'forward' | 'compensation',
+  attempt: number,
+  now: Date,
 ): SagaEvent<Data> {
   const step = definition.steps[index];
   if (step === undefined) throw new Error(`saga ${saga.id} has no step ${index}`);
   const compensation = step.compensation === 'none' ? undefined : step.compensation;
-  const command = phase === 'forward' ? step.command?.(saga.data) : compensation?.command(saga.data, saga.reason ?? 'saga compensated');
+  const command =
+    phase === 'forward'
+      ? step.command?.(saga.data)
+      : compensation?.command(saga.data, saga.reason ?? 'saga compensated');
   const policy = phase === 'forward' ? step.retry : compensation?.retry;
   if (command === undefined || policy === undefined) throw new Error(`step ${step.name} has no ${phase} command`);
-  return { type: 'CommandSent', at: now.toISOString(), step: index, phase, attempt, deadlineAt: new Date(now.getTime() + deadlineOf(policy, attempt)).toISOString(), command };
+  return {
+    type: 'CommandSent',
+    at: now.toISOString(),
+    step: index,
+    phase,
+    attempt,
+    deadlineAt: new Date(now.getTime() + deadlineOf(policy, attempt)).toISOString(),
+    command,
+  };
 }
 
 /** The wait of attempt n: deadlineMs × backoff^(n−1), capped. */

@@ -54,7 +54,10 @@ export type RunningService<Extra = void> = {
   stop(): Promise<void>;
 };
 
-export async function startService<Extra>(definition: ServiceDefinition<Extra>, deps: ServiceDeps): Promise<RunningService<Extra>> {
+export async function startService<Extra>(
+  definition: ServiceDefinition<Extra>,
+  deps: ServiceDeps,
+): Promise<RunningService<Extra>> {
   const { db, bus } = deps;
   const log = deps.log.child({ service: definition.name });
   const now = deps.now ?? (() => new Date());
@@ -64,7 +67,10 @@ export async function startService<Extra>(definition: ServiceDefinition<Extra>, 
     log,
     description: definition.description,
     ready: async () => {
-      const database = await db.query('SELECT 1').then(() => true, () => false);
+      const database = await db.query('SELECT 1').then(
+        () => true,
+        () => false,
+      );
       return { database };
     },
   });

@@ -18,13 +18,23 @@ export const StatusSchema = Type.Object({
   consumer: Type.Record(Type.String(), Type.Integer()),
   held: Type.Integer(),
   deadLetters: Type.Integer(),
-  busFaults: Type.Optional(Type.Object(
-    { duplicated: Type.Integer(), delayed: Type.Integer() },
-    { description: 'Deliveries the test-only bus fault switch (BUS_FAULTS) duplicated and delayed; absent when it is off.' },
-  )),
+  busFaults: Type.Optional(
+    Type.Object(
+      { duplicated: Type.Integer(), delayed: Type.Integer() },
+      {
+        description:
+          'Deliveries the test-only bus fault switch (BUS_FAULTS) duplicated and delayed; absent when it is off.',
+      },
+    ),
+  ),
 });
 
-export async function serviceStatus(service: string, db: Db, consumer: Consumer, faults?: FaultStats): Promise<Static<typeof StatusSchema>> {
+export async function serviceStatus(
+  service: string,
+  db: Db,
+  consumer: Consumer,
+  faults?: FaultStats,
+): Promise<Static<typeof StatusSchema>> {
   const [counts] = await db.query<{ held: number; dead: number }>(
     `SELECT (SELECT count(*) FROM held_messages)::int AS held,
             (SELECT count(*) FROM dead_letters WHERE status = 'parked')::int AS dead`,
@@ -60,7 +70,9 @@ function eventLoopDelayLines(label: string): string[] {
   const lines = [
     '# HELP converge_event_loop_delay_seconds Event loop delay over the last minute or more.',
     '# TYPE converge_event_loop_delay_seconds summary',
-    ...[0.5, 0.9, 0.99].map((q) => `converge_event_loop_delay_seconds{${label},quantile="${q}"} ${seconds(histogram.percentile(q * 100))}`),
+    ...[0.5, 0.9, 0.99].map(
+      (q) => `converge_event_loop_delay_seconds{${label},quantile="${q}"} ${seconds(histogram.percentile(q * 100))}`,
+    ),
     `converge_event_loop_delay_seconds_max{${label}} ${seconds(histogram.max)}`,
   ];
   if (Date.now() - watch.since > 60_000) {
@@ -79,8 +91,17 @@ export function registerStatusRoutes(
   more?: () => Promise<string[]>,
 ): void {
   watchEventLoop();
-  app.get('/status', { schema: { tags: ['operations'], summary: 'Outbox, consumer and dead-letter figures', response: { 200: StatusSchema } } }, () =>
-    serviceStatus(service, db, consumer, faults));
+  app.get(
+    '/status',
+    {
+      schema: {
+        tags: ['operations'],
+        summary: 'Outbox, consumer and dead-letter figures',
+        response: { 200: StatusSchema },
+      },
+    },
+    () => serviceStatus(service, db, consumer, faults),
+  );
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
     const s = await serviceStatus(service, db, consumer, faults);
     const label = `service="${service}"`;
@@ -107,11 +128,15 @@ export function registerStatusRoutes(
       '# HELP converge_dead_letters Messages parked for an operator.',
       '# TYPE converge_dead_letters gauge',
       `converge_dead_letters{${label}} ${s.deadLetters}`,
-      ...(s.busFaults === undefined ? [] : [
-        '# HELP converge_bus_faults_total Deliveries the test-only fault switch duplicated or delayed.',
-        '# TYPE converge_bus_faults_total counter',
-        ...Object.entries(s.busFaults).map(([fault, n]) => `converge_bus_faults_total{${label},fault="${fault}"} ${n}`),
-      ]),
+      ...(s.busFaults === undefined
+        ? []
+        : [
+            '# HELP converge_bus_faults_total Deliveries the test-only fault switch duplicated or delayed.',
+            '# TYPE converge_bus_faults_total counter',
+            ...Object.entries(s.busFaults).map(
+              ([fault, n]) => `converge_bus_faults_total{${label},fault="${fault}"} ${n}`,
+            ),
+          ]),
     ];
     lines.push(...eventLoopDelayLines(label), ...costMetricLines(label), ...(more === undefined ? [] : await more()));
     return reply.type('text/plain; version=0.0.4').send(lines.join('\n') + '\n');

@@ -40,7 +40,8 @@ export async function serverAvailable(name: ServerName): Promise<boolean> {
   }
   const up = await probe;
   if (up) return true;
-  if (process.env.CI === 'true') throw new Error(`${name} is required under CI=true but ${servers[name]} is unreachable`);
+  if (process.env.CI === 'true')
+    throw new Error(`${name} is required under CI=true but ${servers[name]} is unreachable`);
   console.warn(`\n*** NOTICE: ${name} not reachable at ${servers[name]}: its tests are SKIPPED ***\n`);
   return false;
 }
@@ -51,7 +52,11 @@ export function uniqueName(prefix: string): string {
 }
 
 /** Polls `probe` until it returns a value other than undefined, or fails after `timeoutMs`. */
-export async function eventually<T>(probe: () => Promise<T | undefined>, timeoutMs = 15_000, what = 'condition'): Promise<T> {
+export async function eventually<T>(
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 15_000,
+  what = 'condition',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   for (;;) {
@@ -62,7 +67,9 @@ export async function eventually<T>(probe: () => Promise<T | undefined>, timeout
       lastError = error;
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${lastError instanceof Error ? `: ${lastError.message}` : ''}`);
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${lastError instanceof Error ? `: ${lastError.message}` : ''}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 25));
   }

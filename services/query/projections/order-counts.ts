@@ -12,7 +12,10 @@ export type CountChange = { status: OrderStatus; by: 1 | -1 };
 /** How the counts move when an order's status goes from `before` to `after`. */
 export function countChanges(before: OrderStatus | null, after: OrderStatus | null): CountChange[] {
   if (before === after) return [];
-  return [...(before === null ? [] : [{ status: before, by: -1 as const }]), ...(after === null ? [] : [{ status: after, by: 1 as const }])];
+  return [
+    ...(before === null ? [] : [{ status: before, by: -1 as const }]),
+    ...(after === null ? [] : [{ status: after, by: 1 as const }]),
+  ];
 }
 
 /** A status's count moving by any amount: the changes of many orders added up. */
@@ -36,19 +39,27 @@ async function moveCounts(tx: Sql, changes: readonly CountMove[], { table }: Sav
   return [];
 }
 
-const changesOf = (step: { before: { status: OrderStatus | null } | undefined; after: { status: OrderStatus | null } | undefined }) =>
-  countChanges(step.before?.status ?? null, step.after?.status ?? null);
+const changesOf = (step: {
+  before: { status: OrderStatus | null } | undefined;
+  after: { status: OrderStatus | null } | undefined;
+}) => countChanges(step.before?.status ?? null, step.after?.status ?? null);
 
 export const orderCounts = viewOf(orderSummary, {
   name: 'order-counts',
   table: 'order_counts',
   keysOf: (step) => changesOf(step).map((c) => c.status),
-  evolve: (move: CountMove | undefined, step, status) =>
-    ({ status, by: addUpCounts([...(move === undefined ? [] : [move]), ...changesOf(step)]).find((m) => m.status === status)?.by ?? 0 }),
+  evolve: (move: CountMove | undefined, step, status) => ({
+    status,
+    by:
+      addUpCounts([...(move === undefined ? [] : [move]), ...changesOf(step)]).find((m) => m.status === status)?.by ??
+      0,
+  }),
   save: moveCounts,
 });
 
 export async function orderCountsByStatus(db: Sql): Promise<Record<string, number>> {
-  const rows = await db.query<{ status: string; n: number }>('SELECT status, n FROM order_counts WHERE n <> 0 ORDER BY status');
+  const rows = await db.query<{ status: string; n: number }>(
+    'SELECT status, n FROM order_counts WHERE n <> 0 ORDER BY status',
+  );
   return Object.fromEntries(rows.map((r) => [r.status, r.n]));
 }

@@ -21,11 +21,25 @@ export type Availability = {
 };
 
 /** A change to one product's figures. */
-export type AvailabilityDelta = { productId: string; name?: string; price?: number; currency?: string; stockQuantity: number; reserved: number; sold: number };
+export type AvailabilityDelta = {
+  productId: string;
+  name?: string;
+  price?: number;
+  currency?: string;
+  stockQuantity: number;
+  reserved: number;
+  sold: number;
+};
 
-const lines = (items: readonly StockLine[], sign: { stockQuantity: number; reserved: number; sold: number }): AvailabilityDelta[] =>
+const lines = (
+  items: readonly StockLine[],
+  sign: { stockQuantity: number; reserved: number; sold: number },
+): AvailabilityDelta[] =>
   items.map(({ productId, quantity }) => ({
-    productId, stockQuantity: sign.stockQuantity * quantity, reserved: sign.reserved * quantity, sold: sign.sold * quantity,
+    productId,
+    stockQuantity: sign.stockQuantity * quantity,
+    reserved: sign.reserved * quantity,
+    sold: sign.sold * quantity,
   }));
 
 /** What an event changes, product by product; nothing for events this model ignores. */
@@ -48,7 +62,15 @@ export function availabilityDeltas(event: DomainEvent): AvailabilityDelta[] {
   }
 }
 
-export const emptyAvailability = (productId: string): Availability => ({ productId, name: null, price: null, currency: null, stockQuantity: 0, reserved: 0, sold: 0 });
+export const emptyAvailability = (productId: string): Availability => ({
+  productId,
+  name: null,
+  price: null,
+  currency: null,
+  stockQuantity: 0,
+  reserved: 0,
+  sold: 0,
+});
 
 export function evolveAvailability(doc: Availability, delta: AvailabilityDelta): Availability {
   return {
@@ -67,15 +89,20 @@ export function addUpDeltas(deltas: readonly AvailabilityDelta[]): AvailabilityD
   const byProduct = new Map<string, AvailabilityDelta>();
   for (const d of deltas) {
     const sum = byProduct.get(d.productId);
-    byProduct.set(d.productId, sum === undefined ? { ...d } : {
-      productId: d.productId,
-      ...((d.name ?? sum.name) === undefined ? {} : { name: d.name ?? sum.name }),
-      ...((d.price ?? sum.price) === undefined ? {} : { price: d.price ?? sum.price }),
-      ...((d.currency ?? sum.currency) === undefined ? {} : { currency: d.currency ?? sum.currency }),
-      stockQuantity: sum.stockQuantity + d.stockQuantity,
-      reserved: sum.reserved + d.reserved,
-      sold: sum.sold + d.sold,
-    });
+    byProduct.set(
+      d.productId,
+      sum === undefined
+        ? { ...d }
+        : {
+            productId: d.productId,
+            ...((d.name ?? sum.name) === undefined ? {} : { name: d.name ?? sum.name }),
+            ...((d.price ?? sum.price) === undefined ? {} : { price: d.price ?? sum.price }),
+            ...((d.currency ?? sum.currency) === undefined ? {} : { currency: d.currency ?? sum.currency }),
+            stockQuantity: sum.stockQuantity + d.stockQuantity,
+            reserved: sum.reserved + d.reserved,
+            sold: sum.sold + d.sold,
+          },
+    );
   }
   return [...byProduct.values()];
 }
@@ -83,7 +110,11 @@ export function addUpDeltas(deltas: readonly AvailabilityDelta[]): AvailabilityD
 export const productKey = (productId: string) => `product:${productId}`;
 
 /** Adds the deltas to their products (at most one per product), in product order. */
-async function addAvailability(tx: Sql, deltas: readonly AvailabilityDelta[], { table, now }: SaveTo): Promise<{ id: string; version: number }[]> {
+async function addAvailability(
+  tx: Sql,
+  deltas: readonly AvailabilityDelta[],
+  { table, now }: SaveTo,
+): Promise<{ id: string; version: number }[]> {
   if (deltas.length === 0) return [];
   const rows = await tx.query<{ product_id: string; version: number }>(
     `INSERT INTO ${table} (product_id, name, price, currency, stock_quantity, reserved, sold, updated_at, version)
@@ -97,9 +128,20 @@ async function addAvailability(tx: Sql, deltas: readonly AvailabilityDelta[], { 
        stock_quantity = ${table}.stock_quantity + excluded.stock_quantity, reserved = ${table}.reserved + excluded.reserved,
        sold = ${table}.sold + excluded.sold, updated_at = excluded.updated_at, version = ${table}.version + 1
      RETURNING product_id, version`,
-    [JSON.stringify(deltas.map((d) => ({
-      product_id: d.productId, name: d.name ?? null, price: d.price ?? null, currency: d.currency ?? null, stock_quantity: d.stockQuantity, reserved: d.reserved, sold: d.sold,
-    }))), now],
+    [
+      JSON.stringify(
+        deltas.map((d) => ({
+          product_id: d.productId,
+          name: d.name ?? null,
+          price: d.price ?? null,
+          currency: d.currency ?? null,
+          stock_quantity: d.stockQuantity,
+          reserved: d.reserved,
+          sold: d.sold,
+        })),
+      ),
+      now,
+    ],
   );
   return rows.map((r) => ({ id: r.product_id, version: r.version }));
 }
@@ -112,26 +154,51 @@ export const productAvailability = readModel({
   cached: { column: 'product_id', key: productKey },
   keysOf: (event) => [...new Set(availabilityDeltas(event).map((d) => d.productId))],
   evolve: (sum: AvailabilityDelta | undefined, event, productId) =>
-    addUpDeltas([...(sum === undefined ? [] : [sum]), ...availabilityDeltas(event).filter((d) => d.productId === productId)])[0],
+    addUpDeltas([
+      ...(sum === undefined ? [] : [sum]),
+      ...availabilityDeltas(event).filter((d) => d.productId === productId),
+    ])[0],
   save: addAvailability,
 });
 
 /** A product's figures from the sum of all its deltas. */
-export const availabilityOf = (sum: AvailabilityDelta): Availability => evolveAvailability(emptyAvailability(sum.productId), sum);
+export const availabilityOf = (sum: AvailabilityDelta): Availability =>
+  evolveAvailability(emptyAvailability(sum.productId), sum);
 
-type AvailabilityRow = { product_id: string; name: string | null; price: number | null; currency: string | null; stock_quantity: number; reserved: number; sold: number; version: number };
+type AvailabilityRow = {
+  product_id: string;
+  name: string | null;
+  price: number | null;
+  currency: string | null;
+  stock_quantity: number;
+  reserved: number;
+  sold: number;
+  version: number;
+};
 const toAvailability = (r: AvailabilityRow): Availability => ({
-  productId: r.product_id, name: r.name, price: r.price, currency: r.currency, stockQuantity: r.stock_quantity, reserved: r.reserved, sold: r.sold,
+  productId: r.product_id,
+  name: r.name,
+  price: r.price,
+  currency: r.currency,
+  stockQuantity: r.stock_quantity,
+  reserved: r.reserved,
+  sold: r.sold,
 });
 
-export async function getAvailability(db: Sql, productId: string): Promise<{ version: number; value: Availability } | undefined> {
-  const [row] = await db.query<AvailabilityRow>('SELECT * FROM product_availability WHERE product_id = $1', [productId]);
+export async function getAvailability(
+  db: Sql,
+  productId: string,
+): Promise<{ version: number; value: Availability } | undefined> {
+  const [row] = await db.query<AvailabilityRow>('SELECT * FROM product_availability WHERE product_id = $1', [
+    productId,
+  ]);
   return row === undefined ? undefined : { version: row.version, value: toAvailability(row) };
 }
 
 export async function listAvailability(db: Sql, limit: number, after?: string): Promise<Availability[]> {
   const rows = await db.query<AvailabilityRow>(
-    'SELECT * FROM product_availability WHERE ($1::uuid IS NULL OR product_id > $1) ORDER BY product_id LIMIT $2', [after ?? null, limit],
+    'SELECT * FROM product_availability WHERE ($1::uuid IS NULL OR product_id > $1) ORDER BY product_id LIMIT $2',
+    [after ?? null, limit],
   );
   return rows.map(toAvailability);
 }

@@ -17,11 +17,23 @@ export type UserOrder = {
 };
 
 /** The row after an order event; undefined for events this model ignores or an order not yet created. */
-export function evolveUserOrder(row: UserOrder | undefined, event: DomainEvent & { time: string }): UserOrder | undefined {
+export function evolveUserOrder(
+  row: UserOrder | undefined,
+  event: DomainEvent & { time: string },
+): UserOrder | undefined {
   switch (event.type) {
     case 'OrderCreated': {
       const { orderId, userId, totalAmount, currency, items, createdAt } = event.data;
-      return { orderId, userId, status: 'PENDING', totalAmount, currency, lines: items.length, createdAt, updatedAt: event.time };
+      return {
+        orderId,
+        userId,
+        status: 'PENDING',
+        totalAmount,
+        currency,
+        lines: items.length,
+        createdAt,
+        updatedAt: event.time,
+      };
     }
     case 'OrderCompleted':
       return row === undefined ? row : { ...row, status: 'COMPLETED', updatedAt: event.time };
@@ -35,16 +47,32 @@ export function evolveUserOrder(row: UserOrder | undefined, event: DomainEvent &
 }
 
 type UserOrderRow = {
-  order_id: string; user_id: string; status: UserOrder['status']; total_amount: number; currency: string; lines: number; created_at: Date; updated_at: Date;
+  order_id: string;
+  user_id: string;
+  status: UserOrder['status'];
+  total_amount: number;
+  currency: string;
+  lines: number;
+  created_at: Date;
+  updated_at: Date;
 };
 const toUserOrder = (r: UserOrderRow): UserOrder => ({
-  orderId: r.order_id, userId: r.user_id, status: r.status, totalAmount: r.total_amount, currency: r.currency, lines: r.lines,
-  createdAt: r.created_at.toISOString(), updatedAt: r.updated_at.toISOString(),
+  orderId: r.order_id,
+  userId: r.user_id,
+  status: r.status,
+  totalAmount: r.total_amount,
+  currency: r.currency,
+  lines: r.lines,
+  createdAt: r.created_at.toISOString(),
+  updatedAt: r.updated_at.toISOString(),
 });
 
 // Rows are locked and written in key order, so two instances lock them in the same order.
 async function loadUserOrders(tx: Sql, orderIds: readonly string[]): Promise<Map<string, UserOrder>> {
-  const rows = await tx.query<UserOrderRow>('SELECT * FROM user_orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE', [[...orderIds]]);
+  const rows = await tx.query<UserOrderRow>(
+    'SELECT * FROM user_orders WHERE order_id = ANY($1::uuid[]) ORDER BY order_id FOR UPDATE',
+    [[...orderIds]],
+  );
   return new Map(rows.map((r) => [r.order_id, toUserOrder(r)]));
 }
 
@@ -57,9 +85,20 @@ async function saveUserOrders(tx: Sql, rows: readonly UserOrder[], { table }: Sa
          AS x(order_id uuid, user_id text, status text, total_amount bigint, currency text, lines int, created_at timestamptz, updated_at timestamptz)
       ORDER BY x.order_id
      ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at`,
-    [JSON.stringify(rows.map((r) => ({
-      order_id: r.orderId, user_id: r.userId, status: r.status, total_amount: r.totalAmount, currency: r.currency, lines: r.lines, created_at: r.createdAt, updated_at: r.updatedAt,
-    })))],
+    [
+      JSON.stringify(
+        rows.map((r) => ({
+          order_id: r.orderId,
+          user_id: r.userId,
+          status: r.status,
+          total_amount: r.totalAmount,
+          currency: r.currency,
+          lines: r.lines,
+          created_at: r.createdAt,
+          updated_at: r.updatedAt,
+        })),
+      ),
+    ],
   );
   return [];
 }
@@ -80,7 +119,9 @@ export const userOrders = readModel({
 export type UserOrdersCursor = { createdAt: string; orderId: string };
 
 export async function listUserOrders(
-  db: Sql, userId: string, options: { limit: number; status?: string | undefined; after?: UserOrdersCursor | undefined },
+  db: Sql,
+  userId: string,
+  options: { limit: number; status?: string | undefined; after?: UserOrdersCursor | undefined },
 ): Promise<UserOrder[]> {
   const rows = await db.query<UserOrderRow>(
     `SELECT * FROM user_orders
