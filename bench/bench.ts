@@ -45,7 +45,10 @@ const { values } = parseArgs({
     'read-rate': { type: 'string', default: '200' },
     /** Reads per second of the read scenario, on the caught-up cluster. */
     'read-scenario-rate': { type: 'string', default: '500' },
-    /** Which parts to run, comma-separated: cost, sweep, hot, mixed, reads, orchestration, embedded (all by default). */
+    /**
+     * Which parts to run, comma-separated: cost, sweep, hot, mixed, reads, orchestration, embedded (all by
+     * default).
+     */
     only: { type: 'string', default: parts.join(',') },
     out: { type: 'string', default: 'bench/results' },
     'skip-embedded': { type: 'boolean', default: false },
@@ -114,7 +117,10 @@ async function measured<T>(
   return { result, backlog: backlogs, cost, resources };
 }
 
-/** Every scheduled order acknowledged at the offered rate, no errors, every order final, the backlog not growing at the end. */
+/**
+ * Every scheduled order acknowledged at the offered rate, no errors, every order final, the backlog not growing at
+ * the end.
+ */
 function keepsUp(report: LoadReport, backlogs: number[], rate: number): boolean {
   const tail = backlogs.slice(-3);
   const growing = tail.length > 0 && Math.min(...tail) > Math.max(50, rate * 0.5);
@@ -151,7 +157,10 @@ function projectionDelay(after: Map<string, Bucket[]>, before: Map<string, Bucke
   );
 }
 
-/** What the read scenario and the reads under load ask for: orders the read models hold, the fixture's products and users. */
+/**
+ * What the read scenario and the reads under load ask for: orders the read models hold, the fixture's products and
+ * users.
+ */
 async function readTargets(cluster: Cluster, fixture: Fixture): Promise<ReadTargets> {
   const db = cluster.dbs.query;
   if (db === undefined) throw new Error('the cluster has no query database');
@@ -171,7 +180,8 @@ async function step(
   reading = false,
 ): Promise<StepResult> {
   log(
-    `\n${scenario} (${cluster.sagaMode}): ${rate} orders/s for ${seconds} s${reading ? `, reading the query service at ${readRate}/s` : ''}`,
+    `\n${scenario} (${cluster.sagaMode}): ${rate} orders/s for ${seconds} s` +
+      (reading ? `, reading the query service at ${readRate}/s` : ''),
   );
   const targets = reading ? await readTargets(cluster, fixture) : undefined;
   const before = await scrapeDelays(cluster);
@@ -209,14 +219,20 @@ async function step(
   const worst = Math.max(0, ...Object.values(delays).map((d) => d.p99));
   const per = perOrder(cost);
   log(
-    `  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} → ${ok ? 'sustainable' : up ? 'keeps up' : 'falls behind'}`,
+    `  achieved ${result.achievedRate.toFixed(0)}/s placement p99 ${result.placement.p99} ms ` +
+      `completion p99 ${result.completion.p99} ms backlog max ${Math.max(0, ...backlogs)} ` +
+      `→ ${ok ? 'sustainable' : up ? 'keeps up' : 'falls behind'}`,
   );
   log(
-    `  ${reads === undefined ? '' : `reads p50 ${reads.all.p50} ms p99 ${reads.all.p99} ms; `}projection delay p99 ${worst} ms (slowest read model)`,
+    `  ${reads === undefined ? '' : `reads p50 ${reads.all.p50} ms p99 ${reads.all.p99} ms; `}` +
+      `projection delay p99 ${worst} ms (slowest read model)`,
   );
   if (per !== undefined)
     log(
-      `  per completed order: machine less generator ${per.machineLessGenerator?.toFixed(2) ?? '–'} ms CPU, ${per.totals.statements?.toFixed(1) ?? '–'} statements, ${per.totals.transactions?.toFixed(2) ?? '–'} transactions, ${per.totals.deliveries?.toFixed(2) ?? '–'} deliveries`,
+      `  per completed order: machine less generator ${per.machineLessGenerator?.toFixed(2) ?? '–'} ms CPU, ` +
+        `${per.totals.statements?.toFixed(1) ?? '–'} statements, ` +
+        `${per.totals.transactions?.toFixed(2) ?? '–'} transactions, ` +
+        `${per.totals.deliveries?.toFixed(2) ?? '–'} deliveries`,
     );
   return {
     scenario,

@@ -184,7 +184,8 @@ async function brokerOutage(run: Run): Promise<Injected> {
     );
     const upAt = new Date();
     run.note(
-      `rabbitmqctl start_app (down ${((upAt.getTime() - downAt.getTime()) / 1000).toFixed(1)} s, order outbox backlog ${row?.n ?? 0})`,
+      `rabbitmqctl start_app (down ${((upAt.getTime() - downAt.getTime()) / 1000).toFixed(1)} s, ` +
+        `order outbox backlog ${row?.n ?? 0})`,
     );
     await rabbitmqctl('start_app');
     stopped.rabbitmq = false;
@@ -413,7 +414,8 @@ async function poison(run: Run): Promise<Injected> {
         check(
           'dead letters are exactly the injected messages',
           missing.length === 0 && unexpected.length === 0 && parked.length === expected.length,
-          `${parked.length} parked, ${expected.length} expected; missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(unexpected)}`,
+          `${parked.length} parked, ${expected.length} expected; ` +
+            `missing ${JSON.stringify(missing)}, unexpected ${JSON.stringify(unexpected)}`,
         ),
         ...affected.map((s) => {
           const want = expected.filter((e) => e.startsWith(`${s} `)).length;

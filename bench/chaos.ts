@@ -141,7 +141,8 @@ async function runScenario(name: ScenarioName, options: Options): Promise<Result
       check(
         'enough work',
         acknowledged.length >= minimumOrders,
-        `${acknowledged.length} acknowledged orders (at least ${minimumOrders} needed; "too little work" otherwise), achieved ${load.achievedRate.toFixed(0)}/s of ${options.rate}/s`,
+        `${acknowledged.length} acknowledged orders (at least ${minimumOrders} needed; "too little work" otherwise), ` +
+          `achieved ${load.achievedRate.toFixed(0)}/s of ${options.rate}/s`,
       ),
       check('went quiet', quiet === undefined, quiet ?? `quiet after ${durations.quietSec ?? 0} s`),
       check('invariants', report.ok, formatReport(report)),
@@ -189,8 +190,11 @@ function printResult(result: Result): void {
     ...(load === undefined
       ? []
       : [
-          `  load: ${load.acknowledged} acknowledged of ${load.scheduled} scheduled at ${load.offeredRate}/s (achieved ${load.achievedRate.toFixed(0)}/s), errors ${JSON.stringify(load.errors)}, finals ${JSON.stringify(load.finals)}`,
-          `  placement p50/p99 ${load.placement.p50}/${load.placement.p99} ms, completion p50/p99 ${load.completion.p50}/${load.completion.p99} ms`,
+          `  load: ${load.acknowledged} acknowledged of ${load.scheduled} scheduled at ${load.offeredRate}/s ` +
+            `(achieved ${load.achievedRate.toFixed(0)}/s), ` +
+            `errors ${JSON.stringify(load.errors)}, finals ${JSON.stringify(load.finals)}`,
+          `  placement p50/p99 ${load.placement.p50}/${load.placement.p99} ms, ` +
+            `completion p50/p99 ${load.completion.p50}/${load.completion.p99} ms`,
         ]),
     `  evidence: ${JSON.stringify(result.evidence, (key, value: unknown) => (key === 'schedule' ? undefined : value))}`,
     ...result.checks.map((c) => `  ${c.pass ? 'ok  ' : 'FAIL'} ${c.name}: ${c.detail.split('\n').join('\n       ')}`),
@@ -243,7 +247,8 @@ async function main(): Promise<number> {
   const quietTimeoutMs = Number(values['quiet-timeout']) * 1000;
   if (chosen.length === 0 || !(rate > 0) || (seconds !== undefined && !(seconds > 0)) || !(quietTimeoutMs > 0)) {
     console.error(
-      `usage: npm run chaos -- ${scenarioNames.join('|')}|all|smoke|ci-smoke [--rate 50] [--duration <s>] [--quiet-timeout 120] [--keep]`,
+      `usage: npm run chaos -- ${scenarioNames.join('|')}|all|smoke|ci-smoke ` +
+        '[--rate 50] [--duration <s>] [--quiet-timeout 120] [--keep]',
     );
     return 2;
   }
@@ -284,7 +289,10 @@ async function main(): Promise<number> {
   }
   logStream.end();
   console.log(
-    `\n${results.map((r) => `${r.pass ? 'PASS' : 'FAIL'} ${r.scenario} (${r.orders} orders, ${r.durations.totalSec ?? '?'} s)`).join('\n')}`,
+    '\n' +
+      results
+        .map((r) => `${r.pass ? 'PASS' : 'FAIL'} ${r.scenario} (${r.orders} orders, ${r.durations.totalSec ?? '?'} s)`)
+        .join('\n'),
   );
   console.log(`results: ${path.relative(root, file)}`);
   return results.every((r) => r.pass) ? 0 : 1;

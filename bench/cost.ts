@@ -223,7 +223,10 @@ export type CostPerOrder = {
   generator: number;
   /** The machine less the load generator: the figure the budget is about. */
   machineLessGenerator?: number;
-  /** Machine less generator less the groups: processes that are none of them (other users of a shared machine, the kernel's own threads). */
+  /**
+   * Machine less generator less the groups: processes that are none of them (other users of a shared machine, the
+   * kernel's own threads).
+   */
   other?: number;
   steal?: number;
   /** Counters per completed order: per service, and their total over services. */

@@ -83,7 +83,8 @@ export async function embeddedSweep(
         sustainable,
       });
       log(
-        `  achieved ${report.achievedRate.toFixed(0)}/s placement p99 ${report.placement.p99} ms backlog ${backlogEnd} → ${sustainable ? 'sustainable' : keepsUp ? 'keeps up' : 'falls behind'}`,
+        `  achieved ${report.achievedRate.toFixed(0)}/s placement p99 ${report.placement.p99} ms ` +
+          `backlog ${backlogEnd} → ${sustainable ? 'sustainable' : keepsUp ? 'keeps up' : 'falls behind'}`,
       );
       if (!keepsUp) break;
       // Let the backlog drain before the next step.

@@ -220,7 +220,9 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   const progress = setInterval(() => {
     const elapsed = (performance.now() - start) / 1000;
     options.progress?.(
-      `t=${elapsed.toFixed(0)}s placed=${acknowledged.length} rate=${(done / Math.max(elapsed, 0.001)).toFixed(0)}/s p99=${placement.summary().p99}ms in-flight=${inFlight} errors=${Object.values(errors).reduce((a, b) => a + b, 0)}`,
+      `t=${elapsed.toFixed(0)}s placed=${acknowledged.length} ` +
+        `rate=${(done / Math.max(elapsed, 0.001)).toFixed(0)}/s p99=${placement.summary().p99}ms ` +
+        `in-flight=${inFlight} errors=${Object.values(errors).reduce((a, b) => a + b, 0)}`,
     );
   }, 1000);
   const pending: Promise<void>[] = [];

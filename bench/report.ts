@@ -14,7 +14,10 @@ export type StepResult = Omit<LoadReport, 'acknowledged'> & {
   scenario: string;
   sagaMode?: 'choreography' | 'orchestration';
   placed: number;
-  /** Every scheduled order acknowledged at the offered rate, every order final, the backlog did not grow: any latency. */
+  /**
+   * Every scheduled order acknowledged at the offered rate, every order final, the backlog did not grow: any
+   * latency.
+   */
   keepsUp: boolean;
   /** Keeps up, and placement p99 stayed under the target. */
   sustainable: boolean;
@@ -117,13 +120,16 @@ export function renderCost(s: StepResult): string[] {
     return [`No cost model for ${s.scenario} ${s.offeredRate}/s (no order completed, or an older result).`];
   const services = Object.keys(c.counters);
   const groups = Object.keys(c.cpu);
+  const others =
+    Object.entries(s.finals)
+      .filter(([k]) => k !== 'COMPLETED')
+      .map(([k, n]) => `${n} ${k}`)
+      .join(', ') || 'no other';
+  const behind = s.keepsUp ? '' : '; **the step did not keep up**, so the figures are those of a backlog';
   return [
-    `${s.scenario} (${s.sagaMode ?? 'choreography'}) at ${s.offeredRate}/s: ${c.completed} orders completed of ${s.placed} placed (${
-      Object.entries(s.finals)
-        .filter(([k]) => k !== 'COMPLETED')
-        .map(([k, n]) => `${n} ${k}`)
-        .join(', ') || 'no other'
-    }), window ${s.cost.windowSec.toFixed(1)} s${s.keepsUp ? '' : '; **the step did not keep up**, so the figures are those of a backlog'}.`,
+    `${s.scenario} (${s.sagaMode ?? 'choreography'}) at ${s.offeredRate}/s: ` +
+      `${c.completed} orders completed of ${s.placed} placed (${others}), ` +
+      `window ${s.cost.windowSec.toFixed(1)} s${behind}.`,
     '',
     '| CPU per completed order | ms |',
     '|---|---|',
@@ -137,10 +143,10 @@ export function renderCost(s: StepResult): string[] {
     '',
     `| per completed order | ${services.join(' | ')} | total |`,
     `|---|${services.map(() => '---|').join('')}---|`,
-    ...(Object.keys(counterNames) as Counter[]).map(
-      (k) =>
-        `| ${counterLabels[k]} | ${services.map((sv) => ceil(c.counters[sv]?.[k])).join(' | ')} | ${ceil(c.totals[k])} |`,
-    ),
+    ...(Object.keys(counterNames) as Counter[]).map((k) => {
+      const perService = services.map((sv) => ceil(c.counters[sv]?.[k])).join(' | ');
+      return `| ${counterLabels[k]} | ${perService} | ${ceil(c.totals[k])} |`;
+    }),
   ];
 }
 
@@ -149,7 +155,16 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
   const allSteps = [...r.sweep, ...(r.hotSweep ?? []), ...(r.orchestrationSweep ?? []), ...r.scenarios];
   const row = (s: StepResult) => {
     const c = costOf(s);
-    return `| ${s.scenario} | ${s.offeredRate} | ${floor(s.achievedRate)} | ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} | ${s.completion.p50} | ${s.completion.p99} | ${s.reads?.all.p50 ?? '–'} | ${s.reads?.all.p99 ?? '–'} | ${slowestProjection(s, 'p50') ?? '–'} | ${slowestProjection(s, 'p99') ?? '–'} | ${s.backlogMax} | ${ceil(c?.machineLessGenerator)} | ${ceil(c?.totals.statements, 1)} | ${ceil(c?.totals.deliveries)} | ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`;
+    return (
+      `| ${s.scenario} | ${s.offeredRate} | ${floor(s.achievedRate)} ` +
+      `| ${s.placement.p50} | ${s.placement.p99} | ${s.placement.max} ` +
+      `| ${s.completion.p50} | ${s.completion.p99} ` +
+      `| ${s.reads?.all.p50 ?? '–'} | ${s.reads?.all.p99 ?? '–'} ` +
+      `| ${slowestProjection(s, 'p50') ?? '–'} | ${slowestProjection(s, 'p99') ?? '–'} ` +
+      `| ${s.backlogMax} | ${ceil(c?.machineLessGenerator)} ` +
+      `| ${ceil(c?.totals.statements, 1)} | ${ceil(c?.totals.deliveries)} ` +
+      `| ${s.keepsUp ? 'yes' : 'no'} | ${s.sustainable ? 'yes' : 'no'} |`
+    );
   };
   const delays = (s: StepResult) =>
     Object.entries(s.projectionDelay ?? {}).map(
@@ -169,16 +184,39 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
         : `; highest step run ${top}/s`;
     return `| ${label} | ≥ ${target}/s | ${best}/s${stopped} | ${verdict(best >= target)} |`;
   };
-  const mixedTarget = (label: string, target: number, value: number | undefined) =>
-    `| ${label} | < ${target} ms | ${mixed === undefined ? 'not run' : `${ceil(value)} ms`} | ${verdict(mixed === undefined || value === undefined ? undefined : value < target)} |`;
+  const mixedTarget = (label: string, target: number, value: number | undefined) => {
+    const measured = mixed === undefined ? 'not run' : `${ceil(value)} ms`;
+    const pass = mixed === undefined || value === undefined ? undefined : value < target;
+    return `| ${label} | < ${target} ms | ${measured} | ${verdict(pass)} |`;
+  };
+  const machine = r.machine;
+  const partsRun = r.parts === undefined ? '' : ` Parts run: ${r.parts.join(', ')}.`;
+  const costMeasured =
+    cost === undefined
+      ? 'not run'
+      : `${ceil(costPer?.machineLessGenerator)} ms at ${cost.offeredRate}/s${cost.keepsUp ? '' : ', not kept up'}`;
+  const costPass =
+    cost === undefined || costPer?.machineLessGenerator === undefined || cost.offeredRate !== t.costRate
+      ? undefined
+      : cost.keepsUp && costPer.machineLessGenerator <= t.machineCpuMsPerOrder;
+  const embeddedBest = r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp');
+  const embeddedMeasured = embeddedBest === undefined ? 'not run' : `${embeddedBest}/s`;
+  const embeddedPass = embeddedBest === undefined ? undefined : embeddedBest >= t.embeddedRate;
+  const readsMeasured =
+    r.reads === undefined
+      ? 'not run'
+      : `${r.reads.all.p99} ms (p50 ${r.reads.all.p50} ms) at ${r.reads.rate}/s, ${errorsOf(r.reads)} errors`;
   const lines = [
     `# Benchmark ${r.startedAt}`,
     '',
-    `Machine: ${r.machine.cpus}, ${r.machine.memoryGb} GB, ${r.machine.os}; Node ${r.machine.node}; PostgreSQL ${r.machine.postgres}; RabbitMQ ${r.machine.rabbitmq}. Cluster mode: one process per service, PostgreSQL, RabbitMQ and Redis on the same machine.${r.parts === undefined ? '' : ` Parts run: ${r.parts.join(', ')}.`}`,
+    `Machine: ${machine.cpus}, ${machine.memoryGb} GB, ${machine.os}; Node ${machine.node}; ` +
+      `PostgreSQL ${machine.postgres}; RabbitMQ ${machine.rabbitmq}. ` +
+      `Cluster mode: one process per service, PostgreSQL, RabbitMQ and Redis on the same machine.${partsRun}`,
     '',
     '| target (issue 11) | target | measured | |',
     '|---|---|---|---|',
-    `| machine CPU per completed order at a steady ${t.costRate}/s, all processes but the load generator | ≤ ${t.machineCpuMsPerOrder} ms | ${cost === undefined ? 'not run' : `${ceil(costPer?.machineLessGenerator)} ms at ${cost.offeredRate}/s${cost.keepsUp ? '' : ', not kept up'}`} | ${verdict(cost === undefined || costPer?.machineLessGenerator === undefined || cost.offeredRate !== t.costRate ? undefined : cost.keepsUp && costPer.machineLessGenerator <= t.machineCpuMsPerOrder)} |`,
+    `| machine CPU per completed order at a steady ${t.costRate}/s, all processes but the load generator ` +
+      `| ≤ ${t.machineCpuMsPerOrder} ms | ${costMeasured} | ${verdict(costPass)} |`,
     rateTarget(
       'keeps up, choreography (achieved = offered, every order final, backlog bounded)',
       'sweep',
@@ -188,7 +226,9 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     rateTarget('keeps up, orchestration', 'orchestration', r.orchestrationSweep, t.orchestrationRate),
     rateTarget('keeps up, hot product (5 products)', 'hot', r.hotSweep, t.hotRate),
     mixedTarget(
-      `placement p99 at ${mixed?.offeredRate ?? t.mixedRate} orders/s with ${mixed?.reads?.rate ?? t.mixedReadRate} query reads/s${mixed !== undefined && !mixed.keepsUp ? ' (not kept up)' : ''}`,
+      `placement p99 at ${mixed?.offeredRate ?? t.mixedRate} orders/s ` +
+        `with ${mixed?.reads?.rate ?? t.mixedReadRate} query reads/s` +
+        (mixed !== undefined && !mixed.keepsUp ? ' (not kept up)' : ''),
       t.placementP99Ms,
       mixed?.placement.p99,
     ),
@@ -199,8 +239,8 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
       t.projectionP99Ms,
       slowestProjection(mixed, 'p99'),
     ),
-    `| embedded mode keeps up | ≥ ${t.embeddedRate}/s | ${r.embedded === undefined ? 'not run' : `${highest(r.embedded, 'keepsUp')}/s`} | ${verdict(r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp') >= t.embeddedRate)} |`,
-    `| query read p99, read scenario (nothing else running) | – | ${r.reads === undefined ? 'not run' : `${r.reads.all.p99} ms (p50 ${r.reads.all.p50} ms) at ${r.reads.rate}/s, ${errorsOf(r.reads)} errors`} | |`,
+    `| embedded mode keeps up | ≥ ${t.embeddedRate}/s | ${embeddedMeasured} | ${verdict(embeddedPass)} |`,
+    `| query read p99, read scenario (nothing else running) | – | ${readsMeasured} | |`,
     '',
     '## Cost model',
     '',
@@ -252,7 +292,8 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
           '|---|---|---|---|---|---|---|',
           ...r.embedded.map(
             (e) =>
-              `| ${e.rate} | ${floor(e.achievedRate)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} | ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`,
+              `| ${e.rate} | ${floor(e.achievedRate)} | ${e.placement.p50} | ${e.placement.p99} | ${e.backlogEnd} ` +
+              `| ${e.keepsUp ? 'yes' : 'no'} | ${e.sustainable ? 'yes' : 'no'} |`,
           ),
         ]),
     '',
@@ -275,24 +316,37 @@ export function renderSvg(r: BenchResult): string {
     height -
     pad -
     ((Math.log10(Math.max(ms, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * (height - 2 * pad);
-  const line = (pick: (p: StepResult) => number, color: string) =>
-    `<polyline fill="none" stroke="${color}" stroke-width="2" points="${points.map((p) => `${x(p.offeredRate).toFixed(1)},${y(pick(p)).toFixed(1)}`).join(' ')}"/>` +
-    points
-      .map((p) => `<circle cx="${x(p.offeredRate).toFixed(1)}" cy="${y(pick(p)).toFixed(1)}" r="3" fill="${color}"/>`)
-      .join('');
+  const line = (pick: (p: StepResult) => number, color: string) => {
+    const coords = points.map((p) => `${x(p.offeredRate).toFixed(1)},${y(pick(p)).toFixed(1)}`).join(' ');
+    return (
+      `<polyline fill="none" stroke="${color}" stroke-width="2" points="${coords}"/>` +
+      points
+        .map((p) => `<circle cx="${x(p.offeredRate).toFixed(1)}" cy="${y(pick(p)).toFixed(1)}" r="3" fill="${color}"/>`)
+        .join('')
+    );
+  };
   const ticks = [1, 10, 100, 1000, 10000].filter((t) => t >= lo && t <= hi);
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="${width / 2}" y="20" text-anchor="middle" font-size="14">p99 latency against offered order rate (cluster)</text>
-<line x1="${pad}" y1="${height - pad}" x2="${width - pad}" y2="${height - pad}" stroke="#999"/>
-<line x1="${pad}" y1="${pad}" x2="${pad}" y2="${height - pad}" stroke="#999"/>
-${ticks.map((t) => `<text x="${pad - 6}" y="${y(t) + 4}" text-anchor="end">${t} ms</text><line x1="${pad}" y1="${y(t)}" x2="${width - pad}" y2="${y(t)}" stroke="#eee"/>`).join('\n')}
-${points.map((p) => `<text x="${x(p.offeredRate)}" y="${height - pad + 16}" text-anchor="middle">${p.offeredRate}</text>`).join('\n')}
-<text x="${width / 2}" y="${height - 10}" text-anchor="middle">offered orders/s</text>
-${line((p) => p.placement.p99, '#4f46e5')}
-${line((p) => p.completion.p99, '#dc2626')}
-<text x="${width - pad}" y="${pad - 16}" text-anchor="end" fill="#4f46e5">placement p99</text>
-<text x="${width - pad}" y="${pad - 2}" text-anchor="end" fill="#dc2626">completion p99</text>
-</svg>
-`;
+  const tick = (t: number) =>
+    `<text x="${pad - 6}" y="${y(t) + 4}" text-anchor="end">${t} ms</text>` +
+    `<line x1="${pad}" y1="${y(t)}" x2="${width - pad}" y2="${y(t)}" stroke="#eee"/>`;
+  const rateLabel = (p: StepResult) =>
+    `<text x="${x(p.offeredRate)}" y="${height - pad + 16}" text-anchor="middle">${p.offeredRate}</text>`;
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+      'font-family="sans-serif" font-size="12">',
+    '<rect width="100%" height="100%" fill="white"/>',
+    `<text x="${width / 2}" y="20" text-anchor="middle" font-size="14">` +
+      'p99 latency against offered order rate (cluster)</text>',
+    `<line x1="${pad}" y1="${height - pad}" x2="${width - pad}" y2="${height - pad}" stroke="#999"/>`,
+    `<line x1="${pad}" y1="${pad}" x2="${pad}" y2="${height - pad}" stroke="#999"/>`,
+    ticks.map(tick).join('\n'),
+    points.map(rateLabel).join('\n'),
+    `<text x="${width / 2}" y="${height - 10}" text-anchor="middle">offered orders/s</text>`,
+    line((p) => p.placement.p99, '#4f46e5'),
+    line((p) => p.completion.p99, '#dc2626'),
+    `<text x="${width - pad}" y="${pad - 16}" text-anchor="end" fill="#4f46e5">placement p99</text>`,
+    `<text x="${width - pad}" y="${pad - 2}" text-anchor="end" fill="#dc2626">completion p99</text>`,
+    '</svg>',
+    '',
+  ].join('\n');
 }

@@ -56,49 +56,98 @@ const kept = (steps: StepResult[] | undefined) =>
   steps === undefined || steps.length === 0 ? undefined : highest(steps, 'keepsUp');
 const groups = [...new Set(runs.flatMap((r) => Object.keys(cost(r)?.cpu ?? {})))];
 
+const embeddedKept = (r: BenchResult) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp'));
+/** A row of the targets table: the measure, its target, the median with each run's value, pass or fail. */
+const targetRow = (measure: string, target: string, medianOfRuns: string, verdict: string) =>
+  `| ${measure} | ${target} | ${medianOfRuns} | ${verdict} |`;
+
 const rates = [...new Set(runs.flatMap((r) => r.sweep.map((s) => s.offeredRate)))].sort((a, b) => a - b);
+const machine = runs[0]?.machine;
 const lines = [
   `Medians of ${runs.length} runs (each run's value in brackets): ${runs.map((r) => r.startedAt).join(', ')}`,
-  `Machine: ${runs[0]?.machine.cpus ?? '?'}, ${runs[0]?.machine.memoryGb ?? '?'} GB; Node ${runs[0]?.machine.node ?? '?'}; PostgreSQL ${runs[0]?.machine.postgres ?? '?'}; RabbitMQ ${runs[0]?.machine.rabbitmq ?? '?'}.`,
+  `Machine: ${machine?.cpus ?? '?'}, ${machine?.memoryGb ?? '?'} GB; Node ${machine?.node ?? '?'}; ` +
+    `PostgreSQL ${machine?.postgres ?? '?'}; RabbitMQ ${machine?.rabbitmq ?? '?'}.`,
   '',
   '| measure | target | median (runs) | median |',
   '|---|---|---|---|',
-  `| machine CPU per completed order at ${t.costRate}/s, less the load generator, ms | ≤ ${t.machineCpuMsPerOrder} | ${m((r) => cost(r)?.machineLessGenerator, 'lower', 2)} | ${judge(
-    (r) => cost(r)?.machineLessGenerator,
-    (v) => v <= t.machineCpuMsPerOrder,
-  )} |`,
-  `| highest rate kept up with, choreography, orders/s | ≥ ${t.choreographyRate} | ${m((r) => kept(r.sweep), 'higher')} | ${judge(
-    (r) => kept(r.sweep),
-    (v) => v >= t.choreographyRate,
-  )} |`,
-  `| highest rate kept up with, orchestration, orders/s | ≥ ${t.orchestrationRate} | ${m((r) => kept(r.orchestrationSweep), 'higher')} | ${judge(
-    (r) => kept(r.orchestrationSweep),
-    (v) => v >= t.orchestrationRate,
-  )} |`,
-  `| highest rate kept up with, hot product, orders/s | ≥ ${t.hotRate} | ${m((r) => kept(r.hotSweep), 'higher')} | ${judge(
-    (r) => kept(r.hotSweep),
-    (v) => v >= t.hotRate,
-  )} |`,
-  `| mixed (${t.mixedRate} orders/s + ${t.mixedReadRate} reads/s): placement p99, ms | < ${t.placementP99Ms} | ${m((r) => mixed(r)?.placement.p99)} | ${judge(
-    (r) => mixed(r)?.placement.p99,
-    (v) => v < t.placementP99Ms,
-  )} |`,
-  `| mixed: completion p99, ms | < ${t.completionP99Ms} | ${m((r) => mixed(r)?.completion.p99)} | ${judge(
-    (r) => mixed(r)?.completion.p99,
-    (v) => v < t.completionP99Ms,
-  )} |`,
-  `| mixed: query read p99, ms | < ${t.readP99Ms} | ${m((r) => readsOf(mixed(r)?.reads)?.all.p99)} | ${judge(
-    (r) => readsOf(mixed(r)?.reads)?.all.p99,
-    (v) => v < t.readP99Ms,
-  )} |`,
-  `| mixed: commit-to-read-model p99, ms (slowest model) | < ${t.projectionP99Ms} | ${m((r) => slowestProjection(mixed(r), 'p99'))} | ${judge(
-    (r) => slowestProjection(mixed(r), 'p99'),
-    (v) => v < t.projectionP99Ms,
-  )} |`,
-  `| embedded mode: highest rate kept up with, orders/s | ≥ ${t.embeddedRate} | ${m((r) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp')), 'higher')} | ${judge(
-    (r) => (r.embedded === undefined ? undefined : highest(r.embedded, 'keepsUp')),
-    (v) => v >= t.embeddedRate,
-  )} |`,
+  targetRow(
+    `machine CPU per completed order at ${t.costRate}/s, less the load generator, ms`,
+    `≤ ${t.machineCpuMsPerOrder}`,
+    m((r) => cost(r)?.machineLessGenerator, 'lower', 2),
+    judge(
+      (r) => cost(r)?.machineLessGenerator,
+      (v) => v <= t.machineCpuMsPerOrder,
+    ),
+  ),
+  targetRow(
+    'highest rate kept up with, choreography, orders/s',
+    `≥ ${t.choreographyRate}`,
+    m((r) => kept(r.sweep), 'higher'),
+    judge(
+      (r) => kept(r.sweep),
+      (v) => v >= t.choreographyRate,
+    ),
+  ),
+  targetRow(
+    'highest rate kept up with, orchestration, orders/s',
+    `≥ ${t.orchestrationRate}`,
+    m((r) => kept(r.orchestrationSweep), 'higher'),
+    judge(
+      (r) => kept(r.orchestrationSweep),
+      (v) => v >= t.orchestrationRate,
+    ),
+  ),
+  targetRow(
+    'highest rate kept up with, hot product, orders/s',
+    `≥ ${t.hotRate}`,
+    m((r) => kept(r.hotSweep), 'higher'),
+    judge(
+      (r) => kept(r.hotSweep),
+      (v) => v >= t.hotRate,
+    ),
+  ),
+  targetRow(
+    `mixed (${t.mixedRate} orders/s + ${t.mixedReadRate} reads/s): placement p99, ms`,
+    `< ${t.placementP99Ms}`,
+    m((r) => mixed(r)?.placement.p99),
+    judge(
+      (r) => mixed(r)?.placement.p99,
+      (v) => v < t.placementP99Ms,
+    ),
+  ),
+  targetRow(
+    'mixed: completion p99, ms',
+    `< ${t.completionP99Ms}`,
+    m((r) => mixed(r)?.completion.p99),
+    judge(
+      (r) => mixed(r)?.completion.p99,
+      (v) => v < t.completionP99Ms,
+    ),
+  ),
+  targetRow(
+    'mixed: query read p99, ms',
+    `< ${t.readP99Ms}`,
+    m((r) => readsOf(mixed(r)?.reads)?.all.p99),
+    judge(
+      (r) => readsOf(mixed(r)?.reads)?.all.p99,
+      (v) => v < t.readP99Ms,
+    ),
+  ),
+  targetRow(
+    'mixed: commit-to-read-model p99, ms (slowest model)',
+    `< ${t.projectionP99Ms}`,
+    m((r) => slowestProjection(mixed(r), 'p99')),
+    judge(
+      (r) => slowestProjection(mixed(r), 'p99'),
+      (v) => v < t.projectionP99Ms,
+    ),
+  ),
+  targetRow(
+    'embedded mode: highest rate kept up with, orders/s',
+    `≥ ${t.embeddedRate}`,
+    m(embeddedKept, 'higher'),
+    judge(embeddedKept, (v) => v >= t.embeddedRate),
+  ),
   `| read scenario: query read p99, ms (nothing else running) | – | ${m((r) => readsOf(r.reads)?.all.p99)} | |`,
   '',
   `Cost model at ${t.costRate}/s, per completed order:`,
@@ -123,7 +172,13 @@ const lines = [
       const value = median(steps.map(pick).filter((v): v is number => v !== undefined));
       return better === 'lower' ? ceil(value, 1) : floor(value, 1);
     };
-    return `| ${rate} | ${steps.length} | ${med((s) => s.achievedRate, 'higher')} | ${med((s) => s.placement.p50)} | ${med((s) => s.placement.p99)} | ${med((s) => s.completion.p50)} | ${med((s) => s.completion.p99)} | ${med((s) => costOf(s)?.machineLessGenerator)} | ${med((s) => slowestProjection(s, 'p99'))} | ${steps.filter((s) => s.keepsUp).length} of ${steps.length} |`;
+    return (
+      `| ${rate} | ${steps.length} | ${med((s) => s.achievedRate, 'higher')} ` +
+      `| ${med((s) => s.placement.p50)} | ${med((s) => s.placement.p99)} ` +
+      `| ${med((s) => s.completion.p50)} | ${med((s) => s.completion.p99)} ` +
+      `| ${med((s) => costOf(s)?.machineLessGenerator)} | ${med((s) => slowestProjection(s, 'p99'))} ` +
+      `| ${steps.filter((s) => s.keepsUp).length} of ${steps.length} |`
+    );
   }),
 ];
 console.log(lines.join('\n'));

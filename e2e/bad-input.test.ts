@@ -90,7 +90,10 @@ const endpoints = [
   ...services.flatMap((s) => [replayOne(s), replayMany(s)]),
 ];
 
-/** A raw body: `text` as is, as JSON unless told otherwise (null: no content type), with the endpoint's headers unless `headers` replaces them. */
+/**
+ * A raw body: `text` as is, as JSON unless told otherwise (null: no content type), with the endpoint's headers unless
+ * `headers` replaces them.
+ */
 function raw(
   e: Endpoint,
   what: string,

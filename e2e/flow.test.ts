@@ -6,42 +6,48 @@ import { describeSystem, modes } from './harness.ts';
 import { checkInvariants } from '../system/invariants.ts';
 
 describeSystem('order flow', modes, (h) => {
-  it('given stock and credit, when an order is placed, then it completes, stock is sold and the user charged', async () => {
-    const product = await h.product(10, 1250);
-    const user = await h.user(10_000);
-    const placed = await h.place(user, [{ productId: product, quantity: 3 }]);
-    expect(placed.status).toBe(201);
-    expect(placed.body).toMatchObject({
-      status: 'PENDING',
-      totalAmount: 3750,
-      currency: 'EUR',
-      items: [{ productId: product, quantity: 3, unitPrice: 1250 }],
-    });
-    const final = await h.waitFinal(placed.orderId);
-    expect(final.status).toBe('COMPLETED');
-    await h.quiet();
-    expect(await h.stock(product)).toMatchObject({ stockQuantity: 7, reserved: 0, sold: 3 });
-    expect(await h.credit(user)).toBe(10_000 - 3750);
-    await h.check();
-  });
+  it(
+    'given stock and credit, when an order is placed, ' + 'then it completes, stock is sold and the user charged',
+    async () => {
+      const product = await h.product(10, 1250);
+      const user = await h.user(10_000);
+      const placed = await h.place(user, [{ productId: product, quantity: 3 }]);
+      expect(placed.status).toBe(201);
+      expect(placed.body).toMatchObject({
+        status: 'PENDING',
+        totalAmount: 3750,
+        currency: 'EUR',
+        items: [{ productId: product, quantity: 3, unitPrice: 1250 }],
+      });
+      const final = await h.waitFinal(placed.orderId);
+      expect(final.status).toBe('COMPLETED');
+      await h.quiet();
+      expect(await h.stock(product)).toMatchObject({ stockQuantity: 7, reserved: 0, sold: 3 });
+      expect(await h.credit(user)).toBe(10_000 - 3750);
+      await h.check();
+    },
+  );
 
-  it('given too little stock for one line, when an order is placed, then it fails and nothing is reserved', async () => {
-    const plenty = await h.product(100);
-    const scarce = await h.product(1);
-    const user = await h.user(1_000_000);
-    const placed = await h.place(user, [
-      { productId: plenty, quantity: 5 },
-      { productId: scarce, quantity: 2 },
-    ]);
-    const final = await h.waitFinal(placed.orderId);
-    expect(final.status).toBe('FAILED');
-    expect(final.reason).toContain('insufficient stock');
-    await h.quiet();
-    expect(await h.stock(plenty)).toMatchObject({ stockQuantity: 100, reserved: 0, sold: 0 });
-    expect(await h.stock(scarce)).toMatchObject({ stockQuantity: 1, reserved: 0, sold: 0 });
-    expect(await h.credit(user)).toBe(1_000_000);
-    await h.check();
-  });
+  it(
+    'given too little stock for one line, when an order is placed, ' + 'then it fails and nothing is reserved',
+    async () => {
+      const plenty = await h.product(100);
+      const scarce = await h.product(1);
+      const user = await h.user(1_000_000);
+      const placed = await h.place(user, [
+        { productId: plenty, quantity: 5 },
+        { productId: scarce, quantity: 2 },
+      ]);
+      const final = await h.waitFinal(placed.orderId);
+      expect(final.status).toBe('FAILED');
+      expect(final.reason).toContain('insufficient stock');
+      await h.quiet();
+      expect(await h.stock(plenty)).toMatchObject({ stockQuantity: 100, reserved: 0, sold: 0 });
+      expect(await h.stock(scarce)).toMatchObject({ stockQuantity: 1, reserved: 0, sold: 0 });
+      expect(await h.credit(user)).toBe(1_000_000);
+      await h.check();
+    },
+  );
 
   it('given too little credit, when an order is placed, then payment is declined and the stock released', async () => {
     const product = await h.product(5, 1000);
@@ -140,20 +146,23 @@ describeSystem('order flow', modes, (h) => {
     },
   );
 
-  it('given two requests with the same key at once, when both are placed, then one order exists and both answer it', async () => {
-    const user = await h.user(1000);
-    const product = await h.product(5);
-    const items = [{ productId: product, quantity: 1 }];
-    const answers = await Promise.all(Array.from({ length: 8 }, () => h.place(user, items, 'same-key')));
-    expect(answers.map((a) => a.status)).toEqual(answers.map(() => 201));
-    expect(new Set(answers.map((a) => a.orderId)).size).toBe(1);
-    const [row] = await h.system.dbs.order.query<{ n: number }>(
-      'SELECT count(*)::int AS n FROM orders WHERE user_id = $1',
-      [user],
-    );
-    expect(row?.n).toBe(1);
-    await h.check();
-  });
+  it(
+    'given two requests with the same key at once, when both are placed, ' + 'then one order exists and both answer it',
+    async () => {
+      const user = await h.user(1000);
+      const product = await h.product(5);
+      const items = [{ productId: product, quantity: 1 }];
+      const answers = await Promise.all(Array.from({ length: 8 }, () => h.place(user, items, 'same-key')));
+      expect(answers.map((a) => a.status)).toEqual(answers.map(() => 201));
+      expect(new Set(answers.map((a) => a.orderId)).size).toBe(1);
+      const [row] = await h.system.dbs.order.query<{ n: number }>(
+        'SELECT count(*)::int AS n FROM orders WHERE user_id = $1',
+        [user],
+      );
+      expect(row?.n).toBe(1);
+      await h.check();
+    },
+  );
 
   it(
     'given an order placed with a key, when the key table is read, then the ' +
@@ -176,7 +185,8 @@ describeSystem('order flow', modes, (h) => {
       });
       await expect(
         h.system.dbs.order.query(
-          `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at) VALUES ($1, 'died', $2, 'in_flight', now())`,
+          `INSERT INTO idempotency_keys (user_id, key, request_hash, state, created_at)
+          VALUES ($1, 'died', $2, 'in_flight', now())`,
           [user, requestHash({ userId: user, items })],
         ),
       ).rejects.toThrow(/violates/);

@@ -138,47 +138,53 @@ describe('gateway and dashboard (embedded)', () => {
     },
   );
 
-  it("given a bad request, when it goes through the gateway, then the service's problem+json comes back as it was", async () => {
-    const invalid = await call(`${site}/api/order/orders`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
-      body: JSON.stringify({ userId: 'alice' }),
-    });
-    expect(invalid.status).toBe(400);
-    expect(invalid.type).toContain('application/problem+json');
-    expect(invalid.body).toMatchObject({ status: 400, title: 'Invalid request' });
-    expect((invalid.body.errors as string[]).join(' ')).toContain('items');
+  it(
+    'given a bad request, when it goes through the gateway, ' + "then the service's problem+json comes back as it was",
+    async () => {
+      const invalid = await call(`${site}/api/order/orders`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
+        body: JSON.stringify({ userId: 'alice' }),
+      });
+      expect(invalid.status).toBe(400);
+      expect(invalid.type).toContain('application/problem+json');
+      expect(invalid.body).toMatchObject({ status: 400, title: 'Invalid request' });
+      expect((invalid.body.errors as string[]).join(' ')).toContain('items');
 
-    const missing = await call(`${site}/api/order/orders/${crypto.randomUUID()}`);
-    expect(missing.status).toBe(404);
-    expect(missing.type).toContain('application/problem+json');
+      const missing = await call(`${site}/api/order/orders/${crypto.randomUUID()}`);
+      expect(missing.status).toBe(404);
+      expect(missing.type).toContain('application/problem+json');
 
-    const notJson = await call(`${site}/api/inventory/products`, {
-      method: 'POST',
-      headers: { 'content-type': 'text/plain' },
-      body: 'hello',
-    });
-    expect(notJson.status).toBe(415);
-    expect(notJson.type).toContain('application/problem+json');
+      const notJson = await call(`${site}/api/inventory/products`, {
+        method: 'POST',
+        headers: { 'content-type': 'text/plain' },
+        body: 'hello',
+      });
+      expect(notJson.status).toBe(415);
+      expect(notJson.type).toContain('application/problem+json');
 
-    const noService = await call(`${site}/api/nowhere/things`);
-    expect(noService.status).toBe(404);
-    expect(noService.body).toMatchObject({ status: 404, title: 'Not found' });
-  });
+      const noService = await call(`${site}/api/nowhere/things`);
+      expect(noService.status).toBe(404);
+      expect(noService.body).toMatchObject({ status: 404, title: 'Not found' });
+    },
+  );
 
-  it('given an If-Match that no longer holds, when a cancel goes through the gateway, then the service answers 412', async () => {
-    const key = crypto.randomUUID();
-    const placed = await placeOrder(site, 'carol', product, 1, key);
-    const orderId = placed.body.orderId as string;
-    h.acknowledged.push({ orderId, userId: 'carol', idempotencyKey: key });
-    const stale = await call(`${site}/api/order/orders/${orderId}/cancel`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'if-match': `"${orderId}:0"` },
-      body: '{}',
-    });
-    expect(stale.status).toBe(412);
-    expect(stale.body).toMatchObject({ status: 412, title: 'Precondition failed' });
-  });
+  it(
+    'given an If-Match that no longer holds, when a cancel goes through the gateway, ' + 'then the service answers 412',
+    async () => {
+      const key = crypto.randomUUID();
+      const placed = await placeOrder(site, 'carol', product, 1, key);
+      const orderId = placed.body.orderId as string;
+      h.acknowledged.push({ orderId, userId: 'carol', idempotencyKey: key });
+      const stale = await call(`${site}/api/order/orders/${orderId}/cancel`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'if-match': `"${orderId}:0"` },
+        body: '{}',
+      });
+      expect(stale.status).toBe(412);
+      expect(stale.body).toMatchObject({ status: 412, title: 'Precondition failed' });
+    },
+  );
 
   it(
     'given a service that is down or silent, when a request is routed to it, then the ' +

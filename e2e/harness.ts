@@ -25,7 +25,10 @@ export const sagaModeOf = (mode: ModeName): SagaMode =>
 const realUp =
   (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq')) && (await serverAvailable('redis'));
 
-/** The modes an end-to-end suite can run in: each backend with the saga choreographed (the plain name) and orchestrated. */
+/**
+ * The modes an end-to-end suite can run in: each backend with the saga choreographed (the plain name) and
+ * orchestrated.
+ */
 export const modes: readonly ModeName[] = [
   'embedded',
   'embedded · orchestration',

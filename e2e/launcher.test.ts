@@ -96,13 +96,16 @@ describe.skipIf(!up)('process launcher (PostgreSQL + RabbitMQ)', () => {
     },
   );
 
-  it('given a process that exits while it starts, when it is started, then the start fails with its last words', async () => {
-    const run = newRun();
-    runs.push(run);
-    const { cluster } = orderProcess(run);
-    await expect(cluster.start('order', { PORT: 'not-a-port' })).rejects.toThrow(/order exited with 2:[\s\S]*PORT/);
-    await cluster.shutdown();
-  });
+  it(
+    'given a process that exits while it starts, when it is started, ' + 'then the start fails with its last words',
+    async () => {
+      const run = newRun();
+      runs.push(run);
+      const { cluster } = orderProcess(run);
+      await expect(cluster.start('order', { PORT: 'not-a-port' })).rejects.toThrow(/order exited with 2:[\s\S]*PORT/);
+      await cluster.shutdown();
+    },
+  );
 
   it(
     'given a running process, when it is restarted gently and the run shut down keeping ' +

@@ -341,14 +341,17 @@ describeSystem(
       },
     );
 
-    it('given an unknown read model, when a rebuild is asked for, then 400 problem+json and nothing changes', async () => {
-      await h.quiet(); // nothing in flight may change the read models meanwhile
-      const before = await snapshot();
-      const refused = await rebuild('everything');
-      expect(refused.statusCode).toBe(400);
-      expect(refused.headers['content-type']).toContain('application/problem+json');
-      expect(await snapshot()).toEqual(before);
-    });
+    it(
+      'given an unknown read model, when a rebuild is asked for, ' + 'then 400 problem+json and nothing changes',
+      async () => {
+        await h.quiet(); // nothing in flight may change the read models meanwhile
+        const before = await snapshot();
+        const refused = await rebuild('everything');
+        expect(refused.statusCode).toBe(400);
+        expect(refused.headers['content-type']).toContain('application/problem+json');
+        expect(await snapshot()).toEqual(before);
+      },
+    );
 
     const until = <T>(probe: () => Promise<T | undefined>, what: string, timeoutMs = 20_000): Promise<T> =>
       eventually(probe, timeoutMs, what);
@@ -356,7 +359,10 @@ describeSystem(
       const response = await query(`/orders/${orderId}`);
       return response.statusCode === 200 ? (response.json<{ status: string | null }>().status ?? undefined) : undefined;
     };
-    /** Waits until every event of the order's stream is in the query service's queue, then drops the queue's content. */
+    /**
+     * Waits until every event of the order's stream is in the query service's queue, then drops the queue's
+     * content.
+     */
     const loseQueuedEvents = async (orderId: string) => {
       const [row] = await h.system.dbs.order.query<{ n: number }>(
         'SELECT count(*)::int AS n FROM outbox WHERE subject = $1 AND published_at IS NULL',

@@ -57,7 +57,10 @@ describeSystem('saga deadlines and compensations', orchestrated, { orchestrator:
   const saga = (id: string) => sagaOf(h, id);
   const count = (service: 'order' | 'inventory' | 'payment' | 'orchestrator', sql: string, params: unknown[] = []) =>
     countIn(h, service, sql, params);
-  /** Once the saga gave up waiting for the charge, the provider answers at once again (the slow charge keeps sleeping). */
+  /**
+   * Once the saga gave up waiting for the charge, the provider answers at once again (the slow charge keeps
+   * sleeping).
+   */
   const whenPaymentGivenUp = async (orderId: string) => {
     await until(
       async () => (await saga(orderId)).steps?.find((s) => s.name === 'pay')?.status === 'compensating',
@@ -300,7 +303,8 @@ describeSystem('saga orchestration', orchestrated, (h) => {
         );
         expect(logs).toEqual([]);
         const [dups] = await h.system.dbs.orchestrator.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM (SELECT subject, type FROM outbox WHERE subject = ANY($1) GROUP BY 1, 2 HAVING count(*) > 1) d`,
+          `SELECT count(*)::int AS n FROM (SELECT subject, type FROM outbox WHERE subject = ANY($1) GROUP BY 1, 2
+          HAVING count(*) > 1) d`,
           [placed.map((p) => p.orderId)],
         );
         expect(dups?.n).toBe(0);

@@ -62,7 +62,10 @@ export function staleReason(): string | undefined {
   return undefined;
 }
 
-/** The bundled module's own source location stands in for import.meta.url (the entry keeps its own, for its is-main check). */
+/**
+ * The bundled module's own source location stands in for import.meta.url (the entry keeps its own, for its is-main
+ * check).
+ */
 function sourceUrls(entryFile: string): Plugin {
   return {
     name: 'source-urls',
@@ -94,7 +97,10 @@ const externalDependencies: Plugin = {
   },
 };
 
-/** Writes dist/ from the sources. Each output replaces the old one by a rename, so a process starting meanwhile loads one or the other, never half of one. */
+/**
+ * Writes dist/ from the sources. Each output replaces the old one by a rename, so a process starting meanwhile loads
+ * one or the other, never half of one.
+ */
 export async function build(): Promise<void> {
   const { build: esbuild } = await import('esbuild');
   const startedAt = Date.now();

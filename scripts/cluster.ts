@@ -137,12 +137,13 @@ async function main(): Promise<void> {
   await cluster.startAll();
   if (config.SEED_DEMO) await seed(first('inventory'), first('payment'));
   const product = demoCatalogue[0]?.productId ?? '';
+  const curlHeaders = `-H 'content-type: application/json' -H "idempotency-key: $(uuidgen || date +%s%N)"`;
   console.log(`
 Converge is running in cluster mode (PostgreSQL + RabbitMQ, ${members.length} processes).
   dashboard   ${gateway}/
 ${serviceNames.map((s) => `  ${s.padEnd(13)} ${urls[s].join(' ')}`).join('\n')}
 Place an order:
-  curl -s -X POST ${gateway}/api/order/orders -H 'content-type: application/json' -H "idempotency-key: $(uuidgen || date +%s%N)" \\
+  curl -s -X POST ${gateway}/api/order/orders ${curlHeaders} \\
     -d '{"userId":"alice","items":[{"productId":"${product}","quantity":1}]}'
 Stop with Ctrl-C.`);
 }

@@ -72,9 +72,10 @@ messages in sequence order: it ignores stale ones and holds early ones until the
 - \`prev<consumer>\` (${Object.keys(subscriptions)
   .map((name) => `\`${prevAttribute(name)}\``)
   .join(', ')}): a consumer binds only the types it \
-handles, so its events of a subject have holes in \`sequence\`. Each event of a type that such a consumer binds carries, \
-for it, the sequence of the subject's previous event among the types it binds (0 when none): the consumer applies the \
-event once it has applied that one, and holds it otherwise. A consumer that binds every type of a source needs no stamp.
+handles, so its events of a subject have holes in \`sequence\`. Each event of a type that such a consumer binds \
+carries, for it, the sequence of the subject's previous event among the types it binds (0 when none): the consumer \
+applies the event once it has applied that one, and holds it otherwise. A consumer that binds every type of a source \
+needs no stamp.
 - \`correlationid\`: the id of the request that started the flow, carried by every message it causes; \
 \`causationid\`: the id of the message that caused this one; \`traceparent\`: W3C trace context.
 - \`dataversion\`: the version of the \`data\` schema.
@@ -82,9 +83,10 @@ event once it has applied that one, and holds it otherwise. A consumer that bind
 Transport: RabbitMQ, one durable topic exchange \`${exchange}\` with the event type as routing key, and one \
 durable quorum queue per consuming service, \`${queueOf('<service>')}\`, bound to the types it handles. \
 A publish of several events of one type is one broker message in CloudEvents batched mode \
-(\`application/cloudevents-batch+json\`, a JSON array of envelopes): one confirm, one delivery and one ack for the lot; \
-each envelope in it is validated and applied on its own, and a bad one is dead-lettered alone. Messages are persistent and published with publisher confirms; consumers ack after their \
-transaction commits. Embedded mode uses an in-process bus with the same semantics.`;
+(\`application/cloudevents-batch+json\`, a JSON array of envelopes): one confirm, one delivery and one ack for the \
+lot; each envelope in it is validated and applied on its own, and a bad one is dead-lettered alone. Messages are \
+persistent and published with publisher confirms; consumers ack after their transaction commits. Embedded mode uses \
+an in-process bus with the same semantics.`;
 
 function messageOf(type: EventType) {
   const { source, version, schema, summary } = catalogue[type];
@@ -158,7 +160,9 @@ export function buildAsyncApi(): Record<string, unknown> {
           {
             action: 'receive',
             ...refs,
-            summary: `${name} consumes ${type} from queue ${queueOf(name)}, once in effect (inbox), in sequence order per subject${when}.`,
+            summary:
+              `${name} consumes ${type} from queue ${queueOf(name)}, ` +
+              `once in effect (inbox), in sequence order per subject${when}.`,
             tags: [{ name }],
             bindings: { amqp: { ack: true, ...amqpBinding } },
           },

@@ -22,6 +22,7 @@ if (!response.ok) {
 for (const r of (JSON.parse(body) as { rebuilt: { model: string; events: number; rows: number; tookMs: number }[] })
   .rebuilt) {
   console.log(
-    `${r.model.padEnd(22)} ${String(r.rows).padStart(7)} rows from ${String(r.events).padStart(8)} events in ${r.tookMs} ms`,
+    `${r.model.padEnd(22)} ${String(r.rows).padStart(7)} rows ` +
+      `from ${String(r.events).padStart(8)} events in ${r.tookMs} ms`,
   );
 }

@@ -123,7 +123,8 @@ async function main(): Promise<void> {
         ...serviceNames.map((name) => `  ${name.padEnd(13)} ${urls[name]}   (OpenAPI: ${urls[name]}/openapi.json)`),
         '',
         `  Place an order for alice (${product.name}); the same Idempotency-Key again replays the first answer:`,
-        `    curl -s -X POST ${site}/api/order/orders -H 'content-type: application/json' -H 'idempotency-key: ${crypto.randomUUID()}' -d '${order}'`,
+        `    curl -s -X POST ${site}/api/order/orders -H 'content-type: application/json' ` +
+          `-H 'idempotency-key: ${crypto.randomUUID()}' -d '${order}'`,
         "  Look at alice's latest orders (PENDING, then COMPLETED a moment later):",
         `    curl -s '${site}/api/order/orders?userId=alice&limit=3'`,
         '',

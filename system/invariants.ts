@@ -100,7 +100,8 @@ export async function checkInvariants({
     if (p.adjusted !== p.stock_quantity + p.reserved + p.sold) {
       fail(
         1,
-        `stock of ${p.product_id} not conserved: adjustments ${p.adjusted} ≠ available ${p.stock_quantity} + reserved ${p.reserved} + sold ${p.sold}`,
+        `stock of ${p.product_id} not conserved: adjustments ${p.adjusted} ` +
+          `≠ available ${p.stock_quantity} + reserved ${p.reserved} + sold ${p.sold}`,
         p,
       );
     }
@@ -232,7 +233,8 @@ export async function checkInvariants({
   }
   for (const [name, db] of Object.entries({ inventory: dbs.inventory, payment: dbs.payment })) {
     const dup = await db.query<{ subject: string; type: string; n: number }>(
-      `SELECT subject, type, count(*)::int AS n FROM outbox WHERE type NOT IN ('StockAdjusted') GROUP BY subject, type HAVING count(*) > 1 LIMIT 5`,
+      `SELECT subject, type, count(*)::int AS n FROM outbox WHERE type NOT IN ('StockAdjusted')
+         GROUP BY subject, type HAVING count(*) > 1 LIMIT 5`,
     );
     if (dup.length > 0) fail(7, `${name} emitted the same event twice for one order`, dup);
   }
@@ -441,7 +443,8 @@ export async function waitForQuiet(input: Pick<CheckInput, 'dbs' | 'queueDepth'>
     const parts: number[] = [];
     for (const [name, db] of Object.entries(servicesOf(input.dbs))) {
       const [row] = await db.query<{ n: number }>(
-        `SELECT ((SELECT count(*) FROM outbox WHERE published_at IS NULL) + (SELECT count(*) FROM held_messages))::int AS n`,
+        `SELECT ((SELECT count(*) FROM outbox WHERE published_at IS NULL)
+                + (SELECT count(*) FROM held_messages))::int AS n`,
       );
       parts.push(row?.n ?? 0, (await input.queueDepth?.(name)) ?? 0);
     }

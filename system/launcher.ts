@@ -41,7 +41,10 @@ export type LaunchOptions = {
   run?: Run;
   /** Start a process that exited by itself again, after a backoff (250 ms doubling, at most 5 s). */
   supervise?: boolean;
-  /** Where the processes' stderr goes, a chunk at a time with the name in front; passed through unchanged without it. */
+  /**
+   * Where the processes' stderr goes, a chunk at a time with the name in front; passed through unchanged without
+   * it.
+   */
   log?: (line: string) => void;
   stdout?: 'inherit' | 'ignore';
   /** Every process writes a V8 CPU profile into this directory when it exits. */
@@ -64,7 +67,10 @@ export type Launcher = {
   restart(name: string, options?: { env?: Record<string, string>; kill?: boolean }): Promise<void>;
   /** The pid of each process's latest child, alive or not. */
   pids(): Record<string, number | undefined>;
-  /** Stops every process (in parallel) and drops the run's data unless `keepData`; names those that had to be killed. */
+  /**
+   * Stops every process (in parallel) and drops the run's data unless `keepData`; names those that had to be
+   * killed.
+   */
   shutdown(options?: { keepData?: boolean }): Promise<{ forced: string[] }>;
 };
 
@@ -128,7 +134,8 @@ export function launcher(options: LaunchOptions): Launcher {
       m.restarts += 1;
       const delay = Math.min(5000, 250 * 2 ** Math.min(m.restarts, 5));
       note(
-        `[launcher] ${m.spec.name} (pid ${child.pid ?? '?'}) exited (${signal ?? String(code)}); restarting in ${delay} ms`,
+        `[launcher] ${m.spec.name} (pid ${child.pid ?? '?'}) exited (${signal ?? String(code)}); ` +
+          `restarting in ${delay} ms`,
       );
       m.restartTimer = setTimeout(() => {
         m.restartTimer = undefined;
@@ -219,7 +226,10 @@ export function launcher(options: LaunchOptions): Launcher {
   };
 }
 
-/** A run's own names on shared PostgreSQL and RabbitMQ servers, so that nothing collides with another run or a deployment. */
+/**
+ * A run's own names on shared PostgreSQL and RabbitMQ servers, so that nothing collides with another run or a
+ * deployment.
+ */
 export type Run = { name: string; postgres: string; rabbitmq: string };
 
 /** The settings (system/service.ts) that put a service process in the run's databases, exchange and queues. */
