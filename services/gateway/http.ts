@@ -263,7 +263,8 @@ export async function createGateway({
               reply,
               504,
               'Gateway timeout',
-              `the ${service} service did not answer within ${timeoutMs} ms; a write may still have happened, so retry with the same Idempotency-Key`,
+              `the ${service} service did not answer within ${timeoutMs} ms; ` +
+                'a write may still have happened, so retry with the same Idempotency-Key',
             )
           : sendProblem(reply, 503, 'Unavailable', `the ${service} service cannot be reached; try again shortly`);
       }

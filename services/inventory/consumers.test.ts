@@ -81,7 +81,8 @@ async function started(mode: SagaMode = 'choreography'): Promise<{ db: Db; consu
 async function addProduct(db: Db, stock: number): Promise<string> {
   const productId = crypto.randomUUID();
   await db.query(
-    `INSERT INTO products (product_id, name, price, currency, stock_quantity, created_at, updated_at) VALUES ($1, 'thing', 500, 'EUR', $2, now(), now())`,
+    `INSERT INTO products (product_id, name, price, currency, stock_quantity, created_at, updated_at)
+     VALUES ($1, 'thing', 500, 'EUR', $2, now(), now())`,
     [productId, stock],
   );
   return productId;

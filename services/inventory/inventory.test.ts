@@ -135,29 +135,32 @@ describe('inventory rules, choreography', () => {
     expect(state.reservations.get(order1)?.status).toBe('RESERVED');
   });
 
-  it('given one line short, when the order arrives, then nothing is reserved and it is rejected with the shortage', () => {
-    const { state, events } = when(given([product(apple, 5), product(pear, 1)]), [
-      orderCreated(order1, [
-        [apple, 2],
-        [pear, 2],
-      ]),
-    ]);
+  it(
+    'given one line short, when the order arrives, ' + 'then nothing is reserved and it is rejected with the shortage',
+    () => {
+      const { state, events } = when(given([product(apple, 5), product(pear, 1)]), [
+        orderCreated(order1, [
+          [apple, 2],
+          [pear, 2],
+        ]),
+      ]);
 
-    expect(events).toEqual([
-      {
-        type: 'InventoryRejected',
-        subject: order1,
-        data: {
-          orderId: order1,
-          userId: 'ada',
-          reason: `insufficient stock for ${pear} (requested 2, available 1)`,
-          shortages: [{ productId: pear, requested: 2, available: 1 }],
+      expect(events).toEqual([
+        {
+          type: 'InventoryRejected',
+          subject: order1,
+          data: {
+            orderId: order1,
+            userId: 'ada',
+            reason: `insufficient stock for ${pear} (requested 2, available 1)`,
+            shortages: [{ productId: pear, requested: 2, available: 1 }],
+          },
         },
-      },
-    ]);
-    expect(stockOf(state, apple)).toEqual({ available: 5, reserved: 0, sold: 0 });
-    expect(state.reservations.get(order1)).toMatchObject({ status: 'REJECTED', items: [], answered: false });
-  });
+      ]);
+      expect(stockOf(state, apple)).toEqual({ available: 5, reserved: 0, sold: 0 });
+      expect(state.reservations.get(order1)).toMatchObject({ status: 'REJECTED', items: [], answered: false });
+    },
+  );
 
   it('given no such product, when the order arrives, then it is rejected as unknown', () => {
     const { events } = when(given([product(apple, 5)]), [orderCreated(order1, [[unknown, 1]])]);
@@ -289,17 +292,20 @@ describe('inventory rules, orchestration', () => {
     expect(stockOf(state, apple)).toEqual({ available: 0, reserved: 0, sold: 2 });
   });
 
-  it('given orchestration, when the order and payment events arrive, then they decide nothing (the saga drives)', () => {
-    const start = given([product(apple, 2)], [reserved(order1, [{ productId: apple, quantity: 1 }])]);
-    const { state, events } = when(
-      start,
-      [orderCreated(order2, [[apple, 1]]), paymentFailed(order1), orderCancelled(order1), orderCompleted(order1)],
-      'orchestration',
-    );
+  it(
+    'given orchestration, when the order and payment events arrive, ' + 'then they decide nothing (the saga drives)',
+    () => {
+      const start = given([product(apple, 2)], [reserved(order1, [{ productId: apple, quantity: 1 }])]);
+      const { state, events } = when(
+        start,
+        [orderCreated(order2, [[apple, 1]]), paymentFailed(order1), orderCancelled(order1), orderCompleted(order1)],
+        'orchestration',
+      );
 
-    expect(events).toEqual([]);
-    expect(state).toEqual(start);
-  });
+      expect(events).toEqual([]);
+      expect(state).toEqual(start);
+    },
+  );
 
   it('given a reservation, when the saga releases it twice, then stock comes back and it is answered once', () => {
     const start = given([product(apple, 1, 1)], [reserved(order1, [{ productId: apple, quantity: 1 }])]);

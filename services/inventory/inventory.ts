@@ -296,10 +296,11 @@ export function decideReservation(
   }
   if (shortages.length === 0) return { ok: true, lines: combined };
   const unknown = shortages.filter((s) => !products.has(s.productId));
+  const short = (s: Shortage) => `${s.productId} (requested ${s.requested}, available ${s.available})`;
   const reason =
     unknown.length > 0
       ? `unknown product ${unknown.map((s) => s.productId).join(', ')}`
-      : `insufficient stock for ${shortages.map((s) => `${s.productId} (requested ${s.requested}, available ${s.available})`).join(', ')}`;
+      : `insufficient stock for ${shortages.map(short).join(', ')}`;
   return { ok: false, reason, shortages };
 }
 

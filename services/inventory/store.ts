@@ -169,7 +169,8 @@ async function adjustStock(
 export async function applyMoves(tx: Sql, moves: readonly Move[], now: Date): Promise<void> {
   if (moves.length === 0) return;
   const updated = await tx.query<{ product_id: string }>(
-    `UPDATE products p SET stock_quantity = p.stock_quantity + m.available, reserved = p.reserved + m.reserved, sold = p.sold + m.sold, updated_at = $2
+    `UPDATE products p SET stock_quantity = p.stock_quantity + m.available, reserved = p.reserved + m.reserved,
+                           sold = p.sold + m.sold, updated_at = $2
        FROM jsonb_to_recordset($1::jsonb) AS m("productId" uuid, available int, reserved int, sold int)
       WHERE p.product_id = m."productId" AND p.product_id = ANY($3::uuid[])
         AND p.stock_quantity + m.available >= 0 AND p.reserved + m.reserved >= 0

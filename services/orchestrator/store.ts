@@ -55,7 +55,8 @@ async function saveSaga<Data>(
     `WITH written AS (
        INSERT INTO sagas (saga_id, definition, status, version, state, deadline_at, started_at, updated_at)
        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)
-       ON CONFLICT (saga_id) DO UPDATE SET status = $3, version = $4, state = $5::jsonb, deadline_at = $6, updated_at = $8
+       ON CONFLICT (saga_id) DO UPDATE
+        SET status = $3, version = $4, state = $5::jsonb, deadline_at = $6, updated_at = $8
         WHERE sagas.version = $9
        RETURNING 1
      ), logged AS (
@@ -141,7 +142,8 @@ export async function applyToSagas<Data>(
   }));
   const [written] = await tx.query<{ n: number }>(
     `WITH input AS (
-       SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(saga_id text, definition text, status text, version int, state jsonb,
+       SELECT * FROM jsonb_to_recordset($1::jsonb)
+           AS x(saga_id text, definition text, status text, version int, state jsonb,
               deadline_at timestamptz, started_at timestamptz, updated_at timestamptz, expected int, events jsonb)
      ), written AS (
        INSERT INTO sagas (saga_id, definition, status, version, state, deadline_at, started_at, updated_at)
@@ -237,7 +239,8 @@ export async function sagaCounts(
 ): Promise<{ byStatus: Record<string, number>; stuck: number }> {
   const rows = await db.query<{ status: string; n: number; stuck: number }>(
     `SELECT status, count(*)::int AS n,
-            count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'COMPENSATED', 'RESOLVED') AND updated_at < $1)::int AS stuck
+            count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'COMPENSATED', 'RESOLVED')
+                               AND updated_at < $1)::int AS stuck
        FROM sagas GROUP BY status`,
     [stuckBefore],
   );

@@ -29,7 +29,8 @@ beforeAll(async () => {
   db = await openPglite('order-http-test');
   await migrate(db, { platform: platformMigrations, order: migrations });
   await db.query(
-    `INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Beans', 500, 'EUR'), ($2, 'Mill', 9000, 'EUR')`,
+    `INSERT INTO catalogue (product_id, name, price, currency)
+     VALUES ($1, 'Beans', 500, 'EUR'), ($2, 'Mill', 9000, 'EUR')`,
     [beans, mill],
   );
   app = await createHttpApp({
@@ -158,15 +159,18 @@ describe('POST /orders', () => {
     },
   );
 
-  it('given two requests with one key at once, when both are placed, then one order exists and both answer it', async () => {
-    const key = crypto.randomUUID();
+  it(
+    'given two requests with one key at once, when both are placed, ' + 'then one order exists and both answer it',
+    async () => {
+      const key = crypto.randomUUID();
 
-    const [a, b] = await Promise.all([place(key), place(key)]);
+      const [a, b] = await Promise.all([place(key), place(key)]);
 
-    expect(a.response.json()).toEqual(b.response.json());
-    const orderId = a.response.json<{ orderId: string }>().orderId;
-    expect(await db.query('SELECT 1 FROM outbox WHERE subject = $1', [orderId])).toHaveLength(1);
-  });
+      expect(a.response.json()).toEqual(b.response.json());
+      const orderId = a.response.json<{ orderId: string }>().orderId;
+      expect(await db.query('SELECT 1 FROM outbox WHERE subject = $1', [orderId])).toHaveLength(1);
+    },
+  );
 
   it(
     'given an order placed under a key, when another body comes with ' +

@@ -27,7 +27,8 @@ it(
   'given claims left without a response by an earlier version, when the migrations run, then ' +
     'they are gone, finished keys stay, and no unfinished claim can be written',
   async () => {
-    const insert = `INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
+    const insert = `INSERT INTO idempotency_keys
+                         (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
                   VALUES ($1, $2, 'h', $3, $4, $5, $6::jsonb, now())`;
     await db.query(insert, ['alice', 'died', 'in_flight', null, null, null]);
     await db.query(insert, [

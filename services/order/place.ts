@@ -119,11 +119,15 @@ async function insertOrder(
   const view = viewOf(order, context.now);
   const [placed] = await tx.query(
     `WITH claimed AS (
-       INSERT INTO idempotency_keys (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
+       INSERT INTO idempotency_keys
+              (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
        VALUES ($2, $9, $10, 'done', $1, 201, $11::jsonb, $8) ON CONFLICT DO NOTHING RETURNING order_id
      )
-     INSERT INTO orders (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
-     SELECT order_id, $2::text, 'PENDING', $3::jsonb, $4::bigint, $5::text, NULL, $6::int, $7::timestamptz, $8::timestamptz FROM claimed
+     INSERT INTO orders
+            (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
+     SELECT order_id, $2::text, 'PENDING', $3::jsonb, $4::bigint, $5::text, NULL, $6::int,
+            $7::timestamptz, $8::timestamptz
+       FROM claimed
      RETURNING 1`,
     [
       order.orderId,

@@ -58,7 +58,8 @@ async function saveOrder(tx: Sql, order: Order, now: Date): Promise<void> {
   if (order.status === 'NONE') return;
   const reason = order.status === 'FAILED' || order.status === 'CANCELLED' ? order.reason : null;
   await tx.query(
-    `INSERT INTO orders (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
+    `INSERT INTO orders
+            (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
      VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10)
      ON CONFLICT (order_id) DO UPDATE SET status = $3, reason = $7, version = $8, updated_at = $10`,
     [
@@ -247,7 +248,8 @@ export async function upsertCatalogue(tx: Sql, products: readonly Product[]): Pr
   if (rows.length === 0) return;
   await tx.query(
     `INSERT INTO catalogue (product_id, name, price, currency)
-     SELECT product_id, name, price, currency FROM jsonb_to_recordset($1::jsonb) AS x(product_id uuid, name text, price bigint, currency text)
+     SELECT product_id, name, price, currency
+       FROM jsonb_to_recordset($1::jsonb) AS x(product_id uuid, name text, price bigint, currency text)
      ON CONFLICT (product_id) DO UPDATE SET name = excluded.name, price = excluded.price, currency = excluded.currency`,
     [JSON.stringify(rows)],
   );

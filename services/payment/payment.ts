@@ -60,7 +60,10 @@ export function paymentIdFor(orderId: string): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-/** Choreography charges on InventoryReserved and refunds on OrderCancelled; orchestration does what the saga's commands say. */
+/**
+ * Choreography charges on InventoryReserved and refunds on OrderCancelled; orchestration does what the saga's commands
+ * say.
+ */
 export function commandOf(message: DomainEvent, mode: SagaMode): PaymentCommand | undefined {
   const choreography = mode === 'choreography';
   switch (message.type) {

@@ -115,7 +115,8 @@ export function simulatedProvider(db: Db): SimulatedProvider {
             `WITH charged AS (
                INSERT INTO provider_charges (payment_id, user_id, amount, status, reason)
                SELECT payment_id, user_id, amount, status, reason
-                 FROM jsonb_to_recordset($1::jsonb) AS x(payment_id uuid, user_id text, amount bigint, status text, reason text)
+                 FROM jsonb_to_recordset($1::jsonb)
+                  AS x(payment_id uuid, user_id text, amount bigint, status text, reason text)
                RETURNING user_id, amount, status
              ), debits AS (
                SELECT user_id, sum(amount) AS amount FROM charged WHERE status = 'captured' GROUP BY user_id
@@ -152,7 +153,8 @@ export function simulatedProvider(db: Db): SimulatedProvider {
     deposit: async (userId, amount) => {
       const [row] = await db.query<{ credit: number }>(
         `INSERT INTO provider_accounts (user_id, credit, deposited) VALUES ($1, $2, $2)
-         ON CONFLICT (user_id) DO UPDATE SET credit = provider_accounts.credit + $2, deposited = provider_accounts.deposited + $2
+         ON CONFLICT (user_id) DO UPDATE
+          SET credit = provider_accounts.credit + $2, deposited = provider_accounts.deposited + $2
          RETURNING credit`,
         [userId, amount],
       );

@@ -22,7 +22,8 @@ it(
     'then it allows exactly the PaymentStatus of the contracts',
   async () => {
     const [row] = await db.query<{ definition: string }>(
-      `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint WHERE conrelid = 'payments'::regclass AND conname = 'payments_status_check'`,
+      `SELECT pg_get_constraintdef(oid) AS definition FROM pg_constraint
+        WHERE conrelid = 'payments'::regclass AND conname = 'payments_status_check'`,
     );
     const allowed = [...(row?.definition ?? '').matchAll(/'([^']*)'::text/g)].map((match) => match[1]);
 

@@ -76,10 +76,13 @@ export async function saveStates(tx: Sql, changes: readonly StateChange[], now: 
        INSERT INTO cancelled_orders (order_id, at) SELECT unnest($2::uuid[]), $3 ON CONFLICT DO NOTHING
      )
      INSERT INTO payments (payment_id, order_id, user_id, amount, currency, status, reason, processed_at, refunded_at)
-     SELECT payment_id, order_id, user_id, amount, currency, status, reason, $3, CASE WHEN refunded THEN $3::timestamptz END
+     SELECT payment_id, order_id, user_id, amount, currency, status, reason, $3,
+            CASE WHEN refunded THEN $3::timestamptz END
        FROM jsonb_to_recordset($1::jsonb)
-         AS x(payment_id uuid, order_id uuid, user_id text, amount bigint, currency text, status text, reason text, refunded boolean)
-     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, reason = excluded.reason, refunded_at = excluded.refunded_at`,
+         AS x(payment_id uuid, order_id uuid, user_id text, amount bigint, currency text, status text, reason text,
+              refunded boolean)
+     ON CONFLICT (order_id) DO UPDATE
+       SET status = excluded.status, reason = excluded.reason, refunded_at = excluded.refunded_at`,
     [JSON.stringify(payments), cancelled, now],
   );
 }

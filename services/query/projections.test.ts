@@ -136,38 +136,41 @@ describe('read models', () => {
     },
   );
 
-  it('given stock moves on several products, when folded in any order, then availability is the sum of the deltas', () => {
-    const restock = from('inventory', {
-      type: 'StockAdjusted',
-      data: { productId: productA, delta: 5, reason: 'restock', stockQuantity: 15, reserved: 0, sold: 0 },
-    });
-    const released = from('inventory', {
-      type: 'InventoryReleased',
-      data: { orderId, items: [{ productId: productB, quantity: 1 }], reason: 'payment failed' },
-    });
-    const moves = [...inventoryEvents, restock, released];
-    for (const order of [moves, [...moves].reverse()]) {
-      const { availability } = foldReadModels([...order, ...catalogue]);
-      expect(availability.get(productA)).toEqual({
-        productId: productA,
-        name: 'Beans',
-        price: 500,
-        currency: 'EUR',
-        stockQuantity: 13,
-        reserved: 0,
-        sold: 2,
+  it(
+    'given stock moves on several products, when folded in any order, ' + 'then availability is the sum of the deltas',
+    () => {
+      const restock = from('inventory', {
+        type: 'StockAdjusted',
+        data: { productId: productA, delta: 5, reason: 'restock', stockQuantity: 15, reserved: 0, sold: 0 },
       });
-      expect(availability.get(productB)).toEqual({
-        productId: productB,
-        name: 'Mill',
-        price: 9000,
-        currency: 'EUR',
-        stockQuantity: 2,
-        reserved: -1,
-        sold: 1,
+      const released = from('inventory', {
+        type: 'InventoryReleased',
+        data: { orderId, items: [{ productId: productB, quantity: 1 }], reason: 'payment failed' },
       });
-    }
-  });
+      const moves = [...inventoryEvents, restock, released];
+      for (const order of [moves, [...moves].reverse()]) {
+        const { availability } = foldReadModels([...order, ...catalogue]);
+        expect(availability.get(productA)).toEqual({
+          productId: productA,
+          name: 'Beans',
+          price: 500,
+          currency: 'EUR',
+          stockQuantity: 13,
+          reserved: 0,
+          sold: 2,
+        });
+        expect(availability.get(productB)).toEqual({
+          productId: productB,
+          name: 'Mill',
+          price: 9000,
+          currency: 'EUR',
+          stockQuantity: 2,
+          reserved: -1,
+          sold: 1,
+        });
+      }
+    },
+  );
 
   it('given a declined payment, when folded, then the summary says why and the stock went back', () => {
     const declined = [
@@ -267,7 +270,8 @@ describe('the projection on a database', () => {
       `SELECT order_id, user_id, status, total_amount, lines FROM user_orders${suffix} ORDER BY order_id`,
     ),
     products: await db.query(
-      `SELECT product_id, name, price, stock_quantity, reserved, sold FROM product_availability${suffix} ORDER BY product_id`,
+      `SELECT product_id, name, price, stock_quantity, reserved, sold
+         FROM product_availability${suffix} ORDER BY product_id`,
     ),
     counts: await db.query(`SELECT status, n FROM order_counts${suffix} WHERE n <> 0 ORDER BY status`),
   });

@@ -79,12 +79,17 @@ export async function rebuildReadModel(
   });
 }
 
-/** A cached model's rebuilt rows take the version after the live row's (1 for a new row), so no cache keeps an old one. */
+/**
+ * A cached model's rebuilt rows take the version after the live row's (1 for a new row), so no cache keeps an old
+ * one.
+ */
 async function raiseVersions(tx: Sql, model: ReadModel, shadow: string): Promise<{ key: string; version: number }[]> {
   const cached = model.cached;
   if (cached === undefined) return [];
   const rows = await tx.query<{ id: string; version: number }>(
-    `UPDATE ${shadow} s SET version = coalesce((SELECT o.version FROM ${model.table} o WHERE o.${cached.column} = s.${cached.column}), 0) + 1
+    `UPDATE ${shadow} s
+        SET version = coalesce((SELECT o.version FROM ${model.table} o
+                                 WHERE o.${cached.column} = s.${cached.column}), 0) + 1
      RETURNING s.${cached.column}::text AS id, s.version`,
   );
   return rows.map((r) => ({ key: cached.key(r.id), version: r.version }));

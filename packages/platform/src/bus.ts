@@ -46,7 +46,10 @@ export function encodeBatch(envelopes: readonly Envelope[]): { body: string; bat
     : { body: JSON.stringify(envelopes), batch: true };
 }
 
-/** The events a delivery carries: the elements of a batch, or its body. A batch that is not an array is one poison event. */
+/**
+ * The events a delivery carries: the elements of a batch, or its body. A batch that is not an array is one poison
+ * event.
+ */
 export function eventsOf(delivery: Pick<Delivery, 'body' | 'batch'>): unknown[] {
   return delivery.batch && Array.isArray(delivery.body) ? (delivery.body as unknown[]) : [delivery.body];
 }

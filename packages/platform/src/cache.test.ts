@@ -58,16 +58,19 @@ describe.each(caches)('$name cache', ({ up, open }) => {
   );
 });
 
-it('given more entries than the in-process cache holds, when one more arrives, then the least recently used goes', async () => {
-  const cache = memoryCache({ maxEntries: 2 });
-  await cache.offer('a', 1, 'a');
-  await cache.offer('b', 1, 'b');
-  expect(await cache.get('a')).toBe('a'); // a is now the most recent
-  await cache.offer('c', 1, 'c');
-  expect(await cache.get('b')).toBeUndefined();
-  expect(await cache.get('a')).toBe('a');
-  expect(await cache.get('c')).toBe('c');
-});
+it(
+  'given more entries than the in-process cache holds, ' + 'when one more arrives, then the least recently used goes',
+  async () => {
+    const cache = memoryCache({ maxEntries: 2 });
+    await cache.offer('a', 1, 'a');
+    await cache.offer('b', 1, 'b');
+    expect(await cache.get('a')).toBe('a'); // a is now the most recent
+    await cache.offer('c', 1, 'c');
+    expect(await cache.get('b')).toBeUndefined();
+    expect(await cache.get('a')).toBe('a');
+    expect(await cache.get('c')).toBe('c');
+  },
+);
 
 /** A TCP proxy to the real Redis that the test can cut and restore. */
 async function proxy(): Promise<{

@@ -44,7 +44,8 @@ async function world() {
   cleanups.push(() => app.close());
 
   const db = await opened('catch-up-consumer');
-  await db.exec(`CREATE TABLE feed_checkpoints (source text PRIMARY KEY, position bigint NOT NULL, updated_at timestamptz NOT NULL);
+  await db.exec(`CREATE TABLE feed_checkpoints (source text PRIMARY KEY, position bigint NOT NULL,
+      updated_at timestamptz NOT NULL);
     CREATE TABLE effects (n serial PRIMARY KEY, subject text NOT NULL, sequence integer NOT NULL)`);
   const record: Handler = async (tx, m) => {
     await tx.query('INSERT INTO effects (subject, sequence) VALUES ($1, $2)', [m.subject, m.sequence]);

@@ -192,7 +192,8 @@ export function watchForGaps(
     })());
   const gapped = async () => {
     const [row] = await db.query<{ gap: boolean }>(
-      `SELECT EXISTS (SELECT 1 FROM held_messages WHERE consumer = $1 AND held_at < now() - make_interval(secs => $2::float8 / 1000)) AS gap`,
+      `SELECT EXISTS (SELECT 1 FROM held_messages
+                       WHERE consumer = $1 AND held_at < now() - make_interval(secs => $2::float8 / 1000)) AS gap`,
       [consumer.name, gapAfterMs],
     );
     return row?.gap === true;

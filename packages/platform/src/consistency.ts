@@ -64,7 +64,8 @@ export async function waitForToken(
     const waited = Date.now() - started;
     if (waited >= options.timeoutMs) {
       throw new UnavailableError(
-        `the read model has not applied ${formatToken(token)} yet: it is at version ${applied} of that stream after ${waited} ms; retry shortly`,
+        `the read model has not applied ${formatToken(token)} yet: ` +
+          `it is at version ${applied} of that stream after ${waited} ms; retry shortly`,
       );
     }
     await sleep(Math.min(options.pollMs ?? 10, options.timeoutMs - waited));

@@ -141,7 +141,8 @@ export async function applyBatch(
     // Left in flight, it goes out with the COMMIT.
     const advancing = tx.query<{ source: string; subject: string; more: boolean }>(
       `INSERT INTO consumer_positions AS p (consumer, source, subject, last_sequence)
-       SELECT $1, x.source, x.subject, x.sequence FROM jsonb_to_recordset($2::jsonb) AS x(source text, subject text, sequence int)
+       SELECT $1, x.source, x.subject, x.sequence
+         FROM jsonb_to_recordset($2::jsonb) AS x(source text, subject text, sequence int)
        ON CONFLICT (consumer, source, subject) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = now()
        RETURNING p.source, p.subject, EXISTS (SELECT 1 FROM held_messages h
                                WHERE h.consumer = $1 AND h.source = p.source AND h.subject = p.subject

@@ -25,7 +25,8 @@ const cleanups: (() => Promise<void>)[] = [];
 async function prepared(db: Db): Promise<Db> {
   cleanups.push(() => db.close());
   await migrate(db, { platform: platformMigrations });
-  await db.exec(`CREATE TABLE IF NOT EXISTS effects (n serial PRIMARY KEY, subject text NOT NULL, sequence integer NOT NULL, message_id text NOT NULL);
+  await db.exec(`CREATE TABLE IF NOT EXISTS effects (n serial PRIMARY KEY, subject text NOT NULL,
+      sequence integer NOT NULL, message_id text NOT NULL);
     TRUNCATE effects, outbox, inbox, consumer_positions, held_messages, dead_letter_audit, dead_letters`);
   return db;
 }
@@ -227,17 +228,20 @@ describe.each(backends)('consumer on $name', (backend) => {
       },
     );
 
-    it('given a message already applied, when it is delivered again, then it is a duplicate and takes effect once', async () => {
-      const db = await backend.open();
-      const c = await consumer(db, recordingHandler());
-      const m = stockAdjusted(crypto.randomUUID(), 1);
+    it(
+      'given a message already applied, when it is delivered again, ' + 'then it is a duplicate and takes effect once',
+      async () => {
+        const db = await backend.open();
+        const c = await consumer(db, recordingHandler());
+        const m = stockAdjusted(crypto.randomUUID(), 1);
 
-      const outcomes = [await c.process(m), await c.process(structuredClone(m))];
+        const outcomes = [await c.process(m), await c.process(structuredClone(m))];
 
-      expect(outcomes).toEqual(['applied', 'duplicate']);
-      expect(await effects(db)).toEqual(tag(m.subject, 1));
-      expect(c.stats).toMatchObject({ received: 2, applied: 1, duplicate: 1 });
-    });
+        expect(outcomes).toEqual(['applied', 'duplicate']);
+        expect(await effects(db)).toEqual(tag(m.subject, 1));
+        expect(c.stats).toMatchObject({ received: 2, applied: 1, duplicate: 1 });
+      },
+    );
 
     it('given sequence 2 arrives before 1, when 1 arrives, then 2 was held and both take effect in order', async () => {
       const db = await backend.open();
@@ -375,19 +379,22 @@ describe.each(backends)('consumer on $name', (backend) => {
       },
     );
 
-    it('given sequences 1 and 2 applied, when sequence 1 comes again under a new id, then it is stale and ignored', async () => {
-      const db = await backend.open();
-      const c = await consumer(db, recordingHandler());
-      const subject = crypto.randomUUID();
-      await c.process(stockAdjusted(subject, 1));
-      await c.process(stockAdjusted(subject, 2));
+    it(
+      'given sequences 1 and 2 applied, when sequence 1 comes again under a new id, ' + 'then it is stale and ignored',
+      async () => {
+        const db = await backend.open();
+        const c = await consumer(db, recordingHandler());
+        const subject = crypto.randomUUID();
+        await c.process(stockAdjusted(subject, 1));
+        await c.process(stockAdjusted(subject, 2));
 
-      const outcome = await c.process(stockAdjusted(subject, 1));
+        const outcome = await c.process(stockAdjusted(subject, 1));
 
-      expect(outcome).toBe('stale');
-      expect(await effects(db)).toEqual(tag(subject, 1, 2));
-      expect(c.stats).toMatchObject({ applied: 2, stale: 1 });
-    });
+        expect(outcome).toBe('stale');
+        expect(await effects(db)).toEqual(tag(subject, 1, 2));
+        expect(c.stats).toMatchObject({ applied: 2, stale: 1 });
+      },
+    );
 
     it(
       'given poison messages among good ones in one batch on the bus, when consumed, then ' +

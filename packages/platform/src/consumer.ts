@@ -195,9 +195,11 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
         `WITH unheld AS (
            DELETE FROM held_messages WHERE $5 AND consumer = $1 AND source = $2 AND subject = $3 AND sequence = $4
          )
-         UPDATE consumer_positions SET last_sequence = greatest(last_sequence, $4), updated_at = now() WHERE consumer = $1 AND source = $2 AND subject = $3
+         UPDATE consumer_positions SET last_sequence = greatest(last_sequence, $4), updated_at = now()
+          WHERE consumer = $1 AND source = $2 AND subject = $3
          RETURNING EXISTS (SELECT 1 FROM held_messages
-                            WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence > $4 AND after_sequence <= $4) AS more`,
+                            WHERE consumer = $1 AND source = $2 AND subject = $3
+                              AND sequence > $4 AND after_sequence <= $4) AS more`,
         [...key, message.sequence, fromHold],
       );
       return { advancing, appended };
@@ -304,7 +306,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
        )
        SELECT (EXISTS (SELECT 1 FROM moved) OR EXISTS (SELECT 1 FROM created))
           AND EXISTS (SELECT 1 FROM held_messages
-                       WHERE consumer = $1 AND source = $2 AND subject = $3 AND sequence > $4 AND after_sequence <= $4) AS more`,
+                       WHERE consumer = $1 AND source = $2 AND subject = $3
+                         AND sequence > $4 AND after_sequence <= $4) AS more`,
       [name, message.source, message.subject, message.sequence, previousSequence(name, message)],
     );
     return passed?.more ?? false;
@@ -461,7 +464,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
 
   async function sweepHeld(): Promise<number> {
     const ready = await db.query<{ source: string; subject: string }>(
-      `SELECT DISTINCT h.source, h.subject FROM held_messages h JOIN consumer_positions p USING (consumer, source, subject)
+      `SELECT DISTINCT h.source, h.subject
+         FROM held_messages h JOIN consumer_positions p USING (consumer, source, subject)
         WHERE h.consumer = $1 AND h.after_sequence <= p.last_sequence`,
       [name],
     );

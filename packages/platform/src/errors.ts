@@ -48,14 +48,23 @@ const unreachableCodes = new Set([
   '53300',
 ]);
 
+/** Messages of driver errors that mean the server could not be reached, whatever their code. */
+const unreachableMessage = new RegExp(
+  [
+    'Connection terminated',
+    'connection timeout',
+    'timeout exceeded when trying to connect',
+    'Client has encountered a connection error',
+  ].join('|'),
+  'i',
+);
+
 export function isUnreachable(error: unknown): boolean {
   if (error instanceof UnavailableError) return true;
   if (!(error instanceof Error)) return false;
   const code = (error as { code?: unknown }).code;
   if (typeof code === 'string' && (unreachableCodes.has(code) || code.startsWith('08'))) return true;
-  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
-    error.message,
-  );
+  return unreachableMessage.test(error.message);
 }
 
 /** A message that can never take effect, however often it is retried. */

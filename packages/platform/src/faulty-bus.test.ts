@@ -47,7 +47,10 @@ function envelope(sequence: number): Envelope {
 
 const idOf = (d: Delivery) => (d.body as Envelope).id;
 
-/** One broker message per event: these tests are about deliveries, and a publish of several events of a type is one batch. */
+/**
+ * One broker message per event: these tests are about deliveries, and a publish of several events of a type is one
+ * batch.
+ */
 async function publishEach(bus: Pick<Bus, 'publish'>, messages: readonly Envelope[]): Promise<void> {
   for (const message of messages) await bus.publish([message]);
 }

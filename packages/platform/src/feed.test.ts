@@ -142,7 +142,8 @@ describe.each(backends)('feed on $name', (backend) => {
         const after = await readFeed(db, seen.next, 100);
         expect(after.events.map((e) => [e.position, e.event.subject])).toEqual([[3, late]]);
         const [positions] = await db.query<{ late: number; first: number }>(
-          `SELECT (SELECT position FROM outbox WHERE subject = $1) AS late, (SELECT min(position) FROM outbox WHERE subject <> $1) AS first`,
+          `SELECT (SELECT position FROM outbox WHERE subject = $1) AS late,
+                  (SELECT min(position) FROM outbox WHERE subject <> $1) AS first`,
           [late],
         );
         expect(positions?.late).toBeLessThan(positions?.first ?? 0);

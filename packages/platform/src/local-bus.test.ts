@@ -87,7 +87,10 @@ function envelope(type: string, subject: string = crypto.randomUUID(), sequence 
   };
 }
 
-/** One broker message per event: these tests are about deliveries, and a publish of several events of a type is one batch. */
+/**
+ * One broker message per event: these tests are about deliveries, and a publish of several events of a type is one
+ * batch.
+ */
 async function publishEach(bus: Pick<Bus, 'publish'>, messages: readonly Envelope[]): Promise<void> {
   for (const message of messages) await bus.publish([message]);
 }

@@ -43,7 +43,9 @@ export async function createLocalBus(
   options: { faults?: BusFaults; pollMs?: number } = {},
 ): Promise<Bus & { faultStats: FaultStats }> {
   await db.exec(`
-    CREATE TABLE IF NOT EXISTS bus_bindings (queue text NOT NULL, routing_key text NOT NULL, PRIMARY KEY (queue, routing_key));
+    CREATE TABLE IF NOT EXISTS bus_bindings (
+      queue text NOT NULL, routing_key text NOT NULL, PRIMARY KEY (queue, routing_key)
+    );
     CREATE TABLE IF NOT EXISTS bus_messages (
       id bigserial PRIMARY KEY, queue text NOT NULL, routing_key text NOT NULL, message_id text,
       body text NOT NULL, available_at bigint NOT NULL, deliveries integer NOT NULL DEFAULT 0);
@@ -170,7 +172,9 @@ export async function createLocalBus(
       if (rows.length === 0) return;
       await db.query(
         `INSERT INTO bus_messages (queue, routing_key, message_id, body, batch, available_at)
-         SELECT q, k, i, b, x, $6 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[]) WITH ORDINALITY AS t(q, k, i, b, x, n)
+         SELECT q, k, i, b, x, $6
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])
+                WITH ORDINALITY AS t(q, k, i, b, x, n)
           ORDER BY n`,
         [
           rows.map((r) => r.queue),

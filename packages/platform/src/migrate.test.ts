@@ -127,24 +127,28 @@ describe.each(backends)('migrations on $name', (backend) => {
       },
     );
 
-    it('given an applied file that was edited, when migrate runs, then it is refused and no later file is applied', async () => {
-      const scope = uniqueName('m');
-      const db = await backend.open();
-      const dir = migrationsDir(threeMigrations(scope));
-      await migrate(db, { [scope]: dir });
-      fs.appendFileSync(path.join(dir, '002_seed.sql'), `INSERT INTO ${scope} (n) VALUES (3);\n`);
-      fs.writeFileSync(path.join(dir, '011_more.sql'), `INSERT INTO ${scope} (n) VALUES (7);\n`);
+    it(
+      'given an applied file that was edited, when migrate runs, ' + 'then it is refused and no later file is applied',
+      async () => {
+        const scope = uniqueName('m');
+        const db = await backend.open();
+        const dir = migrationsDir(threeMigrations(scope));
+        await migrate(db, { [scope]: dir });
+        fs.appendFileSync(path.join(dir, '002_seed.sql'), `INSERT INTO ${scope} (n) VALUES (3);\n`);
+        fs.writeFileSync(path.join(dir, '011_more.sql'), `INSERT INTO ${scope} (n) VALUES (7);\n`);
 
-      await expect(migrate(db, { [scope]: dir })).rejects.toThrow(
-        `migration ${scope}/2_seed changed after it was applied`,
-      );
+        await expect(migrate(db, { [scope]: dir })).rejects.toThrow(
+          `migration ${scope}/2_seed changed after it was applied`,
+        );
 
-      expect(await values(db, scope)).toEqual([1, 2, 10]);
-      const [row] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM schema_migrations WHERE scope = $1', [
-        scope,
-      ]);
-      expect(row?.n).toBe(3);
-    });
+        expect(await values(db, scope)).toEqual([1, 2, 10]);
+        const [row] = await db.query<{ n: number }>(
+          'SELECT count(*)::int AS n FROM schema_migrations WHERE scope = $1',
+          [scope],
+        );
+        expect(row?.n).toBe(3);
+      },
+    );
 
     it(
       'given a statement with a comment line ending in a semicolon, ' +
@@ -153,7 +157,9 @@ describe.each(backends)('migrations on $name', (backend) => {
         const scope = uniqueName('m');
         const db = await backend.open();
         const dir = migrationsDir({
-          '001_create.sql': `CREATE TABLE ${scope} (\n  -- counts things; never negative;\n  n integer NOT NULL CHECK (n >= 0)\n);\nINSERT INTO ${scope} (n) VALUES (4);\n`,
+          '001_create.sql':
+            `CREATE TABLE ${scope} (\n  -- counts things; never negative;\n  n integer NOT NULL CHECK (n >= 0)\n);\n` +
+            `INSERT INTO ${scope} (n) VALUES (4);\n`,
         });
 
         expect(await migrate(db, { [scope]: dir })).toEqual([`${scope}/1_create`]);
@@ -183,19 +189,24 @@ describe.each(backends)('migrations on $name', (backend) => {
       },
     );
 
-    it('given a file not named NNN_what.sql, when migrate runs, then it is refused before anything is applied', async () => {
-      const scope = uniqueName('m');
-      const db = await backend.open();
-      const dir = migrationsDir({
-        '001_create.sql': `CREATE TABLE ${scope} (n integer);\n`,
-        'seed.sql': 'SELECT 1;\n',
-      });
+    it(
+      'given a file not named NNN_what.sql, when migrate runs, ' + 'then it is refused before anything is applied',
+      async () => {
+        const scope = uniqueName('m');
+        const db = await backend.open();
+        const dir = migrationsDir({
+          '001_create.sql': `CREATE TABLE ${scope} (n integer);\n`,
+          'seed.sql': 'SELECT 1;\n',
+        });
 
-      await expect(migrate(db, { [scope]: dir })).rejects.toThrow('migration file seed.sql must be named NNN_what.sql');
+        await expect(migrate(db, { [scope]: dir })).rejects.toThrow(
+          'migration file seed.sql must be named NNN_what.sql',
+        );
 
-      const recorded = await db.query('SELECT 1 FROM schema_migrations WHERE scope = $1', [scope]);
-      expect(recorded).toHaveLength(0);
-    });
+        const recorded = await db.query('SELECT 1 FROM schema_migrations WHERE scope = $1', [scope]);
+        expect(recorded).toHaveLength(0);
+      },
+    );
 
     it(
       'given five instances starting together on a new database, when each ' +

@@ -127,14 +127,16 @@ export async function appendCaused(tx: Sql, groups: readonly CausedEvents[]): Pr
        ), stamped AS (
          SELECT a.*, (SELECT coalesce(jsonb_object_agg(f.key, coalesce(greatest(
                          (SELECT max(o.sequence) FROM outbox o WHERE o.subject = a.subject AND o.type = ANY(f.types)),
-                         (SELECT max(b.sequence) FROM appended b WHERE b.subject = a.subject AND b.n < a.n AND b.type = ANY(f.types))), 0)),
+                         (SELECT max(b.sequence) FROM appended b
+                           WHERE b.subject = a.subject AND b.n < a.n AND b.type = ANY(f.types))), 0)),
                        '{}'::jsonb)
                         FROM jsonb_to_recordset($4::jsonb) AS f(source text, key text, types text[])
                        WHERE f.source = a.source AND a.type = ANY(f.types)) AS prevs
            FROM appended a
        )
        INSERT INTO outbox (id, type, subject, sequence, partition, envelope)
-       SELECT (e->>'id')::uuid, type, subject, sequence, partition, e || jsonb_build_object('sequence', sequence) || prevs
+       SELECT (e->>'id')::uuid, type, subject, sequence, partition,
+              e || jsonb_build_object('sequence', sequence) || prevs
          FROM stamped ORDER BY n
        RETURNING id, sequence`,
       [JSON.stringify(envelopes), envelopes.map((e) => partitionOf(e.subject)), expected, JSON.stringify(stamps)],

@@ -20,7 +20,10 @@ const orderId = '00000000-0000-4000-8000-000000000001';
 const userId = 'ada';
 const retry = { attempts: 2, deadlineMs: 1000, backoff: 2 };
 
-/** A three-step saga shaped like order fulfilment: order (by the trigger), reserve, pay, then a pivot and a last step. */
+/**
+ * A three-step saga shaped like order fulfilment: order (by the trigger), reserve, pay, then a pivot and a last
+ * step.
+ */
 const definition: SagaDefinition<Trip> = {
   name: 'test',
   startedBy: 'OrderCreated',

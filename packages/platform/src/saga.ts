@@ -412,7 +412,8 @@ function onDeadline<Data>(definition: SagaDefinition<Data>, saga: Saga<Data>, no
   if (policy !== undefined && state.attempts < policy.attempts) {
     return [missed, commandSent(definition, saga, index, phase, state.attempts + 1, now)];
   }
-  const waited = `no reply to ${step.name}${phase === 'compensation' ? "'s compensation" : ''} after ${state.attempts} attempt(s)`;
+  const awaited = phase === 'compensation' ? `${step.name}'s compensation` : step.name;
+  const waited = `no reply to ${awaited} after ${state.attempts} attempt(s)`;
   if (phase === 'forward' && step.compensation !== 'none') {
     // The outcome is unknown: treat the step as failed and undo it with the rest.
     return [missed, { type: 'StepTimedOut', at, step: index, reason: waited }];

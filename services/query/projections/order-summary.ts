@@ -154,7 +154,8 @@ async function saveSummaries(
      SELECT x.order_id, x.status, x.document, x.updated_at, 1
        FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, status text, document jsonb, updated_at timestamptz)
       ORDER BY x.order_id
-     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, document = excluded.document, updated_at = excluded.updated_at, version = ${table}.version + 1
+     ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, document = excluded.document,
+       updated_at = excluded.updated_at, version = ${table}.version + 1
      RETURNING order_id, version`,
     [
       JSON.stringify(

@@ -125,7 +125,8 @@ async function addAvailability(
      ON CONFLICT (product_id) DO UPDATE SET
        name = coalesce(excluded.name, ${table}.name), price = coalesce(excluded.price, ${table}.price),
        currency = coalesce(excluded.currency, ${table}.currency),
-       stock_quantity = ${table}.stock_quantity + excluded.stock_quantity, reserved = ${table}.reserved + excluded.reserved,
+       stock_quantity = ${table}.stock_quantity + excluded.stock_quantity,
+       reserved = ${table}.reserved + excluded.reserved,
        sold = ${table}.sold + excluded.sold, updated_at = excluded.updated_at, version = ${table}.version + 1
      RETURNING product_id, version`,
     [

@@ -82,7 +82,8 @@ async function saveUserOrders(tx: Sql, rows: readonly UserOrder[], { table }: Sa
     `INSERT INTO ${table} (order_id, user_id, status, total_amount, currency, lines, created_at, updated_at)
      SELECT x.order_id, x.user_id, x.status, x.total_amount, x.currency, x.lines, x.created_at, x.updated_at
        FROM jsonb_to_recordset($1::jsonb)
-         AS x(order_id uuid, user_id text, status text, total_amount bigint, currency text, lines int, created_at timestamptz, updated_at timestamptz)
+         AS x(order_id uuid, user_id text, status text, total_amount bigint, currency text, lines int,
+              created_at timestamptz, updated_at timestamptz)
       ORDER BY x.order_id
      ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at`,
     [
