@@ -11,6 +11,7 @@ import {
   decide,
   evolve,
   startSaga,
+  finalStatuses,
   type AppendContext,
   type CausedEvents,
   type Message,
@@ -239,10 +240,9 @@ export async function sagaCounts(
 ): Promise<{ byStatus: Record<string, number>; stuck: number }> {
   const rows = await db.query<{ status: string; n: number; stuck: number }>(
     `SELECT status, count(*)::int AS n,
-            count(*) FILTER (WHERE status NOT IN ('COMPLETED', 'COMPENSATED', 'RESOLVED')
-                               AND updated_at < $1)::int AS stuck
+            count(*) FILTER (WHERE status <> ALL($2::text[]) AND updated_at < $1)::int AS stuck
        FROM sagas GROUP BY status`,
-    [stuckBefore],
+    [stuckBefore, finalStatuses],
   );
   return {
     byStatus: Object.fromEntries(rows.map((r) => [r.status, r.n])),

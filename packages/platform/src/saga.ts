@@ -129,7 +129,8 @@ export class SagaDefinitionError extends Error {
   override readonly name = 'SagaDefinitionError';
 }
 
-const finalStatuses: readonly SagaStatus[] = ['COMPLETED', 'COMPENSATED', 'RESOLVED'];
+/** The statuses a saga leaves no more; queries over sagas take them from here. */
+export const finalStatuses: readonly SagaStatus[] = ['COMPLETED', 'COMPENSATED', 'RESOLVED'];
 export const isFinal = (status: SagaStatus): boolean => finalStatuses.includes(status);
 
 /**

@@ -5,11 +5,11 @@
 // owned by one source and the timeline is kept sorted by event time: the document is
 // the same whatever the interleaving. Cached by order (`order:<id>`), each row with a
 // version raised by every write.
-import type { DomainEvent, OrderLine } from '@converge/contracts';
+import type { DomainEvent, OrderLine, OrderStatus } from '@converge/contracts';
 import type { Sql } from '@converge/platform';
 import { readModel, type SaveTo } from '../read-model.ts';
 
-export type OrderStatus = 'PENDING' | 'COMPLETED' | 'FAILED' | 'CANCELLED';
+export type { OrderStatus };
 export type StockOutcome = 'RESERVED' | 'REJECTED' | 'RELEASED' | 'COMMITTED';
 export type PaymentOutcome = 'PROCESSED' | 'FAILED' | 'REFUNDED';
 
