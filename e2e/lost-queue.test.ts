@@ -139,7 +139,11 @@ describeSystem(
             10_000,
             'the recovery counted',
           );
-          await h.check();
+          // A status can be right while a stream's last events (InventoryCommitted, the only
+          // PaymentProcessed) were lost with the queue: nothing later reveals them, and the
+          // sweep finds them once they are older than its settle time. The read models
+          // converge; they are not equal the moment the statuses are.
+          await eventually(() => h.check().then(() => true), 20_000, 'the read models equal the fold of the feeds');
         },
       );
   },
