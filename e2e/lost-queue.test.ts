@@ -106,8 +106,9 @@ describeSystem(
             for (let i = 0; i < 30; i++) {
               orders.push(h.place(user, [{ productId: product, quantity: 1 }]));
               // The queue goes (with what it held) while orders flow; until the bus notices and
-              // declares it again, their events are routed nowhere.
-              if (i === 5 || i === 20) await channel.deleteQueue(queue);
+              // declares it again, their events are routed nowhere. The bus declares it again
+              // within milliseconds, so one deletion may lose nothing: it goes six times.
+              if (i >= 5 && i <= 20 && i % 3 === 2) await channel.deleteQueue(queue);
               await new Promise((r) => setTimeout(r, 50));
             }
             const placed = await Promise.all(orders);
