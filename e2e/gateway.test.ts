@@ -139,6 +139,29 @@ describe('gateway and dashboard (embedded)', () => {
   );
 
   it(
+    'given a write through the gateway, when its Consistency-Token comes with a read of the query service ' +
+      'through the gateway, then the read shows the write',
+    async () => {
+      const key = crypto.randomUUID();
+      const placed = await placeOrder(site, 'dave', product, 1, key);
+      expect(placed.status).toBe(201);
+      const orderId = placed.body.orderId as string;
+      h.acknowledged.push({ orderId, userId: 'dave', idempotencyKey: key });
+      const token = placed.headers.get('consistency-token');
+      expect(token).toMatch(/./);
+
+      const read = await call(`${site}/api/query/orders/${orderId}`, { headers: { 'consistency-token': token ?? '' } });
+      expect(read.status).toBe(200);
+      expect(read.body).toMatchObject({ orderId, userId: 'dave' });
+      expect(read.headers.get('consistency-token')).toBeNull();
+      // The token reaches the service: a malformed one is refused there, not dropped on the way.
+      const malformed = await call(`${site}/api/query/orders/${orderId}`, { headers: { 'consistency-token': 'x' } });
+      expect(malformed.status).toBe(400);
+      expect(malformed.type).toContain('application/problem+json');
+    },
+  );
+
+  it(
     'given a bad request, when it goes through the gateway, ' + "then the service's problem+json comes back as it was",
     async () => {
       const invalid = await call(`${site}/api/order/orders`, {

@@ -1,7 +1,8 @@
 // The gateway: one address for clients and the dashboard, no state of its own.
 // `/api/<service>/*` is forwarded as it came (method, path, query, body bytes and the
-// headers that carry meaning: content type, Idempotency-Key, If-Match) and the answer
-// comes back as the service gave it, problem+json included. A service that cannot be
+// headers that carry meaning: content type, Idempotency-Key, If-Match, a write's
+// Consistency-Token on a read) and the answer comes back as the service gave it, its
+// ETag, Location, Retry-After and Consistency-Token and problem+json included. A service that cannot be
 // reached is a 503 problem, one that does not answer in time a 504: never a crash.
 // `/api/overview` asks every service for its /status and /readyz at once; a service
 // that is down shows as down. `/` is the dashboard, one self-contained page whose
@@ -9,7 +10,14 @@
 import crypto from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { FastifyReply } from 'fastify';
-import { NotFoundError, StatusSchema, createHttpApp, type HttpApp, type Logger } from '@converge/platform';
+import {
+  NotFoundError,
+  StatusSchema,
+  consistencyHeader,
+  createHttpApp,
+  type HttpApp,
+  type Logger,
+} from '@converge/platform';
 import Type, { type Static } from 'typebox';
 import { Compile } from 'typebox/compile';
 
@@ -33,6 +41,7 @@ const requestHeaders = [
   'idempotency-key',
   'if-match',
   'if-none-match',
+  consistencyHeader,
   'x-actor',
   'traceparent',
 ];
@@ -40,6 +49,7 @@ const responseHeaders = [
   'content-type',
   'etag',
   'location',
+  consistencyHeader,
   'idempotent-replayed',
   'retry-after',
   'cache-control',
