@@ -23,7 +23,6 @@ import { createRabbitBus } from '@converge/platform/rabbitmq';
 import { inventoryService } from '../services/inventory/service.ts';
 import { orchestratorConfig, orchestratorService } from '../services/orchestrator/service.ts';
 import { orderService } from '../services/order/service.ts';
-// The query service's definition file does not re-export its settings yet.
 import { httpFeed, queryConfig, queryService } from '../services/query/service.ts';
 import { openSimulatedProvider, paymentConfig, paymentService } from '../services/payment/service.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
