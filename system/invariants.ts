@@ -8,11 +8,11 @@ import type { Db } from '@converge/platform';
 import type { Envelope } from '@converge/contracts';
 import { paymentIdFor } from '../services/payment/service.ts';
 import {
+  allAvailability,
+  allUserOrders,
   foldReadModels,
   type SourceEvent,
-  type Availability,
   type OrderSummary,
-  type UserOrder,
 } from '../services/query/service.ts';
 
 export type CheckedDbs = { order: Db; inventory: Db; payment: Db; provider: Db; orchestrator?: Db; query?: Db };
@@ -353,62 +353,8 @@ async function checkReadModels(
     'SELECT order_id, document FROM order_summaries',
   );
   compare('order summary', folded.summaries, new Map(summaries.map((r) => [r.order_id, r.document])));
-  const users = await query.query<{
-    order_id: string;
-    user_id: string;
-    status: UserOrder['status'];
-    total_amount: number;
-    currency: string;
-    lines: number;
-    created_at: Date;
-    updated_at: Date;
-  }>('SELECT * FROM user_orders');
-  compare(
-    'user order',
-    folded.userOrders,
-    new Map(
-      users.map((r) => [
-        r.order_id,
-        {
-          orderId: r.order_id,
-          userId: r.user_id,
-          status: r.status,
-          totalAmount: r.total_amount,
-          currency: r.currency,
-          lines: r.lines,
-          createdAt: r.created_at.toISOString(),
-          updatedAt: r.updated_at.toISOString(),
-        } satisfies UserOrder,
-      ]),
-    ),
-  );
-  const products = await query.query<{
-    product_id: string;
-    name: string | null;
-    price: number | null;
-    currency: string | null;
-    stock_quantity: number;
-    reserved: number;
-    sold: number;
-  }>('SELECT * FROM product_availability');
-  compare(
-    'product availability',
-    folded.availability,
-    new Map(
-      products.map((r) => [
-        r.product_id,
-        {
-          productId: r.product_id,
-          name: r.name,
-          price: r.price,
-          currency: r.currency,
-          stockQuantity: r.stock_quantity,
-          reserved: r.reserved,
-          sold: r.sold,
-        } satisfies Availability,
-      ]),
-    ),
-  );
+  compare('user order', folded.userOrders, await allUserOrders(query));
+  compare('product availability', folded.availability, await allAvailability(query));
   const counts = Object.fromEntries(
     (await query.query<{ status: string; n: number }>('SELECT status, n FROM order_counts WHERE n <> 0')).map((r) => [
       r.status,

@@ -26,8 +26,8 @@ export { httpFeed, type FeedSource, type WatchTimings } from '@converge/platform
 export type { SourceEvent } from './read-model.ts';
 export { foldReadModels, readModels } from './read-models.ts';
 export type { OrderSummary } from './projections/order-summary.ts';
-export type { Availability } from './projections/product-availability.ts';
-export type { UserOrder } from './projections/user-orders.ts';
+export { allAvailability, type Availability } from './projections/product-availability.ts';
+export { allUserOrders, type UserOrder } from './projections/user-orders.ts';
 
 export type QueryOptions = {
   /** How long a read carrying a consistency token may wait for the write (503 after). */

@@ -186,6 +186,12 @@ const toAvailability = (r: AvailabilityRow): Availability => ({
   sold: r.sold,
 });
 
+/** Every stored row, as documents (the invariant checker compares them with the fold). */
+export async function allAvailability(db: Sql): Promise<Map<string, Availability>> {
+  const rows = await db.query<AvailabilityRow>('SELECT * FROM product_availability');
+  return new Map(rows.map((r) => [r.product_id, toAvailability(r)]));
+}
+
 export async function getAvailability(
   db: Sql,
   productId: string,

@@ -67,6 +67,12 @@ const toUserOrder = (r: UserOrderRow): UserOrder => ({
   updatedAt: r.updated_at.toISOString(),
 });
 
+/** Every stored row, as documents (the invariant checker compares them with the fold). */
+export async function allUserOrders(db: Sql): Promise<Map<string, UserOrder>> {
+  const rows = await db.query<UserOrderRow>('SELECT * FROM user_orders');
+  return new Map(rows.map((r) => [r.order_id, toUserOrder(r)]));
+}
+
 // Rows are locked and written in key order, so two instances lock them in the same order.
 async function loadUserOrders(tx: Sql, orderIds: readonly string[]): Promise<Map<string, UserOrder>> {
   const rows = await tx.query<UserOrderRow>(
