@@ -137,7 +137,7 @@ function keepsUp(report: LoadReport, backlogs: number[], rate: number): boolean 
 const delayHistogram = 'converge_projection_delay_seconds';
 
 async function scrapeDelays(cluster: Cluster): Promise<Map<string, Bucket[]>> {
-  const response = await fetch(`${cluster.urls.query}/metrics`);
+  const response = await fetch(`${cluster.urls.query}/metrics`, { headers: await cluster.auth() });
   if (!response.ok) throw new Error(`query /metrics answered ${response.status}`);
   return parseHistogram(await response.text(), delayHistogram, 'model');
 }
@@ -196,6 +196,7 @@ async function step(
       Promise.all([
         runLoad({
           orderUrl: cluster.urls.order,
+          sign: cluster.identities.token,
           fixture,
           rate,
           durationSec: seconds,
@@ -297,6 +298,7 @@ async function warmCluster(
     for (const catalogue of catalogues) {
       fixtures[catalogue] = await prepareFixture({
         inventoryUrl: cluster.urls.inventory,
+        sign: cluster.identities.token,
         paymentUrl: cluster.urls.payment,
         catalogue,
         waitUntilPriced: pricedIn(cluster.dbs.order),
@@ -307,6 +309,7 @@ async function warmCluster(
     if (spread !== undefined)
       await runLoad({
         orderUrl: cluster.urls.order,
+        sign: cluster.identities.token,
         fixture: spread,
         rate: 50,
         durationSec: 10,

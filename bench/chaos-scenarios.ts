@@ -16,7 +16,7 @@ import { orderSources } from '../services/order/service.ts';
 import { paymentSources } from '../services/payment/service.ts';
 import { orchestratorSources } from '../services/orchestrator/service.ts';
 import { querySources } from '../services/query/service.ts';
-import type { SagaMode } from '@converge/platform';
+import { userIdentity, type SagaMode } from '@converge/platform';
 import type { Cluster, ClusterService } from './cluster.ts';
 import { pricedIn, type Fixture, type LoadReport } from './load.ts';
 
@@ -265,7 +265,9 @@ async function duplicatesReorder(run: Run): Promise<Injected> {
     verify: async () => {
       const statuses = await Promise.all(
         run.cluster.services.map(async (s) => {
-          const status = (await (await fetch(`${run.cluster.urls[s]}/status`)).json()) as {
+          const status = (await (
+            await fetch(`${run.cluster.urls[s]}/status`, { headers: await run.cluster.auth() })
+          ).json()) as {
             consumer: Record<string, number>;
             held: number;
             busFaults?: { duplicated: number; delayed: number };
@@ -402,7 +404,9 @@ async function poison(run: Run): Promise<Injected> {
           "SELECT consumer, message_id FROM dead_letters WHERE status = 'parked'",
         );
         parked.push(...rows.map((r) => `${r.consumer} ${r.message_id ?? 'null'}`));
-        const text = await (await fetch(`${run.cluster.urls[s]}/metrics`)).text();
+        const text = await (
+          await fetch(`${run.cluster.urls[s]}/metrics`, { headers: await run.cluster.auth() })
+        ).text();
         metrics[s] = Number(/^converge_dead_letters\{[^}]*\} (\d+)$/m.exec(text)?.[1] ?? -1);
       }
       parked.sort();
@@ -436,7 +440,7 @@ async function hotContention(run: Run): Promise<Injected> {
   const { cluster, fixture } = run;
   const response = await fetch(`${cluster.urls.inventory}/products`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...(await cluster.auth()) },
     body: JSON.stringify({ name: `hot ${crypto.randomUUID().slice(0, 8)}`, price: 500, stockQuantity: 20 }),
   });
   const { productId } = (await response.json()) as { productId: string };
@@ -462,7 +466,7 @@ async function hotContention(run: Run): Promise<Injected> {
   const burstStart = Date.now();
   const placed = await Promise.all(
     Array.from({ length: 500 }, (_, i) =>
-      placeOrder(cluster.urls.order, fixture.users[i % fixture.users.length] ?? fixture.broke, productId),
+      placeOrder(cluster, fixture.users[i % fixture.users.length] ?? fixture.broke, productId),
     ),
   );
   const acknowledged = placed.filter((a) => a !== undefined);
@@ -528,15 +532,17 @@ async function hotContention(run: Run): Promise<Injected> {
 }
 
 /** One order with an Idempotency-Key, retried as a real client would; undefined if never acknowledged. */
-async function placeOrder(orderUrl: string, userId: string, productId: string): Promise<Acknowledged | undefined> {
+async function placeOrder(cluster: Cluster, userId: string, productId: string): Promise<Acknowledged | undefined> {
   const key = crypto.randomUUID();
-  const body = JSON.stringify({ userId, items: [{ productId, quantity: 1 }] });
+  const body = JSON.stringify({ items: [{ productId, quantity: 1 }] });
+  const orderUrl = cluster.urls.order;
+  const caller = await cluster.auth(userIdentity(userId));
   for (let attempt = 1; attempt <= 20; attempt++) {
     try {
       const response = await fetch(`${orderUrl}/orders`, {
         method: 'POST',
         body,
-        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        headers: { 'content-type': 'application/json', 'idempotency-key': key, ...caller },
         signal: AbortSignal.timeout(30_000),
       });
       const answer = (await response.json()) as { orderId?: string };

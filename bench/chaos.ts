@@ -79,6 +79,7 @@ async function runScenario(name: ScenarioName, options: Options): Promise<Result
     const { dbs } = live;
     const fixture = await prepareFixture({
       inventoryUrl: live.urls.inventory,
+      sign: live.identities.token,
       paymentUrl: live.urls.payment,
       catalogue: 'spread',
       waitUntilPriced: pricedIn(dbs.order),
@@ -102,6 +103,7 @@ async function runScenario(name: ScenarioName, options: Options): Promise<Result
     let ticks = 0;
     const loading = runLoad({
       orderUrl: live.urls.order,
+      sign: live.identities.token,
       fixture,
       rate: options.rate,
       durationSec: seconds,

@@ -3,10 +3,12 @@
 // to the run so nothing collides with a running deployment. The processes themselves are
 // system/launcher.ts's; this adds what the benchmark and chaos need around them: each
 // process's pid for the cost model (bench/cost.ts), the databases opened for the
-// invariant checker, and a bus to read queue depths.
-import type { Bus, SagaMode } from '@converge/platform';
+// invariant checker, a bus to read queue depths, and the run's identities (its own
+// signing key), so the load generator and the probes call the services with tokens.
+import { serviceIdentity, type Bus, type Identities, type Identity, type SagaMode } from '@converge/platform';
 import { servers, uniqueName } from '@converge/platform/testing';
 import { createRabbitBus } from '@converge/platform/rabbitmq';
+import { deploymentIdentities, identityEnv } from '../system/identities.ts';
 import type { CheckedDbs } from '../system/invariants.ts';
 import { launcher, openRunDatabase, type Run } from '../system/launcher.ts';
 
@@ -21,12 +23,18 @@ export type Cluster = {
   urls: Record<ClusterService, string>;
   dbs: CheckedDbs;
   bus: Bus;
+  identities: Identities;
+  /** The Authorization header of a request as `identity` (this run's operations tooling unless told). */
+  auth(identity?: Identity): Promise<{ authorization: string }>;
   pids(): Record<ClusterService, number | undefined>;
   kill(service: ClusterService): Promise<void>;
   start(service: ClusterService, env?: Record<string, string>): Promise<void>;
   queueDepth(service: string): Promise<number>;
   stop(options?: { keepData?: boolean }): Promise<void>;
 };
+
+/** The benchmark's and chaos suite's own probes read figures and feeds as a service would. */
+const tooling: Identity = { ...serviceIdentity('bench'), roles: ['service', 'operator', 'merchant'] };
 
 export async function startCluster(
   options: { env?: Record<string, string>; log?: (line: string) => void } = {},
@@ -47,6 +55,10 @@ export async function startCluster(
   const sagaMode: SagaMode =
     (options.env?.SAGA_MODE ?? process.env.SAGA_MODE) === 'orchestration' ? 'orchestration' : 'choreography';
   const services = clusterServices.filter((s) => s !== 'orchestrator' || sagaMode === 'orchestration');
+  const identities = await deploymentIdentities();
+  const processEnv = Object.fromEntries(
+    await Promise.all(services.map(async (s) => [s, await identityEnv(identities, s)] as const)),
+  );
   const processes = launcher({
     runner: 'tsx',
     run,
@@ -61,7 +73,7 @@ export async function startCluster(
       name: s,
       entry: 'service',
       args: [s],
-      env: { PORT: String(ports[s]) },
+      env: { PORT: String(ports[s]), ...processEnv[s] },
       url: urls[s],
     })),
     readyTimeoutMs: 90_000,
@@ -98,6 +110,8 @@ export async function startCluster(
     urls,
     dbs,
     bus,
+    identities,
+    auth: async (identity = tooling) => ({ authorization: `Bearer ${await identities.token(identity)}` }),
     pids: () => processes.pids(),
     kill: (service) => processes.kill(service),
     start: (service, env) => processes.start(service, env),

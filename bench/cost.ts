@@ -110,7 +110,7 @@ function classify(procs: ProcStat[], services: Map<number, string>, foreignBacke
 async function scrapeCounters(cluster: Cluster): Promise<Record<string, Partial<Record<Counter, number>>>> {
   const scraped = await Promise.all(
     cluster.services.map(async (service) => {
-      const response = await fetch(`${cluster.urls[service]}/metrics`);
+      const response = await fetch(`${cluster.urls[service]}/metrics`, { headers: await cluster.auth() });
       if (!response.ok) throw new Error(`${service} /metrics answered ${response.status}`);
       const samples = parseSamples(await response.text());
       return [

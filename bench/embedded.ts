@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { prepareFixture, runLoad } from './load.ts';
 import type { EmbeddedStep } from './report.ts';
+import { existingIdentities } from '../system/identities.ts';
 import { launcher } from '../system/launcher.ts';
 
 export async function embeddedSweep(
@@ -46,8 +47,13 @@ export async function embeddedSweep(
   const steps: EmbeddedStep[] = [];
   try {
     await embedded.startAll();
+    // The embedded system keeps its signing key in its data directory: the load signs its callers' tokens with it.
+    const identities = await existingIdentities(dataDir);
+    const sign = identities.token;
+    const status = { authorization: `Bearer ${await sign({ subject: 'bench', roles: ['service'] })}` };
     const fixture = await prepareFixture({
       inventoryUrl: urls.inventory,
+      sign,
       paymentUrl: urls.payment,
       catalogue: 'spread',
       users: 20,
@@ -55,13 +61,15 @@ export async function embeddedSweep(
     const backlog = async () => {
       let total = 0;
       for (const url of Object.values(urls))
-        total += ((await (await fetch(`${url}/status`)).json()) as { outbox: { backlog: number } }).outbox.backlog;
+        total += ((await (await fetch(`${url}/status`, { headers: status })).json()) as { outbox: { backlog: number } })
+          .outbox.backlog;
       return total;
     };
     for (const rate of rates) {
       log(`\nembedded: ${rate} orders/s for ${stepSec} s`);
       const report = await runLoad({
         orderUrl: urls.order,
+        sign,
         fixture,
         rate,
         durationSec: stepSec,

@@ -8,7 +8,7 @@
 // final state.
 import crypto from 'node:crypto';
 import http from 'node:http';
-import type { Db } from '@converge/platform';
+import { userIdentity, type Db, type Identity } from '@converge/platform';
 import type { Acknowledged } from '../system/invariants.ts';
 import { waitUntilPriced } from '../services/order/service.ts';
 import { Histogram, type Summary } from './histogram.ts';
@@ -24,9 +24,13 @@ export type Fixture = {
   broke: string;
 };
 
+/** A bearer token for an identity: each order is placed as its user, the fixture made as merchant and operator. */
+export type Sign = (identity: Identity) => Promise<string>;
+
 export type LoadOptions = {
   orderUrl: string;
   fixture: Fixture;
+  sign: Sign;
   rate: number;
   durationSec: number;
   arrival?: 'constant' | 'poisson';
@@ -173,7 +177,9 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   const send = async (scheduledAt: number) => {
     const order = makeOrder(options.fixture, mix, random);
     const key = crypto.randomUUID();
-    const body = JSON.stringify(order);
+    // The order belongs to the caller: the user is the token's subject, not a field of the body.
+    const body = JSON.stringify({ items: order.items });
+    const authorization = `Bearer ${await options.sign(userIdentity(order.userId))}`;
     inFlight += 1;
     try {
       for (let attempt = 1; ; attempt++) {
@@ -181,7 +187,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
           const response = await postJson(
             `${options.orderUrl}/orders`,
             body,
-            { 'idempotency-key': key },
+            { 'idempotency-key': key, authorization },
             options.requestTimeoutMs ?? 10_000,
           );
           const answer = response.body as { orderId?: string };
@@ -291,13 +297,19 @@ export async function prepareFixture(options: {
   paymentUrl: string;
   catalogue: 'spread' | 'hot';
   users?: number;
+  sign: Sign;
   /** Resolves once the order service can price these products (its catalogue is fed by events). */
   waitUntilPriced?: (productIds: string[]) => Promise<void>;
 }): Promise<Fixture> {
+  const merchant = `Bearer ${await options.sign({ subject: 'load-merchant', roles: ['merchant'] })}`;
+  const operator = `Bearer ${await options.sign({ subject: 'load-operator', roles: ['operator'] })}`;
   const post = async (url: string, body: unknown) => {
     const response = await fetch(url, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: {
+        'content-type': 'application/json',
+        authorization: url.startsWith(options.paymentUrl) ? operator : merchant,
+      },
       body: JSON.stringify(body),
     });
     if (!response.ok) throw new Error(`POST ${url}: ${response.status} ${await response.text()}`);

@@ -4,11 +4,12 @@
 // in the middle of a stream of orders; restarted, the system finishes every order
 // once, and the invariant checker agrees.
 import crypto from 'node:crypto';
-import type { Bus } from '@converge/platform';
+import { userIdentity, type Bus, type Identity } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRabbitBus } from '@converge/platform/rabbitmq';
 import { assertInvariants, waitForQuiet, type Acknowledged, type CheckedDbs } from '../system/invariants.ts';
+import { deploymentIdentities, identityEnv } from '../system/identities.ts';
 import { launcher, openRunDatabase, type Run } from '../system/launcher.ts';
 
 const up = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
@@ -18,6 +19,12 @@ const ports = { order: basePort, inventory: basePort + 1, payment: basePort + 2 
 type Name = keyof typeof ports;
 const url = (name: Name) => `http://127.0.0.1:${ports[name]}`;
 
+const identities = await deploymentIdentities();
+const env = {
+  order: await identityEnv(identities, 'order'),
+  inventory: await identityEnv(identities, 'inventory'),
+  payment: await identityEnv(identities, 'payment'),
+};
 const processes = launcher({
   runner: 'bundle',
   run,
@@ -26,15 +33,16 @@ const processes = launcher({
     name,
     entry: 'service',
     args: [name],
-    env: { PORT: String(ports[name]) },
+    env: { PORT: String(ports[name]), ...env[name] },
     url: url(name),
   })),
 });
 
-const post = async (name: Name, path: string, body: unknown, headers: Record<string, string> = {}) => {
+const post = async (name: Name, as: Identity, path: string, body: unknown, headers: Record<string, string> = {}) => {
+  const authorization = `Bearer ${await identities.token(as)}`;
   const response = await fetch(`${url(name)}${path}`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', ...headers },
+    headers: { 'content-type': 'application/json', authorization, ...headers },
     body: JSON.stringify(body),
   });
   return { status: response.status, body: (await response.json()) as Record<string, unknown> };
@@ -50,8 +58,9 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
     const key = crypto.randomUUID();
     const { status, body } = await post(
       'order',
+      userIdentity(userId),
       '/orders',
-      { userId, items: [{ productId: product, quantity }] },
+      { items: [{ productId: product, quantity }] },
       { 'idempotency-key': key },
     );
     expect(status).toBe(201);
@@ -69,9 +78,13 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
     };
     bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${run.name}.events`, queuePrefix: `${run.name}.` });
     await processes.startAll();
-    const created = await post('inventory', '/products', { name: 'cluster widget', price: 100, stockQuantity: 1000 });
+    const created = await post('inventory', { subject: 'acme', roles: ['merchant'] }, '/products', {
+      name: 'cluster widget',
+      price: 100,
+      stockQuantity: 1000,
+    });
     product = created.body.productId as string;
-    await post('payment', '/users/carol/credit', { amount: 1_000_000 });
+    await post('payment', { subject: 'ops', roles: ['operator'] }, '/users/carol/credit', { amount: 1_000_000 });
     const deadline = Date.now() + 20_000;
     while ((await dbs.order.query('SELECT 1 FROM catalogue WHERE product_id = $1', [product])).length === 0) {
       if (Date.now() > deadline) throw new Error('catalogue never reached the order service');

@@ -14,13 +14,14 @@ import {
   startService,
   type Db,
   type RunningService,
+  type Verifier,
 } from '@converge/platform';
 import { servers, uniqueName } from '@converge/platform/testing';
 import { expect, it } from 'vitest';
 import { inventoryService } from '../services/inventory/service.ts';
 import { orderService, executeOrderCommand } from '../services/order/service.ts';
 import { openSimulatedProvider, paymentService } from '../services/payment/service.ts';
-import { backendOf, describeSystem, modes, sagaModeOf, type Harness, type ModeName } from './harness.ts';
+import { backendOf, describeSystem, merchant, modes, sagaModeOf, type Harness, type ModeName } from './harness.ts';
 
 /** Every message the system produced: events, and in orchestration mode the saga's commands. */
 async function allEvents(h: Harness): Promise<Envelope[]> {
@@ -76,7 +77,7 @@ async function truncateAll(db: Db): Promise<void> {
 }
 
 /** One service alone on a fresh database, its relay off: only what we play into it happens. */
-async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payment'): Promise<Fresh> {
+async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payment', verify: Verifier): Promise<Fresh> {
   const suite = uniqueName('shuffle');
   const open = async (db: string): Promise<Db> =>
     backendOf(mode) === 'embedded'
@@ -93,7 +94,7 @@ async function freshService(mode: ModeName, name: 'order' | 'inventory' | 'payme
       : name === 'inventory'
         ? inventoryService(saga)
         : paymentService(await openSimulatedProvider(providerDb as Db), { mode: saga });
-  const service = await startService(definition, { db, bus, log: silentLogger, relay: false });
+  const service = await startService(definition, { db, bus, log: silentLogger, verify, relay: false });
   return {
     service,
     db,
@@ -127,9 +128,14 @@ describeSystem('delivery faults', modes, (h, name) => {
     h.system.provider.faults.delayMs = 300;
     const refunded = await h.place(rich, [{ productId: product, quantity: 1 }]);
     await new Promise((r) => setTimeout(r, 150));
-    await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${refunded.orderId}/cancel` });
+    await h.system.services.order.app.inject({
+      headers: await h.auth(),
+      method: 'POST',
+      url: `/orders/${refunded.orderId}/cancel`,
+    });
     h.system.provider.faults.delayMs = 0;
     await h.system.services.inventory.app.inject({
+      headers: await h.auth(merchant),
       method: 'POST',
       url: `/products/${product}/restock`,
       payload: { quantity: 3 },
@@ -171,7 +177,11 @@ describeSystem('delivery faults', modes, (h, name) => {
       h.system.provider.faults.delayMs = 300;
       const cancelled = await h.place(rich, [{ productId: product, quantity: 1 }]);
       await new Promise((r) => setTimeout(r, 150));
-      await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${cancelled.orderId}/cancel` });
+      await h.system.services.order.app.inject({
+        headers: await h.auth(),
+        method: 'POST',
+        url: `/orders/${cancelled.orderId}/cancel`,
+      });
       h.system.provider.faults.delayMs = 0;
       scenarios.push({ orderId: cancelled.orderId, userId: rich, credit: 1_000_000, amount: 400 });
       await h.quiet();
@@ -182,9 +192,9 @@ describeSystem('delivery faults', modes, (h, name) => {
         [product],
       );
 
-      const inventory = await freshService(name, 'inventory');
-      const payment = await freshService(name, 'payment');
-      const orders = await freshService(name, 'order');
+      const inventory = await freshService(name, 'inventory', h.system.identities.verify);
+      const payment = await freshService(name, 'payment', h.system.identities.verify);
+      const orders = await freshService(name, 'order', h.system.identities.verify);
       for (const scenario of scenarios) {
         const about = events.filter((e) => e.subject === scenario.orderId);
         const reference = {
@@ -207,6 +217,7 @@ describeSystem('delivery faults', modes, (h, name) => {
 
           await inventory.reset();
           await inventory.service.app.inject({
+            headers: await h.auth(merchant),
             method: 'POST',
             url: '/products',
             payload: { productId: product, name: productRow?.name ?? 'x', price: 400, stockQuantity: 10 },
@@ -225,6 +236,7 @@ describeSystem('delivery faults', modes, (h, name) => {
 
           await payment.reset();
           await payment.service.app.inject({
+            headers: await h.auth(),
             method: 'POST',
             url: `/users/${scenario.userId}/credit`,
             payload: { amount: scenario.credit },
@@ -238,7 +250,11 @@ describeSystem('delivery faults', modes, (h, name) => {
             scenario.orderId,
           ]);
           expect(paid?.status === 'PROCESSED').toBe(reference.payment[0]?.status === 'PROCESSED');
-          const credit = await payment.service.app.inject({ method: 'GET', url: `/users/${scenario.userId}/credit` });
+          const credit = await payment.service.app.inject({
+            headers: await h.auth(),
+            method: 'GET',
+            url: `/users/${scenario.userId}/credit`,
+          });
           expect(credit.json<{ credit: number }>().credit).toBe(
             scenario.credit - (reference.order[0]?.status === 'COMPLETED' ? scenario.amount : 0),
           );

@@ -5,7 +5,7 @@
 import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
 import { expect, it } from 'vitest';
-import { describeSystem, modes, sagaModeOf, type Harness } from './harness.ts';
+import { describeSystem, modes, operator, sagaModeOf, type Harness } from './harness.ts';
 
 const count = async (
   h: Harness,
@@ -83,8 +83,9 @@ describeSystem('crashes and poison', modes, (h, name) => {
       const deadline = Date.now() + 15_000;
       let parked: { id: string; reason: string; error: string; type: string; subject: string } | undefined;
       while (parked === undefined) {
-        parked = (await payment.inject({ method: 'GET', url: '/dead-letters' })).json<{ items: (typeof parked)[] }>()
-          .items[0];
+        parked = (await payment.inject({ headers: await h.auth(), method: 'GET', url: '/dead-letters' })).json<{
+          items: (typeof parked)[];
+        }>().items[0];
         if (Date.now() > deadline) throw new Error('never dead-lettered');
         await new Promise((r) => setTimeout(r, 20));
       }
@@ -94,24 +95,29 @@ describeSystem('crashes and poison', modes, (h, name) => {
       const behind = await Promise.all([1, 2, 3].map(() => h.place(user, [{ productId: product, quantity: 1 }])));
       for (const order of behind) expect((await h.waitFinal(order.orderId)).status).toBe('COMPLETED');
       expect((await h.order(stuck.orderId)).status).toBe('PENDING');
-      const metrics = await payment.inject({ method: 'GET', url: '/metrics' });
+      const metrics = await payment.inject({ headers: await h.auth(), method: 'GET', url: '/metrics' });
       expect(metrics.body).toContain('converge_dead_letters{service="payment"} 1');
       expect(metrics.body).toMatch(/converge_event_loop_delay_seconds\{service="payment",quantile="0.99"\} \d+\.\d+/);
 
+      // The audit names the authenticated operator, whatever a header claims.
       const replay = await payment.inject({
         method: 'POST',
         url: `/dead-letters/${parked.id}/replay`,
-        headers: { 'x-actor': 'ops@example.com' },
+        headers: { ...(await h.auth(operator)), 'x-actor': 'someone-else@example.com' },
       });
       expect(replay.json()).toEqual({ id: parked.id, outcome: 'applied' });
       expect((await h.waitFinal(stuck.orderId)).status).toBe('COMPLETED');
-      const again = await payment.inject({ method: 'POST', url: `/dead-letters/${parked.id}/replay` });
+      const again = await payment.inject({
+        headers: await h.auth(),
+        method: 'POST',
+        url: `/dead-letters/${parked.id}/replay`,
+      });
       expect(again.json()).toMatchObject({ outcome: 'duplicate' });
       const audit = await h.system.dbs.payment.query<{ actor: string; outcome: string }>(
         'SELECT actor, outcome FROM dead_letter_audit WHERE dead_letter_id = $1',
         [parked.id],
       );
-      expect(audit).toEqual([{ actor: 'ops@example.com', outcome: 'applied' }]);
+      expect(audit).toEqual([{ actor: operator.subject, outcome: 'applied' }]);
       await h.quiet();
       expect(await h.credit(user)).toBe(100_000 - 4 * 300);
       await h.check();
@@ -164,6 +170,7 @@ describeSystem('crashes and poison', modes, (h, name) => {
         "SELECT id FROM dead_letters WHERE reason = 'invalid message' LIMIT 1",
       );
       const replay = await h.system.services[consumer].app.inject({
+        headers: await h.auth(),
         method: 'POST',
         url: `/dead-letters/${first?.id ?? ''}/replay`,
       });

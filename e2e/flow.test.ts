@@ -2,7 +2,7 @@
 // order API and ends with the invariant checker over all databases.
 import { expect, it } from 'vitest';
 import { requestHash } from '../services/order/service.ts';
-import { describeSystem, modes } from './harness.ts';
+import { customer, describeSystem, modes } from './harness.ts';
 import { checkInvariants } from '../system/invariants.ts';
 
 describeSystem('order flow', modes, (h) => {
@@ -60,6 +60,7 @@ describeSystem('order flow', modes, (h) => {
     expect(await h.stock(product)).toMatchObject({ stockQuantity: 5, reserved: 0, sold: 0 });
     expect(await h.credit(user)).toBe(500);
     const payments = await h.system.services.payment.app.inject({
+      headers: await h.auth(),
       method: 'GET',
       url: `/payments?orderId=${placed.orderId}`,
     });
@@ -74,6 +75,7 @@ describeSystem('order flow', modes, (h) => {
     try {
       const placed = await h.place(user, [{ productId: product, quantity: 2 }]);
       const cancelled = await h.system.services.order.app.inject({
+        headers: await h.auth(customer(user)),
         method: 'POST',
         url: `/orders/${placed.orderId}/cancel`,
         payload: { reason: 'changed my mind' },
@@ -81,6 +83,7 @@ describeSystem('order flow', modes, (h) => {
       expect(cancelled.statusCode).toBe(200);
       expect(cancelled.json()).toMatchObject({ status: 'CANCELLED', reason: 'changed my mind' });
       const again = await h.system.services.order.app.inject({
+        headers: await h.auth(),
         method: 'POST',
         url: `/orders/${placed.orderId}/cancel`,
       });
@@ -107,8 +110,13 @@ describeSystem('order flow', modes, (h) => {
       const outcomes = await Promise.all(
         orders.map(async (orderId, i) => {
           await new Promise((r) => setTimeout(r, i * 7));
-          return (await h.system.services.order.app.inject({ method: 'POST', url: `/orders/${orderId}/cancel` }))
-            .statusCode;
+          return (
+            await h.system.services.order.app.inject({
+              headers: await h.auth(),
+              method: 'POST',
+              url: `/orders/${orderId}/cancel`,
+            })
+          ).statusCode;
         }),
       );
       for (const status of outcomes) expect([200, 409]).toContain(status);
@@ -212,7 +220,11 @@ describeSystem('order flow', modes, (h) => {
         const read: { position: number; event: { id: string; subject: string; sequence: number } }[] = [];
         for (let after = 0; ;) {
           const page = (
-            await h.system.services[service].app.inject({ method: 'GET', url: `/events?after=${after}&limit=7` })
+            await h.system.services[service].app.inject({
+              headers: await h.auth(),
+              method: 'GET',
+              url: `/events?after=${after}&limit=7`,
+            })
           ).json<{ events: typeof read; next: number; head: number }>();
           read.push(...page.events);
           if (page.next === page.head) break;
@@ -243,7 +255,13 @@ describeSystem('order flow', modes, (h) => {
     await h.quiet();
     const query = h.system.dbs.query;
     expect(
-      (await h.system.services.query.app.inject({ method: 'GET', url: `/products/${product}` })).json(),
+      (
+        await h.system.services.query.app.inject({
+          headers: await h.auth(),
+          method: 'GET',
+          url: `/products/${product}`,
+        })
+      ).json(),
     ).toMatchObject({ stockQuantity: 4, reserved: 0, sold: 1 });
     await query.query('UPDATE product_availability SET sold = sold + 1 WHERE product_id = $1', [product]);
     try {

@@ -3,10 +3,12 @@
 // names per suite, dropped afterwards), with the order saga choreographed or
 // orchestrated: four modes. `describeSystem` runs a suite once in each mode it names,
 // booting the system before its tests and stopping it after them. Tests speak to the
-// services through their HTTP apps and end with the invariant checker.
+// services through their HTTP apps, each request with the token of the identity it
+// acts as (a customer for their own orders, the merchant for the catalogue, an operator
+// for the rest), and end with the invariant checker.
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe } from 'vitest';
-import { redisCache, type Db, type SagaMode } from '@converge/platform';
+import { redisCache, userIdentity, type Db, type Identity, type SagaMode } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { startSystem, type System, type SystemOptions } from '../system/system.ts';
 import { waitUntilPriced } from '../services/order/service.ts';
@@ -46,9 +48,15 @@ export const testTimings = { deadlineMs: 4_000, attempts: 3, compensationAttempt
 
 export type Line = { productId: string; quantity: number };
 
+export const operator: Identity = { subject: 'ops', roles: ['operator'] };
+export const merchant: Identity = { subject: 'acme', roles: ['merchant'] };
+export const customer = (userId: string): Identity => userIdentity(userId);
+
 export type Harness = {
   system: System;
   acknowledged: Acknowledged[];
+  /** The Authorization header of a request made as `identity` (an operator unless told). */
+  auth(identity?: Identity): Promise<{ authorization: string }>;
   product(stock: number, price?: number): Promise<string>;
   user(credit: number): Promise<string>;
   place(
@@ -84,8 +92,12 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     ...options,
   });
   const acknowledged: Acknowledged[] = [];
+  const auth = async (identity: Identity = operator) => ({
+    authorization: `Bearer ${await system.identities.token(identity)}`,
+  });
   const inject = async (
     service: 'order' | 'inventory' | 'payment',
+    as: Identity,
     method: 'GET' | 'POST',
     url: string,
     payload?: object,
@@ -95,7 +107,7 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
       method,
       url,
       ...(payload === undefined ? {} : { payload }),
-      ...(headers === undefined ? {} : { headers }),
+      headers: { ...headers, ...(await auth(as)) },
     });
     return { status: response.statusCode, body: response.json<Record<string, unknown>>() };
   };
@@ -105,8 +117,9 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
   const harness: Harness = {
     system,
     acknowledged,
+    auth,
     product: async (stock, price = 1000) => {
-      const { status, body } = await inject('inventory', 'POST', '/products', {
+      const { status, body } = await inject('inventory', merchant, 'POST', '/products', {
         name: `product ${crypto.randomUUID().slice(0, 8)}`,
         price,
         stockQuantity: stock,
@@ -119,19 +132,30 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
     },
     user: async (credit) => {
       const userId = `user-${crypto.randomUUID().slice(0, 8)}`;
-      const { status } = await inject('payment', 'POST', `/users/${userId}/credit`, { amount: credit });
+      const { status } = await inject('payment', operator, 'POST', `/users/${userId}/credit`, {
+        amount: credit,
+      });
       if (status !== 200) throw new Error('credit not added');
       return userId;
     },
     place: async (userId, items, key = crypto.randomUUID()) => {
-      const { status, body } = await inject('order', 'POST', '/orders', { userId, items }, { 'idempotency-key': key });
+      const { status, body } = await inject(
+        'order',
+        customer(userId),
+        'POST',
+        '/orders',
+        { items },
+        { 'idempotency-key': key },
+      );
       const orderId = typeof body.orderId === 'string' ? body.orderId : '';
       if (status === 201 && !acknowledged.some((a) => a.orderId === orderId))
         acknowledged.push({ orderId, userId, idempotencyKey: key });
       return { status, body, orderId };
     },
     order: async (orderId) =>
-      (await inject('order', 'GET', `/orders/${orderId}`)).body as Record<string, unknown> & { status: string },
+      (await inject('order', operator, 'GET', `/orders/${orderId}`)).body as Record<string, unknown> & {
+        status: string;
+      },
     waitFinal: async (orderId, timeoutMs = 20_000) => {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
@@ -142,12 +166,13 @@ export async function boot(mode: ModeName, overrides: Partial<SystemOptions> = {
       }
     },
     stock: async (productId) =>
-      (await inject('inventory', 'GET', `/products/${productId}`)).body as {
+      (await inject('inventory', operator, 'GET', `/products/${productId}`)).body as {
         stockQuantity: number;
         reserved: number;
         sold: number;
       },
-    credit: async (userId) => (await inject('payment', 'GET', `/users/${userId}/credit`)).body.credit as number,
+    credit: async (userId) =>
+      (await inject('payment', operator, 'GET', `/users/${userId}/credit`)).body.credit as number,
     quiet: (timeoutMs = 30_000) => waitForQuiet({ dbs, queueDepth }, timeoutMs),
     check: async (expectedDeadLetters = 0) => {
       await harness.quiet();
@@ -218,6 +243,7 @@ function bootedLater(current: () => Harness): Harness {
     get acknowledged() {
       return current().acknowledged;
     },
+    auth: (identity) => current().auth(identity),
     product: (stock, price) => current().product(stock, price),
     user: (credit) => current().user(credit),
     place: (userId, items, key) => current().place(userId, items, key),

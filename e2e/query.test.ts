@@ -5,17 +5,17 @@
 // afterwards. Rebuilds from the feeds, with orders flowing, equal the live models.
 import { eventually } from '@converge/platform/testing';
 import { expect, it } from 'vitest';
-import { backendOf, describeSystem, modes, sagaModeOf } from './harness.ts';
+import { backendOf, customer, describeSystem, merchant, modes, sagaModeOf } from './harness.ts';
 
 describeSystem(
   'query service',
   modes.filter((m) => sagaModeOf(m) === 'choreography'),
   (h, name) => {
-    const query = (url: string, token?: string) =>
+    const query = async (url: string, token?: string) =>
       h.system.services.query.app.inject({
         method: 'GET',
         url,
-        ...(token === undefined ? {} : { headers: { 'consistency-token': token } }),
+        headers: { ...(await h.auth()), ...(token === undefined ? {} : { 'consistency-token': token }) },
       });
 
     it(
@@ -28,8 +28,8 @@ describeSystem(
           const placed = await h.system.services.order.app.inject({
             method: 'POST',
             url: '/orders',
-            headers: { 'idempotency-key': `ryw-${i}` },
-            payload: { userId: user, items: [{ productId: product, quantity: 1 }] },
+            headers: { ...(await h.auth(customer(user))), 'idempotency-key': `ryw-${i}` },
+            payload: { items: [{ productId: product, quantity: 1 }] },
           });
           const token = placed.headers['consistency-token'];
           expect(token).toMatch(/^order:[0-9a-f-]{36}:1$/);
@@ -39,6 +39,7 @@ describeSystem(
           expect(summary.json()).toMatchObject({ orderId, userId: user });
           if (i % 3 === 0) {
             const cancelled = await h.system.services.order.app.inject({
+              headers: await h.auth(customer(user)),
               method: 'POST',
               url: `/orders/${orderId}/cancel`,
               payload: {},
@@ -50,6 +51,7 @@ describeSystem(
           }
         }
         const restocked = await h.system.services.inventory.app.inject({
+          headers: await h.auth(merchant),
           method: 'POST',
           url: `/products/${product}/restock`,
           payload: { quantity: 5 },
@@ -83,8 +85,8 @@ describeSystem(
         const placed = await h.system.services.order.app.inject({
           method: 'POST',
           url: '/orders',
-          headers: { 'idempotency-key': 'ryw-stopped' },
-          payload: { userId: user, items: [{ productId: product, quantity: 1 }] },
+          headers: { ...(await h.auth(customer(user))), 'idempotency-key': 'ryw-stopped' },
+          payload: { items: [{ productId: product, quantity: 1 }] },
         });
         const { orderId } = placed.json<{ orderId: string }>();
         const token = String(placed.headers['consistency-token']);
@@ -171,8 +173,12 @@ describeSystem(
         counts: await db.query('SELECT status, n FROM order_counts WHERE n <> 0 ORDER BY status'),
       };
     };
-    const rebuild = (model: string) =>
-      h.system.services.query.app.inject({ method: 'POST', url: `/projections/${model}/rebuild` });
+    const rebuild = async (model: string) =>
+      h.system.services.query.app.inject({
+        headers: await h.auth(),
+        method: 'POST',
+        url: `/projections/${model}/rebuild`,
+      });
 
     it(
       'given a quiet system, when every read model is rebuilt from the ' +
@@ -467,7 +473,11 @@ describeSystem(
     );
 
     it('given an operator, when a catch-up is asked for, then every feed event is read and found applied', async () => {
-      const response = await h.system.services.query.app.inject({ method: 'POST', url: '/projections/catch-up' });
+      const response = await h.system.services.query.app.inject({
+        headers: await h.auth(),
+        method: 'POST',
+        url: '/projections/catch-up',
+      });
       expect(response.statusCode).toBe(200);
       const result = response.json<{ read: number; applied?: number }>();
       expect(result.applied ?? 0).toBe(0);
@@ -488,6 +498,7 @@ describeSystem(
         for (let i = 1; i <= 10; i++) {
           await query(`/products/${product}`); // fills the cache
           const restocked = await h.system.services.inventory.app.inject({
+            headers: await h.auth(merchant),
             method: 'POST',
             url: `/products/${product}/restock`,
             payload: { quantity: 1 },

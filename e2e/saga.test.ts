@@ -40,7 +40,11 @@ const until = <T>(probe: () => Promise<T | undefined | false>, what: string, tim
 const orchestrated = modes.filter((m) => sagaModeOf(m) === 'orchestration');
 
 async function sagaOf(h: Harness, id: string): Promise<SagaView> {
-  const response = await h.system.services.orchestrator.app.inject({ method: 'GET', url: `/sagas/${id}` });
+  const response = await h.system.services.orchestrator.app.inject({
+    headers: await h.auth(),
+    method: 'GET',
+    url: `/sagas/${id}`,
+  });
   return response.json<SagaView>();
 }
 
@@ -143,17 +147,21 @@ describeSystem('saga deadlines and compensations', orchestrated, { orchestrator:
         );
         await until(async () => (await h.system.bus.depth('payment')) === 0, 'the payment queue to drain');
         const stuck = await h.system.services.orchestrator.app.inject({
+          headers: await h.auth(),
           method: 'GET',
           url: '/sagas?state=NEEDS_ATTENTION',
         });
         expect(stuck.json<{ items: { id: string }[]; counts: Record<string, number> }>()).toMatchObject({
           items: [expect.objectContaining({ id: orderId })],
         });
-        const metrics = (await h.system.services.orchestrator.app.inject({ method: 'GET', url: '/metrics' })).body;
+        const metrics = (
+          await h.system.services.orchestrator.app.inject({ headers: await h.auth(), method: 'GET', url: '/metrics' })
+        ).body;
         expect(metrics).toMatch(/^converge_sagas\{state="NEEDS_ATTENTION"\} 1$/m);
 
         h.system.provider.faults.refundsDown = false;
         const retried = await h.system.services.orchestrator.app.inject({
+          headers: await h.auth(),
           method: 'POST',
           url: `/sagas/${orderId}/retry`,
           payload: { note: 'provider is back' },
@@ -168,6 +176,7 @@ describeSystem('saga deadlines and compensations', orchestrated, { orchestrator:
         );
         expect(await h.credit(user)).toBe(10_000);
         const again = await h.system.services.orchestrator.app.inject({
+          headers: await h.auth(),
           method: 'POST',
           url: `/sagas/${orderId}/retry`,
           payload: { note: 'twice' },
@@ -226,7 +235,9 @@ describeSystem('saga orchestration', orchestrated, (h) => {
         1,
       );
       expect(await count('orchestrator', 'outbox WHERE subject = $1', [orderId])).toBe(commands);
-      const metrics = (await h.system.services.orchestrator.app.inject({ method: 'GET', url: '/metrics' })).body;
+      const metrics = (
+        await h.system.services.orchestrator.app.inject({ headers: await h.auth(), method: 'GET', url: '/metrics' })
+      ).body;
       expect(metrics).toMatch(/^converge_sagas\{state="COMPLETED"\} [1-9]\d*$/m);
       expect(metrics).toMatch(/^converge_sagas_stuck 0$/m);
       for (const step of ['reserve', 'pay', 'complete', 'commit']) {
@@ -277,6 +288,7 @@ describeSystem('saga orchestration', orchestrated, (h) => {
           db: h.system.dbs.orchestrator,
           bus: h.system.bus,
           log: silentLogger,
+          verify: h.system.identities.verify,
           consumer: { backoff: { baseMs: 20, capMs: 200 }, maxAttempts: 4 },
         },
       );

@@ -5,9 +5,13 @@
 // system/service.ts); ORDER_INSTANCES=2 etc. run more instances of a service, on
 // ports base + 100·i. Each process runs its compiled bundle (dist/service.js,
 // dist/gateway.js), built first if a source changed; system/launcher.ts starts,
-// supervises and stops them.
+// supervises and stops them. Callers' tokens are signed with the deployment's key,
+// kept in DATA_DIR/auth (made on the first start); each process gets the key set, its
+// own service token, and the gateway the key itself, to exchange the demo API keys.
+import path from 'node:path';
 import { ConfigError, loadConfig, setting } from '@converge/platform';
 import { demoCatalogue, demoUsers } from './demo.ts';
+import { demoApiKey, demoIdentities, deploymentIdentities, identityEnv } from '../system/identities.ts';
 import { defaultPorts, serviceNames, type ServiceName } from '../system/system.ts';
 import { launcher, type ProcessSpec } from '../system/launcher.ts';
 
@@ -27,6 +31,7 @@ function readConfig() {
       ORCHESTRATOR_PORT: setting.int(defaultPorts.orchestrator, 1, 65_535),
       QUERY_PORT: setting.int(defaultPorts.query, 1, 65_535),
       SEED_DEMO: setting.bool(true),
+      DATA_DIR: setting.string('./data'),
     });
   } catch (error) {
     if (error instanceof ConfigError) {
@@ -37,21 +42,27 @@ function readConfig() {
   }
 }
 
-async function seed(inventoryUrl: string, paymentUrl: string): Promise<void> {
+async function seed(
+  inventoryUrl: string,
+  paymentUrl: string,
+  token: (as: 'merchant' | 'operator') => Promise<string>,
+): Promise<void> {
+  const merchant = { authorization: `Bearer ${await token('merchant')}` };
+  const operator = { authorization: `Bearer ${await token('operator')}` };
   for (const product of demoCatalogue) {
     const response = await fetch(`${inventoryUrl}/products`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...merchant },
       body: JSON.stringify(product),
     });
     if (!response.ok) throw new Error(`seeding ${product.name}: ${response.status} ${await response.text()}`);
   }
   for (const [userId, credit] of Object.entries(demoUsers)) {
-    const known = await fetch(`${paymentUrl}/users/${userId}/credit`);
+    const known = await fetch(`${paymentUrl}/users/${userId}/credit`, { headers: operator });
     if (known.status === 404) {
       await fetch(`${paymentUrl}/users/${userId}/credit`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: { 'content-type': 'application/json', ...operator },
         body: JSON.stringify({ amount: credit }),
       });
     }
@@ -74,6 +85,7 @@ async function main(): Promise<void> {
     orchestrator: config.ORCHESTRATOR_PORT,
     query: config.QUERY_PORT,
   };
+  const identities = await deploymentIdentities(path.resolve(config.DATA_DIR));
   const members: ProcessSpec[] = [];
   const urls: Record<ServiceName, string[]> = { order: [], inventory: [], payment: [], orchestrator: [], query: [] };
   for (const service of serviceNames) {
@@ -91,7 +103,11 @@ async function main(): Promise<void> {
         name: `${service}#${i + 1}`,
         entry: 'service',
         args: [service],
-        env: { [`${service.toUpperCase()}_PORT`]: String(port), ...feeds },
+        env: {
+          [`${service.toUpperCase()}_PORT`]: String(port),
+          ...feeds,
+          ...(await identityEnv(identities, service)),
+        },
         url,
       });
     }
@@ -109,6 +125,8 @@ async function main(): Promise<void> {
       PAYMENT_URL: first('payment'),
       ORCHESTRATOR_URL: first('orchestrator'),
       QUERY_URL: first('query'),
+      GATEWAY_DEMO_IDENTITIES: 'true',
+      ...(await identityEnv(identities, 'gateway', { signing: true })),
     },
   });
 
@@ -135,16 +153,20 @@ async function main(): Promise<void> {
   process.once('SIGTERM', () => shutdown('SIGTERM'));
 
   await cluster.startAll();
-  if (config.SEED_DEMO) await seed(first('inventory'), first('payment'));
+  if (config.SEED_DEMO) await seed(first('inventory'), first('payment'), (as) => identities.token(demoIdentities[as]));
   const product = demoCatalogue[0]?.productId ?? '';
-  const curlHeaders = `-H 'content-type: application/json' -H "idempotency-key: $(uuidgen || date +%s%N)"`;
+  const curlHeaders =
+    `-H 'x-api-key: ${demoApiKey('alice')}' -H 'content-type: application/json' ` +
+    `-H "idempotency-key: $(uuidgen || date +%s%N)"`;
   console.log(`
 Converge is running in cluster mode (PostgreSQL + RabbitMQ, ${members.length} processes).
   dashboard   ${gateway}/
 ${serviceNames.map((s) => `  ${s.padEnd(13)} ${urls[s].join(' ')}`).join('\n')}
-Place an order:
+Place an order as alice (demo API keys: ${Object.keys(demoIdentities)
+    .map((name) => demoApiKey(name as keyof typeof demoIdentities))
+    .join(', ')}):
   curl -s -X POST ${gateway}/api/order/orders ${curlHeaders} \\
-    -d '{"userId":"alice","items":[{"productId":"${product}","quantity":1}]}'
+    -d '{"items":[{"productId":"${product}","quantity":1}]}'
 Stop with Ctrl-C.`);
 }
 

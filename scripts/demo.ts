@@ -1,6 +1,7 @@
 // The demo catalogue and users. Ids are fixed, so seeding again changes nothing: the
 // inventory API treats a known productId as already added.
 import crypto from 'node:crypto';
+import { demoIdentities } from '../system/identities.ts';
 import type { System } from '../system/system.ts';
 
 const names = [
@@ -46,8 +47,14 @@ export const demoCatalogue = names.map((name, index) => ({
 }));
 
 export async function seedDemo(system: System): Promise<void> {
+  const authorization = `Bearer ${await system.identities.token(demoIdentities.merchant)}`;
   for (const product of demoCatalogue) {
-    const response = await system.services.inventory.app.inject({ method: 'POST', url: '/products', payload: product });
+    const response = await system.services.inventory.app.inject({
+      method: 'POST',
+      url: '/products',
+      headers: { authorization },
+      payload: product,
+    });
     if (response.statusCode >= 300) throw new Error(`seeding ${product.name} failed: ${response.body}`);
   }
   for (const [userId, credit] of Object.entries(demoUsers)) {

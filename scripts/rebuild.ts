@@ -1,6 +1,9 @@
 // `npm run rebuild -- <read model>|all`: asks the query service to rebuild read models
 // from the services' feeds (POST /projections/{name}/rebuild) and prints what it did.
-// QUERY_URL says where the query service is (default http://127.0.0.1:3005).
+// QUERY_URL says where the query service is (default http://127.0.0.1:3005). It calls
+// as an operator: AUTH_TOKEN (an operator's bearer token), or, for a deployment that
+// signs its own tokens, one signed with the key in DATA_DIR (default ./data).
+import { existingIdentities, demoIdentities } from '../system/identities.ts';
 import { readModels } from '../services/query/service.ts';
 
 const name = process.argv[2] ?? '';
@@ -10,7 +13,13 @@ if (!choices.includes(name)) {
   process.exit(2);
 }
 const base = (process.env.QUERY_URL ?? 'http://127.0.0.1:3005').replace(/\/+$/, '');
-const response = await fetch(`${base}/projections/${name}/rebuild`, { method: 'POST' }).catch((error: unknown) => {
+const token =
+  process.env.AUTH_TOKEN ??
+  (await (await existingIdentities(process.env.DATA_DIR ?? './data')).token(demoIdentities.operator));
+const response = await fetch(`${base}/projections/${name}/rebuild`, {
+  method: 'POST',
+  headers: { authorization: `Bearer ${token}` },
+}).catch((error: unknown) => {
   console.error(`cannot reach the query service at ${base}: ${(error as Error).message}`);
   process.exit(1);
 });

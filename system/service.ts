@@ -8,12 +8,15 @@ import { boundTypes } from '@converge/contracts';
 import {
   ConfigError,
   createLogger,
+  defaultIssuer,
   ensureDatabase,
+  keySetSetting,
   loadConfig,
   openPostgres,
   redisCache,
   setting,
   startService,
+  tokenVerifier,
   type Logger,
   type ServiceDefinition,
   type Spec,
@@ -57,6 +60,12 @@ export const sharedConfig = (service: ServiceName, testing = false) => ({
   HOST: setting.string('127.0.0.1'),
   PORT: setting.int(defaultPorts[service], 0, 65_535),
   RELAY: setting.bool(true),
+  /** The token issuer's public keys (JWK set JSON, or its URL): every caller's token is verified against them. */
+  AUTH_JWKS: keySetSetting,
+  AUTH_ISSUER: setting.string(defaultIssuer.issuer),
+  AUTH_AUDIENCE: setting.string(defaultIssuer.audience),
+  /** This service's own token (role service), for what it reads from other services: the query service's feeds. */
+  AUTH_SERVICE_TOKEN: setting.optional(),
   /** How the order saga runs: every service of a deployment must agree. */
   SAGA_MODE: setting.oneOf(['choreography', 'orchestration'], 'choreography'),
   LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
@@ -72,7 +81,12 @@ type SharedConfig = ReturnType<typeof loadConfig<ReturnType<typeof sharedConfig>
 
 /** What a service needs beyond the shared shell: its definition, and anything else it opened. */
 type Wiring = { definition: ServiceDefinition; close?: () => Promise<void> };
-type WiringContext = { log: Logger; databaseFor: (name: string) => Promise<string> };
+type WiringContext = {
+  log: Logger;
+  databaseFor: (name: string) => Promise<string>;
+  /** The service's own token for calls to other services, when it has one. */
+  serviceToken: (() => Promise<string>) | undefined;
+};
 
 export async function runService(
   service: ServiceName,
@@ -113,11 +127,13 @@ export async function runService(
     }
     case 'query': {
       const config = loadConfig({ ...shared, ...queryConfig }, read);
-      return runWith(service, config, ({ log }) => {
+      return runWith(service, config, ({ log, serviceToken }) => {
+        if (serviceToken === undefined)
+          throw new ConfigError('invalid configuration:\n  - AUTH_SERVICE_TOKEN is required: the query service reads feeds');
         const feeds = [
-          httpFeed('order', config.ORDER_URL),
-          httpFeed('inventory', config.INVENTORY_URL),
-          httpFeed('payment', config.PAYMENT_URL),
+          httpFeed('order', config.ORDER_URL, serviceToken),
+          httpFeed('inventory', config.INVENTORY_URL, serviceToken),
+          httpFeed('payment', config.PAYMENT_URL, serviceToken),
         ];
         const cache =
           config.REDIS_URL === ''
@@ -170,12 +186,18 @@ async function runWith(
   const faulty = config.BUS_FAULTS === undefined ? undefined : withFaults(rabbit, config.BUS_FAULTS);
   if (faulty !== undefined) log.warn('test-only bus faults are ON', { ...config.BUS_FAULTS });
   const bus = faulty ?? rabbit;
-  const { definition, close } = await wire({ log, databaseFor });
+  const token = config.AUTH_SERVICE_TOKEN;
+  const { definition, close } = await wire({
+    log,
+    databaseFor,
+    serviceToken: token === undefined ? undefined : () => Promise.resolve(token),
+  });
   await bus.declare(service, boundTypes(service, definition.sources));
   const running = await startService(definition, {
     db,
     bus,
     log,
+    verify: tokenVerifier({ keys: config.AUTH_JWKS, issuer: config.AUTH_ISSUER, audience: config.AUTH_AUDIENCE }),
     relay: config.RELAY,
     ...(faulty === undefined ? {} : { faults: faulty.faultStats }),
   });

@@ -6,17 +6,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { boundTypes } from '@converge/contracts';
 import {
+  createIdentities,
   createLocalBus,
   ensureDatabase,
   inProcessFeed,
   openPglite,
   openPostgres,
+  serviceIdentity,
   startService,
   silentLogger,
   type Bus,
   type BusFaults,
   type Db,
   type HttpApp,
+  type Identities,
   type ReadCache,
   type Logger,
   type RunningService,
@@ -66,6 +69,8 @@ export type SystemOptions = {
   queryCache?: ReadCache;
   /** When the query service reads the feeds for what the broker lost (tests shorten it). */
   queryWatch?: WatchTimings;
+  /** Who signs and verifies callers' tokens; a new signing key unless given. */
+  identities?: Identities;
 };
 
 /** Every service of the system, wired for one saga mode. */
@@ -76,6 +81,8 @@ export function serviceDefinitions(
     allowFaults?: boolean;
     orchestrator?: Omit<OrchestratorOptions, 'mode'>;
     appOf?: (name: string) => HttpApp | undefined;
+    /** The query service's own token, for reading the other services' feeds. */
+    queryToken?: () => Promise<string>;
     queryCache?: ReadCache;
     queryWatch?: WatchTimings;
   } = {},
@@ -87,7 +94,8 @@ export function serviceDefinitions(
     orchestrator: orchestratorService({ mode, ...options.orchestrator }),
     // Rebuilds read the other services' feeds through their HTTP apps, in process.
     query: queryService({
-      feeds: () => querySources.map((source) => inProcessFeed(source, () => options.appOf?.(source))),
+      feeds: () =>
+        querySources.map((source) => inProcessFeed(source, () => options.appOf?.(source), options.queryToken)),
       ...(options.queryCache === undefined ? {} : { cache: options.queryCache }),
       ...(options.queryWatch === undefined ? {} : { watch: options.queryWatch }),
     }),
@@ -99,6 +107,8 @@ export type System = {
   dbs: Record<ServiceName | 'provider', Db>;
   provider: SimulatedProvider;
   bus: Bus;
+  /** The system's token issuer and verifier: tests, the demo and the gateway sign callers' tokens with it. */
+  identities: Identities;
   options: SystemOptions;
   /** Stops one service and starts it again on the same database (a process restart). */
   restart(name: ServiceName, overrides?: { relay?: boolean }): Promise<RunningService>;
@@ -177,12 +187,14 @@ export async function startSystem(options: SystemOptions): Promise<System> {
   ]);
   const dbs = { order, inventory, payment, orchestrator, query, provider: providerDb };
   const provider = await openSimulatedProvider(dbs.provider);
+  const identities = options.identities ?? (await createIdentities());
   // The services, once started: the query service reads their feeds for rebuilds.
   const started: { services?: Partial<Record<ServiceName, RunningService>> } = {};
   const definitions = serviceDefinitions(options.sagaMode ?? 'choreography', provider, {
     ...(options.allowFaults === undefined ? {} : { allowFaults: options.allowFaults }),
     ...(options.orchestrator === undefined ? {} : { orchestrator: options.orchestrator }),
     appOf: (name) => started.services?.[name as ServiceName]?.app,
+    queryToken: () => identities.token(serviceIdentity('query')),
     ...(options.queryCache === undefined ? {} : { queryCache: options.queryCache }),
     ...(options.queryWatch === undefined ? {} : { queryWatch: options.queryWatch }),
   });
@@ -191,6 +203,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
       db: dbs[name],
       bus,
       log,
+      verify: identities.verify,
       relay: relay ?? !(options.withoutRelay ?? []).includes(name),
       ...(options.consumer === undefined ? {} : { consumer: options.consumer }),
       ...(faults === undefined ? {} : { faults }),
@@ -210,6 +223,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
     dbs,
     provider,
     bus,
+    identities,
     options,
     restart: async (name, overrides = {}) => {
       await services[name].stop();

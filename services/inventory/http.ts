@@ -2,8 +2,8 @@
 // function and maps its answer; the writes commit the change and its event
 // (ProductAdded, StockAdjusted) in one transaction, and the relay publishes later.
 import crypto from 'node:crypto';
-import { Currency, Money, Quantity, Uuid } from '@converge/contracts';
-import { NotFoundError, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
+import { Currency, Money, Position, Quantity, Uuid } from '@converge/contracts';
+import { NotFoundError, allow, signedIn, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
 import { addProduct, getProduct, listProducts, restock } from './store.ts';
 
@@ -42,13 +42,14 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
   app.get(
     '/products',
     {
+      config: { access: signedIn },
       schema: {
         tags: ['inventory'],
         summary: 'The catalogue with stock levels',
         querystring: Type.Object(
           {
             limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-            offset: Type.Optional(Type.Integer({ minimum: 0 })),
+            offset: Type.Optional(Position),
           },
           { additionalProperties: false },
         ),
@@ -61,6 +62,7 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
   app.get(
     '/products/:id',
     {
+      config: { access: signedIn },
       schema: {
         tags: ['inventory'],
         summary: 'One product',
@@ -78,6 +80,7 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
   app.post(
     '/products',
     {
+      config: { access: allow('merchant') },
       schema: {
         tags: ['inventory'],
         summary: 'Adds a product to the catalogue (idempotent when productId is given)',
@@ -111,6 +114,7 @@ export function registerInventoryRoutes(app: HttpApp, db: Db, now: () => Date): 
   app.post(
     '/products/:id/restock',
     {
+      config: { access: allow('merchant') },
       schema: {
         tags: ['inventory'],
         summary: 'Adds stock; an Idempotency-Key makes a retried request count once',

@@ -1,10 +1,12 @@
 // The orchestrator's API: sagas with their steps and full history, lists by state, and
 // the operator's two actions on a parked saga: retry (send the command in flight again,
 // with fresh attempts) or resolve (the operator settled it by hand). Both are recorded
-// in the saga's log with the operator's note.
-import { SagaStatus } from '@converge/contracts';
+// in the saga's log with the operator's note and name (the authenticated caller).
+import { OpaqueId, SagaStatus, Timestamp } from '@converge/contracts';
 import {
   NotFoundError,
+  allow,
+  callerOf,
   problems,
   type Db,
   type HttpApp,
@@ -57,7 +59,7 @@ const HistoryEntry = Type.Object(
 );
 
 const SagaWithHistory = Type.Intersect([SagaSchema, Type.Object({ history: Type.Array(HistoryEntry) })]);
-const SagaId = Type.Object({ id: Type.String({ minLength: 1, maxLength: 200 }) });
+const SagaId = Type.Object({ id: OpaqueId });
 const OperatorNote = Type.Object(
   { note: Type.String({ minLength: 1, maxLength: 1000 }) },
   { additionalProperties: false },
@@ -82,6 +84,7 @@ export function registerSagaRoutes<Data>(
   app.get(
     '/sagas/:id',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['sagas'],
         summary: 'A saga: its state, every step with times, attempts and errors, and its history',
@@ -101,6 +104,7 @@ export function registerSagaRoutes<Data>(
   app.get(
     '/sagas',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['sagas'],
         summary: 'Sagas, most recently changed first, optionally in one state; with counts per state',
@@ -110,7 +114,7 @@ export function registerSagaRoutes<Data>(
             limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
             before: Type.Optional(
               Type.String({
-                format: 'date-time',
+                ...Timestamp,
                 description: 'Page on: the updatedAt of the last saga of the previous page.',
               }),
             ),
@@ -146,6 +150,7 @@ export function registerSagaRoutes<Data>(
     app.post(
       `/sagas/:id/${kind}`,
       {
+        config: { access: allow('operator') },
         schema: {
           tags: ['sagas'],
           summary,
@@ -161,7 +166,7 @@ export function registerSagaRoutes<Data>(
             tx,
             definition,
             sagaId,
-            { kind, note: request.body.note },
+            { kind, note: request.body.note, actor: callerOf(request).subject },
             { source: 'orchestrator', now: options.now() },
             true,
           ),

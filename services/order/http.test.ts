@@ -8,6 +8,9 @@ import type { Envelope } from '@converge/contracts';
 import {
   costCounters,
   createHttpApp,
+  createIdentities,
+  requireIdentities,
+  userIdentity,
   migrate,
   openPglite,
   platformMigrations,
@@ -24,6 +27,8 @@ const beans = '00000000-0000-4000-8000-0000000000a1';
 const mill = '00000000-0000-4000-8000-0000000000b2';
 let db: Db;
 let app: HttpApp;
+/** The caller's token: the order belongs to its subject. */
+let ada: Record<string, string>;
 
 beforeAll(async () => {
   db = await openPglite('order-http-test');
@@ -39,6 +44,9 @@ beforeAll(async () => {
     description: 'test',
     ready: () => Promise.resolve({}),
   });
+  const identities = await createIdentities();
+  requireIdentities(app, identities.verify);
+  ada = { authorization: `Bearer ${await identities.token(userIdentity('ada'))}` };
   registerOrderRoutes(app, db, () => now);
   await app.ready();
 });
@@ -48,7 +56,6 @@ afterAll(async () => {
 });
 
 const body = {
-  userId: 'ada',
   items: [
     { productId: beans, quantity: 2 },
     { productId: mill, quantity: 1 },
@@ -57,7 +64,12 @@ const body = {
 
 async function place(key: string, payload: object = body) {
   const before = costCounters();
-  const response = await app.inject({ method: 'POST', url: '/orders', headers: { 'idempotency-key': key }, payload });
+  const response = await app.inject({
+    method: 'POST',
+    url: '/orders',
+    headers: { ...ada, 'idempotency-key': key },
+    payload,
+  });
   const after = costCounters();
   return {
     response,
@@ -98,7 +110,9 @@ describe('POST /orders', () => {
       });
       expect(response.headers).toMatchObject({ location: `/orders/${order.orderId}`, etag: `"${order.orderId}:1"` });
       expect({ statements, transactions }).toEqual({ statements: 3, transactions: 1 });
-      expect((await app.inject({ method: 'GET', url: `/orders/${order.orderId}` })).json()).toEqual(order);
+      expect((await app.inject({ method: 'GET', url: `/orders/${order.orderId}`, headers: ada })).json()).toEqual(
+        order,
+      );
       const stream = await db.query<{ envelope: Envelope }>('SELECT envelope FROM outbox WHERE subject = $1', [
         order.orderId,
       ]);
@@ -130,12 +144,12 @@ describe('POST /orders', () => {
     async () => {
       const later = crypto.randomUUID();
       const items = [{ productId: later, quantity: 1 }];
-      expect((await place(crypto.randomUUID(), { userId: 'ada', items })).response.statusCode).toBe(422);
+      expect((await place(crypto.randomUUID(), { items })).response.statusCode).toBe(422);
 
       await db.query(`INSERT INTO catalogue (product_id, name, price, currency) VALUES ($1, 'Grinder', 4200, 'EUR')`, [
         later,
       ]);
-      const { response } = await place(crypto.randomUUID(), { userId: 'ada', items });
+      const { response } = await place(crypto.randomUUID(), { items });
 
       expect(response.statusCode).toBe(201);
       expect(response.json()).toMatchObject({ totalAmount: 4200, items: [{ productId: later, unitPrice: 4200 }] });

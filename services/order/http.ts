@@ -1,21 +1,35 @@
 // The order API: each handler parses, calls one function of the store or of placement
 // (place.ts: pricing and the Idempotency-Key) and maps the result to HTTP. The outcome
-// of an order follows asynchronously, through its events.
-import { OrderStatus, Quantity, Uuid, UserId } from '@converge/contracts';
-import { NotFoundError, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
+// of an order follows asynchronously, through its events. An order belongs to the
+// authenticated caller who placed it (the token's subject; the body names no user), and
+// only its owner or an operator sees or cancels it: to anyone else it does not exist.
+import { OrderStatus, Quantity, Timestamp, Uuid, UserId } from '@converge/contracts';
+import {
+  NotFoundError,
+  actsFor,
+  allow,
+  callerOf,
+  consistencyHeader,
+  formatToken,
+  problems,
+  type Db,
+  type HttpApp,
+} from '@converge/platform';
 import Type from 'typebox';
 import { orderPlacement } from './place.ts';
 import { cancelOrder, etagOf as etag, getOrder, listOrders, type OrderView } from './store.ts';
 
 export const PlaceOrder = Type.Object(
   {
-    userId: UserId,
     items: Type.Array(Type.Object({ productId: Uuid, quantity: Quantity }, { additionalProperties: false }), {
       minItems: 1,
       maxItems: 100,
     }),
   },
-  { additionalProperties: false },
+  {
+    additionalProperties: false,
+    description: 'The order belongs to the authenticated caller (the token subject); the body names no user.',
+  },
 );
 
 export const OrderSchema = Type.Object({
@@ -34,21 +48,30 @@ export const OrderSchema = Type.Object({
 /** The order's stream at this version: a read model that has applied it shows this write. */
 const token = (order: OrderView) => formatToken({ source: 'order', subject: order.orderId, sequence: order.version });
 
+/** A customer sees their own orders; an operator (or another service) any. */
+const readers = allow('customer', 'operator', 'service');
+
 export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void {
   const place = orderPlacement(db);
   app.post(
     '/orders',
     {
+      config: { access: allow('customer') },
       schema: {
         tags: ['orders'],
-        summary: 'Places an order (PENDING); the outcome follows asynchronously',
+        summary: "Places an order (PENDING) for the caller; the outcome follows asynchronously",
         headers: Type.Object({ 'idempotency-key': Type.String({ minLength: 1, maxLength: 200 }) }),
         body: PlaceOrder,
-        response: { 201: OrderSchema, ...problems(400, 409, 413, 415, 422) },
+        response: { 201: OrderSchema, ...problems(400, 401, 403, 409, 413, 415, 422) },
       },
     },
     async (request, reply) => {
-      const { order, replayed } = await place(request.body, request.headers['idempotency-key'], now());
+      const userId = callerOf(request).subject;
+      const { order, replayed } = await place(
+        { userId, items: request.body.items },
+        request.headers['idempotency-key'],
+        now(),
+      );
       if (replayed)
         return reply
           .code(201)
@@ -68,16 +91,18 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
   app.get(
     '/orders/:id',
     {
+      config: { access: readers },
       schema: {
         tags: ['orders'],
-        summary: 'One order',
+        summary: "One order (the caller's own, or any for an operator)",
         params: Type.Object({ id: Uuid }),
-        response: { 200: OrderSchema, ...problems(400, 404) },
+        response: { 200: OrderSchema, ...problems(400, 401, 403, 404) },
       },
     },
     async (request, reply) => {
       const order = await getOrder(db, request.params.id);
-      if (order === undefined) throw new NotFoundError(`no order ${request.params.id}`);
+      if (order === undefined || !actsFor(callerOf(request), order.userId))
+        throw new NotFoundError(`no order ${request.params.id}`);
       return reply.header('etag', etag(order)).send(order);
     },
   );
@@ -85,28 +110,33 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
   app.get(
     '/orders',
     {
+      config: { access: readers },
       schema: {
         tags: ['orders'],
-        summary: "A user's orders, newest first",
+        summary: "A user's orders, newest first (the caller's own unless an operator names another)",
         querystring: Type.Object(
           {
-            userId: UserId,
+            userId: Type.Optional(UserId),
             limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 500 })),
-            before: Type.Optional(Type.String({ format: 'date-time' })),
+            before: Type.Optional(Timestamp),
           },
           { additionalProperties: false },
         ),
-        response: { 200: Type.Object({ items: Type.Array(OrderSchema) }), ...problems(400) },
+        response: { 200: Type.Object({ items: Type.Array(OrderSchema) }), ...problems(400, 401, 403, 404) },
       },
     },
-    async (request) => ({
-      items: await listOrders(db, request.query.userId, request.query.limit ?? 50, request.query.before),
-    }),
+    async (request) => {
+      const caller = callerOf(request);
+      const userId = request.query.userId ?? caller.subject;
+      if (!actsFor(caller, userId)) throw new NotFoundError(`no orders of ${userId}`);
+      return { items: await listOrders(db, userId, request.query.limit ?? 50, request.query.before) };
+    },
   );
 
   app.post(
     '/orders/:id/cancel',
     {
+      config: { access: readers },
       schema: {
         tags: ['orders'],
         summary: 'Cancels a PENDING order: stock is released and any payment refunded',
@@ -116,7 +146,7 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
           { reason: Type.Optional(Type.String({ minLength: 1, maxLength: 500 })) },
           { additionalProperties: false },
         ),
-        response: { 200: OrderSchema, ...problems(400, 404, 409, 412, 415) },
+        response: { 200: OrderSchema, ...problems(400, 401, 403, 404, 409, 412, 415) },
       },
     },
     async (request, reply) => {
@@ -126,6 +156,7 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
         request.body.reason ?? 'cancelled by the user',
         request.headers['if-match'],
         now(),
+        (order) => actsFor(callerOf(request), order.userId),
       );
       return reply.header('etag', etag(view)).header(consistencyHeader, token(view)).send(view);
     },

@@ -90,10 +90,12 @@ export async function cancelOrder(
   reason: string,
   ifMatch: string | undefined,
   now: Date,
+  /** Whether the caller may see this order; one they may not is not found. */
+  visible: (order: OrderView) => boolean = () => true,
 ): Promise<OrderView> {
   const view = await db.transaction(async (tx) => {
     const current = await getOrder(tx, orderId);
-    if (current === undefined) throw new NotFoundError(`no order ${orderId}`);
+    if (current === undefined || !visible(current)) throw new NotFoundError(`no order ${orderId}`);
     if (ifMatch !== undefined && ifMatch !== etagOf(current))
       throw new ConflictError(`order is at ${etagOf(current)}, not ${ifMatch}`, 412);
     await executeOrderCommand(tx, orderId, { type: 'CancelOrder', reason }, { source: 'order', now });

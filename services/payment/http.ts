@@ -1,6 +1,7 @@
-// Payment's HTTP API: payments by order or user, and users' credit at the provider.
+// Payment's HTTP API: payments by order or user, and users' credit at the provider. A
+// customer sees only their own payments and credit; adding credit is an operator's act.
 import { Money, PaymentStatus, Uuid, UserId } from '@converge/contracts';
-import { NotFoundError, problems, type Db, type HttpApp } from '@converge/platform';
+import { NotFoundError, actsFor, actsForAll, allow, callerOf, problems, type Db, type HttpApp } from '@converge/platform';
 import Type from 'typebox';
 import type { SimulatedProvider } from './provider.ts';
 import { findPayments } from './store.ts';
@@ -21,9 +22,10 @@ export function registerPaymentRoutes(app: HttpApp, db: Db, provider: SimulatedP
   app.get(
     '/payments',
     {
+      config: { access: allow('customer', 'operator', 'service') },
       schema: {
         tags: ['payment'],
-        summary: 'Payments of an order or of a user, newest first',
+        summary: "Payments of an order or of a user, newest first (a customer's own only)",
         querystring: Type.Object(
           {
             orderId: Type.Optional(Uuid),
@@ -32,15 +34,29 @@ export function registerPaymentRoutes(app: HttpApp, db: Db, provider: SimulatedP
           },
           { additionalProperties: false },
         ),
-        response: { 200: Type.Object({ items: Type.Array(PaymentSchema) }), ...problems(400) },
+        response: { 200: Type.Object({ items: Type.Array(PaymentSchema) }), ...problems(400, 404) },
       },
     },
-    async (request) => ({ items: await findPayments(db, request.query, request.query.limit ?? 100) }),
+    async (request) => {
+      const caller = callerOf(request);
+      const { orderId, userId, limit = 100 } = request.query;
+      if (userId !== undefined && !actsFor(caller, userId)) throw new NotFoundError(`no payments of ${userId}`);
+      // A customer's filter always includes themself, whatever else it names.
+      const own = actsForAll(caller) ? userId : caller.subject;
+      return {
+        items: await findPayments(
+          db,
+          { ...(orderId === undefined ? {} : { orderId }), ...(own === undefined ? {} : { userId: own }) },
+          limit,
+        ),
+      };
+    },
   );
 
   app.get(
     '/users/:id/credit',
     {
+      config: { access: allow('customer', 'operator', 'service') },
       schema: {
         tags: ['payment'],
         summary: "A user's available credit",
@@ -49,6 +65,8 @@ export function registerPaymentRoutes(app: HttpApp, db: Db, provider: SimulatedP
       },
     },
     async (request) => {
+      if (!actsFor(callerOf(request), request.params.id))
+        throw new NotFoundError(`no payment account for ${request.params.id}`);
       const credit = await provider.credit(request.params.id);
       if (credit === undefined) throw new NotFoundError(`no payment account for ${request.params.id}`);
       return { userId: request.params.id, credit };
@@ -58,6 +76,7 @@ export function registerPaymentRoutes(app: HttpApp, db: Db, provider: SimulatedP
   app.post(
     '/users/:id/credit',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['payment'],
         summary: "Adds credit to a user's account (creating it)",
@@ -79,6 +98,7 @@ export function registerPaymentRoutes(app: HttpApp, db: Db, provider: SimulatedP
     app.post(
       '/admin/provider-faults',
       {
+        config: { access: allow('operator') },
         schema: {
           tags: ['testing'],
           summary: 'Test-only: make the simulated provider fail or slow (enabled by PAYMENT_ALLOW_FAULTS)',

@@ -2,12 +2,16 @@
 // that carries a write's consistency token (header `Consistency-Token`) is answered
 // only once the read models have applied that write: it waits for it, bounded, and
 // otherwise answers 503 saying how far behind they are, never older data as fresh.
-import { UserId, Uuid } from '@converge/contracts';
+import { UserId, Uuid, isTimestamp } from '@converge/contracts';
 import {
   ConsistencyTokenSchema,
   InvalidError,
   NotFoundError,
+  actsFor,
+  allow,
   cached,
+  callerOf,
+  signedIn,
   consistencyHeader,
   parseToken,
   problems,
@@ -113,13 +117,11 @@ const writeCursor = (cursor: UserOrdersCursor) =>
 function readCursor(text: string): UserOrdersCursor {
   const [createdAt, orderId, ...rest] = Buffer.from(text, 'base64url').toString('utf8').split('|');
   const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-  const instant = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$/;
   if (
     createdAt === undefined ||
     orderId === undefined ||
     rest.length > 0 ||
-    !instant.test(createdAt) ||
-    Number.isNaN(Date.parse(createdAt)) ||
+    !isTimestamp(createdAt) ||
     !uuid.test(orderId)
   ) {
     throw new InvalidError('cursor is not one this service handed out', [], 400);
@@ -140,6 +142,9 @@ export async function currentLag(
   return { events, seconds: events > 0 ? Math.max(0, (now.getTime() - last) / 1000) : 0 };
 }
 
+/** A customer reads their own orders; operators and other services any. */
+const readers = allow('customer', 'operator', 'service');
+
 export function registerQueryRoutes(
   app: HttpApp,
   db: Db,
@@ -157,6 +162,7 @@ export function registerQueryRoutes(
   app.post(
     '/projections/catch-up',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['query'],
         summary:
@@ -173,6 +179,7 @@ export function registerQueryRoutes(
   app.post(
     '/projections/:name/rebuild',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['query'],
         summary: 'Rebuilds a read model (or all) from the feeds while the old one serves, then switches atomically',
@@ -209,6 +216,7 @@ export function registerQueryRoutes(
   app.get(
     '/projections',
     {
+      config: { access: allow('operator', 'service') },
       schema: {
         tags: ['query'],
         summary: 'Each read model: events applied, delay from commit to applied, current lag',
@@ -239,6 +247,7 @@ export function registerQueryRoutes(
   app.get(
     '/orders/:id',
     {
+      config: { access: readers },
       schema: {
         tags: ['query'],
         summary: "An order's summary: lines, stock outcome, payment and status timeline",
@@ -251,7 +260,9 @@ export function registerQueryRoutes(
       const summary = await cached(options.cache, summaryKey(request.params.id), () =>
         getSummary(db, request.params.id),
       );
-      if (summary === undefined) throw new NotFoundError(`no order ${request.params.id} in the read model`);
+      // A summary whose OrderCreated has not arrived yet names no owner: only operators see it.
+      if (summary === undefined || !actsFor(callerOf(request), summary.userId ?? ''))
+        throw new NotFoundError(`no order ${request.params.id} in the read model`);
       return summary;
     },
   );
@@ -259,6 +270,7 @@ export function registerQueryRoutes(
   app.get(
     '/users/:id/orders',
     {
+      config: { access: readers },
       schema: {
         tags: ['query'],
         summary: "A user's orders, newest first, optionally of one status; paged by cursor",
@@ -279,11 +291,12 @@ export function registerQueryRoutes(
             items: Type.Array(UserOrderSchema),
             next: Nullable(Type.String({ description: 'The cursor of the next page; null on the last page.' })),
           }),
-          ...problems(400, 503),
+          ...problems(400, 404, 503),
         },
       },
     },
     async (request) => {
+      if (!actsFor(callerOf(request), request.params.id)) throw new NotFoundError(`no orders of ${request.params.id}`);
       const limit = request.query.limit ?? 50;
       // One row more than asked for tells whether another page follows.
       const rows = await listUserOrders(db, request.params.id, {
@@ -306,6 +319,7 @@ export function registerQueryRoutes(
   app.get(
     '/products/:id',
     {
+      config: { access: signedIn },
       schema: {
         tags: ['query'],
         summary: "A product's availability: in stock, reserved, sold",
@@ -326,6 +340,7 @@ export function registerQueryRoutes(
   app.get(
     '/products',
     {
+      config: { access: signedIn },
       schema: {
         tags: ['query'],
         summary: 'Availability of every product, by product id',
@@ -343,6 +358,7 @@ export function registerQueryRoutes(
   app.get(
     '/system',
     {
+      config: { access: allow('operator', 'service') },
       schema: {
         tags: ['query'],
         summary: 'Orders per status',

@@ -30,11 +30,18 @@ export type FeedSource = {
   marks(after: number, limit: number): Promise<FeedMarks>;
 };
 
+/** How a reader proves who it is to a feed: its own (service) bearer token. */
+export type FeedCredentials = () => Promise<string>;
+
+const authorization = async (token?: FeedCredentials): Promise<Record<string, string>> =>
+  token === undefined ? {} : { authorization: `Bearer ${await token()}` };
+
 /** A source's feed over HTTP (a deployment: one process per service). */
-export function httpFeed(source: string, baseUrl: string): FeedSource {
+export function httpFeed(source: string, baseUrl: string, token?: FeedCredentials): FeedSource {
   const base = baseUrl.replace(/\/+$/, '');
   const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
     const response = await fetch(`${base}${path}?after=${after}&limit=${limit}`, {
+      headers: await authorization(token),
       signal: AbortSignal.timeout(10_000),
     });
     if (!response.ok) throw new Error(`${source} feed answered ${response.status}`);
@@ -48,11 +55,15 @@ export function httpFeed(source: string, baseUrl: string): FeedSource {
 }
 
 /** A source's feed through its HTTP app in this process (embedded mode, tests); the app may not be running yet. */
-export function inProcessFeed(source: string, app: () => HttpApp | undefined): FeedSource {
+export function inProcessFeed(source: string, app: () => HttpApp | undefined, token?: FeedCredentials): FeedSource {
   const get = async <T>(path: string, after: number, limit: number): Promise<T> => {
     const running = app();
     if (running === undefined) throw new UnavailableError(`${source} is not running`);
-    const response = await running.inject({ method: 'GET', url: `${path}?after=${after}&limit=${limit}` });
+    const response = await running.inject({
+      method: 'GET',
+      url: `${path}?after=${after}&limit=${limit}`,
+      headers: await authorization(token),
+    });
     if (response.statusCode !== 200) throw new UnavailableError(`${source} feed answered ${response.statusCode}`);
     return response.json<T>();
   };

@@ -8,6 +8,7 @@ import type { Consumer } from './consumer.ts';
 import type { Db } from './db.ts';
 import { NotFoundError } from './errors.ts';
 import { problems, type HttpApp } from './http.ts';
+import { allow, callerOf } from './identity.ts';
 
 export const DeadLetter = Type.Object({
   id: Type.String({ format: 'uuid' }),
@@ -127,11 +128,10 @@ const ReplayResultSchema = Type.Object({
 });
 
 export function registerDeadLetterRoutes(app: HttpApp, db: Db, consumer: Consumer): void {
-  const actorOf = (header: string | string[] | undefined) =>
-    typeof header === 'string' && header !== '' ? header.slice(0, 100) : 'operator';
   app.get(
     '/dead-letters',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['operations'],
         summary: 'Messages this service parked, with the reason',
@@ -153,6 +153,7 @@ export function registerDeadLetterRoutes(app: HttpApp, db: Db, consumer: Consume
   app.post(
     '/dead-letters/:id/replay',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['operations'],
         summary: 'Replays one parked message',
@@ -160,11 +161,12 @@ export function registerDeadLetterRoutes(app: HttpApp, db: Db, consumer: Consume
         response: { 200: ReplayResultSchema, ...problems(400, 404) },
       },
     },
-    (request) => replayDeadLetter(db, consumer, request.params.id, actorOf(request.headers['x-actor'])),
+    (request) => replayDeadLetter(db, consumer, request.params.id, callerOf(request).subject),
   );
   app.post(
     '/dead-letters/replay',
     {
+      config: { access: allow('operator') },
       schema: {
         tags: ['operations'],
         summary: 'Replays many parked messages (the given ids, or all)',
@@ -182,7 +184,7 @@ export function registerDeadLetterRoutes(app: HttpApp, db: Db, consumer: Consume
       const ids =
         'ids' in request.body ? request.body.ids : (await listDeadLetters(db, 'parked', 10_000)).map((d) => d.id);
       const results: ReplayResult[] = [];
-      for (const id of ids) results.push(await replayDeadLetter(db, consumer, id, actorOf(request.headers['x-actor'])));
+      for (const id of ids) results.push(await replayDeadLetter(db, consumer, id, callerOf(request).subject));
       return { results };
     },
   );

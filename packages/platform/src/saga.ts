@@ -116,14 +116,17 @@ export type SagaEvent<Data> =
   | { type: 'SagaCompleted'; at: string }
   | { type: 'SagaCompensated'; at: string }
   | { type: 'SagaParked'; at: string; reason: string }
-  | { type: 'OperatorRetried'; at: string; note: string }
-  | { type: 'OperatorResolved'; at: string; note: string };
+  | { type: 'OperatorRetried'; at: string; note: string; actor?: string }
+  | { type: 'OperatorResolved'; at: string; note: string; actor?: string };
 
 export type SagaInput =
   | { kind: 'reply'; message: DomainEvent & { id?: string } }
   | { kind: 'deadline' }
-  | { kind: 'retry'; note: string }
-  | { kind: 'resolve'; note: string };
+  | { kind: 'retry'; note: string; actor?: string }
+  | { kind: 'resolve'; note: string; actor?: string };
+
+/** Who acted, as the log records it: the authenticated operator. */
+const actorOf = (input: { actor?: string }) => (input.actor === undefined ? {} : { actor: input.actor });
 
 export class SagaDefinitionError extends Error {
   override readonly name = 'SagaDefinitionError';
@@ -324,14 +327,14 @@ export function decide<Data>(
     case 'retry': {
       if (saga.status !== 'NEEDS_ATTENTION')
         throw new ConflictError(`saga ${saga.id} is ${saga.status}; only a saga that NEEDS_ATTENTION can be retried`);
-      const retried: SagaEvent<Data> = { type: 'OperatorRetried', at, note: input.note };
+      const retried: SagaEvent<Data> = { type: 'OperatorRetried', at, note: input.note, ...actorOf(input) };
       const state = evolve(saga, retried);
       return [retried, ...resend(definition, state, now), ...advance(definition, state, now)];
     }
     case 'resolve':
       if (saga.status !== 'NEEDS_ATTENTION')
         throw new ConflictError(`saga ${saga.id} is ${saga.status}; only a saga that NEEDS_ATTENTION can be resolved`);
-      return [{ type: 'OperatorResolved', at, note: input.note }];
+      return [{ type: 'OperatorResolved', at, note: input.note, ...actorOf(input) }];
     default:
       return assertNever(input);
   }

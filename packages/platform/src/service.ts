@@ -8,6 +8,7 @@ import { registerDeadLetterRoutes } from './dead-letters.ts';
 import { registerFeedRoutes } from './feed.ts';
 import type { FaultStats } from './faulty-bus.ts';
 import { createHttpApp, type HttpApp } from './http.ts';
+import { requireIdentities, type RouteRule, type Verifier } from './identity.ts';
 import type { Logger } from './log.ts';
 import { migrate, platformMigrations } from './migrate.ts';
 import { startRelay, type Relay } from './relay.ts';
@@ -18,6 +19,8 @@ export type ServiceDeps = {
   db: Db;
   bus: Bus;
   log: Logger;
+  /** Verifies every caller's token (the deployment's key set). */
+  verify: Verifier;
   now?: () => Date;
   /** false to run without publishing (a crash window between commit and publish, in tests). */
   relay?: boolean;
@@ -46,6 +49,8 @@ export type ServiceDefinition<Extra = void> = {
 export type RunningService<Extra = void> = {
   name: string;
   app: HttpApp;
+  /** Every route with who may call it. */
+  routes: readonly RouteRule[];
   db: Db;
   consumer: Consumer;
   relay: Relay | undefined;
@@ -74,6 +79,7 @@ export async function startService<Extra>(
       return { database };
     },
   });
+  const routes = requireIdentities(app, deps.verify);
   const extra = definition.routes(app, { db, log, now, bus });
   const consumer = await startConsumer({
     name: definition.name,
@@ -96,6 +102,7 @@ export async function startService<Extra>(
   return {
     name: definition.name,
     app,
+    routes,
     db,
     consumer,
     relay,
