@@ -9,7 +9,7 @@
 // kept in DATA_DIR/auth (made on the first start); each process gets the key set, its
 // own service token, and the gateway the key itself, to exchange the demo API keys.
 import path from 'node:path';
-import { ConfigError, loadConfig, setting } from '@converge/platform';
+import { ConfigError, isProduction, loadConfig, setting, testOnly } from '@converge/platform';
 import { demoCatalogue, demoUsers } from './demo.ts';
 import { demoApiKey, demoIdentities, deploymentIdentities, identityEnv } from '../system/identities.ts';
 import { defaultPorts, serviceNames, type ServiceName } from '../system/system.ts';
@@ -30,7 +30,8 @@ function readConfig() {
       PAYMENT_PORT: setting.int(defaultPorts.payment, 1, 65_535),
       ORCHESTRATOR_PORT: setting.int(defaultPorts.orchestrator, 1, 65_535),
       QUERY_PORT: setting.int(defaultPorts.query, 1, 65_535),
-      SEED_DEMO: setting.bool(true),
+      // Demo data and demo identities: off in production, and refused there.
+      SEED_DEMO: testOnly(setting.bool(!isProduction()), isProduction(), false),
       DATA_DIR: setting.string('./data'),
     });
   } catch (error) {
@@ -125,7 +126,7 @@ async function main(): Promise<void> {
       PAYMENT_URL: first('payment'),
       ORCHESTRATOR_URL: first('orchestrator'),
       QUERY_URL: first('query'),
-      GATEWAY_DEMO_IDENTITIES: 'true',
+      GATEWAY_DEMO_IDENTITIES: String(config.SEED_DEMO),
       ...(await identityEnv(identities, 'gateway', { signing: true })),
     },
   });

@@ -1,7 +1,7 @@
 // The payment service's own settings. Read with the settings every service shares.
-import { setting } from '@converge/platform';
+import { setting, testOnly } from '@converge/platform';
 
-export const paymentConfig = {
-  /** Opens the test-only endpoint that makes the simulated provider fail or slow. */
-  PAYMENT_ALLOW_FAULTS: setting.bool(false),
-};
+export const paymentConfig = (production = false) => ({
+  /** Opens the test-only endpoint that makes the simulated provider fail or slow; refused in production. */
+  PAYMENT_ALLOW_FAULTS: testOnly(setting.bool(false), production, false),
+});

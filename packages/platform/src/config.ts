@@ -43,6 +43,26 @@ export const setting = {
   }),
 };
 
+/** NODE_ENV=production: test-only switches are refused, and demo conveniences are off unless asked for. */
+export const isProduction = (env: Record<string, string | undefined> = process.env): boolean =>
+  env.NODE_ENV === 'production';
+
+/**
+ * A switch that only tests may turn (a fault injector, a relay left off, demo data): in
+ * production any value but `safe` stops start-up with the key named, so a copied test
+ * setting cannot reach a real deployment.
+ */
+export function testOnly<T>(spec: Spec<T>, production: boolean, safe: T): Spec<T> {
+  return {
+    parse: (raw, key) => {
+      const value = spec.parse(raw, key);
+      if (production && value !== safe)
+        throw new Error(`${key}=${String(raw ?? value)} is a test-only switch and is refused when NODE_ENV=production`);
+      return value;
+    },
+  };
+}
+
 export function loadConfig<S extends Record<string, Spec<unknown>>>(
   specs: S,
   env: Record<string, string | undefined> = process.env,
