@@ -6,7 +6,7 @@
 // position n will never meet a smaller one (an insert-time bigserial would let a
 // transaction that commits late appear behind what readers already took). Per subject
 // the feed keeps the stream's order, because the relay publishes a subject in order.
-import type { Envelope } from '@converge/contracts';
+import { Position, type Envelope } from '@converge/contracts';
 import Type from 'typebox';
 import type { Db, Sql } from './db.ts';
 import { problems, type HttpApp } from './http.ts';
@@ -75,7 +75,7 @@ const FeedEntrySchema = Type.Object({
 const PageQuery = Type.Object(
   {
     after: Type.Optional(
-      Type.Integer({ minimum: 0, description: 'The last position already read (0: from the start).' }),
+      Type.Integer({ ...Position, description: 'The last position already read (0: from the start).' }),
     ),
     limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
   },
