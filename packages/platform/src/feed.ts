@@ -10,6 +10,7 @@ import { Position, type Envelope } from '@converge/contracts';
 import Type from 'typebox';
 import type { Db, Sql } from './db.ts';
 import { problems, type HttpApp } from './http.ts';
+import { allow } from './identity.ts';
 
 // One key for the whole database: feed positions are a single sequence per service.
 const feedLock = 727_002;
@@ -84,10 +85,14 @@ const PageQuery = Type.Object(
 const next = Type.Integer({ minimum: 0, description: 'The position to ask after next time.' });
 const head = Type.Integer({ minimum: 0, description: 'The newest position when this page was read.' });
 
+/** Other services (rebuilds, catch-up, reconciliation) and operators read the feeds. */
+const feedReaders = allow('service', 'operator');
+
 export function registerFeedRoutes(app: HttpApp, db: Db): void {
   app.get(
     '/events/marks',
     {
+      config: { access: feedReaders },
       schema: {
         tags: ['operations'],
         summary: 'The same pages as /events, each event by its id and commit time only',
@@ -113,6 +118,7 @@ export function registerFeedRoutes(app: HttpApp, db: Db): void {
   app.get(
     '/events',
     {
+      config: { access: feedReaders },
       schema: {
         tags: ['operations'],
         summary: 'The events this service published, in publish order, after a position',
