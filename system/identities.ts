@@ -10,6 +10,7 @@ import path from 'node:path';
 import {
   createIdentities,
   generateSigningKey,
+  hashApiKey,
   keySetOf,
   parseSigningKey,
   serviceIdentity,
@@ -30,6 +31,12 @@ export const demoIdentities = {
 
 export type DemoName = keyof typeof demoIdentities;
 export const demoApiKey = (name: DemoName): string => `demo-${name}`;
+
+/** The demo API keys, as the gateway keeps keys: by their hash. */
+export const demoApiKeys = (): ReadonlyMap<string, Identity> =>
+  new Map(
+    (Object.keys(demoIdentities) as DemoName[]).map((name) => [hashApiKey(demoApiKey(name)), demoIdentities[name]]),
+  );
 
 /** The deployment's identities, signed with the key kept in `dataDir` (made on first use), or a new key. */
 export async function deploymentIdentities(dataDir?: string): Promise<Identities> {

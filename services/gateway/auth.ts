@@ -7,11 +7,11 @@
 // on without credentials and the service answers it (its public routes) or refuses it
 // (401). Demo sign-in (`POST /auth/demo`) hands the dashboard a token of one of the demo
 // identities; it exists only where demo identities are configured, never in production.
-import crypto from 'node:crypto';
 import type { FastifyRequest } from 'fastify';
 import {
   UnauthenticatedError,
   bearerToken,
+  hashApiKey,
   roles,
   tokenCache,
   type Identity,
@@ -30,8 +30,6 @@ export type GatewayAuth = {
   /** Identities the dashboard may sign in as (demo only). */
   demo?: Readonly<Record<string, Identity>>;
 };
-
-export const hashApiKey = (key: string): string => crypto.createHash('sha256').update(key).digest('hex');
 
 export type Caller =
   | { kind: 'anonymous' }

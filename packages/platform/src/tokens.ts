@@ -78,6 +78,9 @@ export function tokenCache(issuer: TokenIssuer, ttlSeconds = 900): (identity: Id
   };
 }
 
+/** API keys are kept as their SHA-256 (hex): a configuration that lists keys does not hold them. */
+export const hashApiKey = (key: string): string => crypto.createHash('sha256').update(key).digest('hex');
+
 export const serviceIdentity = (name: string): Identity => ({ subject: `service:${name}`, roles: ['service'] });
 export const userIdentity = (subject: string, ...extra: Role[]): Identity => ({
   subject,
