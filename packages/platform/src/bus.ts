@@ -1,7 +1,10 @@
 // The bus: one interface, two implementations (RabbitMQ in production, a local durable
 // bus for embedded mode and tests). Both give at-least-once delivery with manual ack:
 // a message is removed only when the consumer acks it after its transaction committed,
-// and a message not acked (crash, nack, lost connection) is delivered again.
+// and a message not acked (crash, nack, lost connection) is delivered again, up to a
+// delivery limit: a message handed out more often than that (it crashes its consumer
+// every time) is parked in the queue's parking queue instead of looping forever. A
+// publish of a type no queue is bound to is refused (UnroutableError), never dropped.
 import type { Envelope } from '@converge/contracts';
 
 export type Delivery = {
@@ -18,6 +21,12 @@ export type Delivery = {
   /** Gives the message back to the queue for redelivery after `delayMs`. */
   nack(delayMs?: number): Promise<void>;
 };
+
+/** Redeliveries a message may have before it is parked (RabbitMQ 4 quorum queues default to 20 too). */
+export const defaultDeliveryLimit = 20;
+
+/** Where a queue's messages go once they exceed the delivery limit; `depth` reads it like any queue. */
+export const parkedQueueOf = (queue: string): string => `${queue}.parked`;
 
 /** The CloudEvents content types: one event (structured mode) and a JSON array of events (batched mode). */
 export const eventContentType = 'application/cloudevents+json';
@@ -71,6 +80,8 @@ export interface Bus {
    * Publishes in the given order (as batches: see batchesOf) and resolves only when the broker has taken
    * responsibility for every message (publisher confirms). Rejects if any message
    * was not confirmed; the caller then publishes them again (duplicates are harmless).
+   * Rejects with UnroutableError, once every other message is confirmed, when some types
+   * reached no queue: those were not taken, the others were.
    */
   publish(messages: readonly Envelope[]): Promise<void>;
   /**

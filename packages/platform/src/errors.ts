@@ -33,6 +33,21 @@ export class UnavailableError extends Error {
   override readonly name = 'UnavailableError';
 }
 
+/**
+ * The broker routed these types (routing keys) to no queue: nothing is bound to them,
+ * so nobody would ever receive them (a publish with the mandatory flag came back). The
+ * other types of the same publish were taken. Not the broker being down: publishing it
+ * again helps only once some queue binds the type.
+ */
+export class UnroutableError extends Error {
+  override readonly name = 'UnroutableError';
+  readonly types: readonly string[];
+  constructor(types: readonly string[]) {
+    super(`no queue is bound to ${types.join(', ')}`);
+    this.types = [...types];
+  }
+}
+
 // Errors that mean "the database (or another dependency) is out of reach right now":
 // connection refused or lost, the server shutting down or starting up, no free
 // connection slot. Not the request's fault, so the caller hears 503 and may retry.

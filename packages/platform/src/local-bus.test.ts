@@ -1,7 +1,8 @@
 // The local bus keeps RabbitMQ's promises in-process, over PGlite or a PostgreSQL
-// database: routing by type to bound queues only, durable queues that wait for their
-// subscriber, redelivery of whatever was not acked (even across a restart), delayed
-// nacks, prefetch and depth.
+// database: routing by type to bound queues only (a type bound nowhere is refused),
+// durable queues that wait for their subscriber, redelivery of whatever was not acked
+// (even across a restart) up to the delivery limit and then parking, delayed nacks,
+// prefetch and depth.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -10,6 +11,7 @@ import type { Envelope } from '@converge/contracts';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { eventsOf, type Bus, type Delivery } from './bus.ts';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
+import { UnroutableError } from './errors.ts';
 import { createLocalBus } from './local-bus.ts';
 import { sleep } from './retry.ts';
 import { eventually, serverAvailable, servers, uniqueName } from './testing.ts';
@@ -56,9 +58,9 @@ afterAll(async () => {
 
 type Opened = { bus: Bus; db: Db; close(): Promise<void> };
 
-async function openBus(open: () => Promise<Db>): Promise<Opened> {
+async function openBus(open: () => Promise<Db>, options: { deliveryLimit?: number } = {}): Promise<Opened> {
   const db = await open();
-  const bus = await createLocalBus(db, { pollMs: 50 });
+  const bus = await createLocalBus(db, { pollMs: 50, ...options });
   let closed = false;
   const close = async () => {
     if (closed) return;
@@ -111,8 +113,8 @@ function recorder() {
 describe.each(backends)('local bus on $name', (backend) => {
   describe.skipIf(!backend.up)('the local bus', () => {
     it(
-      'given two queues bound to different types, when three types are published, ' +
-        'then each queue holds only its types and the unbound one is dropped',
+      'given two queues bound to different types, when three types are published, then each queue ' +
+        'holds only its types and the publish is refused for the one bound nowhere, naming it',
       async () => {
         const { bus, db } = await openBus(await backend.store());
         await bus.declare('stock', ['StockAdjusted']);
@@ -123,7 +125,10 @@ describe.each(backends)('local bus on $name', (backend) => {
           envelope('OrderCreated'),
         ];
 
-        await bus.publish([adjusted, added, created]);
+        const publishing = bus.publish([adjusted, added, created]);
+
+        await expect(publishing).rejects.toThrow(UnroutableError);
+        await expect(publishing).rejects.toMatchObject({ types: ['OrderCreated'] });
 
         expect([await bus.depth('stock'), await bus.depth('catalogue'), await bus.depth('orders')]).toEqual([1, 2, 0]);
         const [all] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM bus_messages');
@@ -195,7 +200,9 @@ describe.each(backends)('local bus on $name', (backend) => {
         await bus.declare('stock', ['StockAdjusted', 'ProductAdded']);
         await bus.declare('stock', ['StockAdjusted']);
 
-        await bus.publish([envelope('ProductAdded'), envelope('StockAdjusted')]);
+        await expect(bus.publish([envelope('ProductAdded'), envelope('StockAdjusted')])).rejects.toThrow(
+          UnroutableError,
+        );
 
         expect(await bus.depth('stock')).toBe(1);
       },
@@ -349,6 +356,60 @@ describe.each(backends)('local bus on $name', (backend) => {
 
         expect(one.ids()).toEqual(messages.map((m) => m.id));
         expect(await bus.depth('stock')).toBe(0);
+      },
+    );
+
+    it('given a type bound nowhere, when a queue comes to bind it, then the same publish is taken', async () => {
+      const { bus } = await openBus(await backend.store());
+      const created = envelope('OrderCreated');
+      await expect(bus.publish([created])).rejects.toThrow(UnroutableError);
+
+      await bus.declare('orders', ['OrderCreated']);
+      await bus.publish([created]);
+
+      expect(await bus.depth('orders')).toBe(1);
+    });
+
+    it(
+      'given a delivery limit of 2, when a message crashes its consumer every time, then after ' +
+        'three deliveries it waits in the parking queue while the messages behind it go through',
+      async () => {
+        const open = await backend.store();
+        let opened = await openBus(open, { deliveryLimit: 2 });
+        await opened.bus.declare('stock', ['StockAdjusted']);
+        const [poison, next] = [envelope('StockAdjusted', 'poison'), envelope('StockAdjusted', 'next')];
+        await publishEach(opened.bus, [poison, next]);
+        const handled: string[] = [];
+        let crashes = 0;
+
+        // The process dies holding it, before any ack; each restart opens the bus again.
+        const crashed = () => crashes;
+        for (let round = 1; round <= 3; round += 1) {
+          const { bus } = opened;
+          await bus.subscribe(
+            'stock',
+            ['StockAdjusted'],
+            (d) => {
+              if ((d.body as Envelope).id === poison.id) crashes += 1;
+              return Promise.resolve();
+            },
+            { prefetch: 1 },
+          );
+          await eventually(() => Promise.resolve(crashed() >= round ? true : undefined), 5_000, `crash ${round}`);
+          await opened.close();
+          opened = await openBus(open, { deliveryLimit: 2 });
+        }
+        await opened.bus.subscribe('stock', ['StockAdjusted'], async (d) => {
+          handled.push((d.body as Envelope).id);
+          await d.ack();
+        });
+
+        await eventually(() => Promise.resolve(handled.length >= 1 ? true : undefined), 5_000, 'the next one');
+        await sleep(200);
+        expect(handled).toEqual([next.id]);
+        expect(crashes).toBe(3);
+        expect(await opened.bus.depth('stock.parked')).toBe(1);
+        expect(await opened.bus.depth('stock')).toBe(0);
       },
     );
 

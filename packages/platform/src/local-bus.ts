@@ -2,11 +2,23 @@
 // live in a database of their own (a PGlite directory in embedded mode, memory in
 // tests), so a message published and not yet acked survives a crash of the process
 // exactly as it would survive in a durable broker queue. Topic routing by type to
-// durable bindings, prefetch, manual ack, nack with delay, redelivery flags.
+// durable bindings, prefetch, manual ack, nack with delay, redelivery flags. As on the
+// broker, a publish of a type no queue binds is refused (UnroutableError), and a message
+// handed out more than the delivery limit allows moves to the queue's parking queue.
 import type { Envelope } from '@converge/contracts';
-import { batchesOf, encodeBatch, type Bus, type Delivery, type SubscribeOptions, type Subscription } from './bus.ts';
+import {
+  batchesOf,
+  defaultDeliveryLimit,
+  encodeBatch,
+  parkedQueueOf,
+  type Bus,
+  type Delivery,
+  type SubscribeOptions,
+  type Subscription,
+} from './bus.ts';
 import { countDelivery, countPublish } from './cost.ts';
 import type { Db } from './db.ts';
+import { UnroutableError } from './errors.ts';
 import { withFaults, type BusFaults, type FaultStats } from './faulty-bus.ts';
 
 export type { BusFaults } from './faulty-bus.ts';
@@ -27,6 +39,9 @@ type Row = {
   deliveries: number;
 };
 
+/** A published message on its way into one bound queue. */
+type Routed = { queue: string; key: string; id: string | null; body: string; batch: boolean };
+
 type QueueState = {
   inflight: Set<number>;
   consumers: QueueConsumer[];
@@ -37,10 +52,13 @@ type QueueState = {
   timer: NodeJS.Timeout | undefined;
 };
 
-/** `faults` (tests only) duplicates or delays some deliveries: see faulty-bus.ts. */
+/**
+ * `faults` (tests only) duplicates or delays some deliveries: see faulty-bus.ts.
+ * `deliveryLimit`: deliveries beyond the first a message may have before it is parked.
+ */
 export async function createLocalBus(
   db: Db,
-  options: { faults?: BusFaults; pollMs?: number } = {},
+  options: { faults?: BusFaults; pollMs?: number; deliveryLimit?: number } = {},
 ): Promise<Bus & { faultStats: FaultStats }> {
   await db.exec(`
     CREATE TABLE IF NOT EXISTS bus_bindings (
@@ -59,6 +77,7 @@ export async function createLocalBus(
   }
   const queues = new Map<string, QueueState>();
   const pollMs = options.pollMs ?? 250;
+  const deliveryLimit = options.deliveryLimit ?? defaultDeliveryLimit;
   let closed = false;
   const isClosed = () => closed;
 
@@ -110,7 +129,17 @@ export async function createLocalBus(
           [queue, Date.now(), [...s.inflight], capacity],
         );
         rows.sort((a, b) => a.id - b.id);
+        // Handed out once and then `deliveryLimit` times more without an ack: it goes
+        // to the parking queue instead (one statement, only when there is such a row).
+        const spent = rows.filter((row) => row.deliveries > deliveryLimit + 1).map((row) => row.id);
+        if (spent.length > 0) {
+          await db.query('UPDATE bus_messages SET queue = $2, deliveries = 0 WHERE id = ANY($1::bigint[])', [
+            spent,
+            parkedQueueOf(queue),
+          ]);
+        }
         for (const row of rows) {
+          if (row.deliveries > deliveryLimit + 1) continue;
           s.inflight.add(row.id);
           const consumer = consumers[s.turn++ % consumers.length];
           if (consumer !== undefined) deliver(queue, s, consumer, row);
@@ -158,34 +187,41 @@ export async function createLocalBus(
     void onDelivery(delivery).catch(() => delivery.nack(100));
   }
 
+  async function insert(rows: readonly Routed[]) {
+    await db.query(
+      `INSERT INTO bus_messages (queue, routing_key, message_id, body, batch, available_at)
+       SELECT q, k, i, b, x, $6
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])
+              WITH ORDINALITY AS t(q, k, i, b, x, n)
+        ORDER BY n`,
+      [
+        rows.map((r) => r.queue),
+        rows.map((r) => r.key),
+        rows.map((r) => r.id),
+        rows.map((r) => r.body),
+        rows.map((r) => r.batch),
+        Date.now(),
+      ],
+    );
+    for (const queue of new Set(rows.map((r) => r.queue))) void pump(queue);
+  }
+
   const bus: Bus = {
     kind: 'local',
     publish: async (messages: readonly Envelope[]) => {
       if (closed) throw new Error('bus is closed');
-      const rows: { queue: string; key: string; id: string | null; body: string; batch: boolean }[] = [];
+      const rows: Routed[] = [];
+      const unroutable: string[] = [];
       for (const { type, envelopes } of batchesOf(messages)) {
         const { body, batch } = encodeBatch(envelopes);
         countPublish(envelopes.length, Buffer.byteLength(body));
         const id = batch ? null : (envelopes[0]?.id ?? null);
-        for (const queue of bindings.get(type) ?? []) rows.push({ queue, key: type, id, body, batch });
+        const queues = bindings.get(type);
+        if (queues === undefined || queues.size === 0) unroutable.push(type);
+        else for (const queue of queues) rows.push({ queue, key: type, id, body, batch });
       }
-      if (rows.length === 0) return;
-      await db.query(
-        `INSERT INTO bus_messages (queue, routing_key, message_id, body, batch, available_at)
-         SELECT q, k, i, b, x, $6
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[])
-                WITH ORDINALITY AS t(q, k, i, b, x, n)
-          ORDER BY n`,
-        [
-          rows.map((r) => r.queue),
-          rows.map((r) => r.key),
-          rows.map((r) => r.id),
-          rows.map((r) => r.body),
-          rows.map((r) => r.batch),
-          Date.now(),
-        ],
-      );
-      for (const queue of new Set(rows.map((r) => r.queue))) void pump(queue);
+      if (rows.length > 0) await insert(rows);
+      if (unroutable.length > 0) throw new UnroutableError(unroutable);
     },
     declare,
     subscribe: async (queue, types, onDelivery, subscribeOptions: SubscribeOptions = {}): Promise<Subscription> => {

@@ -1,12 +1,13 @@
 // The RabbitMQ bus against a real broker. Each test gets its own exchange and queue
 // prefix, so suites running in parallel never see each other's messages, and removes
-// them afterwards.
+// them afterwards (with their parking queues and dead-letter exchange).
 import crypto from 'node:crypto';
 import { connect, type Channel, type ChannelModel } from 'amqplib';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import type { Envelope } from '@converge/contracts';
 import { eventsOf, type Bus, type Delivery } from './bus.ts';
-import { createRabbitBus, forceDisconnect, type RabbitBusOptions } from './rabbitmq.ts';
+import { UnroutableError } from './errors.ts';
+import { createRabbitBus, deadLetterExchangeOf, forceDisconnect, type RabbitBusOptions } from './rabbitmq.ts';
 import { eventually, serverAvailable, servers, uniqueName } from './testing.ts';
 
 const up = await serverAvailable('rabbitmq');
@@ -48,16 +49,20 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
 
   type Setup = { bus: Bus; exchange: string; queuePrefix: string; logs: { level: string; msg: string }[] };
 
-  async function setup(queues: readonly string[]): Promise<Setup> {
+  async function setup(queues: readonly string[], options: Partial<RabbitBusOptions> = {}): Promise<Setup> {
     const exchange = uniqueName('test.events');
     const queuePrefix = `${uniqueName('test')}.`;
     const logs: Setup['logs'] = [];
     const log: RabbitBusOptions['log'] = (level, msg) => logs.push({ level, msg });
-    const bus = await createRabbitBus({ url: servers.rabbitmq, exchange, queuePrefix, log });
+    const bus = await createRabbitBus({ url: servers.rabbitmq, exchange, queuePrefix, log, ...options });
     onTestFinished(async () => {
       await bus.close();
-      for (const queue of queues) await adminChannel.deleteQueue(queuePrefix + queue);
+      for (const queue of queues) {
+        await adminChannel.deleteQueue(queuePrefix + queue);
+        await adminChannel.deleteQueue(`${queuePrefix}${queue}.parked`);
+      }
       await adminChannel.deleteExchange(exchange);
+      await adminChannel.deleteExchange(deadLetterExchangeOf(exchange));
     });
     return { bus, exchange, queuePrefix, logs };
   }
@@ -185,15 +190,102 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
 
     // One channel keeps publish order, so once the last one is in, any unbound one
     // published before it would have arrived too.
-    await bus.publish([
+    const publishing = bus.publish([
       envelope('PaymentCaptured', 1),
       envelope('OrderCreated', 2),
       envelope('StockReserved', 3),
       envelope('OrderCancelled', 4),
     ]);
 
+    // The unbound ones reached no queue at all: the publish says so.
+    await expect(publishing).rejects.toThrow(UnroutableError);
+    await expect(publishing).rejects.toMatchObject({ types: ['PaymentCaptured', 'StockReserved'] });
     await until(() => deliveries.length === 2, 'two deliveries');
     expect(deliveries.map((d) => d.routingKey)).toEqual(['OrderCreated', 'OrderCancelled']);
+  });
+
+  it('refuses a publish of a type no queue is bound to, among concurrent ones, and takes it once one is', async () => {
+    const { bus } = await setup(['orders', 'audit']);
+    await bus.declare('orders', ['OrderCreated']);
+
+    const outcomes = await Promise.allSettled([
+      bus.publish([envelope('OrderCreated', 1)]),
+      bus.publish([envelope('StockAdjusted', 1, 'p-1'), envelope('StockAdjusted', 2, 'p-1')]),
+      bus.publish([envelope('OrderCreated', 2)]),
+    ]);
+
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    const refused = outcomes[1].status === 'rejected' ? (outcomes[1].reason as unknown) : undefined;
+    expect(refused).toBeInstanceOf(UnroutableError);
+    expect(refused).toMatchObject({ types: ['StockAdjusted'] });
+    await eventually(async () => ((await bus.depth('orders')) === 2 ? true : undefined), 5_000, 'two orders');
+
+    await bus.declare('audit', ['StockAdjusted']);
+    await bus.publish([envelope('StockAdjusted', 1, 'p-1')]);
+
+    await eventually(async () => ((await bus.depth('audit')) === 1 ? true : undefined), 5_000, 'the stock event');
+  });
+
+  it('parks a message that crashes its consumer each time once past the delivery limit; the others flow', async () => {
+    const { bus, queuePrefix } = await setup(['orders'], { deliveryLimit: 2 });
+    const [before, poison, after] = [
+      envelope('OrderCreated', 1),
+      envelope('OrderCreated', 2),
+      envelope('OrderCreated', 3),
+    ];
+    await bus.declare('orders', ['OrderCreated']);
+    for (const message of [before, poison, after]) await bus.publish([message]);
+    const handled: string[] = [];
+    let crashes = 0;
+    // Its process dies on the poison message before it can ack: the connection drops
+    // with the delivery unacked, and the broker hands it out again after the reconnect.
+    await bus.subscribe(
+      'orders',
+      ['OrderCreated'],
+      async (delivery) => {
+        if (delivery.messageId === poison.id) {
+          crashes += 1;
+          forceDisconnect(bus);
+          return;
+        }
+        handled.push(delivery.messageId ?? '');
+        await delivery.ack();
+      },
+      { prefetch: 1 },
+    );
+
+    await until(() => handled.length === 2, 'the other two handled', 30_000);
+    expect(handled).toEqual([before.id, after.id]);
+    expect(crashes).toBe(3); // the first delivery and two more: the limit
+    await eventually(async () => ((await bus.depth('orders.parked')) === 1 ? true : undefined), 10_000, 'parked');
+    const probe = await admin.createChannel();
+    const parked = await probe.get(`${queuePrefix}orders.parked`, { noAck: true });
+    await probe.close();
+    if (parked === false) throw new Error('expected the parked message');
+    expect(parked.properties.messageId).toBe(poison.id);
+    expect(parked.properties.type).toBe('OrderCreated');
+    expect(parked.properties.headers?.['x-first-death-reason']).toBe('delivery_limit');
+    await eventually(async () => ((await bus.depth('orders')) === 0 ? true : undefined), 5_000, 'an empty queue');
+  });
+
+  it('refuses to declare over a queue made with other arguments, says which, and leaves it as it is', async () => {
+    const { bus, queuePrefix } = await setup(['orders']);
+    const old = `${queuePrefix}orders`;
+    await adminChannel.assertQueue(old, { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+    adminChannel.sendToQueue(old, Buffer.from('{}'), { persistent: true });
+
+    await expect(bus.declare('orders', ['OrderCreated'])).rejects.toThrow(
+      new RegExp(`queue ${old.replace(/\./g, '\\.')} exists with other arguments`),
+    );
+    await expect(bus.subscribe('orders', ['OrderCreated'], () => Promise.resolve())).rejects.toThrow(
+      /exists with other arguments/,
+    );
+
+    await eventually(
+      async () => ((await adminChannel.checkQueue(old)).messageCount === 1 ? true : undefined),
+      5_000,
+      'the old queue with its message',
+    );
   });
 
   it('sends several events of one type as one batch message (CloudEvents batched mode), with one confirm', async () => {
@@ -224,26 +316,37 @@ describe.skipIf(!up)('RabbitMQ bus', () => {
     const { deliveries, onDelivery } = collect();
     await bus.subscribe('orders', ['OrderCreated'], onDelivery);
 
-    await bus.publish([envelope('OrderCancelled', 1)]);
+    await expect(bus.publish([envelope('OrderCancelled', 1)])).rejects.toThrow(UnroutableError);
     await bus.publish([envelope('OrderCreated', 2)]);
 
     await until(() => deliveries.length === 1, 'one delivery');
     expect(deliveries.map((d) => d.routingKey)).toEqual(['OrderCreated']);
   });
 
-  it('declares a durable quorum queue', async () => {
-    const { bus, queuePrefix } = await setup(['orders']);
+  it('declares a durable quorum queue with a delivery limit and a parking queue', async () => {
+    const { bus, exchange, queuePrefix } = await setup(['orders'], { deliveryLimit: 7 });
     await bus.declare('orders', ['OrderCreated']);
 
-    // Declaring it again with other arguments would close the channel (406).
+    // Declaring them again with other arguments would close the channel (406).
     const probe = await admin.createChannel();
     probe.on('error', () => undefined);
     const declared = await probe.assertQueue(queuePrefix + 'orders', {
       durable: true,
+      arguments: {
+        'x-queue-type': 'quorum',
+        'x-delivery-limit': 7,
+        'x-dead-letter-exchange': `${exchange}.dlx`,
+        'x-dead-letter-routing-key': queuePrefix + 'orders',
+        'x-dead-letter-strategy': 'at-least-once',
+        'x-overflow': 'reject-publish',
+      },
+    });
+    const parking = await probe.assertQueue(`${queuePrefix}orders.parked`, {
+      durable: true,
       arguments: { 'x-queue-type': 'quorum' },
     });
     await probe.close();
-    expect(declared.queue).toBe(queuePrefix + 'orders');
+    expect([declared.queue, parking.queue]).toEqual([queuePrefix + 'orders', `${queuePrefix}orders.parked`]);
   });
 
   it('counts waiting and held messages in depth', async () => {

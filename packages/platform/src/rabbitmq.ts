@@ -6,6 +6,17 @@
 // quorum queue bound to the types it wants. Publishing resolves on publisher confirms and
 // consumers ack by hand, so a message leaves its queue only after its effect committed.
 //
+// Nothing is dropped at the broker without a word. Every publish is mandatory: a type
+// bound to no queue comes back (basic.return, just before its confirm) and the publish
+// rejects with UnroutableError instead of resolving on a confirm for a message nobody
+// will ever get. And each consumer queue has a delivery limit: a message handed out
+// that many times more without an ack (it crashes its consumer, again and again) is
+// dead-lettered, at least once, through the exchange `<exchange>.dlx` to the queue's
+// parking queue `<queue>.parked`, where it waits for an operator instead of looping.
+// A queue declared before with other arguments (by an older version) makes the
+// declaration fail, saying so: the broker cannot change a queue's arguments, and
+// deleting it would lose its messages, so that is an operator's call (README).
+//
 // The broker goes away now and then (restart, network). amqplib's recovery reconnects
 // with capped exponential backoff, but channels die with their connection, so after each
 // connect we declare the topology again and reopen every subscription. Without a
@@ -15,11 +26,27 @@
 // broker, so acking them afterwards does nothing, quietly.
 import { once, setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connect, type Channel, type ChannelModel, type ConfirmChannel, type ConsumeMessage } from 'amqplib';
+import {
+  connect,
+  type Channel,
+  type ChannelModel,
+  type ConfirmChannel,
+  type ConsumeMessage,
+  type Message,
+} from 'amqplib';
 import { eventTypes, type Envelope } from '@converge/contracts';
-import { batchContentType, batchesOf, encodeBatch, eventContentType, type Bus, type Delivery } from './bus.ts';
+import {
+  batchContentType,
+  batchesOf,
+  defaultDeliveryLimit,
+  encodeBatch,
+  eventContentType,
+  parkedQueueOf,
+  type Bus,
+  type Delivery,
+} from './bus.ts';
 import { countDelivery, countPublish } from './cost.ts';
-import { UnavailableError } from './errors.ts';
+import { UnavailableError, UnroutableError } from './errors.ts';
 
 type Log = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 
@@ -29,6 +56,8 @@ export type RabbitBusOptions = {
   queuePrefix?: string;
   /** How long createRabbitBus keeps trying to reach the broker before it gives up. */
   connectTimeoutMs?: number;
+  /** Deliveries beyond the first a message may have before it is parked (default 20). */
+  deliveryLimit?: number;
   log?: Log;
 };
 
@@ -46,13 +75,19 @@ type Consumer = {
   stopped: boolean;
 };
 
-const quorum = { durable: true, arguments: { 'x-queue-type': 'quorum' } };
+type QueueOptions = { durable: boolean; arguments: Record<string, unknown> };
+const quorum: QueueOptions = { durable: true, arguments: { 'x-queue-type': 'quorum' } };
+/** Names the publish a returned message came from: a batch has no message id of its own. */
+const publishTag = 'converge-publish';
 const ignore = (): void => undefined;
 const defaultLog: Log = (level, msg, fields) => {
   if (level !== 'info') console.error(`rabbitmq ${level}: ${msg}`, fields ?? {});
 };
 
 const forcedDisconnects = new WeakMap<Bus, () => void>();
+
+/** The exchange a bus's consumer queues dead-letter to (their parking queues are bound to it). */
+export const deadLetterExchangeOf = (exchange: string): string => `${exchange}.dlx`;
 
 /** Test hook: drops the bus's TCP connection the way a network failure would. */
 export function forceDisconnect(bus: Bus): void {
@@ -63,6 +98,10 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
   const exchange = options.exchange ?? 'converge.events';
   const prefix = options.queuePrefix ?? 'converge.';
   const log = options.log ?? defaultLog;
+  const deliveryLimit = options.deliveryLimit ?? defaultDeliveryLimit;
+  if (!Number.isInteger(deliveryLimit) || deliveryLimit < 1)
+    throw new Error(`deliveryLimit must be a positive integer, not ${deliveryLimit}`);
+  const deadLetters = deadLetterExchangeOf(exchange);
   const host = new URL(options.url).host; // never the URL itself: it holds the password
   const topology = new Map<string, Set<string>>();
   const consumers = new Set<Consumer>();
@@ -71,12 +110,50 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
   let confirmChannel: Promise<ConfirmChannel> | undefined;
   let closing: Promise<void> | undefined;
   let lastError: Error | undefined;
+  // Tag of each publish waiting for its confirm → whether the broker returned it.
+  const returned = new Map<string, boolean>();
+  let tags = 0;
+
+  // The queue keeps a dead-lettered message until its parking queue confirmed it
+  // (at-least-once, which needs reject-publish; no length limit is set, so nothing is
+  // refused for length). Dead letters are routed by the queue's name.
+  const queueOptions = (name: string): QueueOptions => ({
+    durable: true,
+    arguments: {
+      'x-queue-type': 'quorum',
+      'x-delivery-limit': deliveryLimit,
+      'x-dead-letter-exchange': deadLetters,
+      'x-dead-letter-routing-key': name,
+      'x-dead-letter-strategy': 'at-least-once',
+      'x-overflow': 'reject-publish',
+    },
+  });
+
+  // The broker cannot change the arguments of a queue that exists: say which queue and
+  // what to do, rather than the bare 406.
+  const assertQueue = async (channel: Channel, name: string, queue: QueueOptions): Promise<void> => {
+    try {
+      await channel.assertQueue(name, queue);
+    } catch (error) {
+      if (!isPreconditionFailed(error)) throw error;
+      throw new Error(
+        `queue ${name} exists with other arguments than ${JSON.stringify(queue.arguments)}, ` +
+          'probably declared by a version without delivery limits and parking queues. ' +
+          'With its producers stopped, let it drain, delete it and start again (README, "The broker"). ' +
+          `RabbitMQ: ${asError(error).message}`,
+        { cause: error },
+      );
+    }
+  };
 
   // A queue is bound to exactly the types asked for: a catalogue type it no longer
   // handles (a deployment that narrowed its bindings) is unbound, so it stops arriving.
   const declareOn = async (channel: Channel, name: string, types: ReadonlySet<string>): Promise<void> => {
     await channel.assertExchange(exchange, 'topic', { durable: true });
-    await channel.assertQueue(name, quorum);
+    await channel.assertExchange(deadLetters, 'direct', { durable: true });
+    await assertQueue(channel, parkedQueueOf(name), quorum);
+    await channel.bindQueue(parkedQueueOf(name), deadLetters, name);
+    await assertQueue(channel, name, queueOptions(name));
     for (const type of types) await channel.bindQueue(name, exchange, type);
     for (const type of eventTypes) if (!types.has(type)) await channel.unbindQueue(name, exchange, type);
   };
@@ -156,12 +233,17 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
       setMaxListeners(0, channel); // every publisher waiting for 'drain' listens
       channel.on('error', (error: Error) => log('error', 'publisher channel failed', { error: error.message }));
       channel.on('close', forget);
+      channel.on('return', (message: Message) => {
+        const tag: unknown = message.properties.headers?.[publishTag];
+        if (typeof tag === 'string' && returned.has(tag)) returned.set(tag, true);
+      });
     }, forget);
     return (confirmChannel = opening);
   };
 
   // Each message waits for its own confirm rather than waitForConfirms(), which would
   // also wait for, and fail with, whatever concurrent callers put on the shared channel.
+  // A returned message is confirmed too, after its return: its confirm rejects.
   const publish = async (messages: readonly Envelope[]): Promise<void> => {
     if (messages.length === 0) return;
     const channel = await publisherChannel();
@@ -176,18 +258,40 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
       const encoded = encodeBatch(envelopes);
       const body = Buffer.from(encoded.body);
       const timestamp = Math.floor(Date.now() / 1000);
+      const tag = (tags++).toString(36);
       const properties = {
         contentType: encoded.batch ? batchContentType : eventContentType,
         persistent: true,
+        mandatory: true,
         type,
         timestamp,
+        headers: { [publishTag]: tag },
         ...(encoded.batch ? {} : { messageId: envelopes[0]?.id }),
       };
+      const confirm = (error: unknown): void => {
+        const wasReturned = returned.get(tag) === true;
+        returned.delete(tag);
+        settle(error ?? (wasReturned ? new UnroutableError([type]) : undefined));
+      };
       countPublish(envelopes.length, body.length);
-      const flowing = channel.publish(exchange, type, body, properties, (error: unknown) => settle(error));
+      returned.set(tag, false);
+      let flowing: boolean;
+      try {
+        flowing = channel.publish(exchange, type, body, properties, confirm);
+      } catch (error) {
+        returned.delete(tag);
+        throw error;
+      }
       if (!flowing) await drained(channel);
     }
-    await Promise.all(confirms);
+    const unroutable: string[] = [];
+    for (const outcome of await Promise.allSettled(confirms)) {
+      if (outcome.status === 'fulfilled') continue;
+      const error: unknown = outcome.reason;
+      if (!(error instanceof UnroutableError)) throw error;
+      unroutable.push(...error.types);
+    }
+    if (unroutable.length > 0) throw new UnroutableError(unroutable);
   };
 
   const open = async (consumer: Consumer): Promise<void> => {
@@ -381,6 +485,10 @@ function parseBody(text: string): unknown {
   } catch {
     return text; // a poison message: the consumer dead-letters it with the raw text
   }
+}
+
+function isPreconditionFailed(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && 'code' in error && error.code === 406;
 }
 
 function isNotFound(error: unknown): boolean {

@@ -1,21 +1,26 @@
 // The relay, on PGlite and on a real PostgreSQL server: it publishes the outbox in order
 // per subject, marks what the broker confirmed, rides out a failing broker without loss,
-// lets two instances share one database without ever publishing a subject at once, and
-// wakes on NOTIFY rather than waiting for its poll.
+// lets two instances share one database without ever publishing a subject at once,
+// wakes on NOTIFY rather than waiting for its poll, and keeps (counts, says, retries)
+// what the broker refuses for want of a bound queue, on the local bus and on RabbitMQ.
 import crypto from 'node:crypto';
 import type { Envelope } from '@converge/contracts';
+import { connect } from 'amqplib';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { eventsOf, type Bus } from './bus.ts';
 import { dropDatabase, ensureDatabase, openPglite, openPostgres, type Db } from './db.ts';
+import { UnroutableError } from './errors.ts';
 import { createLocalBus } from './local-bus.ts';
-import { silentLogger } from './log.ts';
+import { silentLogger, type Fields, type Logger } from './log.ts';
 import { migrate, platformMigrations } from './migrate.ts';
 import { appendToOutbox, type Outgoing } from './outbox.ts';
-import { outboxStatus, relayBatch, startRelay, type Relay } from './relay.ts';
+import { createRabbitBus, deadLetterExchangeOf } from './rabbitmq.ts';
+import { outboxStatus, relayBatch, startRelay, unroutableEvents, type Relay } from './relay.ts';
 import { sleep } from './retry.ts';
 import { eventually, serverAvailable, servers, uniqueName } from './testing.ts';
 
 const pgUp = await serverAvailable('postgres');
+const rabbitUp = await serverAvailable('rabbitmq');
 
 type Backend = { name: 'pglite' | 'postgres'; up: boolean; open(): Promise<Db> };
 const database = uniqueName('t');
@@ -101,7 +106,11 @@ function recordingBus(inner: Bus, relay: string, log: PublishLog, failures = 0):
   return wrapper;
 }
 
-async function run(db: Db, bus: Bus, options: { batchSize?: number; pollMs?: number } = {}): Promise<Relay> {
+async function run(
+  db: Db,
+  bus: Bus,
+  options: { batchSize?: number; pollMs?: number; log?: Logger } = {},
+): Promise<Relay> {
   const relay = await startRelay({ db, bus, log: silentLogger, ...options });
   cleanups.push(() => relay.stop());
   return relay;
@@ -112,6 +121,74 @@ const stockAdjusted = (subject: string): Outgoing => ({
   subject,
   data: { productId: subject, delta: 1, reason: 'restock', stockQuantity: 1, reserved: 0, sold: 0 },
 });
+
+const productAdded = (subject: string): Outgoing => ({
+  type: 'ProductAdded',
+  subject,
+  data: { productId: subject, name: 'Tea', price: 450, currency: 'EUR', stockQuantity: 1 },
+});
+
+/** Appends the events in one transaction; returns their envelopes. */
+const append = (db: Db, events: readonly Outgoing[]): Promise<Envelope[]> =>
+  db.transaction((tx) => appendToOutbox(tx, { source: 'inventory', now: new Date() }, events));
+
+const unpublished = async (db: Db) =>
+  (
+    await db.query<{ id: string }>('SELECT id::text AS id FROM outbox WHERE published_at IS NULL ORDER BY position')
+  ).map((r) => r.id);
+
+/** A logger that keeps what it is told. */
+function recordingLogger(): Logger & { lines: { level: string; message: string; fields: Fields }[] } {
+  const lines: { level: string; message: string; fields: Fields }[] = [];
+  const logger = {
+    lines,
+    info: (message: string, fields: Fields = {}) => void lines.push({ level: 'info', message, fields }),
+    warn: (message: string, fields: Fields = {}) => void lines.push({ level: 'warn', message, fields }),
+    error: (message: string, fields: Fields = {}) => void lines.push({ level: 'error', message, fields }),
+    child: () => logger,
+  };
+  return logger;
+}
+
+/**
+ * Events of a type no queue binds (ProductAdded: the bus binds only StockAdjusted) wait in
+ * the outbox, with the later events of their subject, while the other subjects go out;
+ * the refusals are counted and logged; once a queue binds the type, they go out in order.
+ */
+async function unroutableWaitsForItsQueue(db: Db, bus: Bus): Promise<void> {
+  const log = recordingLogger();
+  const [a, b, c] = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+  const [added, adjustedA] = await append(db, [productAdded(a), stockAdjusted(a), stockAdjusted(b)]);
+  await run(db, bus, { batchSize: 10, log });
+
+  await eventually(
+    async () => ((await unpublished(db)).length === 2 ? true : undefined),
+    15_000,
+    'the other subject published',
+  );
+  expect(await unpublished(db)).toEqual([added?.id, adjustedA?.id]);
+  const [adjustedC] = await append(db, [stockAdjusted(c)]);
+  await eventually(
+    async () => ((await unpublished(db)).includes(adjustedC?.id ?? '') ? undefined : true),
+    15_000,
+    'a later subject published while the type is refused',
+  );
+  expect(unroutableEvents(db).get('ProductAdded')).toBeGreaterThanOrEqual(1);
+  expect(log.lines.find((l) => l.level === 'error')?.fields).toMatchObject({
+    type: 'ProductAdded',
+    routingKey: 'ProductAdded',
+  });
+
+  await bus.declare('catalogue', ['ProductAdded']);
+
+  await eventually(drained(db), 15_000, 'outbox drained once a queue binds the type');
+  const feedOfA = await db.query<{ id: string }>(
+    'SELECT id::text AS id FROM outbox WHERE subject = $1 ORDER BY feed_position',
+    [a],
+  );
+  expect(feedOfA.map((r) => r.id)).toEqual([added?.id, adjustedA?.id]);
+  await eventually(async () => ((await bus.depth('catalogue')) >= 1 ? true : undefined), 5_000, 'the event queued');
+}
 
 /** Appends one event per entry of `subjects`, `perTransaction` at a time; returns the ids in position order. */
 async function appendAll(db: Db, subjects: readonly string[], perTransaction: number): Promise<string[]> {
@@ -269,6 +346,38 @@ describe.each(backends)('relay on $name', (backend) => {
     );
 
     it(
+      'given a batch with a type no queue binds, when relayBatch runs, then it marks the other subjects, ' +
+        'keeps that row and the later rows of its subject, counts the refusal and rejects',
+      async () => {
+        const db = await backend.open();
+        const bus = await openBus();
+        const [a, b] = [crypto.randomUUID(), crypto.randomUUID()];
+        const [added, , adjustedA] = await append(db, [
+          productAdded(a),
+          stockAdjusted(b),
+          stockAdjusted(a),
+          stockAdjusted(b),
+        ]);
+
+        const batch = relayBatch(db, bus, 10);
+
+        await expect(batch).rejects.toThrow(UnroutableError);
+        await expect(batch).rejects.toMatchObject({ types: ['ProductAdded'] });
+        expect(await unpublished(db)).toEqual([added?.id, adjustedA?.id]);
+        expect(await outboxStatus(db)).toMatchObject({ backlog: 2, published: 2 });
+        expect([...unroutableEvents(db)]).toEqual([['ProductAdded', 1]]);
+      },
+    );
+
+    it(
+      'given events of a type no queue binds, when the relay runs, then they wait in the outbox, ' +
+        'counted and logged, while other subjects go out, and go out in order once a queue binds the type',
+      async () => {
+        await unroutableWaitsForItsQueue(await backend.open(), await openBus());
+      },
+    );
+
+    it(
       'given an idle relay polling once a minute, when a row is committed, ' +
         'then NOTIFY wakes it and the row is published within seconds',
       async () => {
@@ -289,4 +398,32 @@ describe.each(backends)('relay on $name', (backend) => {
       },
     );
   });
+});
+
+describe.skipIf(!rabbitUp)('relay on RabbitMQ', () => {
+  it(
+    'given events of a type no queue binds, when the relay publishes them to RabbitMQ, then they wait ' +
+      'in the outbox, counted and logged, and go out in order once a queue binds the type',
+    async () => {
+      const db = await migrated(await openPglite('relay-test'));
+      const exchange = uniqueName('test.events');
+      const queuePrefix = `${uniqueName('test')}.`;
+      const bus = await createRabbitBus({ url: servers.rabbitmq, exchange, queuePrefix, log: () => undefined });
+      cleanups.push(async () => {
+        const admin = await connect(servers.rabbitmq);
+        const channel = await admin.createChannel();
+        for (const queue of ['audit', 'catalogue']) {
+          await channel.deleteQueue(queuePrefix + queue);
+          await channel.deleteQueue(`${queuePrefix}${queue}.parked`);
+        }
+        await channel.deleteExchange(exchange);
+        await channel.deleteExchange(deadLetterExchangeOf(exchange));
+        await admin.close();
+      });
+      cleanups.push(() => bus.close());
+      await bus.declare('audit', ['StockAdjusted']);
+
+      await unroutableWaitsForItsQueue(db, bus);
+    },
+  );
 });
