@@ -16,7 +16,8 @@ import {
   subscriptions,
   type EventType,
 } from '@converge/contracts';
-import { sagaModes, type SagaMode } from '@converge/platform';
+import { defaultDeliveryLimit, parkedQueueOf, sagaModes, type SagaMode } from '@converge/platform';
+import { deadLetterExchangeOf } from '@converge/platform/rabbitmq';
 import { inventorySources } from '../services/inventory/service.ts';
 import { orchestratorSources } from '../services/orchestrator/service.ts';
 import { orderSources } from '../services/order/service.ts';
@@ -85,8 +86,11 @@ durable quorum queue per consuming service, \`${queueOf('<service>')}\`, bound t
 A publish of several events of one type is one broker message in CloudEvents batched mode \
 (\`application/cloudevents-batch+json\`, a JSON array of envelopes): one confirm, one delivery and one ack for the \
 lot; each envelope in it is validated and applied on its own, and a bad one is dead-lettered alone. Messages are \
-persistent and published with publisher confirms; consumers ack after their transaction commits. Embedded mode uses \
-an in-process bus with the same semantics.`;
+persistent and published with publisher confirms and the mandatory flag: an event of a type no queue is bound to \
+is refused and stays in its producer's outbox until one is. Consumers ack after their transaction commits; a \
+message redelivered more than ${defaultDeliveryLimit} times without an ack is dead-lettered through the exchange \
+\`${deadLetterExchangeOf(exchange)}\` to the queue's parking queue \`${parkedQueueOf(queueOf('<service>'))}\`. \
+Embedded mode uses an in-process bus with the same semantics.`;
 
 function messageOf(type: EventType) {
   const { source, version, schema, summary } = catalogue[type];
