@@ -77,8 +77,6 @@ type Consumer = {
 
 type QueueOptions = { durable: boolean; arguments: Record<string, unknown> };
 const quorum: QueueOptions = { durable: true, arguments: { 'x-queue-type': 'quorum' } };
-/** Names the publish a returned message came from: a batch has no message id of its own. */
-const publishTag = 'converge-publish';
 const ignore = (): void => undefined;
 const defaultLog: Log = (level, msg, fields) => {
   if (level !== 'info') console.error(`rabbitmq ${level}: ${msg}`, fields ?? {});
@@ -234,7 +232,7 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
       channel.on('error', (error: Error) => log('error', 'publisher channel failed', { error: error.message }));
       channel.on('close', forget);
       channel.on('return', (message: Message) => {
-        const tag: unknown = message.properties.headers?.[publishTag];
+        const tag: unknown = message.properties.correlationId;
         if (typeof tag === 'string' && returned.has(tag)) returned.set(tag, true);
       });
     }, forget);
@@ -265,7 +263,10 @@ export async function createRabbitBus(options: RabbitBusOptions): Promise<Bus> {
         mandatory: true,
         type,
         timestamp,
-        headers: { [publishTag]: tag },
+        // Names the publish a returned message came from: a batch has no message id of its
+        // own, and an event id may be in flight twice. A header would do as well, but
+        // costs a table to encode per message (a third more client CPU per publish).
+        correlationId: tag,
         ...(encoded.batch ? {} : { messageId: envelopes[0]?.id }),
       };
       const confirm = (error: unknown): void => {
