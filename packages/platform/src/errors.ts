@@ -28,9 +28,14 @@ export class ConflictError extends Error {
   }
 }
 
-/** A dependency is down; try again later (503). */
+/** A dependency is down or overloaded; try again later (503, Retry-After in seconds). */
 export class UnavailableError extends Error {
   override readonly name = 'UnavailableError';
+  readonly retryAfterSeconds: number;
+  constructor(message: string, retryAfterSeconds = 1) {
+    super(message);
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
 }
 
 /**
@@ -49,19 +54,9 @@ export class UnroutableError extends Error {
 }
 
 // Errors that mean "the database (or another dependency) is out of reach right now":
-// connection refused or lost, the server shutting down or starting up, no free
-// connection slot. Not the request's fault, so the caller hears 503 and may retry.
-const unreachableCodes = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'EHOSTUNREACH',
-  '57P01',
-  '57P02',
-  '57P03',
-  '53300',
-]);
+// connection refused or lost, the server shutting down or starting up. Not the
+// request's fault, so the caller hears 503 and may retry.
+const unreachableCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /** Messages of driver errors that mean the server could not be reached, whatever their code. */
 const unreachableMessage = new RegExp(
@@ -69,17 +64,39 @@ const unreachableMessage = new RegExp(
     'Connection terminated',
     'connection timeout',
     'timeout exceeded when trying to connect',
+    'timeout expired',
+    'Query read timeout',
     'Client has encountered a connection error',
   ].join('|'),
   'i',
 );
 
+const codeOf = (error: Error): string | undefined => {
+  const code = (error as { code?: unknown }).code;
+  return typeof code === 'string' ? code : undefined;
+};
+
+/** The server or the way to it is gone, hung or refusing connections (SQLSTATE 08, 57P0x, socket errors). */
 export function isUnreachable(error: unknown): boolean {
   if (error instanceof UnavailableError) return true;
   if (!(error instanceof Error)) return false;
-  const code = (error as { code?: unknown }).code;
-  if (typeof code === 'string' && (unreachableCodes.has(code) || code.startsWith('08'))) return true;
+  const code = codeOf(error);
+  if (code !== undefined && (unreachableCodes.has(code) || code.startsWith('08') || /^57P0\d$/.test(code))) return true;
   return unreachableMessage.test(error.message);
+}
+
+// SQLSTATEs of a server that is there but cannot take the statement now: out of
+// resources (53: disk full, out of memory, too many connections), a statement or lock
+// timeout, an idle transaction ended by the server, a transaction that lost a race
+// (serialization failure, deadlock). The same statement later may well succeed.
+const busyCodes = new Set(['57014', '55P03', '25P03', '40001', '40P01', '58000', '58030']);
+
+/** Anything that makes a request fail for now, not for good: unreachable, overloaded, timed out, lost a race. */
+export function isUnavailable(error: unknown): boolean {
+  if (isUnreachable(error)) return true;
+  if (!(error instanceof Error)) return false;
+  const code = codeOf(error);
+  return code !== undefined && (busyCodes.has(code) || code.startsWith('53'));
 }
 
 /** A message that can never take effect, however often it is retried. */

@@ -7,7 +7,7 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, ty
 import swagger from '@fastify/swagger';
 import { TypeBoxValidatorCompiler, type TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Type from 'typebox';
-import { ConflictError, InvalidError, isUnreachable, NotFoundError, UnavailableError } from './errors.ts';
+import { ConflictError, InvalidError, isUnavailable, NotFoundError, UnavailableError } from './errors.ts';
 import type { Logger } from './log.ts';
 
 export type HttpApp = FastifyInstance<
@@ -37,6 +37,10 @@ export type HttpOptions = {
   description?: string;
   bodyLimit?: number;
   ready?: Readiness;
+  /** Longest a client may take to send a whole request (headers and body); 0 for no limit. */
+  requestTimeoutMs?: number;
+  /** Longest a connection may stay silent (no byte either way) before it is closed. */
+  connectionTimeoutMs?: number;
 };
 
 function problem(reply: FastifyReply, status: number, title: string, detail?: string, errors?: string[]) {
@@ -58,6 +62,8 @@ export async function createHttpApp({
   description,
   bodyLimit = 64 * 1024,
   ready,
+  requestTimeoutMs = 30_000,
+  connectionTimeoutMs = 60_000,
 }: HttpOptions): Promise<HttpApp> {
   const handleError = (error: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     if (error.validation !== undefined) {
@@ -78,20 +84,20 @@ export async function createHttpApp({
     if (error instanceof ConflictError)
       return problem(reply, error.status, error.status === 412 ? 'Precondition failed' : 'Conflict', error.message);
     if (error instanceof UnavailableError)
-      return problem(reply.header('retry-after', '1'), 503, 'Unavailable', error.message);
-    if (isUnreachable(error)) {
-      log.warn('request failed: a dependency is out of reach', {
+      return problem(reply.header('retry-after', String(error.retryAfterSeconds)), 503, 'Unavailable', error.message);
+    if (isUnavailable(error)) {
+      log.warn('request failed: the database cannot take it now', {
         method: request.method,
         url: request.url,
+        code: error.code,
         error: error.message,
       });
-      void reply.header('retry-after', '1');
       return problem(
-        reply,
+        reply.header('retry-after', '1'),
         503,
         'Unavailable',
-        'The service cannot reach its database right now. Retry shortly (with ' +
-          'the same Idempotency-Key where the request takes one).',
+        'The service cannot use its database right now (out of reach, too slow or overloaded). Retry ' +
+          'shortly (with the same Idempotency-Key where the request takes one).',
       );
     }
     const status = typeof error.statusCode === 'number' ? error.statusCode : 500;
@@ -114,6 +120,19 @@ export async function createHttpApp({
     bodyLimit,
     return503OnClosing: true,
     forceCloseConnections: true,
+    // A client that sends its request slowly, or opens a connection and says nothing,
+    // must not hold a socket forever. Node checks the request deadline on an interval
+    // (30 s by default): checked more often, the deadline is what it says.
+    requestTimeout: requestTimeoutMs,
+    connectionTimeout: connectionTimeoutMs,
+    ...(requestTimeoutMs > 0
+      ? {
+          http: {
+            headersTimeout: requestTimeoutMs,
+            connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(requestTimeoutMs / 4))),
+          },
+        }
+      : {}),
     // The router refuses some URLs (bad percent-encoding, a parameter over 100
     // characters) before any route runs: they too leave as problem+json.
     frameworkErrors: (error, request, reply) => {
@@ -135,6 +154,9 @@ export async function createHttpApp({
     openapi: {
       openapi: '3.1.0',
       info: { title: `Converge ${service} service`, version: '1.0.0', description: description ?? '' },
+      // Every documented route needs a caller's token (identity.ts); health and the document itself do not.
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } } },
+      security: [{ bearer: [] }],
     },
   });
 

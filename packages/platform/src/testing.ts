@@ -73,3 +73,61 @@ export async function eventually<T>(
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+export type StallingProxy = {
+  /** The target's URL with the proxy's host and port in it. */
+  url: string;
+  /** Stops forwarding bytes either way, closing nothing: the server looks hung. */
+  stall(): void;
+  /** Forwards again, what was held first. */
+  resume(): void;
+  /** Stops listening and drops every connection (the server looks gone). */
+  close(): Promise<void>;
+};
+
+/**
+ * A TCP proxy in front of a real server (its URL's host and port) that a test can stall:
+ * a hung server, or a network path that drops everything, without a closed socket to
+ * tell the client. New connections during a stall are accepted and held too.
+ */
+export async function stallingProxy(target: string): Promise<StallingProxy> {
+  const to = new URL(target);
+  const sockets = new Set<net.Socket>();
+  let stalled = false;
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(to.port || 5432), to.hostname);
+    for (const [from, onto] of [
+      [client, upstream],
+      [upstream, client],
+    ] as const) {
+      sockets.add(from);
+      from.on('data', (chunk) => onto.write(chunk));
+      from.on('error', () => undefined);
+      from.on('close', () => {
+        sockets.delete(from);
+        onto.destroy();
+      });
+      if (stalled) from.pause();
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = new URL(target);
+  url.hostname = '127.0.0.1';
+  url.port = String((server.address() as net.AddressInfo).port);
+  return {
+    url: url.toString(),
+    stall: () => {
+      stalled = true;
+      for (const socket of sockets) socket.pause();
+    },
+    resume: () => {
+      stalled = false;
+      for (const socket of sockets) socket.resume();
+    },
+    close: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const socket of sockets) socket.destroy();
+      await closed;
+    },
+  };
+}
