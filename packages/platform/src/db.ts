@@ -1,7 +1,9 @@
 // One database interface over PostgreSQL (node-postgres pool) and PGlite (embedded,
 // in-process PostgreSQL). Services see only `Db`: parameterised queries that return
 // rows, transactions, LISTEN, and close. bigint columns come back as numbers: every id
-// and amount here stays far below 2^53.
+// and amount here stays far below 2^53. On a server, every wait is bounded: for a
+// connection, for a statement, for a transaction left idle; a database that is hung or
+// full fails the request in seconds (503, errors.ts) instead of holding it forever.
 import fs from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
 import pg from 'pg';
@@ -14,16 +16,36 @@ export interface Sql {
   query<R extends object = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
 }
 
+export type TransactionOptions = {
+  /**
+   * The statement timeout inside this transaction instead of the database's (0: none),
+   * for work known to take long, such as a migration or waiting for one. Servers only.
+   */
+  statementTimeoutMs?: number;
+};
+
+/** How the connection pool is doing, for admission control (admission.ts). */
+export type PoolStats = {
+  /** Connections open, and of those idle. */
+  total: number;
+  idle: number;
+  /** Callers waiting for a connection, and how long the longest of them has waited. */
+  waiting: number;
+  oldestWaitMs: number;
+};
+
 export interface Db extends Sql {
   readonly kind: 'pglite' | 'postgres';
   readonly name: string;
   /** Runs a script of several statements (migrations only; no parameters). */
   exec(script: string): Promise<void>;
   /** Runs `fn` in one transaction: commit on return, rollback on throw. */
-  transaction<T>(fn: (tx: Sql) => Promise<T>): Promise<T>;
+  transaction<T>(fn: (tx: Sql) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /** Calls `onNotify` for every NOTIFY on `channel` until the returned stop is called. */
   listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
+  /** The pool's figures (servers; an embedded database has no pool). */
+  poolStats?(): PoolStats;
 }
 
 const int8 = 20;
@@ -109,7 +131,7 @@ function prepared(text: string, params?: readonly unknown[]): pg.QueryConfig {
 // order. A statement that failed in the pipeline aborts the transaction, so the COMMIT
 // behind it rolls back, and its error is what the transaction throws.
 type Pipeline = {
-  send<R extends object>(config: pg.QueryConfig): Promise<R[]>;
+  send<R extends object>(config: pg.QueryConfig & { query_timeout?: number }): Promise<R[]>;
   /** Sends COMMIT behind every statement still in flight; throws the first failure among them. */
   commit(): Promise<void>;
   /** Waits for every statement sent (after a failure, before ROLLBACK). */
@@ -125,7 +147,7 @@ function pipelined(client: pg.PoolClient): Pipeline {
     () => undefined,
   );
   return {
-    send: <R extends object>(config: pg.QueryConfig) => {
+    send: <R extends object>(config: pg.QueryConfig & { query_timeout?: number }) => {
       const sent = client.query<R & pg.QueryResultRow>(config);
       inFlight.add(sent);
       const done = () => inFlight.delete(sent);
@@ -150,15 +172,47 @@ function pipelined(client: pg.PoolClient): Pipeline {
   };
 }
 
-export type PostgresOptions = { max?: number; log?: (msg: string, fields?: Record<string, unknown>) => void };
+export type PostgresOptions = {
+  max?: number;
+  log?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** Longest wait for a connection, new or from the pool (0: none). */
+  connectTimeoutMs?: number;
+  /** Longest a statement may run on the server (0: none); see TransactionOptions. */
+  statementTimeoutMs?: number;
+  /** Longest a transaction may sit idle between statements before the server ends it (0: none). */
+  idleInTransactionTimeoutMs?: number;
+};
+
+export const postgresDefaults = {
+  connectTimeoutMs: 5_000,
+  statementTimeoutMs: 10_000,
+  idleInTransactionTimeoutMs: 60_000,
+} as const;
+
+// The statement timeout is the server's; when the server, or the way to it, hangs, no
+// cancel ever comes back. The driver then gives up on its own this much later, and drops
+// the connection (a pipelined one cannot skip an answer it never got).
+const readGraceMs = 1_000;
+// What a transaction without a statement timeout waits for an answer (a timer's limit).
+const noReadTimeout = 2_147_483_647;
+const readTimeoutFor = (statementTimeoutMs: number) =>
+  statementTimeoutMs > 0 ? statementTimeoutMs + readGraceMs : noReadTimeout;
 
 /** A database on a PostgreSQL server, through a connection pool. */
 export async function openPostgres(name: string, url: string, options: PostgresOptions = {}): Promise<Db> {
+  const { connectTimeoutMs, statementTimeoutMs, idleInTransactionTimeoutMs } = { ...postgresDefaults, ...options };
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max ?? 10,
     pipeline: true,
     types: { getTypeParser: typeParser },
+    connectionTimeoutMillis: connectTimeoutMs,
+    keepAlive: true,
+    // Sent at start-up, so each connection has them before its first statement.
+    ...(statementTimeoutMs > 0
+      ? { statement_timeout: statementTimeoutMs, query_timeout: readTimeoutFor(statementTimeoutMs) }
+      : {}),
+    ...(idleInTransactionTimeoutMs > 0 ? { idle_in_transaction_session_timeout: idleInTransactionTimeoutMs } : {}),
   });
   // An idle client whose server went away must not crash the process; the pool replaces it.
   pool.on('error', (error) => options.log?.('idle database client failed', { db: name, error: error.message }));
@@ -169,29 +223,63 @@ export async function openPostgres(name: string, url: string, options: PostgresO
   // every client always has a listener; the failing statement reports the error, and a
   // client that failed is discarded on release.
   pool.on('connect', (client) => client.on('error', () => undefined));
-  const client = await pool.connect();
-  client.release();
+  // Every checkout goes through here, so the pool's queue is measured: how many wait,
+  // since when (a Set keeps insertion order, and the pool serves in that order).
+  const waitingSince = new Set<{ at: number }>();
+  const acquire = async (): Promise<pg.PoolClient> => {
+    const waiter = { at: performance.now() };
+    waitingSince.add(waiter);
+    try {
+      return await pool.connect();
+    } finally {
+      waitingSince.delete(waiter);
+    }
+  };
+  // A statement's error from the server (severity ERROR) leaves its connection usable;
+  // any other (FATAL, a timeout, a broken socket) may not, and the connection is dropped.
+  const release = (client: pg.PoolClient, error?: unknown) =>
+    client.release(error === undefined || (error as { severity?: unknown }).severity === 'ERROR' ? undefined : true);
+  release(await acquire());
   const listeners = new Set<pg.Client>();
   return {
     kind: 'postgres',
     name,
     query: async <R extends object>(text: string, params?: readonly unknown[]) => {
       countStatement();
-      return (await pool.query<R & pg.QueryResultRow>(prepared(text, params))).rows as R[];
+      const client = await acquire();
+      try {
+        const rows = (await client.query<R & pg.QueryResultRow>(prepared(text, params))).rows as R[];
+        release(client);
+        return rows;
+      } catch (error) {
+        release(client, error);
+        throw error;
+      }
     },
     exec: async (script) => {
       countStatement();
-      await pool.query(script);
+      const client = await acquire();
+      try {
+        await client.query(script);
+        release(client);
+      } catch (error) {
+        release(client, error);
+        throw error;
+      }
     },
-    transaction: async (fn) => {
+    transaction: async (fn, transactionOptions = {}) => {
       countTransaction();
-      const tx = await pool.connect();
+      const own = transactionOptions.statementTimeoutMs;
+      if (own !== undefined && (!Number.isInteger(own) || own < 0)) throw new Error(`invalid statement timeout ${own}`);
+      const tx = await acquire();
       const statements = pipelined(tx);
+      if (own !== undefined) void statements.send({ text: `SET LOCAL statement_timeout = ${own}` });
+      const readTimeout = own === undefined ? {} : { query_timeout: readTimeoutFor(own) };
       try {
         const result = await fn({
           query: <R extends object>(text: string, params?: readonly unknown[]) => {
             countStatement();
-            return statements.send<R>(prepared(text, params));
+            return statements.send<R>({ ...prepared(text, params), ...readTimeout });
           },
         });
         await statements.commit();
@@ -208,19 +296,36 @@ export async function openPostgres(name: string, url: string, options: PostgresO
         throw error;
       }
     },
-    listen: (channel, onNotify) => listenWithReconnect(url, channel, onNotify, listeners, options.log),
+    listen: (channel, onNotify) =>
+      listenWithReconnect(
+        { connectionString: url, connectionTimeoutMillis: connectTimeoutMs, keepAlive: true },
+        channel,
+        onNotify,
+        listeners,
+        options.log,
+      ),
     close: async () => {
       for (const listener of listeners) await listener.end().catch(() => undefined);
       await pool.end();
+    },
+    poolStats: () => {
+      const oldest = waitingSince.values().next().value;
+      return {
+        total: pool.totalCount,
+        idle: pool.idleCount,
+        waiting: pool.waitingCount,
+        oldestWaitMs: oldest === undefined ? 0 : performance.now() - oldest.at,
+      };
     },
   };
 }
 
 // LISTEN needs a connection of its own. If it drops (server restart), reconnect with
 // backoff and fire once: notifications sent while we were away are lost, so the caller
-// must look for work it may have missed.
+// must look for work it may have missed. It has no statement timeout: it runs none but
+// LISTEN, and is idle the rest of the time, outside any transaction.
 async function listenWithReconnect(
-  url: string,
+  config: pg.ClientConfig,
   channel: string,
   onNotify: () => void,
   listeners: Set<pg.Client>,
@@ -231,7 +336,7 @@ async function listenWithReconnect(
   let current: pg.Client | undefined;
   let delay = 100;
   const connect = async (): Promise<void> => {
-    const client = new pg.Client({ connectionString: url });
+    const client = new pg.Client(config);
     client.on('notification', () => onNotify());
     client.on('error', (error) => {
       log?.('listen connection failed', { channel, error: error.message });
