@@ -13,6 +13,7 @@ import {
   keySetSetting,
   loadConfig,
   openPostgres,
+  postgresDefaults,
   redisCache,
   setting,
   startService,
@@ -25,7 +26,7 @@ import { parseBusFaults, withFaults, type BusFaults } from '@converge/platform/f
 import { createRabbitBus } from '@converge/platform/rabbitmq';
 import { inventoryService } from '../services/inventory/service.ts';
 import { orchestratorConfig, orchestratorService } from '../services/orchestrator/service.ts';
-import { orderService } from '../services/order/service.ts';
+import { orderConfig, orderService } from '../services/order/service.ts';
 import { httpFeed, queryConfig, queryService } from '../services/query/service.ts';
 import { openSimulatedProvider, paymentConfig, paymentService } from '../services/payment/service.ts';
 import { defaultPorts, serviceNames, type ServiceName } from './system.ts';
@@ -54,6 +55,12 @@ export const sharedConfig = (service: ServiceName, testing = false) => ({
   DATABASE_URL: setting.optional(),
   DATABASE_PREFIX: setting.string('converge_'),
   DB_POOL_SIZE: setting.int(10, 1, 500),
+  /** Longest wait for a database connection, new or pooled; then 503 (0: none). */
+  DB_CONNECT_TIMEOUT_MS: setting.int(postgresDefaults.connectTimeoutMs, 0, 600_000),
+  /** Longest a statement may run; then 503 (0: none). Migrations are exempt. */
+  DB_STATEMENT_TIMEOUT_MS: setting.int(postgresDefaults.statementTimeoutMs, 0, 3_600_000),
+  /** Longest a transaction may sit idle before the server ends it (0: none). */
+  DB_IDLE_IN_TRANSACTION_TIMEOUT_MS: setting.int(postgresDefaults.idleInTransactionTimeoutMs, 0, 3_600_000),
   AMQP_URL: setting.string('amqp://guest:guest@127.0.0.1:5672'),
   AMQP_EXCHANGE: setting.string('converge.events'),
   AMQP_QUEUE_PREFIX: setting.string('converge.'),
@@ -129,7 +136,9 @@ export async function runService(
       const config = loadConfig({ ...shared, ...queryConfig }, read);
       return runWith(service, config, ({ log, serviceToken }) => {
         if (serviceToken === undefined)
-          throw new ConfigError('invalid configuration:\n  - AUTH_SERVICE_TOKEN is required: the query service reads feeds');
+          throw new ConfigError(
+            'invalid configuration:\n  - AUTH_SERVICE_TOKEN is required: the query service reads feeds',
+          );
         const feeds = [
           httpFeed('order', config.ORDER_URL, serviceToken),
           httpFeed('inventory', config.INVENTORY_URL, serviceToken),
@@ -152,12 +161,21 @@ export async function runService(
         return Promise.resolve({ definition, ...(cache === undefined ? {} : { close: () => cache.close() }) });
       });
     }
-    case 'order':
-    case 'inventory': {
-      // Neither has settings of its own.
-      const config = loadConfig(shared, read);
-      const definition = service === 'order' ? orderService(config.SAGA_MODE) : inventoryService(config.SAGA_MODE);
+    case 'order': {
+      const config = loadConfig({ ...shared, ...orderConfig }, read);
+      const definition = orderService(config.SAGA_MODE, {
+        admission: {
+          maxBacklog: config.ADMISSION_MAX_BACKLOG,
+          maxPoolWaitMs: config.ADMISSION_MAX_POOL_WAIT_MS,
+          maxPending: config.ADMISSION_MAX_PENDING,
+        },
+      });
       return runWith(service, config, () => Promise.resolve({ definition }));
+    }
+    case 'inventory': {
+      // It has no settings of its own.
+      const config = loadConfig(shared, read);
+      return runWith(service, config, () => Promise.resolve({ definition: inventoryService(config.SAGA_MODE) }));
     }
   }
 }
@@ -176,6 +194,9 @@ async function runWith(
   const db = await openPostgres(service, await databaseFor(service), {
     max: config.DB_POOL_SIZE,
     log: (m, f) => log.warn(m, f),
+    connectTimeoutMs: config.DB_CONNECT_TIMEOUT_MS,
+    statementTimeoutMs: config.DB_STATEMENT_TIMEOUT_MS,
+    idleInTransactionTimeoutMs: config.DB_IDLE_IN_TRANSACTION_TIMEOUT_MS,
   });
   const rabbit = await createRabbitBus({
     url: config.AMQP_URL,

@@ -1,7 +1,17 @@
-// The order service: orders as event streams (see DESIGN.md).
+// The order service: orders as event streams (see DESIGN.md). Placement is where load
+// enters the system, so it is where load is shed: POST /orders is refused with 503 +
+// Retry-After, before anything is written, while the outbox, the database pool or the
+// orders in flight are past their bounds (admission.ts).
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { SagaMode, ServiceDefinition } from '@converge/platform';
+import {
+  admissionControl,
+  admitBefore,
+  setting,
+  type Admission,
+  type SagaMode,
+  type ServiceDefinition,
+} from '@converge/platform';
 import { orderBatchHandler, orderSources } from './consumers.ts';
 import { registerOrderRoutes } from './http.ts';
 
@@ -10,13 +20,43 @@ export { orderSources } from './consumers.ts';
 export { requestHash } from './place.ts';
 export { executeOrderCommand, waitUntilPriced } from './store.ts';
 
-export function orderService(mode: SagaMode): ServiceDefinition {
+export type OrderAdmission = { maxBacklog: number; maxPoolWaitMs: number; maxPending: number };
+
+/** High enough that normal load, the benchmark's sweeps and the test suites never meet them. */
+export const orderAdmissionDefaults: OrderAdmission = { maxBacklog: 5000, maxPoolWaitMs: 1000, maxPending: 20_000 };
+
+/** The order service's own settings. Read with the settings every service shares. */
+export const orderConfig = {
+  /** Events waiting in the outbox above which new orders are refused. */
+  ADMISSION_MAX_BACKLOG: setting.int(orderAdmissionDefaults.maxBacklog, 1),
+  /** How long a request may wait for a database connection before new orders are refused. */
+  ADMISSION_MAX_POOL_WAIT_MS: setting.int(orderAdmissionDefaults.maxPoolWaitMs, 1),
+  /** Orders still PENDING (the saga's consumers behind) above which new orders are refused. */
+  ADMISSION_MAX_PENDING: setting.int(orderAdmissionDefaults.maxPending, 1),
+};
+
+// Counted up to the bound only ($2): the partial index orders_pending holds exactly these.
+const pendingOrders = "SELECT count(*) AS n FROM (SELECT 1 FROM orders WHERE status = 'PENDING' LIMIT $2) p";
+
+export function orderService(mode: SagaMode, options: { admission?: Partial<OrderAdmission> } = {}): ServiceDefinition {
+  const bounds = { ...orderAdmissionDefaults, ...options.admission };
+  // One per start of the service: the routes make it, the metrics read it.
+  let admission: Admission | undefined;
   return {
     name: 'order',
     description: 'Accepts orders and follows each to COMPLETED, FAILED or CANCELLED.',
     migrations: path.join(path.dirname(fileURLToPath(import.meta.url)), 'migrations'),
     sources: orderSources(mode),
     handleBatch: orderBatchHandler(mode),
-    routes: (app, { db, now }) => registerOrderRoutes(app, db, now),
+    routes: (app, { db, now }) => {
+      admission = admissionControl(db, {
+        maxBacklog: bounds.maxBacklog,
+        maxPoolWaitMs: bounds.maxPoolWaitMs,
+        inFlight: { sql: pendingOrders, max: bounds.maxPending },
+      });
+      admitBefore(app, admission, { method: 'POST', url: '/orders' });
+      registerOrderRoutes(app, db, now);
+    },
+    metrics: () => () => Promise.resolve(admission?.metricLines('service="order"') ?? []),
   };
 }

@@ -1,3 +1,4 @@
+export * from './admission.ts';
 export * from './bus.ts';
 export * from './cache.ts';
 export * from './catch-up.ts';
