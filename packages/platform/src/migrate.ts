@@ -32,16 +32,18 @@ function readMigrations(dir: string): Migration[] {
 }
 
 const migrationLock = 727_001;
+const unbounded = { statementTimeoutMs: 0 };
 
 /** Applies every pending migration of each scope, in order. Returns the names applied. */
 export async function migrate(db: Db, scopes: Record<string, string>): Promise<string[]> {
   // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL.
+  // A migration may take long, and so may waiting for another instance's: no statement timeout.
   await db.transaction(async (tx) => {
     await tx.query('SELECT pg_advisory_xact_lock($1)', [migrationLock]);
     await tx.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
       scope text NOT NULL, version integer NOT NULL, name text NOT NULL, checksum text NOT NULL,
       applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (scope, version))`);
-  });
+  }, unbounded);
   const applied: string[] = [];
   for (const [scope, dir] of Object.entries(scopes)) {
     for (const migration of readMigrations(dir)) {
@@ -65,7 +67,7 @@ export async function migrate(db: Db, scopes: Record<string, string>): Promise<s
           migration.checksum,
         ]);
         applied.push(`${scope}/${migration.version}_${migration.name}`);
-      });
+      }, unbounded);
     }
   }
   return applied;
