@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger, type HttpApp } from '@converge/platform';
 import { demoCatalogue, seedDemo } from '../scripts/demo.ts';
 import { serviceNames } from '../system/system.ts';
-import { createGateway, type Overview, type Upstreams } from '../services/gateway/main.ts';
+import type { FastifyRequest } from 'fastify';
+import { createGateway, type Overview } from '../services/gateway/main.ts';
 import { boot, type Harness } from './harness.ts';
 
 const chromiumPath = '/usr/bin/chromium';
@@ -66,7 +67,7 @@ describe('gateway and dashboard (embedded)', () => {
   let h: Harness;
   let gateway: HttpApp;
   let site: string;
-  let upstreams: Upstreams;
+  let upstreams: Record<(typeof serviceNames)[number], string>;
   const product = demoCatalogue[0]?.productId ?? '';
 
   const parkedDeadLetters = async () => {
@@ -79,9 +80,9 @@ describe('gateway and dashboard (embedded)', () => {
   beforeAll(async () => {
     h = await boot('embedded');
     await seedDemo(h.system);
-    const urls: Partial<Upstreams> = {};
+    const urls: Partial<typeof upstreams> = {};
     for (const name of serviceNames) urls[name] = await h.system.services[name].listen(0, '127.0.0.1');
-    upstreams = urls as Upstreams;
+    upstreams = urls as typeof upstreams;
     gateway = await createGateway({ log: silentLogger, upstreams });
     site = await gateway.listen({ port: 0, host: '127.0.0.1' });
     // The order service prices from its replica of the catalogue, filled by events.
@@ -225,6 +226,7 @@ describe('gateway and dashboard (embedded)', () => {
         },
         timeoutMs: 300,
         probeTimeoutMs: 300,
+        health: { intervalMs: 60_000 }, // what is seen here is learnt on the way, not from a probe
       });
       try {
         const down = await degraded.inject({
@@ -235,7 +237,13 @@ describe('gateway and dashboard (embedded)', () => {
         });
         expect(down.statusCode).toBe(503);
         expect(down.headers['content-type']).toContain('application/problem+json');
+        expect(down.headers['retry-after']).toMatch(/^[1-9][0-9]*$/);
         expect(down.json()).toMatchObject({ status: 503, title: 'Unavailable' });
+        // That refused connection marked its only instance down: the next request is refused at the gateway.
+        const known = await degraded.inject({ method: 'GET', url: '/api/order/orders?userId=alice' });
+        expect(known.statusCode).toBe(503);
+        expect(known.headers['retry-after']).toBe('60');
+        expect(known.json<Json>().detail).toContain('no instance of the order service is ready');
 
         const slow = await degraded.inject({ method: 'GET', url: '/api/payment/payments?userId=alice' });
         expect(slow.statusCode).toBe(504);
@@ -245,6 +253,7 @@ describe('gateway and dashboard (embedded)', () => {
         expect(overview.ready).toBe(false);
         const byName = Object.fromEntries(overview.services.map((s) => [s.name, s]));
         expect(byName.order).toMatchObject({ up: false, ready: false, status: null });
+        expect(byName.order?.instances).toEqual([{ url: expect.stringMatching(/^http:/) as string, healthy: false }]);
         expect(byName.order?.error).toEqual(expect.any(String));
         expect(byName.payment).toMatchObject({ up: false, ready: false });
         expect(byName.inventory).toMatchObject({ up: true, ready: true });
@@ -254,6 +263,100 @@ describe('gateway and dashboard (embedded)', () => {
       }
     },
   );
+
+  it(
+    'given a query service that cannot show a write in time, when the read goes through the gateway, ' +
+      'then its 503 and Retry-After come back as they were',
+    async () => {
+      const ahead = `order:${crypto.randomUUID()}:999`; // a version nobody wrote: the read waits, then gives up
+      const read = await call(`${site}/api/query/orders/${crypto.randomUUID()}`, {
+        headers: { 'consistency-token': ahead },
+      });
+      expect(read.status).toBe(503);
+      expect(read.type).toContain('application/problem+json');
+      expect(read.headers.get('retry-after')).toBe('1');
+      expect(read.body.detail).toContain('has not applied');
+    },
+  );
+
+  describe('rate limits', () => {
+    let clock = 0;
+    let limited: HttpApp;
+    const identityOf = (request: FastifyRequest) => {
+      const subject = request.headers['x-test-subject'];
+      return typeof subject === 'string' ? subject : undefined;
+    };
+    const get = (url: string, from: string, subject?: string) =>
+      limited.inject({
+        method: 'GET',
+        url,
+        remoteAddress: from,
+        headers: subject === undefined ? {} : { 'x-test-subject': subject },
+      });
+
+    beforeAll(async () => {
+      limited = await createGateway({
+        log: silentLogger,
+        upstreams,
+        rateLimits: { perAddress: { perSecond: 1, burst: 2 }, perIdentity: { perSecond: 1, burst: 3 } },
+        identityOf,
+        now: () => clock,
+      });
+    });
+    afterAll(async () => {
+      await limited.close();
+    });
+
+    it(
+      'given an address that used its burst, when it asks again, then 429 problem+json with Retry-After; ' +
+        'another address is served, and so is the first once Retry-After has passed',
+      async () => {
+        clock = 1_000_000;
+        const first = await get('/api/inventory/products', '10.0.0.1');
+        expect(first.statusCode).toBe(200);
+        expect(first.headers).toMatchObject({ 'ratelimit-limit': '2', 'ratelimit-remaining': '1' });
+        expect((await get('/api/inventory/products', '10.0.0.1')).statusCode).toBe(200);
+
+        const refused = await get('/api/inventory/products', '10.0.0.1');
+        expect(refused.statusCode).toBe(429);
+        expect(refused.headers['content-type']).toContain('application/problem+json');
+        expect(refused.headers['retry-after']).toBe('1');
+        expect(refused.headers).toMatchObject({ 'ratelimit-remaining': '0', 'ratelimit-reset': '2' });
+        expect(refused.json()).toMatchObject({ status: 429, title: 'Too many requests' });
+        expect(refused.json<Json>().detail).toContain('address');
+        // Any /api route counts, not only the proxied ones; health and the dashboard never do.
+        expect((await get('/api/overview', '10.0.0.1')).statusCode).toBe(429);
+        for (const url of ['/healthz', '/readyz', '/']) expect((await get(url, '10.0.0.1')).statusCode).toBe(200);
+
+        expect((await get('/api/inventory/products', '10.0.0.2')).statusCode).toBe(200);
+
+        clock += 999;
+        expect((await get('/api/inventory/products', '10.0.0.1')).statusCode).toBe(429);
+        clock += 1;
+        expect((await get('/api/inventory/products', '10.0.0.1')).statusCode).toBe(200);
+      },
+    );
+
+    it(
+      'given an identity that used its burst from several addresses, when it asks from yet another, ' +
+        'then 429; another identity from that address is served',
+      async () => {
+        clock = 2_000_000;
+        for (const from of ['10.1.0.1', '10.1.0.2', '10.1.0.3'])
+          expect((await get('/api/inventory/products', from, 'alice')).statusCode).toBe(200);
+        const refused = await get('/api/inventory/products', '10.1.0.4', 'alice');
+        expect(refused.statusCode).toBe(429);
+        expect(refused.headers['retry-after']).toBe('1');
+        expect(refused.json<Json>().detail).toContain('identity');
+        expect((await get('/api/inventory/products', '10.1.0.4', 'bob')).statusCode).toBe(200);
+        // No identity: only the address limit counts.
+        expect((await get('/api/inventory/products', '10.1.0.4')).statusCode).toBe(429); // its 2 are spent now
+        expect((await get('/api/inventory/products', '10.1.0.5')).statusCode).toBe(200);
+        clock += 1_000;
+        expect((await get('/api/inventory/products', '10.1.0.6', 'alice')).statusCode).toBe(200);
+      },
+    );
+  });
 
   it(
     'given every service up, when the overview is asked for, then it has each ' +

@@ -1,38 +1,50 @@
-// The gateway: one address for clients and the dashboard, no state of its own.
+// The gateway: one address for clients and the dashboard, no state of its own but what
+// it knows of its upstreams' health and its rate limits' buckets.
 // `/api/<service>/*` is forwarded as it came (method, path, query, body bytes and the
 // headers that carry meaning: content type, Idempotency-Key, If-Match, a write's
-// Consistency-Token on a read) and the answer comes back as the service gave it, its
-// ETag, Location, Retry-After and Consistency-Token and problem+json included. A service that cannot be
-// reached is a 503 problem, one that does not answer in time a 504: never a crash.
-// `/api/overview` asks every service for its /status and /readyz at once; a service
-// that is down shows as down. `/` is the dashboard, one self-contained page whose
-// Content-Security-Policy forbids loading anything from anywhere else.
+// Consistency-Token on a read) to one healthy instance of the service (upstreams.ts),
+// and the answer comes back as the service gave it, its ETag, Location, Retry-After and
+// Consistency-Token and problem+json included. A service none of whose instances can be
+// reached is a 503 problem with Retry-After, one that does not answer in time a 504, a
+// connection that broke after a write was sent a 502: never a crash.
+// Every /api request first passes the rate limits (rate-limit.ts): per client address,
+// then per identity; too many is 429 with Retry-After. /healthz, /readyz and the
+// dashboard page are not limited.
+// `/api/overview` asks every service for its /status and /readyz at once (overview.ts).
+// `/` is the dashboard, one self-contained page whose Content-Security-Policy forbids
+// loading anything from anywhere else.
 import crypto from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import type { FastifyReply } from 'fastify';
-import {
-  NotFoundError,
-  StatusSchema,
-  consistencyHeader,
-  createHttpApp,
-  type HttpApp,
-  type Logger,
-} from '@converge/platform';
-import Type, { type Static } from 'typebox';
-import { Compile } from 'typebox/compile';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { NotFoundError, consistencyHeader, createHttpApp, type HttpApp, type Logger } from '@converge/platform';
+import { gatewayDefaults } from './config.ts';
+import { OverviewSchema, probeService } from './overview.ts';
+import { createLimiter, type Limit, type Limiter } from './rate-limit.ts';
+import { createPool, describeFailure, forward, watchHealth, type Forwarded, type Pool } from './upstreams.ts';
+
+export type { Overview } from './overview.ts';
 
 export const upstreamNames = ['order', 'inventory', 'payment', 'orchestrator', 'query'] as const;
 export type UpstreamName = (typeof upstreamNames)[number];
-export type Upstreams = Record<UpstreamName, string>;
+/** Base URL of each service's instances: one, a list, or a comma-separated list. */
+export type Upstreams = Record<UpstreamName, string | readonly string[]>;
 
 export type GatewayOptions = {
   log: Logger;
-  /** Base URL of each service, e.g. http://127.0.0.1:3001. */
+  /** Where each service's instances are, e.g. http://127.0.0.1:3001,http://127.0.0.1:3011. */
   upstreams: Upstreams;
-  /** How long a forwarded request may take, body included. */
+  /** How long a forwarded request may take, body included, over every instance tried. */
   timeoutMs?: number;
   /** How long the overview waits for each service's /status and /readyz. */
   probeTimeoutMs?: number;
+  /** How often every instance's /readyz is asked, and how long each may take. */
+  health?: { intervalMs?: number; timeoutMs?: number };
+  /** Requests a second and burst per client address and per identity; false: no limit. */
+  rateLimits?: { perAddress?: Limit | false; perIdentity?: Limit | false; maxKeys?: number };
+  /** The authenticated subject of a request; undefined: only the address limit applies. */
+  identityOf?: (request: FastifyRequest) => string | undefined;
+  /** Milliseconds on a clock that does not step back; the rate limits read it. */
+  now?: () => number;
 };
 
 const requestHeaders = [
@@ -56,24 +68,6 @@ const responseHeaders = [
   'last-modified',
 ];
 
-const ServiceOverview = Type.Object({
-  name: Type.String(),
-  up: Type.Boolean({ description: 'the service answered' }),
-  ready: Type.Boolean({ description: '/readyz said ready' }),
-  checks: Type.Record(Type.String(), Type.Boolean()),
-  status: Type.Union([StatusSchema, Type.Null()]),
-  error: Type.Union([Type.String(), Type.Null()]),
-  latencyMs: Type.Number(),
-});
-export const OverviewSchema = Type.Object({
-  at: Type.String({ format: 'date-time' }),
-  ready: Type.Boolean({ description: 'every service is ready' }),
-  services: Type.Array(ServiceOverview),
-});
-export type Overview = Static<typeof OverviewSchema>;
-type ServiceOverview = Static<typeof ServiceOverview>;
-
-const statusCheck = Compile(StatusSchema);
 const isUpstream = (name: string): name is UpstreamName => (upstreamNames as readonly string[]).includes(name);
 
 function sendProblem(reply: FastifyReply, status: number, title: string, detail: string) {
@@ -86,77 +80,6 @@ function sendProblem(reply: FastifyReply, status: number, title: string, detail:
       status,
       detail,
     });
-}
-
-const isTimeout = (error: unknown) =>
-  error instanceof Error && (error.name === 'TimeoutError' || error.name === 'AbortError');
-/** fetch says "fetch failed"; the reason is in its cause (ECONNREFUSED and the like). */
-const describe = (error: unknown, timeoutMs: number) => {
-  if (isTimeout(error)) return `no answer within ${timeoutMs} ms`;
-  if (!(error instanceof Error)) return String(error);
-  const cause = (error as Error & { cause?: unknown }).cause;
-  const code = (cause as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? `cannot connect (${code})` : cause instanceof Error ? cause.message : error.message;
-};
-
-async function getJson(url: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
-  const response = await fetch(url, {
-    headers: { accept: 'application/json' },
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const text = await response.text();
-  try {
-    return { status: response.status, body: JSON.parse(text) as unknown };
-  } catch {
-    return { status: response.status, body: null };
-  }
-}
-
-async function probe(name: UpstreamName, base: string, timeoutMs: number): Promise<ServiceOverview> {
-  const started = performance.now();
-  const [status, ready] = await Promise.allSettled([
-    getJson(`${base}/status`, timeoutMs),
-    getJson(`${base}/readyz`, timeoutMs),
-  ]);
-  const latencyMs = Math.round((performance.now() - started) * 10) / 10;
-  const failure = [status, ready].find((r) => r.status === 'rejected');
-  if (status.status === 'rejected' && ready.status === 'rejected') {
-    return {
-      name,
-      up: false,
-      ready: false,
-      checks: {},
-      status: null,
-      error: describe(failure?.reason, timeoutMs),
-      latencyMs,
-    };
-  }
-  const readyBody = ready.status === 'fulfilled' ? ready.value.body : null;
-  const checksValue =
-    typeof readyBody === 'object' && readyBody !== null ? (readyBody as { checks?: unknown }).checks : undefined;
-  const checks =
-    typeof checksValue === 'object' && checksValue !== null
-      ? Object.fromEntries(Object.entries(checksValue).map(([k, v]) => [k, v === true]))
-      : {};
-  const statusBody =
-    status.status === 'fulfilled' && status.value.status === 200 && statusCheck.Check(status.value.body)
-      ? status.value.body
-      : null;
-  const error =
-    failure !== undefined
-      ? describe(failure.reason, timeoutMs)
-      : statusBody === null
-        ? 'unexpected answer from /status'
-        : null;
-  return {
-    name,
-    up: true,
-    ready: ready.status === 'fulfilled' && ready.value.status === 200,
-    checks,
-    status: statusBody,
-    error,
-    latencyMs,
-  };
 }
 
 /** The dashboard with a policy that allows its own inline script and style and nothing from elsewhere. */
@@ -185,21 +108,129 @@ async function loadDashboard(): Promise<{ html: string; policy: string }> {
   return { html, policy };
 }
 
+/** An onRequest hook that takes a token from the bucket of `keyOf(request)`, or answers 429. */
+function limitBy(
+  limiter: Limiter,
+  keyOf: (request: FastifyRequest) => string | undefined,
+  what: string,
+  now: () => number,
+) {
+  const { perSecond, burst } = limiter.limit;
+  return (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+    const key = keyOf(request);
+    if (key === undefined) return done();
+    const taken = limiter.take(key, now());
+    // The headers speak of the tighter of the limits a request passed.
+    const shown = reply.getHeader('ratelimit-remaining');
+    if (!taken.allowed || shown === undefined || taken.remaining < Number(shown)) {
+      void reply
+        .header('ratelimit-limit', burst)
+        .header('ratelimit-remaining', taken.remaining)
+        .header('ratelimit-reset', Math.ceil(taken.resetMs / 1000));
+    }
+    if (taken.allowed) return done();
+    const seconds = Math.max(1, Math.ceil(taken.retryAfterMs / 1000));
+    void sendProblem(
+      reply.header('retry-after', seconds),
+      429,
+      'Too many requests',
+      `this ${what} may send ${perSecond} requests a second (${burst} at once); retry in ${seconds} s`,
+    );
+  };
+}
+
+const bodyOf = (request: FastifyRequest) =>
+  request.method === 'GET' || request.method === 'HEAD' || !Buffer.isBuffer(request.body) ? undefined : request.body;
+
+function headersOf(request: FastifyRequest): Headers {
+  const headers = new Headers();
+  for (const name of requestHeaders) {
+    const value = request.headers[name];
+    if (typeof value === 'string') headers.set(name, value);
+  }
+  return headers;
+}
+
 export async function createGateway({
   log,
   upstreams,
   timeoutMs = 10_000,
   probeTimeoutMs = 2_000,
+  health = {},
+  rateLimits = {},
+  identityOf,
+  now = () => performance.now(),
 }: GatewayOptions): Promise<HttpApp> {
-  const bases = Object.fromEntries(
-    upstreamNames.map((name) => [name, upstreams[name].replace(/\/+$/, '')]),
-  ) as Upstreams;
+  const pools = Object.fromEntries(
+    upstreamNames.map((name) => {
+      try {
+        return [name, createPool(name, upstreams[name])];
+      } catch (error) {
+        throw new Error(`upstream ${name}: ${(error as Error).message}`, { cause: error });
+      }
+    }),
+  ) as Record<UpstreamName, Pool>;
+  const healthIntervalMs = health.intervalMs ?? gatewayDefaults.healthIntervalMs;
+  const retryAfter = Math.max(1, Math.ceil(healthIntervalMs / 1000));
+  const { perAddress = gatewayDefaults.perAddress, perIdentity = gatewayDefaults.perIdentity } = rateLimits;
+  const maxKeys = rateLimits.maxKeys ?? gatewayDefaults.rateLimitKeys;
+  const byAddress = perAddress === false ? undefined : createLimiter(perAddress, maxKeys);
+  const byIdentity =
+    perIdentity === false || identityOf === undefined ? undefined : createLimiter(perIdentity, maxKeys);
   const dashboard = await loadDashboard();
   const app = await createHttpApp({
     service: 'gateway',
     log,
     description: 'One address for the order, inventory and payment APIs, and the dashboard.',
   });
+  const watch = watchHealth(Object.values(pools), {
+    intervalMs: healthIntervalMs,
+    timeoutMs: health.timeoutMs ?? gatewayDefaults.healthTimeoutMs,
+    log,
+  });
+  app.addHook('onClose', (_app, done) => {
+    watch.stop();
+    done();
+  });
+
+  const sendFailure = (
+    reply: FastifyReply,
+    service: UpstreamName,
+    failed: Exclude<Forwarded, { outcome: 'answered' }>,
+  ) => {
+    switch (failed.outcome) {
+      case 'none-healthy':
+        return sendProblem(
+          reply.header('retry-after', retryAfter),
+          503,
+          'Unavailable',
+          `no instance of the ${service} service is ready; try again shortly`,
+        );
+      case 'unreachable':
+        return sendProblem(
+          reply.header('retry-after', retryAfter),
+          503,
+          'Unavailable',
+          `the ${service} service cannot be reached; try again shortly`,
+        );
+      case 'broken':
+        return sendProblem(
+          reply,
+          502,
+          'Bad gateway',
+          `the connection to the ${service} service broke after the request was sent; ` +
+            'a write may have happened, so retry with the same Idempotency-Key',
+        );
+      case 'timeout':
+        return sendProblem(
+          reply,
+          504,
+          'Gateway timeout',
+          `the ${service} service did not answer within ${timeoutMs} ms; ` +
+            'a write may still have happened, so retry with the same Idempotency-Key',
+        );
+    }
+  };
 
   app.get('/', { schema: { hide: true } }, (_request, reply) =>
     reply
@@ -212,83 +243,83 @@ export async function createGateway({
   );
   app.get('/favicon.ico', { schema: { hide: true } }, (_request, reply) => reply.code(204).send());
 
-  app.get(
-    '/api/overview',
-    {
-      schema: {
-        tags: ['operations'],
-        summary: "Every service's readiness, outbox, consumer and dead-letter figures",
-        response: { 200: OverviewSchema },
-      },
-    },
-    async (_request, reply) => {
-      const services = await Promise.all(upstreamNames.map((name) => probe(name, bases[name], probeTimeoutMs)));
-      return reply
-        .header('cache-control', 'no-store')
-        .send({ at: new Date().toISOString(), ready: services.every((s) => s.ready), services });
-    },
-  );
-
-  // The proxy reads bodies as bytes, whatever their type: the service validates them.
-  await app.register((scope, _options, done) => {
-    scope.removeAllContentTypeParsers();
-    scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, parsed) => parsed(null, body));
-    scope.all('/api/:service/*', { schema: { hide: true } }, async (request, reply) => {
-      const { service } = request.params as { service: string };
-      if (!isUpstream(service))
-        throw new NotFoundError(`no service "${service}"; the gateway routes to ${upstreamNames.join(', ')}`);
-      const base = bases[service];
-      const rest = request.url.slice(request.url.indexOf('/', '/api/'.length));
-      const target = new URL(base + rest);
-      if (target.origin !== new URL(base).origin) throw new NotFoundError(`no route ${request.method} ${request.url}`);
-      const headers = new Headers();
-      for (const name of requestHeaders) {
-        const value = request.headers[name];
-        if (typeof value === 'string') headers.set(name, value);
-      }
-      const body =
-        request.method === 'GET' || request.method === 'HEAD' || !Buffer.isBuffer(request.body)
-          ? undefined
-          : request.body;
-      let response: Response;
-      let payload: Buffer;
-      try {
-        response = await fetch(target, {
-          method: request.method,
-          headers,
-          body,
-          redirect: 'manual',
-          signal: AbortSignal.timeout(timeoutMs),
-        });
-        payload = Buffer.from(await response.arrayBuffer());
-      } catch (error) {
-        log.warn('upstream failed', {
-          upstream: service,
-          method: request.method,
-          url: request.url,
-          error: describe(error, timeoutMs),
-        });
-        return isTimeout(error)
-          ? sendProblem(
-              reply,
-              504,
-              'Gateway timeout',
-              `the ${service} service did not answer within ${timeoutMs} ms; ` +
-                'a write may still have happened, so retry with the same Idempotency-Key',
-            )
-          : sendProblem(reply, 503, 'Unavailable', `the ${service} service cannot be reached; try again shortly`);
-      }
-      reply.code(response.status);
-      for (const name of responseHeaders) {
-        const value = response.headers.get(name);
-        if (value === null) continue;
-        reply.header(name, name === 'location' && value.startsWith('/') ? `/api/${service}${value}` : value);
-      }
-      return reply.send(
-        payload.length === 0 && (response.status === 204 || response.status === 304) ? undefined : payload,
+  // Everything under /api: limited, then routed.
+  await app.register(async (api) => {
+    // The address is the TCP peer's (Fastify's trustProxy is off): behind a load balancer
+    // every client shares the balancer's address, so turn this limit off there.
+    if (byAddress !== undefined)
+      api.addHook(
+        'onRequest',
+        limitBy(byAddress, (request) => request.ip, 'address', now),
       );
+    // Authentication belongs here, as an onRequest hook between the two limits: after the
+    // address limit, so a flood of bad credentials is shed before any is verified; before
+    // the identity limit, which counts the subjects it verified (identityOf).
+    if (byIdentity !== undefined && identityOf !== undefined)
+      api.addHook('onRequest', limitBy(byIdentity, identityOf, 'identity', now));
+
+    api.get(
+      '/api/overview',
+      {
+        schema: {
+          tags: ['operations'],
+          summary: "Every service's readiness, outbox, consumer and dead-letter figures",
+          response: { 200: OverviewSchema },
+        },
+      },
+      async (_request, reply) => {
+        const services = await Promise.all(
+          upstreamNames.map((name) => probeService(name, pools[name], probeTimeoutMs)),
+        );
+        return reply
+          .header('cache-control', 'no-store')
+          .send({ at: new Date().toISOString(), ready: services.every((s) => s.ready), services });
+      },
+    );
+
+    // The proxy reads bodies as bytes, whatever their type: the service validates them.
+    await api.register((scope, _options, done) => {
+      scope.removeAllContentTypeParsers();
+      scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, parsed) => parsed(null, body));
+      scope.all('/api/:service/*', { schema: { hide: true } }, async (request, reply) => {
+        const { service } = request.params as { service: string };
+        if (!isUpstream(service))
+          throw new NotFoundError(`no service "${service}"; the gateway routes to ${upstreamNames.join(', ')}`);
+        const pool = pools[service];
+        const path = request.url.slice(request.url.indexOf('/', '/api/'.length));
+        const sample = pool.instances[0];
+        if (sample === undefined || new URL(sample.base + path).origin !== sample.origin)
+          throw new NotFoundError(`no route ${request.method} ${request.url}`);
+
+        const forwarded = await forward(
+          pool,
+          { method: request.method, path, headers: headersOf(request), body: bodyOf(request), timeoutMs },
+          log,
+        );
+        if (forwarded.outcome !== 'answered') {
+          if (forwarded.outcome !== 'none-healthy')
+            log.warn('upstream failed', {
+              upstream: service,
+              method: request.method,
+              url: request.url,
+              outcome: forwarded.outcome,
+              error: describeFailure(forwarded.error, timeoutMs),
+            });
+          return sendFailure(reply, service, forwarded);
+        }
+        const { response, payload } = forwarded;
+        reply.code(response.status);
+        for (const name of responseHeaders) {
+          const value = response.headers.get(name);
+          if (value === null) continue;
+          reply.header(name, name === 'location' && value.startsWith('/') ? `/api/${service}${value}` : value);
+        }
+        return reply.send(
+          payload.length === 0 && (response.status === 204 || response.status === 304) ? undefined : payload,
+        );
+      });
+      done();
     });
-    done();
   });
   return app;
 }

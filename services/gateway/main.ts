@@ -1,27 +1,29 @@
-// The gateway process: config → the app over the services' base URLs → listen. The
+// The gateway process: config → the app over the services' instances → listen. The
 // embedded mode (scripts/start.ts) calls startGateway with the ports it opened; run
 // alone (`tsx services/gateway/main.ts`) it reads where the services are from the
 // environment.
 import { pathToFileURL } from 'node:url';
-import { createLogger, loadConfig, type HttpApp, type Logger } from '@converge/platform';
+import { createLogger, loadConfig, type HttpApp } from '@converge/platform';
 import { gatewayConfig } from './config.ts';
-import { createGateway, type Upstreams } from './http.ts';
+import { createGateway, type GatewayOptions } from './http.ts';
 
 export { gatewayConfig } from './config.ts';
-export { createGateway, type Overview, type Upstreams } from './http.ts';
+export { createGateway, type GatewayOptions, type Overview, type Upstreams } from './http.ts';
 
 export type RunningGateway = { app: HttpApp; url: string; stop(): Promise<void> };
 
-export async function startGateway(options: {
-  log: Logger;
-  upstreams: Upstreams;
-  port: number;
-  host?: string;
-}): Promise<RunningGateway> {
-  const app = await createGateway({ log: options.log, upstreams: options.upstreams });
-  const url = await app.listen({ port: options.port, host: options.host ?? '127.0.0.1' });
+export async function startGateway({
+  port,
+  host = '127.0.0.1',
+  ...options
+}: GatewayOptions & { port: number; host?: string }): Promise<RunningGateway> {
+  const app = await createGateway(options);
+  const url = await app.listen({ port, host });
   return { app, url, stop: () => app.close() };
 }
+
+/** A rate of 0 is no limit. */
+const limit = (perSecond: number, burst: number) => (perSecond === 0 ? false : { perSecond, burst });
 
 async function main(): Promise<void> {
   const config = loadConfig(gatewayConfig);
@@ -36,6 +38,12 @@ async function main(): Promise<void> {
       payment: config.PAYMENT_URL,
       orchestrator: config.ORCHESTRATOR_URL,
       query: config.QUERY_URL,
+    },
+    health: { intervalMs: config.GATEWAY_HEALTH_INTERVAL_MS, timeoutMs: config.GATEWAY_HEALTH_TIMEOUT_MS },
+    rateLimits: {
+      perAddress: limit(config.GATEWAY_RATE_PER_ADDRESS, config.GATEWAY_BURST_PER_ADDRESS),
+      perIdentity: limit(config.GATEWAY_RATE_PER_IDENTITY, config.GATEWAY_BURST_PER_IDENTITY),
+      maxKeys: config.GATEWAY_RATE_LIMIT_KEYS,
     },
   });
   log.info('gateway listening', { url: gateway.url });
