@@ -42,6 +42,11 @@ export type LoadOptions = {
   progress?: (line: string) => void;
   requestTimeoutMs?: number;
   random?: () => number;
+  /**
+   * Whether a 503 is asked again (a patient client riding out a restart; the default).
+   * false: a 503 or 429 is counted as shed and not retried, as an overload step needs.
+   */
+  retryUnavailable?: boolean;
 };
 
 export type LoadReport = {
@@ -56,6 +61,10 @@ export type LoadReport = {
   finals: Record<string, number>;
   /** Requests that were sent more than 10 ms after their scheduled time (generator saturated). */
   lateSends: number;
+  /** When (performance.now()) a placement was last refused with 503 or 429, if one was. */
+  lastShedAt: number | undefined;
+  /** Placements refused with 503 or 429 (only counted when they are not retried), and how many said Retry-After. */
+  shed: { unavailable: number; limited: number; withRetryAfter: number };
 };
 
 export const defaultMix: Mix = { ok: 0.9, outOfStock: 0.05, declined: 0.05 };
@@ -105,14 +114,11 @@ export function getJson(url: string, timeoutMs = 10_000): Promise<{ status: numb
   return requestJson('GET', url, undefined, {}, timeoutMs);
 }
 
-function postJson(
-  url: string,
-  body: string,
-  headers: Record<string, string>,
-  timeoutMs: number,
-): Promise<{ status: number; body: unknown }> {
+function postJson(url: string, body: string, headers: Record<string, string>, timeoutMs: number): Promise<Answer> {
   return requestJson('POST', url, body, headers, timeoutMs);
 }
+
+type Answer = { status: number; body: unknown; retryAfter: string | undefined };
 
 function requestJson(
   method: string,
@@ -120,7 +126,7 @@ function requestJson(
   body: string | undefined,
   headers: Record<string, string>,
   timeoutMs: number,
-): Promise<{ status: number; body: unknown }> {
+): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const request = http.request(
       url,
@@ -138,9 +144,11 @@ function requestJson(
         response.on('data', (chunk: Buffer) => chunks.push(chunk));
         response.on('end', () => {
           try {
+            const retryAfter = response.headers['retry-after'];
             resolve({
               status: response.statusCode ?? 0,
               body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown,
+              retryAfter: typeof retryAfter === 'string' ? retryAfter : undefined,
             });
           } catch (error) {
             reject(error instanceof Error ? error : new Error(String(error)));
@@ -172,6 +180,9 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
   let inFlight = 0;
   let lateSends = 0;
   let done = 0;
+  const shed = { unavailable: 0, limited: 0, withRetryAfter: 0 };
+  let lastShedAt: number | undefined;
+  const retryUnavailable = options.retryUnavailable ?? true;
   const count = (kind: string) => (errors[kind] = (errors[kind] ?? 0) + 1);
 
   const send = async (scheduledAt: number) => {
@@ -199,6 +210,13 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
           }
           // 409: our own earlier attempt is still in flight on the server; 503: the
           // service is there but its database is not. Both: ask again, same key.
+          if (!retryUnavailable && (response.status === 503 || response.status === 429)) {
+            lastShedAt = performance.now();
+            if (response.status === 503) shed.unavailable += 1;
+            else shed.limited += 1;
+            if (response.retryAfter !== undefined && /^\d+$/.test(response.retryAfter)) shed.withRetryAfter += 1;
+            return;
+          }
           if ((response.status === 409 || response.status === 503) && attempt < maxAttempts) {
             await new Promise((r) => setTimeout(r, retryDelay(attempt)));
             continue;
@@ -288,6 +306,8 @@ export async function runLoad(options: LoadOptions): Promise<LoadReport> {
     errors,
     finals,
     lateSends,
+    shed,
+    lastShedAt,
   };
 }
 

@@ -10,7 +10,9 @@ import { customer, describeSystem, merchant, modes, operator, type Harness } fro
 type Service = 'order' | 'inventory' | 'payment' | 'orchestrator';
 type Fixtures = { product: string; user: string; order: string; many: string[] };
 type Request = { url: string; body?: string; contentType?: string; headers: Record<string, string> };
-type Case = { service: Service; what: string; status: number; request: (f: Fixtures) => Request };
+type Case = { service: Service; what: string; status: number; caller: Caller; request: (f: Fixtures) => Request };
+/** Who calls an endpoint: one it admits, so that what is refused is the input. */
+type Caller = 'customer' | 'merchant' | 'operator';
 type Endpoint = {
   service: Service;
   route: string;
@@ -18,6 +20,7 @@ type Endpoint = {
   /** A body this endpoint accepts, so that each case breaks one thing only. */
   valid: (f: Fixtures) => Record<string, unknown>;
   headers?: () => Record<string, string>;
+  caller: Caller;
 };
 
 const uuid = () => crypto.randomUUID();
@@ -29,54 +32,63 @@ const placeOrder: Endpoint = {
   url: () => '/orders',
   valid: (f) => ({ items: [{ productId: f.product, quantity: 1 }] }),
   headers: () => ({ 'idempotency-key': uuid() }),
+  caller: 'customer',
 };
 const cancelOrder: Endpoint = {
   service: 'order',
   route: 'POST /orders/{id}/cancel',
   url: (f) => `/orders/${f.order}/cancel`,
   valid: () => ({ reason: 'no' }),
+  caller: 'customer',
 };
 const addProduct: Endpoint = {
   service: 'inventory',
   route: 'POST /products',
   url: () => '/products',
   valid: () => ({ name: 'widget', price: 100, stockQuantity: 1 }),
+  caller: 'merchant',
 };
 const restock: Endpoint = {
   service: 'inventory',
   route: 'POST /products/{id}/restock',
   url: (f) => `/products/${f.product}/restock`,
   valid: () => ({ quantity: 1 }),
+  caller: 'merchant',
 };
 const addCredit: Endpoint = {
   service: 'payment',
   route: 'POST /users/{id}/credit',
   url: (f) => `/users/${f.user}/credit`,
   valid: () => ({ amount: 1 }),
+  caller: 'operator',
 };
 const replayOne = (service: Service): Endpoint => ({
   service,
   route: `${service} POST /dead-letters/{id}/replay`,
   url: () => `/dead-letters/${uuid()}/replay`,
   valid: () => ({}),
+  caller: 'operator',
 });
 const replayMany = (service: Service): Endpoint => ({
   service,
   route: `${service} POST /dead-letters/replay`,
   url: () => '/dead-letters/replay',
   valid: () => ({ all: true }),
+  caller: 'operator',
 });
 const retrySaga: Endpoint = {
   service: 'orchestrator',
   route: 'POST /sagas/{id}/retry',
   url: () => `/sagas/${uuid()}/retry`,
   valid: () => ({ note: 'fixed' }),
+  caller: 'operator',
 };
 const resolveSaga: Endpoint = {
   service: 'orchestrator',
   route: 'POST /sagas/{id}/resolve',
   url: () => `/sagas/${uuid()}/resolve`,
   valid: () => ({ note: 'settled' }),
+  caller: 'operator',
 };
 const services: Service[] = ['order', 'inventory', 'payment', 'orchestrator'];
 const endpoints = [
@@ -105,6 +117,7 @@ function raw(
     service: e.service,
     what: `${e.route}: ${what}`,
     status,
+    caller: e.caller,
     request: (f) => {
       const body = text(f);
       const contentType =
@@ -284,8 +297,8 @@ async function snapshot(h: Harness): Promise<Record<string, number | undefined>>
   return counts;
 }
 
-const callerFor = (service: Service, f: Fixtures) =>
-  service === 'order' ? customer(f.user) : service === 'inventory' ? merchant : operator;
+const identityOf = (caller: Caller, f: Fixtures) =>
+  caller === 'customer' ? customer(f.user) : caller === 'merchant' ? merchant : operator;
 
 const leak = /\bat .+:\d+:\d+|"stack"|\b(SELECT|INSERT|UPDATE|DELETE FROM)\b|relation "|violates|node_modules/;
 
@@ -309,7 +322,7 @@ describeSystem('bad input', covering, (h) => {
     const before = await snapshot(h);
     const { url, body, contentType, headers } = c.request(f);
     // Each endpoint is called by a caller it admits, so that what is refused is the input.
-    const caller = await h.auth(callerFor(c.service, f));
+    const caller = await h.auth(identityOf(c.caller, f));
     const response = await h.system.services[c.service].app.inject({
       method: 'POST',
       url,

@@ -1,7 +1,9 @@
 // The gateway and the dashboard over the real system (embedded, in memory), over real
 // sockets: every service and the gateway listen on ephemeral ports and the tests speak
 // HTTP to the gateway as a client or a browser would. The browser part drives the
-// dashboard in headless Chromium when it is installed (CI must have it).
+// dashboard in headless Chromium when it is installed (CI must have it). Callers are
+// known as they are to a user: by the demo API keys, which the gateway exchanges for
+// tokens, or by a bearer token; the dashboard signs in with the demo sign-in.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -10,7 +12,15 @@ import { silentLogger, type HttpApp } from '@converge/platform';
 import { demoCatalogue, seedDemo } from '../scripts/demo.ts';
 import { serviceNames } from '../system/system.ts';
 import type { FastifyRequest } from 'fastify';
-import { createGateway, type Overview } from '../services/gateway/main.ts';
+import {
+  createGateway,
+  demoApiKey,
+  demoApiKeys,
+  demoIdentities,
+  type DemoName,
+  type GatewayAuth,
+  type Overview,
+} from '../services/gateway/main.ts';
 import { boot, type Harness } from './harness.ts';
 
 const chromiumPath = '/usr/bin/chromium';
@@ -23,11 +33,19 @@ if (!haveChromium && process.env.CI !== 'true') {
 
 type Json = Record<string, unknown>;
 
+/** The headers of a request made as one of the demo identities, by its API key. */
+const as = (name: DemoName): Record<string, string> => ({ 'x-api-key': demoApiKey(name) });
+
 async function call(
   url: string,
   init: RequestInit = {},
+  caller?: DemoName,
 ): Promise<{ status: number; type: string; headers: Headers; body: Json }> {
-  const response = await fetch(url, init);
+  const headers = {
+    ...(init.headers as Record<string, string> | undefined),
+    ...(caller === undefined ? {} : as(caller)),
+  };
+  const response = await fetch(url, { ...init, headers });
   const text = await response.text();
   return {
     status: response.status,
@@ -37,12 +55,16 @@ async function call(
   };
 }
 
-const placeOrder = (site: string, userId: string, productId: string, quantity: number, key: string) =>
-  call(`${site}/api/order/orders`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', 'idempotency-key': key },
-    body: JSON.stringify({ userId, items: [{ productId, quantity }] }),
-  });
+const placeOrder = (site: string, userId: DemoName, productId: string, quantity: number, key: string) =>
+  call(
+    `${site}/api/order/orders`,
+    {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': key },
+      body: JSON.stringify({ items: [{ productId, quantity }] }),
+    },
+    userId,
+  );
 
 /** A port nobody listens on: bind one, then let it go. */
 async function closedPort(): Promise<number> {
@@ -70,9 +92,18 @@ describe('gateway and dashboard (embedded)', () => {
   let upstreams: Record<(typeof serviceNames)[number], string>;
   const product = demoCatalogue[0]?.productId ?? '';
 
+  const gatewayAuth = (): GatewayAuth => ({
+    verify: h.system.identities.verify,
+    issuer: h.system.identities.issuer,
+    apiKeys: demoApiKeys(),
+    demo: demoIdentities,
+  });
   const parkedDeadLetters = async () => {
     const parked = await Promise.all(
-      serviceNames.map(async (name) => (await call(`${upstreams[name]}/dead-letters`)).body.parked as number),
+      serviceNames.map(
+        async (name) =>
+          (await call(`${upstreams[name]}/dead-letters`, { headers: await h.auth() })).body.parked as number,
+      ),
     );
     return parked.reduce((a, b) => a + b, 0);
   };
@@ -83,7 +114,7 @@ describe('gateway and dashboard (embedded)', () => {
     const urls: Partial<typeof upstreams> = {};
     for (const name of serviceNames) urls[name] = await h.system.services[name].listen(0, '127.0.0.1');
     upstreams = urls as typeof upstreams;
-    gateway = await createGateway({ log: silentLogger, upstreams });
+    gateway = await createGateway({ log: silentLogger, upstreams, auth: gatewayAuth() });
     site = await gateway.listen({ port: 0, host: '127.0.0.1' });
     // The order service prices from its replica of the catalogue, filled by events.
     await eventually(
@@ -120,7 +151,7 @@ describe('gateway and dashboard (embedded)', () => {
 
       const final = await eventually(
         async () => {
-          const read = await call(`${site}/api/order/orders/${orderId}`);
+          const read = await call(`${site}/api/order/orders/${orderId}`, {}, 'alice');
           return read.body.status === 'PENDING' ? undefined : read;
         },
         20_000,
@@ -134,7 +165,7 @@ describe('gateway and dashboard (embedded)', () => {
       expect(replay.headers.get('idempotent-replayed')).toBe('true');
       expect(replay.body.orderId).toBe(orderId);
 
-      const listed = await call(`${site}/api/order/orders?userId=alice&limit=5`);
+      const listed = await call(`${site}/api/order/orders?limit=5`, {}, 'alice');
       expect((listed.body.items as Json[]).map((o) => o.orderId)).toContain(orderId);
     },
   );
@@ -151,39 +182,79 @@ describe('gateway and dashboard (embedded)', () => {
       const token = placed.headers.get('consistency-token');
       expect(token).toMatch(/./);
 
-      const read = await call(`${site}/api/query/orders/${orderId}`, { headers: { 'consistency-token': token ?? '' } });
+      const read = await call(
+        `${site}/api/query/orders/${orderId}`,
+        { headers: { 'consistency-token': token ?? '' } },
+        'dave',
+      );
       expect(read.status).toBe(200);
       expect(read.body).toMatchObject({ orderId, userId: 'dave' });
       expect(read.headers.get('consistency-token')).toBeNull();
       // The token reaches the service: a malformed one is refused there, not dropped on the way.
-      const malformed = await call(`${site}/api/query/orders/${orderId}`, { headers: { 'consistency-token': 'x' } });
+      const malformed = await call(
+        `${site}/api/query/orders/${orderId}`,
+        { headers: { 'consistency-token': 'x' } },
+        'dave',
+      );
       expect(malformed.status).toBe(400);
       expect(malformed.type).toContain('application/problem+json');
     },
   );
 
   it(
+    'given callers with a bad API key, a forged or malformed token, none, or the wrong role, when they call ' +
+      'through the gateway, then 401 or 403 problem+json, and an API key becomes a token the service verifies',
+    async () => {
+      const unknownKey = await call(`${site}/api/order/orders`, { headers: { 'x-api-key': 'demo-mallory' } });
+      expect(unknownKey.status).toBe(401);
+      expect(unknownKey.type).toContain('application/problem+json');
+      expect(unknownKey.headers.get('www-authenticate')).toMatch(/^Bearer /);
+      for (const authorization of ['Bearer not.a.jwt', 'Basic YTpi', 'Bearer']) {
+        const refused = await call(`${site}/api/order/orders`, { headers: { authorization } });
+        expect(refused.status, authorization).toBe(401);
+      }
+      // No credentials: the gateway lets the service decide, and the service refuses.
+      const anonymous = await call(`${site}/api/order/orders`);
+      expect(anonymous.status).toBe(401);
+      expect(anonymous.body).toMatchObject({ status: 401, title: 'Unauthenticated' });
+      // A customer is not an operator: the overview and the dead letters are not theirs.
+      expect((await call(`${site}/api/overview`, {}, 'bob')).status).toBe(403);
+      expect((await call(`${site}/api/payment/dead-letters`, {}, 'bob')).status).toBe(403);
+      // A token signed by the deployment's key works as the key does.
+      const token = await h.system.identities.token(demoIdentities.bob);
+      const own = await call(`${site}/api/order/orders?limit=1`, { headers: { authorization: `Bearer ${token}` } });
+      expect(own.status).toBe(200);
+      // Bob asking for alice's orders by name: as if she had none to show.
+      expect((await call(`${site}/api/order/orders?userId=alice`, {}, 'bob')).status).toBe(404);
+    },
+  );
+
+  it(
     'given a bad request, when it goes through the gateway, ' + "then the service's problem+json comes back as it was",
     async () => {
-      const invalid = await call(`${site}/api/order/orders`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
-        body: JSON.stringify({ userId: 'alice' }),
-      });
+      const invalid = await call(
+        `${site}/api/order/orders`,
+        {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'idempotency-key': crypto.randomUUID() },
+          body: JSON.stringify({}),
+        },
+        'alice',
+      );
       expect(invalid.status).toBe(400);
       expect(invalid.type).toContain('application/problem+json');
       expect(invalid.body).toMatchObject({ status: 400, title: 'Invalid request' });
       expect((invalid.body.errors as string[]).join(' ')).toContain('items');
 
-      const missing = await call(`${site}/api/order/orders/${crypto.randomUUID()}`);
+      const missing = await call(`${site}/api/order/orders/${crypto.randomUUID()}`, {}, 'alice');
       expect(missing.status).toBe(404);
       expect(missing.type).toContain('application/problem+json');
 
-      const notJson = await call(`${site}/api/inventory/products`, {
-        method: 'POST',
-        headers: { 'content-type': 'text/plain' },
-        body: 'hello',
-      });
+      const notJson = await call(
+        `${site}/api/inventory/products`,
+        { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'hello' },
+        'merchant',
+      );
       expect(notJson.status).toBe(415);
       expect(notJson.type).toContain('application/problem+json');
 
@@ -200,11 +271,11 @@ describe('gateway and dashboard (embedded)', () => {
       const placed = await placeOrder(site, 'carol', product, 1, key);
       const orderId = placed.body.orderId as string;
       h.acknowledged.push({ orderId, userId: 'carol', idempotencyKey: key });
-      const stale = await call(`${site}/api/order/orders/${orderId}/cancel`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', 'if-match': `"${orderId}:0"` },
-        body: '{}',
-      });
+      const stale = await call(
+        `${site}/api/order/orders/${orderId}/cancel`,
+        { method: 'POST', headers: { 'content-type': 'application/json', 'if-match': `"${orderId}:0"` }, body: '{}' },
+        'carol',
+      );
       expect(stale.status).toBe(412);
       expect(stale.body).toMatchObject({ status: 412, title: 'Precondition failed' });
     },
@@ -224,6 +295,7 @@ describe('gateway and dashboard (embedded)', () => {
           order: `http://127.0.0.1:${await closedPort()}`,
           payment: `http://127.0.0.1:${silentPort}`,
         },
+        auth: gatewayAuth(),
         timeoutMs: 300,
         probeTimeoutMs: 300,
         health: { intervalMs: 60_000 }, // what is seen here is learnt on the way, not from a probe
@@ -232,24 +304,26 @@ describe('gateway and dashboard (embedded)', () => {
         const down = await degraded.inject({
           method: 'POST',
           url: '/api/order/orders',
-          headers: { 'idempotency-key': 'k' },
-          payload: { userId: 'alice', items: [{ productId: product, quantity: 1 }] },
+          headers: { 'idempotency-key': 'k', ...as('alice') },
+          payload: { items: [{ productId: product, quantity: 1 }] },
         });
         expect(down.statusCode).toBe(503);
         expect(down.headers['content-type']).toContain('application/problem+json');
         expect(down.headers['retry-after']).toMatch(/^[1-9][0-9]*$/);
         expect(down.json()).toMatchObject({ status: 503, title: 'Unavailable' });
         // That refused connection marked its only instance down: the next request is refused at the gateway.
-        const known = await degraded.inject({ method: 'GET', url: '/api/order/orders?userId=alice' });
+        const known = await degraded.inject({ method: 'GET', url: '/api/order/orders', headers: as('alice') });
         expect(known.statusCode).toBe(503);
         expect(known.headers['retry-after']).toBe('60');
         expect(known.json<Json>().detail).toContain('no instance of the order service is ready');
 
-        const slow = await degraded.inject({ method: 'GET', url: '/api/payment/payments?userId=alice' });
+        const slow = await degraded.inject({ method: 'GET', url: '/api/payment/payments', headers: as('alice') });
         expect(slow.statusCode).toBe(504);
         expect(slow.json()).toMatchObject({ status: 504, title: 'Gateway timeout' });
 
-        const overview = (await degraded.inject({ method: 'GET', url: '/api/overview' })).json<Overview>();
+        const overview = (
+          await degraded.inject({ method: 'GET', url: '/api/overview', headers: as('operator') })
+        ).json<Overview>();
         expect(overview.ready).toBe(false);
         const byName = Object.fromEntries(overview.services.map((s) => [s.name, s]));
         expect(byName.order).toMatchObject({ up: false, ready: false, status: null });
@@ -269,9 +343,11 @@ describe('gateway and dashboard (embedded)', () => {
       'then its 503 and Retry-After come back as they were',
     async () => {
       const ahead = `order:${crypto.randomUUID()}:999`; // a version nobody wrote: the read waits, then gives up
-      const read = await call(`${site}/api/query/orders/${crypto.randomUUID()}`, {
-        headers: { 'consistency-token': ahead },
-      });
+      const read = await call(
+        `${site}/api/query/orders/${crypto.randomUUID()}`,
+        { headers: { 'consistency-token': ahead } },
+        'alice',
+      );
       expect(read.status).toBe(503);
       expect(read.type).toContain('application/problem+json');
       expect(read.headers.get('retry-after')).toBe('1');
@@ -291,13 +367,14 @@ describe('gateway and dashboard (embedded)', () => {
         method: 'GET',
         url,
         remoteAddress: from,
-        headers: subject === undefined ? {} : { 'x-test-subject': subject },
+        headers: { ...as('merchant'), ...(subject === undefined ? {} : { 'x-test-subject': subject }) },
       });
 
     beforeAll(async () => {
       limited = await createGateway({
         log: silentLogger,
         upstreams,
+        auth: gatewayAuth(),
         rateLimits: { perAddress: { perSecond: 1, burst: 2 }, perIdentity: { perSecond: 1, burst: 3 } },
         identityOf,
         now: () => clock,
@@ -362,7 +439,7 @@ describe('gateway and dashboard (embedded)', () => {
     'given every service up, when the overview is asked for, then it has each ' +
       "one's readiness, outbox, consumer and dead-letter figures",
     async () => {
-      const overview = await call(`${site}/api/overview`);
+      const overview = await call(`${site}/api/overview`, {}, 'operator');
       expect(overview.status).toBe(200);
       const body = overview.body as unknown as Overview;
       expect(body.ready).toBe(true);

@@ -121,11 +121,12 @@ async function main(): Promise<void> {
     url: gateway,
     env: {
       GATEWAY_PORT: String(config.GATEWAY_PORT),
-      ORDER_URL: first('order'),
-      INVENTORY_URL: first('inventory'),
-      PAYMENT_URL: first('payment'),
-      ORCHESTRATOR_URL: first('orchestrator'),
-      QUERY_URL: first('query'),
+      // The gateway balances over every instance of each service.
+      ORDER_URL: urls.order.join(','),
+      INVENTORY_URL: urls.inventory.join(','),
+      PAYMENT_URL: urls.payment.join(','),
+      ORCHESTRATOR_URL: urls.orchestrator.join(','),
+      QUERY_URL: urls.query.join(','),
       GATEWAY_DEMO_IDENTITIES: String(config.SEED_DEMO),
       ...(await identityEnv(identities, 'gateway', { signing: true })),
     },

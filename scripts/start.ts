@@ -4,12 +4,16 @@
 // outbox rows are relayed, unacknowledged messages redelivered, and every order in
 // flight reaches its final state. Then the demo catalogue and users are seeded (again
 // changes nothing), every service listens on its port and the gateway in front of them.
+// Tokens are signed with the key kept in DATA_DIR/auth; the demo identities' API keys
+// (`demo-alice`, …, `demo-operator`) work at the gateway, and the dashboard signs in
+// with them.
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { ConfigError, createLogger, loadConfig, setting } from '@converge/platform';
+import { ConfigError, createLogger, isProduction, loadConfig, setting } from '@converge/platform';
 import { startGateway, type RunningGateway } from '../services/gateway/main.ts';
 import { waitUntilPriced } from '../services/order/service.ts';
 import { demoCatalogue, seedDemo } from './demo.ts';
+import { demoApiKey, demoApiKeys, demoIdentities, deploymentIdentities } from '../system/identities.ts';
 import { defaultPorts, serviceNames, startSystem, type ServiceName } from '../system/system.ts';
 
 const port = (fallback: number) => setting.int(fallback, 0, 65_535);
@@ -45,6 +49,13 @@ const portOf = (url: string) => Number(new URL(url).port);
 
 async function main(): Promise<void> {
   const config = readConfig();
+  if (isProduction()) {
+    console.error(
+      'npm start is the embedded demo (demo data and identities) and is refused when NODE_ENV=production; ' +
+        'deploy the services one per process (README: cluster mode)',
+    );
+    process.exit(2);
+  }
   const log = createLogger('converge', config.LOG_LEVEL);
   const dataDir = path.resolve(config.DATA_DIR);
   const ports: Record<ServiceName, number> = {
@@ -55,7 +66,9 @@ async function main(): Promise<void> {
     query: config.QUERY_PORT,
   };
 
+  const identities = await deploymentIdentities(dataDir);
   const system = await startSystem({
+    identities,
     storage: { kind: 'pglite', dataDir },
     bus: { kind: 'local' },
     log,
@@ -103,6 +116,12 @@ async function main(): Promise<void> {
     gateway = await startGateway({
       log: log.child({ service: 'gateway' }),
       upstreams: urls,
+      auth: {
+        verify: identities.verify,
+        issuer: identities.issuer,
+        apiKeys: demoApiKeys(),
+        demo: demoIdentities,
+      },
       port: config.GATEWAY_PORT,
       host: config.HOST,
     });
@@ -113,7 +132,7 @@ async function main(): Promise<void> {
       console.warn(`the order service has not received the demo catalogue yet; orders may be refused for a moment`);
     }
     const site = baseUrl(config.HOST, portOf(gateway.url));
-    const order = JSON.stringify({ userId: 'alice', items: [{ productId: product.productId, quantity: 1 }] });
+    const order = JSON.stringify({ items: [{ productId: product.productId, quantity: 1 }] });
     console.log(
       [
         '',
@@ -122,11 +141,14 @@ async function main(): Promise<void> {
         `  Dashboard   ${site}/`,
         ...serviceNames.map((name) => `  ${name.padEnd(13)} ${urls[name]}   (OpenAPI: ${urls[name]}/openapi.json)`),
         '',
-        `  Place an order for alice (${product.name}); the same Idempotency-Key again replays the first answer:`,
-        `    curl -s -X POST ${site}/api/order/orders -H 'content-type: application/json' ` +
-          `-H 'idempotency-key: ${crypto.randomUUID()}' -d '${order}'`,
+        `  Demo identities (API key → who): ${(Object.keys(demoIdentities) as (keyof typeof demoIdentities)[])
+          .map((name) => demoApiKey(name))
+          .join(', ')}; the dashboard signs in with them.`,
+        `  Place an order as alice (${product.name}); the same Idempotency-Key again replays the first answer:`,
+        `    curl -s -X POST ${site}/api/order/orders -H 'x-api-key: ${demoApiKey('alice')}' ` +
+          `-H 'content-type: application/json' -H 'idempotency-key: ${crypto.randomUUID()}' -d '${order}'`,
         "  Look at alice's latest orders (PENDING, then COMPLETED a moment later):",
-        `    curl -s '${site}/api/order/orders?userId=alice&limit=3'`,
+        `    curl -s -H 'x-api-key: ${demoApiKey('alice')}' '${site}/api/order/orders?limit=3'`,
         '',
         '  Ctrl-C stops everything; the data stays for the next start.',
         '',

@@ -9,7 +9,7 @@ const keys = JSON.stringify({
 });
 
 describe('test-only switches', () => {
-  it('given NODE_ENV=production, when a fault switch or RELAY=false is set, then start-up refuses, naming each', async () => {
+  it('given NODE_ENV=production, when a test-only switch is set, then start-up refuses, naming each', async () => {
     const start = runService('payment', {
       NODE_ENV: 'production',
       AUTH_JWKS: keys,

@@ -10,33 +10,13 @@ import path from 'node:path';
 import {
   createIdentities,
   generateSigningKey,
-  hashApiKey,
   keySetOf,
   parseSigningKey,
   serviceIdentity,
-  userIdentity,
   type Identities,
-  type Identity,
 } from '@converge/platform';
 
-/** Demo identities: four customers, a merchant and an operator. Their API keys are `demo-<name>`. */
-export const demoIdentities = {
-  alice: userIdentity('alice'),
-  bob: userIdentity('bob'),
-  carol: userIdentity('carol'),
-  dave: userIdentity('dave'),
-  merchant: { subject: 'merchant', roles: ['merchant'] },
-  operator: { subject: 'operator', roles: ['operator'] },
-} as const satisfies Record<string, Identity>;
-
-export type DemoName = keyof typeof demoIdentities;
-export const demoApiKey = (name: DemoName): string => `demo-${name}`;
-
-/** The demo API keys, as the gateway keeps keys: by their hash. */
-export const demoApiKeys = (): ReadonlyMap<string, Identity> =>
-  new Map(
-    (Object.keys(demoIdentities) as DemoName[]).map((name) => [hashApiKey(demoApiKey(name)), demoIdentities[name]]),
-  );
+export { demoApiKey, demoApiKeys, demoIdentities, type DemoName } from '../services/gateway/main.ts';
 
 /** The deployment's identities, signed with the key kept in `dataDir` (made on first use), or a new key. */
 export async function deploymentIdentities(dataDir?: string): Promise<Identities> {
@@ -54,7 +34,8 @@ export async function deploymentIdentities(dataDir?: string): Promise<Identities
 /** The identities of a deployment already running from `dataDir`: its key must be there. */
 export async function existingIdentities(dataDir: string): Promise<Identities> {
   const file = path.join(dataDir, 'auth', 'signing-key.json');
-  if (!fs.existsSync(file)) throw new Error(`no signing key at ${file}: start the system with this data directory first`);
+  if (!fs.existsSync(file))
+    throw new Error(`no signing key at ${file}: start the system with this data directory first`);
   return createIdentities({ key: parseSigningKey(fs.readFileSync(file, 'utf8')) });
 }
 

@@ -14,7 +14,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import amqp from 'amqplib';
-import { dropDatabase, ensureDatabase, openPostgres, type Db } from '@converge/platform';
+import { dropDatabase, ensureDatabase, openPostgres, parkedQueueOf, type Db } from '@converge/platform';
+import { deadLetterExchangeOf } from '@converge/platform/rabbitmq';
 import { builtEntry, entries, type Entry } from '../scripts/build.ts';
 import { serviceNames } from './system.ts';
 
@@ -246,15 +247,19 @@ export async function openRunDatabase(run: Run, db: string, options: { max?: num
   return openPostgres(db, await ensureDatabase(run.postgres, `${run.name}_${db}`), options);
 }
 
-/** Drops every database, queue and the exchange the run may have created; what is missing already is no error. */
+/** Drops every database, queue, parking queue and exchange the run may have made; what is missing is no error. */
 export async function dropRun(run: Run): Promise<void> {
   for (const db of [...serviceNames, 'provider'])
     await dropDatabase(run.postgres, `${run.name}_${db}`).catch(() => undefined);
   const connection = await amqp.connect(run.rabbitmq);
   try {
     const channel = await connection.createChannel();
-    for (const service of serviceNames) await channel.deleteQueue(`${run.name}.${service}`).catch(() => undefined);
+    for (const queue of serviceNames.map((service) => `${run.name}.${service}`)) {
+      await channel.deleteQueue(queue).catch(() => undefined);
+      await channel.deleteQueue(parkedQueueOf(queue)).catch(() => undefined);
+    }
     await channel.deleteExchange(`${run.name}.events`).catch(() => undefined);
+    await channel.deleteExchange(deadLetterExchangeOf(`${run.name}.events`)).catch(() => undefined);
   } finally {
     await connection.close().catch(() => undefined);
   }

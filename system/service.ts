@@ -10,6 +10,7 @@ import {
   createLogger,
   defaultIssuer,
   ensureDatabase,
+  isProduction,
   keySetSetting,
   loadConfig,
   openPostgres,
@@ -17,6 +18,7 @@ import {
   redisCache,
   setting,
   startService,
+  testOnly,
   tokenVerifier,
   type Logger,
   type ServiceDefinition,
@@ -48,7 +50,7 @@ const busFaultsSetting = (testing: boolean): Spec<BusFaults | undefined> => ({
  * relay, the saga mode and logging. A service's own settings are in its config.ts and
  * are read together with these, so a bad deployment hears of every bad key at once.
  */
-export const sharedConfig = (service: ServiceName, testing = false) => ({
+export const sharedConfig = (service: ServiceName, testing = false, production = false) => ({
   /** The PostgreSQL server; each service's database is created on it if missing. */
   PG_URL: setting.string('postgres://postgres@127.0.0.1:5432/postgres'),
   /** Overrides the database for this service entirely (e.g. ORDER_DATABASE_URL). */
@@ -66,7 +68,8 @@ export const sharedConfig = (service: ServiceName, testing = false) => ({
   AMQP_QUEUE_PREFIX: setting.string('converge.'),
   HOST: setting.string('127.0.0.1'),
   PORT: setting.int(defaultPorts[service], 0, 65_535),
-  RELAY: setting.bool(true),
+  /** `false` runs without publishing (tests of the crash window); refused in production. */
+  RELAY: testOnly(setting.bool(true), production, true),
   /** The token issuer's public keys (JWK set JSON, or its URL): every caller's token is verified against them. */
   AUTH_JWKS: keySetSetting,
   AUTH_ISSUER: setting.string(defaultIssuer.issuer),
@@ -102,10 +105,10 @@ export async function runService(
   // ORDER_PORT wins over PORT for the order service, and so on for every key.
   const prefixed = (key: string) => env[`${service.toUpperCase()}_${key}`] ?? env[key];
   const read = new Proxy({}, { get: (_target, key: string) => prefixed(key) });
-  const shared = sharedConfig(service, env.NODE_ENV === 'test');
+  const shared = sharedConfig(service, env.NODE_ENV === 'test', isProduction(env));
   switch (service) {
     case 'payment': {
-      const config = loadConfig({ ...shared, ...paymentConfig }, read);
+      const config = loadConfig({ ...shared, ...paymentConfig(isProduction(env)) }, read);
       return runWith(service, config, async ({ databaseFor }) => {
         const providerDb = await openPostgres('provider', await databaseFor('provider'), { max: 5 });
         const provider = await openSimulatedProvider(providerDb);

@@ -14,6 +14,7 @@ import {
   hashApiKey,
   roles,
   tokenCache,
+  userIdentity,
   type Identity,
   type Role,
   type Spec,
@@ -30,6 +31,25 @@ export type GatewayAuth = {
   /** Identities the dashboard may sign in as (demo only). */
   demo?: Readonly<Record<string, Identity>>;
 };
+
+/** Demo identities: four customers, a merchant and an operator. Their API keys are `demo-<name>`. */
+export const demoIdentities = {
+  alice: userIdentity('alice'),
+  bob: userIdentity('bob'),
+  carol: userIdentity('carol'),
+  dave: userIdentity('dave'),
+  merchant: { subject: 'merchant', roles: ['merchant'] },
+  operator: { subject: 'operator', roles: ['operator'] },
+} as const satisfies Record<string, Identity>;
+
+export type DemoName = keyof typeof demoIdentities;
+export const demoApiKey = (name: DemoName): string => `demo-${name}`;
+
+/** The demo API keys, as the gateway keeps keys: by their hash. */
+export const demoApiKeys = (): ReadonlyMap<string, Identity> =>
+  new Map(
+    (Object.keys(demoIdentities) as DemoName[]).map((name) => [hashApiKey(demoApiKey(name)), demoIdentities[name]]),
+  );
 
 export type Caller =
   | { kind: 'anonymous' }

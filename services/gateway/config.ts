@@ -2,7 +2,17 @@
 // to are (a comma-separated list of base URLs per service), how often it asks them whether
 // they are ready, and its rate limits. It runs alone (main.ts) or inside the embedded
 // system, which passes them directly; createGateway falls back on the same defaults.
-import { setting, type Spec } from '@converge/platform';
+import {
+  defaultIssuer,
+  isProduction,
+  keySetSetting,
+  setting,
+  testOnly,
+  type SigningKey,
+  type Spec,
+  parseSigningKey,
+} from '@converge/platform';
+import { apiKeysSetting } from './auth.ts';
 import { parseBases } from './upstreams.ts';
 
 export const gatewayDefaults = {
@@ -24,7 +34,29 @@ const bases = (fallback: string): Spec<string[]> => ({
   },
 });
 
+const signingKey: Spec<SigningKey | undefined> = {
+  parse: (raw, key) => {
+    if (raw === undefined || raw === '') return undefined;
+    try {
+      return parseSigningKey(raw);
+    } catch (error) {
+      throw new Error(`${key}: ${(error as Error).message}`, { cause: error });
+    }
+  },
+};
+
 export const gatewayConfig = {
+  /** The token issuer's public keys (JWK set JSON, or its URL). */
+  AUTH_JWKS: keySetSetting,
+  AUTH_ISSUER: setting.string(defaultIssuer.issuer),
+  AUTH_AUDIENCE: setting.string(defaultIssuer.audience),
+  /** The deployment's private key: to exchange API keys for tokens and for demo sign-in. */
+  AUTH_SIGNING_KEY: signingKey,
+  /** Without a signing key: the gateway's own token (role service), for the services' /status. */
+  AUTH_SERVICE_TOKEN: setting.optional(),
+  GATEWAY_API_KEYS: apiKeysSetting,
+  /** The demo identities' API keys and POST /auth/demo (the dashboard's sign-in); refused in production. */
+  GATEWAY_DEMO_IDENTITIES: testOnly(setting.bool(false), isProduction(), false),
   HOST: setting.string('127.0.0.1'),
   GATEWAY_PORT: setting.int(3000, 0, 65_535),
   ORDER_URL: bases('http://127.0.0.1:3001'),

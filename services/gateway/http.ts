@@ -8,7 +8,8 @@
 // reached is a 503 problem with Retry-After, one that does not answer in time a 504, a
 // connection that broke after a write was sent a 502: never a crash.
 // Every /api request first passes the rate limits (rate-limit.ts): per client address,
-// then per identity; too many is 429 with Retry-After. /healthz, /readyz and the
+// then, once authenticated (auth.ts: a bearer token verified, or an API key exchanged
+// for one), per identity; too many is 429 with Retry-After. /healthz, /readyz and the
 // dashboard page are not limited.
 // `/api/overview` asks every service for its /status and /readyz at once (overview.ts).
 // `/` is the dashboard, one self-contained page whose Content-Security-Policy forbids
@@ -16,7 +17,17 @@
 import crypto from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { NotFoundError, consistencyHeader, createHttpApp, type HttpApp, type Logger } from '@converge/platform';
+import {
+  NotFoundError,
+  consistencyHeader,
+  createHttpApp,
+  serviceIdentity,
+  tokenCache,
+  type HttpApp,
+  type Logger,
+} from '@converge/platform';
+import Type, { type Static } from 'typebox';
+import { authenticator, type Caller, type GatewayAuth } from './auth.ts';
 import { gatewayDefaults } from './config.ts';
 import { OverviewSchema, probeService } from './overview.ts';
 import { createLimiter, type Limit, type Limiter } from './rate-limit.ts';
@@ -41,7 +52,11 @@ export type GatewayOptions = {
   health?: { intervalMs?: number; timeoutMs?: number };
   /** Requests a second and burst per client address and per identity; false: no limit. */
   rateLimits?: { perAddress?: Limit | false; perIdentity?: Limit | false; maxKeys?: number };
-  /** The authenticated subject of a request; undefined: only the address limit applies. */
+  /** Who may call, and how callers are known (auth.ts). */
+  auth: GatewayAuth;
+  /** The gateway's own token, for the services' /status; signed with the deployment's key when it has it. */
+  serviceToken?: () => Promise<string>;
+  /** The subject the identity limit counts; the authenticated subject unless told. */
   identityOf?: (request: FastifyRequest) => string | undefined;
   /** Milliseconds on a clock that does not step back; the rate limits read it. */
   now?: () => number;
@@ -54,7 +69,6 @@ const requestHeaders = [
   'if-match',
   'if-none-match',
   consistencyHeader,
-  'x-actor',
   'traceparent',
 ];
 const responseHeaders = [
@@ -142,14 +156,25 @@ function limitBy(
 const bodyOf = (request: FastifyRequest) =>
   request.method === 'GET' || request.method === 'HEAD' || !Buffer.isBuffer(request.body) ? undefined : request.body;
 
+/** The caller of each /api request, once authenticated. */
+const callers = new WeakMap<FastifyRequest, Extract<Caller, { kind: 'authenticated' }>>();
+
 function headersOf(request: FastifyRequest): Headers {
   const headers = new Headers();
   for (const name of requestHeaders) {
     const value = request.headers[name];
     if (typeof value === 'string') headers.set(name, value);
   }
+  // The service sees a token, whatever the caller sent (an API key is exchanged for one).
+  const caller = callers.get(request);
+  if (caller !== undefined) headers.set('authorization', caller.authorization);
   return headers;
 }
+
+const DemoSignIn = Type.Object(
+  { identity: Type.String({ minLength: 1, maxLength: 50 }) },
+  { additionalProperties: false },
+);
 
 export async function createGateway({
   log,
@@ -158,9 +183,17 @@ export async function createGateway({
   probeTimeoutMs = 2_000,
   health = {},
   rateLimits = {},
-  identityOf,
+  auth,
+  serviceToken,
+  identityOf = (request) => callers.get(request)?.identity.subject,
   now = () => performance.now(),
 }: GatewayOptions): Promise<HttpApp> {
+  const authenticate = authenticator(auth);
+  const ownToken =
+    serviceToken ??
+    (auth.issuer === undefined
+      ? undefined
+      : () => tokenCache(auth.issuer as NonNullable<typeof auth.issuer>)(serviceIdentity('gateway')));
   const pools = Object.fromEntries(
     upstreamNames.map((name) => {
       try {
@@ -175,8 +208,7 @@ export async function createGateway({
   const { perAddress = gatewayDefaults.perAddress, perIdentity = gatewayDefaults.perIdentity } = rateLimits;
   const maxKeys = rateLimits.maxKeys ?? gatewayDefaults.rateLimitKeys;
   const byAddress = perAddress === false ? undefined : createLimiter(perAddress, maxKeys);
-  const byIdentity =
-    perIdentity === false || identityOf === undefined ? undefined : createLimiter(perIdentity, maxKeys);
+  const byIdentity = perIdentity === false ? undefined : createLimiter(perIdentity, maxKeys);
   const dashboard = await loadDashboard();
   const app = await createHttpApp({
     service: 'gateway',
@@ -252,11 +284,21 @@ export async function createGateway({
         'onRequest',
         limitBy(byAddress, (request) => request.ip, 'address', now),
       );
-    // Authentication belongs here, as an onRequest hook between the two limits: after the
-    // address limit, so a flood of bad credentials is shed before any is verified; before
-    // the identity limit, which counts the subjects it verified (identityOf).
-    if (byIdentity !== undefined && identityOf !== undefined)
-      api.addHook('onRequest', limitBy(byIdentity, identityOf, 'identity', now));
+    // After the address limit, so a flood of bad credentials is shed before any is
+    // verified; before the identity limit, which counts the subjects verified here. A
+    // request without credentials goes on as it is: the service answers it or refuses it.
+    api.addHook('onRequest', async (request, reply) => {
+      const caller = await authenticate(request);
+      if (caller.kind === 'authenticated') callers.set(request, caller);
+      if (caller.kind !== 'refused') return;
+      return sendProblem(
+        reply.header('www-authenticate', 'Bearer realm="converge", error="invalid_token"'),
+        401,
+        'Unauthenticated',
+        caller.detail,
+      );
+    });
+    if (byIdentity !== undefined) api.addHook('onRequest', limitBy(byIdentity, identityOf, 'identity', now));
 
     api.get(
       '/api/overview',
@@ -267,13 +309,48 @@ export async function createGateway({
           response: { 200: OverviewSchema },
         },
       },
-      async (_request, reply) => {
+      async (request, reply) => {
+        const caller = callers.get(request);
+        if (caller === undefined)
+          return sendProblem(
+            reply.header('www-authenticate', 'Bearer realm="converge"'),
+            401,
+            'Unauthenticated',
+            'the overview needs an operator (Authorization: Bearer <jwt>, or X-API-Key)',
+          );
+        if (!caller.identity.roles.includes('operator'))
+          return sendProblem(reply, 403, 'Forbidden', 'the overview needs the role operator');
+        const authorization = ownToken === undefined ? undefined : `Bearer ${await ownToken()}`;
         const services = await Promise.all(
-          upstreamNames.map((name) => probeService(name, pools[name], probeTimeoutMs)),
+          upstreamNames.map((name) => probeService(name, pools[name], probeTimeoutMs, authorization)),
         );
         return reply
           .header('cache-control', 'no-store')
           .send({ at: new Date().toISOString(), ready: services.every((s) => s.ready), services });
+      },
+    );
+
+    // Demo sign-in for the dashboard: a token of one of the demo identities. It exists
+    // only where demo identities are configured, which production refuses.
+    api.post(
+      '/auth/demo',
+      {
+        schema: {
+          hide: true,
+          body: DemoSignIn,
+        },
+      },
+      async (request, reply) => {
+        const { identity: name } = request.body as Static<typeof DemoSignIn>;
+        if (auth.demo === undefined || auth.issuer === undefined)
+          throw new NotFoundError('demo sign-in is off (GATEWAY_DEMO_IDENTITIES)');
+        const identity = Object.hasOwn(auth.demo, name) ? auth.demo[name] : undefined;
+        if (identity === undefined)
+          throw new NotFoundError(`no demo identity "${name}" (${Object.keys(auth.demo).join(', ')})`);
+        const expiresIn = 900;
+        return reply
+          .header('cache-control', 'no-store')
+          .send({ token: await auth.issuer.sign(identity, expiresIn), identity, expiresIn });
       },
     );
 

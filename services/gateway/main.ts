@@ -3,11 +3,13 @@
 // alone (`tsx services/gateway/main.ts`) it reads where the services are from the
 // environment.
 import { pathToFileURL } from 'node:url';
-import { createLogger, loadConfig, type HttpApp } from '@converge/platform';
+import { createLogger, loadConfig, tokenIssuer, tokenVerifier, type HttpApp } from '@converge/platform';
+import { demoApiKeys, demoIdentities, type GatewayAuth } from './auth.ts';
 import { gatewayConfig } from './config.ts';
 import { createGateway, type GatewayOptions } from './http.ts';
 
 export { gatewayConfig } from './config.ts';
+export { demoApiKey, demoApiKeys, demoIdentities, type DemoName, type GatewayAuth } from './auth.ts';
 export { createGateway, type GatewayOptions, type Overview, type Upstreams } from './http.ts';
 
 export type RunningGateway = { app: HttpApp; url: string; stop(): Promise<void> };
@@ -28,8 +30,20 @@ const limit = (perSecond: number, burst: number) => (perSecond === 0 ? false : {
 async function main(): Promise<void> {
   const config = loadConfig(gatewayConfig);
   const log = createLogger('gateway', config.LOG_LEVEL);
+  const names = { issuer: config.AUTH_ISSUER, audience: config.AUTH_AUDIENCE };
+  const issuer = config.AUTH_SIGNING_KEY === undefined ? undefined : await tokenIssuer(config.AUTH_SIGNING_KEY, names);
+  const demo = config.GATEWAY_DEMO_IDENTITIES;
+  const auth: GatewayAuth = {
+    verify: tokenVerifier({ keys: config.AUTH_JWKS, ...names }),
+    ...(issuer === undefined ? {} : { issuer }),
+    apiKeys: new Map([...(demo ? demoApiKeys() : []), ...config.GATEWAY_API_KEYS]),
+    ...(demo ? { demo: demoIdentities } : {}),
+  };
+  const serviceToken = config.AUTH_SERVICE_TOKEN;
   const gateway = await startGateway({
     log,
+    auth,
+    ...(serviceToken === undefined ? {} : { serviceToken: () => Promise.resolve(serviceToken) }),
     host: config.HOST,
     port: config.GATEWAY_PORT,
     upstreams: {

@@ -29,9 +29,13 @@ type ServiceOverview = Static<typeof ServiceOverview>;
 
 const statusCheck = Compile(StatusSchema);
 
-async function getJson(url: string, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+async function getJson(
+  url: string,
+  timeoutMs: number,
+  authorization?: string,
+): Promise<{ status: number; body: unknown }> {
   const response = await fetch(url, {
-    headers: { accept: 'application/json' },
+    headers: { accept: 'application/json', ...(authorization === undefined ? {} : { authorization }) },
     signal: AbortSignal.timeout(timeoutMs),
   });
   const text = await response.text();
@@ -43,12 +47,18 @@ async function getJson(url: string, timeoutMs: number): Promise<{ status: number
 }
 
 /** One instance's figures (a healthy one when there is one) and how the gateway sees each instance. */
-export async function probeService(name: string, pool: Pool, timeoutMs: number): Promise<ServiceOverview> {
+/** `authorization`: the gateway's own (service) credentials, which /status asks for. */
+export async function probeService(
+  name: string,
+  pool: Pool,
+  timeoutMs: number,
+  authorization?: string,
+): Promise<ServiceOverview> {
   const base = (pick(pool) ?? pool.instances[0])?.base ?? '';
   const instances = pool.instances.map((i) => ({ url: i.base, healthy: i.healthy }));
   const started = performance.now();
   const [status, ready] = await Promise.allSettled([
-    getJson(`${base}/status`, timeoutMs),
+    getJson(`${base}/status`, timeoutMs, authorization),
     getJson(`${base}/readyz`, timeoutMs),
   ]);
   const latencyMs = Math.round((performance.now() - started) * 10) / 10;

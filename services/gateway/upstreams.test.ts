@@ -5,7 +5,7 @@
 import http from 'node:http';
 import type net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '@converge/platform';
+import { createIdentities, silentLogger } from '@converge/platform';
 import { createGateway } from './http.ts';
 import { createPool, forward, parseBases, pick, watchHealth, type Outgoing, type Pool } from './upstreams.ts';
 
@@ -239,6 +239,7 @@ describe('the gateway over several instances', () => {
       const [a, b, elsewhere] = [await instance('a'), await instance('b'), await instance('elsewhere')];
       const gateway = await createGateway({
         log: silentLogger,
+        auth: { verify: (await createIdentities()).verify },
         upstreams: {
           order: [a.url, b.url],
           inventory: elsewhere.url,
@@ -281,6 +282,7 @@ describe('the gateway over several instances', () => {
     await expect(
       createGateway({
         log: silentLogger,
+        auth: { verify: (await createIdentities()).verify },
         upstreams: { order: 'http://a:1,nope', inventory: 'x', payment: 'x', orchestrator: 'x', query: 'x' },
       }),
     ).rejects.toThrow(/upstream order: "nope" is not a URL/);

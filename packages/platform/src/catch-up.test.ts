@@ -36,8 +36,13 @@ async function opened(name: string): Promise<Db> {
 /** A source with a feed and a relay, and a consumer of its events that only catch-ups feed. */
 async function world() {
   const source = await opened('catch-up-source');
-  const bus = await createLocalBus(source);
+  // A database of its own: the relay publishes inside its transaction on the source.
+  const busDb = await openPglite('catch-up-bus');
+  cleanups.push(() => busDb.close());
+  const bus = await createLocalBus(busDb);
   cleanups.push(() => bus.close());
+  // Bound, or the bus would refuse what the relay publishes; nobody reads it.
+  await bus.declare('elsewhere', ['StockAdjusted']);
   const app = await createHttpApp({ service: 'inventory', log: silentLogger });
   registerFeedRoutes(app, source);
   await app.ready();

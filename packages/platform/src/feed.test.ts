@@ -56,6 +56,7 @@ async function openBus() {
   const busDb = opened(await openPglite('feed-test-bus'));
   const bus = await createLocalBus(busDb);
   cleanups.push(() => bus.close());
+  await bus.declare('audit', ['StockAdjusted']); // bound, or the bus would refuse what the relay publishes
   return bus;
 }
 

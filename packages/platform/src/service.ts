@@ -95,7 +95,7 @@ export async function startService<Extra>(
   registerDeadLetterRoutes(app, db, consumer);
   registerFeedRoutes(app, db);
   const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
-  registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now, bus }));
+  registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now, bus }), bus);
   const background = definition.background?.({ db, log, now, consumer });
   await app.ready();
   let stopped = false;

@@ -93,7 +93,7 @@ export type Identities = {
   readonly issuer: TokenIssuer;
   readonly verify: Verifier;
   /** A token for the identity, cached until shortly before it expires. */
-  token(identity: Identity): Promise<string>;
+  readonly token: (identity: Identity) => Promise<string>;
 };
 
 export const defaultIssuer = { issuer: 'converge', audience: 'converge' };
@@ -103,7 +103,10 @@ export async function createIdentities(
   options: { key?: SigningKey; issuer?: string; audience?: string } = {},
 ): Promise<Identities> {
   const signingKey = options.key ?? (await generateSigningKey());
-  const names = { issuer: options.issuer ?? defaultIssuer.issuer, audience: options.audience ?? defaultIssuer.audience };
+  const names = {
+    issuer: options.issuer ?? defaultIssuer.issuer,
+    audience: options.audience ?? defaultIssuer.audience,
+  };
   const issuer = await tokenIssuer(signingKey, names);
   return {
     signingKey,
