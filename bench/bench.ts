@@ -18,6 +18,7 @@ import { startCluster, type Cluster } from './cluster.ts';
 import { perOrder, startCostMeter, type CostModel } from './cost.ts';
 import { prepareFixture, pricedIn, runLoad, type Fixture, type LoadReport } from './load.ts';
 import { difference, histogramQuantile, parseHistogram, type Bucket } from './prometheus.ts';
+import { overloadStep } from './overload.ts';
 import { runReads, type ReadTargets } from './reads.ts';
 import {
   issueTargets,
@@ -28,7 +29,7 @@ import {
   type StepResult,
 } from './report.ts';
 
-const parts = ['cost', 'sweep', 'hot', 'mixed', 'reads', 'orchestration', 'embedded'] as const;
+const parts = ['cost', 'sweep', 'hot', 'mixed', 'reads', 'overload', 'orchestration', 'embedded'] as const;
 const { values } = parseArgs({
   options: {
     rates: { type: 'string', default: '50,100,200,300,400,500,600,700,800,1000' },
@@ -43,6 +44,8 @@ const { values } = parseArgs({
     scenario: { type: 'string', default: '30' },
     /** Reads of the query service per second during the mixed scenario. */
     'read-rate': { type: 'string', default: '200' },
+    /** The rate the cluster sustains: the overload step offers three times it. */
+    'sustainable-rate': { type: 'string', default: '100' },
     /** Reads per second of the read scenario, on the caught-up cluster. */
     'read-scenario-rate': { type: 'string', default: '500' },
     /**
@@ -342,7 +345,7 @@ async function main(): Promise<void> {
     embedded: undefined,
     targets: issueTargets,
   };
-  if (['cost', 'sweep', 'hot', 'mixed', 'reads'].some((p) => only.has(p))) {
+  if (['cost', 'sweep', 'hot', 'mixed', 'reads', 'overload'].some((p) => only.has(p))) {
     const { cluster, fixtures } = await warmCluster('choreography', only.has('hot') ? ['spread', 'hot'] : ['spread']);
     const spread = fixtures.spread as Fixture;
     try {
@@ -369,6 +372,10 @@ async function main(): Promise<void> {
           durationSec: 20,
         });
         log(`  p50 ${result.reads.all.p50} ms p99 ${result.reads.all.p99} ms`);
+      }
+      if (only.has('overload')) {
+        await drain(cluster, 120_000);
+        result.overload = await overloadStep(cluster, spread, Number(values['sustainable-rate']), scenarioSec, log);
       }
     } finally {
       await cluster.stop();

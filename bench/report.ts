@@ -5,6 +5,7 @@
 import { counterNames, perOrder, type CostModel, type CostPerOrder, type Counter } from './cost.ts';
 import type { Summary } from './histogram.ts';
 import type { LoadReport } from './load.ts';
+import type { OverloadResult } from './overload.ts';
 import type { ReadReport } from './reads.ts';
 
 /** Per read model: events applied during a step and their delay from commit at the source to applied (ms). */
@@ -76,6 +77,8 @@ export type BenchResult = {
   scenarios: StepResult[];
   reads: ReadReport | undefined;
   embedded: EmbeddedStep[] | undefined;
+  /** Three times the sustainable rate: what is accepted, what is shed, what is lost, how soon it recovers. */
+  overload?: OverloadResult;
 };
 
 type Judged = { rate?: number; offeredRate?: number; sustainable: boolean; keepsUp: boolean };
@@ -149,6 +152,37 @@ export function renderCost(s: StepResult): string[] {
     }),
   ];
 }
+
+/** The overload step: accepted placements fast, the excess refused with Retry-After, nothing lost, recovery. */
+function renderOverload(o: OverloadResult | undefined): string[] {
+  if (o === undefined) return [];
+  const refused = o.shed.unavailable + o.shed.limited;
+  return [
+    '## Overload',
+    '',
+    `${o.offeredRate} orders/s (3 × ${o.sustainableRate}) for ${o.durationSec} s at the order service, refusals ` +
+      'not retried; then the sustainable rate for 10 s.',
+    '',
+    '| | required | measured | met |',
+    '|---|---|---|---|',
+    `| accepted placements p99 | < ${overloadTargets.acceptedP99Ms} ms | ${o.acceptedP99Ms} ms ` +
+      `(${o.accepted} of ${o.scheduled} accepted) | ${verdict(o.acceptedP99Ms < overloadTargets.acceptedP99Ms)} |`,
+    `| the excess refused with 503/429 and Retry-After | every refusal | ${refused} refused ` +
+      `(${o.shed.unavailable} × 503, ${o.shed.limited} × 429), ${o.shed.withRetryAfter} with Retry-After; ` +
+      `other errors ${JSON.stringify(o.otherErrors)} | ` +
+      `${verdict(refused > 0 && o.shed.withRetryAfter === refused && Object.keys(o.otherErrors).length === 0)} |`,
+    `| acknowledged orders lost | 0 | ${o.lost} (invariant violations: ${o.invariantViolations.length}) | ` +
+      `${verdict(o.lost === 0 && o.invariantViolations.length === 0)} |`,
+    `| normal service after | within ${overloadTargets.recoverMs / 1000} s | ` +
+      `${o.recoveredAfterMs === undefined ? 'still refusing after 10 s' : `${o.recoveredAfterMs} ms`}; ` +
+      `${o.after.accepted} of ${o.after.scheduled} accepted, p99 ${o.after.placementP99Ms} ms | ` +
+      `${verdict(o.recoveredAfterMs !== undefined && o.recoveredAfterMs <= overloadTargets.recoverMs)} |`,
+    ...(o.invariantViolations.length === 0 ? [] : ['', ...o.invariantViolations.map((v) => `- ${v}`)]),
+    '',
+  ];
+}
+
+export const overloadTargets = { acceptedP99Ms: 200, recoverMs: 10_000 };
 
 export function renderMarkdown(r: BenchResult, svg: string): string {
   const t = { ...issueTargets, ...r.targets };
@@ -253,6 +287,7 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     '',
     ...(cost === undefined ? ['The cost step was not run.'] : renderCost(cost)),
     '',
+    ...renderOverload(r.overload),
     '## Steps',
     '',
     'Reads are of the query service during the step; projection delay is from commit at the source to ' +

@@ -13,7 +13,8 @@ describeSystem(
   modes.filter((m) => sagaModeOf(m) === 'choreography'),
   { queryWatch: { sweepEveryMs: 1_000, settleMs: 1_000 } },
   (h, name) => {
-    const query = (url: string) => h.system.services.query.app.inject({ method: 'GET', url });
+    const query = async (url: string) =>
+      h.system.services.query.app.inject({ method: 'GET', url, headers: await h.auth() });
     const summaryStatus = async (orderId: string) => {
       const response = await query(`/orders/${orderId}`);
       return response.statusCode === 200 ? (response.json<{ status: string | null }>().status ?? undefined) : undefined;
