@@ -171,6 +171,7 @@ export async function runService(
           maxBacklog: config.ADMISSION_MAX_BACKLOG,
           maxPoolWaitMs: config.ADMISSION_MAX_POOL_WAIT_MS,
           maxPending: config.ADMISSION_MAX_PENDING,
+          maxConcurrent: config.ADMISSION_MAX_CONCURRENT,
         },
       });
       return runWith(service, config, () => Promise.resolve({ definition }));

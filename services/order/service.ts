@@ -20,7 +20,7 @@ export { orderSources } from './consumers.ts';
 export { requestHash } from './place.ts';
 export { executeOrderCommand, waitUntilPriced } from './store.ts';
 
-export type OrderAdmission = { maxBacklog: number; maxPoolWaitMs: number; maxPending: number };
+export type OrderAdmission = { maxBacklog: number; maxPoolWaitMs: number; maxPending: number; maxConcurrent: number };
 
 /**
  * Far above what normal load and the test suites hold. PENDING orders are the work the
@@ -28,7 +28,12 @@ export type OrderAdmission = { maxBacklog: number; maxPoolWaitMs: number; maxPen
  * so an accepted order completes within seconds even under overload; a larger
  * deployment raises ADMISSION_MAX_PENDING with its capacity.
  */
-export const orderAdmissionDefaults: OrderAdmission = { maxBacklog: 5000, maxPoolWaitMs: 1000, maxPending: 2_000 };
+export const orderAdmissionDefaults: OrderAdmission = {
+  maxBacklog: 5000,
+  maxPoolWaitMs: 1000,
+  maxPending: 2_000,
+  maxConcurrent: 64,
+};
 
 /** The order service's own settings. Read with the settings every service shares. */
 export const orderConfig = {
@@ -38,6 +43,8 @@ export const orderConfig = {
   ADMISSION_MAX_POOL_WAIT_MS: setting.int(orderAdmissionDefaults.maxPoolWaitMs, 1),
   /** Orders still PENDING (the saga's consumers behind) above which new orders are refused. */
   ADMISSION_MAX_PENDING: setting.int(orderAdmissionDefaults.maxPending, 1),
+  /** Placements in progress (admitted, not yet answered) above which more are refused at once. */
+  ADMISSION_MAX_CONCURRENT: setting.int(orderAdmissionDefaults.maxConcurrent, 1),
 };
 
 // Counted up to the bound only ($2): the partial index orders_pending holds exactly these.
@@ -58,6 +65,7 @@ export function orderService(mode: SagaMode, options: { admission?: Partial<Orde
         maxBacklog: bounds.maxBacklog,
         maxPoolWaitMs: bounds.maxPoolWaitMs,
         inFlight: { sql: pendingOrders, max: bounds.maxPending },
+        maxConcurrent: bounds.maxConcurrent,
       });
       admitBefore(app, admission, { method: 'POST', url: '/orders' });
       registerOrderRoutes(app, db, now);

@@ -168,6 +168,34 @@ describe('admission control at a write route', () => {
     expect(await admission.check()).toBeUndefined();
     expect(admission.shed).toMatchObject({ in_flight: 1, backlog: 0 });
   });
+
+  it(
+    'given as many requests in progress as the bound, when one more comes, then it is refused at once ' +
+      'until one of them is answered',
+    async () => {
+      const db = await outboxDb();
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      const app = await createHttpApp({ service: 'test', log: silentLogger });
+      cleanups.push(() => app.close());
+      const admission = admissionControl(db, { maxBacklog: 1000, maxPoolWaitMs: 1000, maxConcurrent: 2, sampleMs });
+      admitBefore(app, admission, { method: 'POST', url: '/slow' });
+      app.post('/slow', async () => {
+        await held;
+        return { ok: true };
+      });
+      const inProgress = [app.inject({ method: 'POST', url: '/slow' }), app.inject({ method: 'POST', url: '/slow' })];
+      await sleep(20);
+      const refused = await app.inject({ method: 'POST', url: '/slow' });
+      expect(refused.statusCode).toBe(503);
+      expect(refused.headers['retry-after']).toBe('1');
+      expect(refused.json<{ detail: string }>().detail).toMatch(/2 requests like this one are in progress/);
+      release();
+      expect((await Promise.all(inProgress)).map((r) => r.statusCode)).toEqual([200, 200]);
+      expect((await app.inject({ method: 'POST', url: '/slow' })).statusCode).toBe(200);
+      expect(admission.shed).toMatchObject({ concurrency: 1 });
+    },
+  );
 });
 
 describe.skipIf(!pgUp)('admission control, a congested pool', () => {

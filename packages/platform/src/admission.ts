@@ -3,8 +3,10 @@
 // looks at what the write would join: the outbox backlog (committed events the relay
 // has not published yet), the connection pool's queue, and optionally a service's own
 // count of work in flight (the order service: orders still PENDING, i.e. how far its
-// consumers lag). Retry-After is the time the backlog takes to drain at the rate it
-// has been draining.
+// consumers lag), and the writes already admitted and not yet answered: when more are
+// in progress than the service can answer quickly, the machine is saturated and one
+// more would only make every one of them slower. Retry-After is the time the backlog
+// takes to drain at the rate it has been draining (1 s for the others).
 //
 // The check is cheap per request: the pool's figures are in memory, and the backlog is
 // sampled by one statement at most every `sampleMs`, shared by every request that
@@ -23,17 +25,21 @@ export type AdmissionOptions = {
    * `{ n }` and is given the count to stop at as $2 (a count beyond it makes no difference).
    */
   inFlight?: { sql: string; max: number };
+  /** Requests admitted and not yet answered above which more are refused (undefined: no bound). */
+  maxConcurrent?: number;
   /** How old a sample may be before a request takes a new one. */
   sampleMs?: number;
   /** A clock in milliseconds (tests). */
   clock?: () => number;
 };
 
-export type ShedReason = 'backlog' | 'pool' | 'in_flight';
+export type ShedReason = 'backlog' | 'pool' | 'in_flight' | 'concurrency';
 
 export type Admission = {
   /** Resolves to the error to refuse the request with, or undefined to let it in. */
   check(): Promise<UnavailableError | undefined>;
+  /** A request admitted by check() has been answered (or failed): it no longer counts as in progress. */
+  done(): void;
   /** Requests refused so far, by reason. */
   readonly shed: Readonly<Record<ShedReason, number>>;
   /** Prometheus lines: refusals, and the figures they were decided on. */
@@ -55,7 +61,8 @@ export function drainSeconds(backlog: number, perSecond: number): number {
 export function admissionControl(db: Db, options: AdmissionOptions): Admission {
   const clock = options.clock ?? (() => performance.now());
   const sampleMs = options.sampleMs ?? 200;
-  const shed: Record<ShedReason, number> = { backlog: 0, pool: 0, in_flight: 0 };
+  const shed: Record<ShedReason, number> = { backlog: 0, pool: 0, in_flight: 0, concurrency: 0 };
+  let inProgress = 0;
   // The counts stop a little past their bounds: enough to tell over from under, and
   // the drain time, without counting a runaway backlog row by row every sample.
   const backlogCap = options.maxBacklog * 4 + 1;
@@ -105,35 +112,55 @@ export function admissionControl(db: Db, options: AdmissionOptions): Admission {
     return new UnavailableError(message, seconds);
   };
 
+  const admitted = async (): Promise<UnavailableError | undefined> => {
+    // The pool first: it is free to read, and a sample would queue behind the others.
+    const pool = db.poolStats?.();
+    if (pool !== undefined && pool.oldestWaitMs > options.maxPoolWaitMs)
+      return refuse(
+        'pool',
+        `The database is overloaded: requests wait ${Math.round(pool.oldestWaitMs)} ms for a connection. ` +
+          'Retry shortly.',
+        retryAfterBounds.min,
+      );
+    const sample = await current();
+    if (sample === undefined) return undefined;
+    if (sample.backlog > options.maxBacklog)
+      return refuse(
+        'backlog',
+        `Too many events wait to be published (${sample.backlog >= backlogCap ? 'over ' : ''}` +
+          `${sample.backlog}); new orders are refused until they drain. Retry later.`,
+        drainSeconds(sample.backlog, drainRate),
+      );
+    if (options.inFlight !== undefined && sample.inFlight > options.inFlight.max)
+      return refuse(
+        'in_flight',
+        `Too much work is still in flight (over ${options.inFlight.max}); retry later.`,
+        // Work that completes publishes its outcome: the events' rate bounds the work's.
+        drainSeconds(sample.inFlight, drainRate),
+      );
+    return undefined;
+  };
+
   return {
     shed,
     check: async () => {
-      // The pool first: it is free to read, and a sample would queue behind the others.
-      const pool = db.poolStats?.();
-      if (pool !== undefined && pool.oldestWaitMs > options.maxPoolWaitMs)
+      // Counted at once, so that requests arriving together cannot all pass the bound.
+      if (options.maxConcurrent !== undefined && inProgress >= options.maxConcurrent)
         return refuse(
-          'pool',
-          `The database is overloaded: requests wait ${Math.round(pool.oldestWaitMs)} ms for a connection. ` +
-            'Retry shortly.',
+          'concurrency',
+          `${inProgress} requests like this one are in progress; the service is saturated. Retry shortly.`,
           retryAfterBounds.min,
         );
-      const sample = await current();
-      if (sample === undefined) return undefined;
-      if (sample.backlog > options.maxBacklog)
-        return refuse(
-          'backlog',
-          `Too many events wait to be published (${sample.backlog >= backlogCap ? 'over ' : ''}` +
-            `${sample.backlog}); new orders are refused until they drain. Retry later.`,
-          drainSeconds(sample.backlog, drainRate),
-        );
-      if (options.inFlight !== undefined && sample.inFlight > options.inFlight.max)
-        return refuse(
-          'in_flight',
-          `Too much work is still in flight (over ${options.inFlight.max}); retry later.`,
-          // Work that completes publishes its outcome: the events' rate bounds the work's.
-          drainSeconds(sample.inFlight, drainRate),
-        );
-      return undefined;
+      inProgress += 1;
+      const refused = await admitted().catch((error: unknown) => {
+        inProgress -= 1;
+        throw error;
+      });
+      if (refused !== undefined) inProgress -= 1;
+      return refused;
+    },
+    done: () => {
+      inProgress = Math.max(0, inProgress - 1);
     },
     metricLines: (label) => {
       const pool = db.poolStats?.();
@@ -141,6 +168,9 @@ export function admissionControl(db: Db, options: AdmissionOptions): Admission {
         '# HELP converge_admission_shed_total Requests refused at admission (503), by reason.',
         '# TYPE converge_admission_shed_total counter',
         ...Object.entries(shed).map(([reason, n]) => `converge_admission_shed_total{${label},reason="${reason}"} ${n}`),
+        '# HELP converge_admission_in_progress Requests admitted and not yet answered.',
+        '# TYPE converge_admission_in_progress gauge',
+        `converge_admission_in_progress{${label}} ${inProgress}`,
         '# HELP converge_outbox_drain_rate Events published per second, as admission last measured it.',
         '# TYPE converge_outbox_drain_rate gauge',
         `converge_outbox_drain_rate{${label}} ${drainRate.toFixed(1)}`,
@@ -164,14 +194,25 @@ export function admissionControl(db: Db, options: AdmissionOptions): Admission {
  * before its body is read, so nothing of it is written. Call before the route is added.
  */
 export function admitBefore(app: HttpApp, admission: Admission, route: { method: string; url: string }): void {
-  const guard = async () => {
+  const admittedRequests = new WeakSet<object>();
+  const guard = async (request: object) => {
     const refused = await admission.check();
     if (refused !== undefined) throw refused;
+    admittedRequests.add(request);
+  };
+  // Answered, failed or abandoned by its client: it no longer counts as in progress.
+  const finished = (request: object): Promise<void> => {
+    if (admittedRequests.delete(request)) admission.done();
+    return Promise.resolve();
   };
   app.addHook('onRoute', (options) => {
     const methods = Array.isArray(options.method) ? options.method : [options.method];
     if (options.url !== route.url || !methods.includes(route.method)) return;
     const existing = options.onRequest === undefined ? [] : [options.onRequest].flat();
     options.onRequest = [guard, ...existing];
+    const responded = options.onResponse === undefined ? [] : [options.onResponse].flat();
+    options.onResponse = [finished, ...responded];
+    const aborted = options.onRequestAbort === undefined ? [] : [options.onRequestAbort].flat();
+    options.onRequestAbort = [finished, ...aborted];
   });
 }
