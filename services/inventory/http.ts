@@ -3,7 +3,16 @@
 // (ProductAdded, StockAdjusted) in one transaction, and the relay publishes later.
 import crypto from 'node:crypto';
 import { Currency, Money, Position, Quantity, Uuid } from '@converge/contracts';
-import { NotFoundError, allow, signedIn, consistencyHeader, formatToken, problems, type Db, type HttpApp } from '@converge/platform';
+import {
+  NotFoundError,
+  allow,
+  signedIn,
+  consistencyHeader,
+  formatToken,
+  problems,
+  type Db,
+  type HttpApp,
+} from '@converge/platform';
 import Type from 'typebox';
 import { addProduct, getProduct, listProducts, restock } from './store.ts';
 

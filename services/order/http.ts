@@ -59,7 +59,7 @@ export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void
       config: { access: allow('customer') },
       schema: {
         tags: ['orders'],
-        summary: "Places an order (PENDING) for the caller; the outcome follows asynchronously",
+        summary: 'Places an order (PENDING) for the caller; the outcome follows asynchronously',
         headers: Type.Object({ 'idempotency-key': Type.String({ minLength: 1, maxLength: 200 }) }),
         body: PlaceOrder,
         response: { 201: OrderSchema, ...problems(400, 401, 403, 409, 413, 415, 422) },

@@ -1,7 +1,16 @@
 // Payment's HTTP API: payments by order or user, and users' credit at the provider. A
 // customer sees only their own payments and credit; adding credit is an operator's act.
 import { Money, PaymentStatus, Uuid, UserId } from '@converge/contracts';
-import { NotFoundError, actsFor, actsForAll, allow, callerOf, problems, type Db, type HttpApp } from '@converge/platform';
+import {
+  NotFoundError,
+  actsFor,
+  actsForAll,
+  allow,
+  callerOf,
+  problems,
+  type Db,
+  type HttpApp,
+} from '@converge/platform';
 import Type from 'typebox';
 import type { SimulatedProvider } from './provider.ts';
 import { findPayments } from './store.ts';
