@@ -2,7 +2,9 @@
 // dist/service.js, launched by system/launcher.ts) on PostgreSQL and RabbitMQ. A
 // process is killed with SIGKILL after committing and before publishing, another one
 // in the middle of a stream of orders; restarted, the system finishes every order
-// once, and the invariant checker agrees.
+// once, and the invariant checker agrees. The query service runs too: some events
+// (InventoryCommitted, PaymentRefunded…) are bound by it alone, and an event that no
+// queue binds stays in its outbox, as it must.
 import crypto from 'node:crypto';
 import { userIdentity, type Bus, type Identity } from '@converge/platform';
 import { serverAvailable, servers, uniqueName } from '@converge/platform/testing';
@@ -12,10 +14,11 @@ import { assertInvariants, waitForQuiet, type Acknowledged, type CheckedDbs } fr
 import { deploymentIdentities, identityEnv } from '../system/identities.ts';
 import { launcher, openRunDatabase, type Run } from '../system/launcher.ts';
 
-const up = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
+const up =
+  (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq')) && (await serverAvailable('redis'));
 const run: Run = { name: uniqueName('cluster'), postgres: servers.postgres, rabbitmq: servers.rabbitmq };
 const basePort = 20_000 + Math.floor(Math.random() * 20_000);
-const ports = { order: basePort, inventory: basePort + 1, payment: basePort + 2 } as const;
+const ports = { order: basePort, inventory: basePort + 1, payment: basePort + 2, query: basePort + 3 } as const;
 type Name = keyof typeof ports;
 const url = (name: Name) => `http://127.0.0.1:${ports[name]}`;
 
@@ -24,11 +27,18 @@ const env = {
   order: await identityEnv(identities, 'order'),
   inventory: await identityEnv(identities, 'inventory'),
   payment: await identityEnv(identities, 'payment'),
+  query: await identityEnv(identities, 'query'),
 };
 const processes = launcher({
   runner: 'bundle',
   run,
-  env: { LOG_LEVEL: 'warn' },
+  env: {
+    LOG_LEVEL: 'warn',
+    // Where the query service reads the feeds (its read cache is the machine's Redis, under the run's prefix).
+    ORDER_URL: url('order'),
+    INVENTORY_URL: url('inventory'),
+    PAYMENT_URL: url('payment'),
+  },
   processes: (Object.keys(ports) as Name[]).map((name) => ({
     name,
     entry: 'service',
@@ -75,6 +85,7 @@ describe.skipIf(!up)('cluster mode with real processes (PostgreSQL + RabbitMQ)',
       inventory: await open('inventory'),
       payment: await open('payment'),
       provider: await open('provider'),
+      query: await open('query'),
     };
     bus = await createRabbitBus({ url: servers.rabbitmq, exchange: `${run.name}.events`, queuePrefix: `${run.name}.` });
     await processes.startAll();

@@ -6,9 +6,11 @@ import amqp from 'amqplib';
 import { openPostgres } from '@converge/platform';
 import { eventually, serverAvailable, servers, uniqueName } from '@converge/platform/testing';
 import { afterAll, describe, expect, it } from 'vitest';
+import { deploymentIdentities, identityEnv } from '../system/identities.ts';
 import { dropRun, launcher, type Launcher, type Run } from '../system/launcher.ts';
 
 const up = (await serverAvailable('postgres')) && (await serverAvailable('rabbitmq'));
+const auth = await identityEnv(await deploymentIdentities(), 'order');
 
 const newRun = (): Run => ({ name: uniqueName('launcher'), postgres: servers.postgres, rabbitmq: servers.rabbitmq });
 const orderProcess = (run: Run, options: { supervise?: boolean } = {}): { cluster: Launcher; url: string } => {
@@ -17,7 +19,7 @@ const orderProcess = (run: Run, options: { supervise?: boolean } = {}): { cluste
   const cluster = launcher({
     runner: 'bundle',
     run,
-    env: { LOG_LEVEL: 'warn' },
+    env: { LOG_LEVEL: 'warn', ...auth },
     ...options,
     processes: [{ name: 'order', entry: 'service', args: ['order'], env: { PORT: String(port) }, url }],
   });

@@ -32,7 +32,7 @@ export const orderAdmissionDefaults: OrderAdmission = {
   maxBacklog: 5000,
   maxPoolWaitMs: 1000,
   maxPending: 2_000,
-  maxConcurrent: 64,
+  maxConcurrent: 512,
 };
 
 /** The order service's own settings. Read with the settings every service shares. */
