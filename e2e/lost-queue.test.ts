@@ -99,7 +99,6 @@ describeSystem(
           const queue = `${bus.queuePrefix ?? ''}query`;
           const product = await h.product(1_000, 100);
           const user = await h.user(1_000_000);
-          const before = await recovered();
           const connection = await amqp.connect(servers.rabbitmq);
           try {
             const channel = await connection.createChannel();
@@ -136,11 +135,11 @@ describeSystem(
           } finally {
             await connection.close().catch(() => undefined);
           }
-          await eventually(
-            async () => ((await recovered()) > before ? true : undefined),
-            10_000,
-            'the recovery counted',
-          );
+          // What the deleted queue lost, the feeds gave back: by the sweep (counted as recovered) or by
+          // a gap the next event revealed. How much was lost varies from run to run: publishes are
+          // mandatory, so an event only this queue binds (InventoryCommitted) is refused while the
+          // queue is gone and stays in its outbox until it is back, and is not lost at all. What must
+          // hold is that the read models converge.
           // A status can be right while a stream's last events (InventoryCommitted, the only
           // PaymentProcessed) were lost with the queue: nothing later reveals them, and the
           // sweep finds them once they are older than its settle time. The read models
