@@ -34,6 +34,11 @@ export type CostModel = {
   /** Non-idle CPU of the whole machine in ms (all cores; /proc/stat minus idle and iowait), steal included. */
   machineMs?: number;
   stealMs?: number;
+  /**
+   * Context switches of the whole machine (/proc/stat ctxt), the load generator's too: each
+   * message between two processes wakes one, so this counts the round trips the CPU pays for.
+   */
+  contextSwitches?: number;
   /** This process: the load generator, the reads, the sampling and scraping. */
   generatorMs: number;
   /** Per service, what its counters moved by; a counter the service does not expose is absent. */
@@ -67,16 +72,14 @@ function readProcs(): ProcStat[] {
   return procs;
 }
 
-function machineStat(): { busy: number; steal: number } | undefined {
+function machineStat(): { busy: number; steal: number; switches: number } | undefined {
   try {
+    const lines = fs.readFileSync('/proc/stat', 'utf8').split('\n');
+    const switches = Number(lines.find((line) => line.startsWith('ctxt '))?.split(' ')[1] ?? Number.NaN);
     // user nice system idle iowait irq softirq steal (guest time is already in user and nice)
-    const fields = (fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '')
-      .trim()
-      .split(/\s+/)
-      .slice(1, 9)
-      .map(Number);
+    const fields = (lines[0] ?? '').trim().split(/\s+/).slice(1, 9).map(Number);
     const total = fields.reduce((a, b) => a + b, 0);
-    return { busy: total - (fields[3] ?? 0) - (fields[4] ?? 0), steal: fields[7] ?? 0 };
+    return { busy: total - (fields[3] ?? 0) - (fields[4] ?? 0), steal: fields[7] ?? 0, switches };
   } catch {
     return undefined;
   }
@@ -206,6 +209,9 @@ export async function startCostMeter(cluster: Cluster): Promise<CostMeter> {
           : {
               machineMs: (machineEnd.busy - machine.busy) * msPerTick,
               stealMs: (machineEnd.steal - machine.steal) * msPerTick,
+              ...(Number.isFinite(machineEnd.switches - machine.switches)
+                ? { contextSwitches: machineEnd.switches - machine.switches }
+                : {}),
             }),
         generatorMs: (generatorUsage.user + generatorUsage.system) / 1000,
         counters: moved,
@@ -229,6 +235,8 @@ export type CostPerOrder = {
    */
   other?: number;
   steal?: number;
+  /** Context switches of the whole machine per completed order. */
+  contextSwitches?: number;
   /** Counters per completed order: per service, and their total over services. */
   counters: Record<string, Partial<Record<Counter, number>>>;
   totals: Partial<Record<Counter, number>>;
@@ -264,5 +272,6 @@ export function perOrder(cost: CostModel): CostPerOrder | undefined {
       ? {}
       : { machine, machineLessGenerator: machine - generator, other: machine - generator - attributed }),
     ...(cost.stealMs === undefined ? {} : { steal: per(cost.stealMs) }),
+    ...(cost.contextSwitches === undefined ? {} : { contextSwitches: per(cost.contextSwitches) }),
   };
 }

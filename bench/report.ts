@@ -144,6 +144,9 @@ export function renderCost(s: StepResult): string[] {
     `| of which none of the processes above | ${ceil(c.other)} |`,
     `| of the machine, steal (hypervisor) | ${ceil(c.steal)} |`,
     '',
+    `Context switches of the whole machine per completed order: ${ceil(c.contextSwitches)} ` +
+      '(each message from one process to another wakes its reader).',
+    '',
     `| per completed order | ${services.join(' | ')} | total |`,
     `|---|${services.map(() => '---|').join('')}---|`,
     ...(Object.keys(counterNames) as Counter[]).map((k) => {

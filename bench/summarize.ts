@@ -159,6 +159,7 @@ const lines = [
   `| CPU ms, whole machine | ${m((r) => cost(r)?.machine, 'lower', 2)} |`,
   `| CPU ms, load generator (apart) | ${m((r) => cost(r)?.generator, 'lower', 2)} |`,
   `| CPU ms, whole machine less load generator | ${m((r) => cost(r)?.machineLessGenerator, 'lower', 2)} |`,
+  `| context switches, whole machine | ${m((r) => cost(r)?.contextSwitches, 'lower', 0)} |`,
   ...(Object.keys(counterNames) as Counter[]).map(
     (k) => `| ${counterLabels[k]} | ${m((r) => cost(r)?.totals[k], 'lower', 2)} |`,
   ),
