@@ -60,6 +60,8 @@ export type SystemOptions = {
   /** Services started without their relay (a crash between commit and publish). */
   withoutRelay?: readonly ServiceName[];
   consumer?: ServiceDeps['consumer'];
+  /** How long relay and consumer batches may wait to fill (ServiceDeps). */
+  linger?: ServiceDeps['linger'];
   allowFaults?: boolean;
   /** Choreography (default) or orchestration of the order saga. */
   sagaMode?: SagaMode;
@@ -206,6 +208,7 @@ export async function startSystem(options: SystemOptions): Promise<System> {
       verify: identities.verify,
       relay: relay ?? !(options.withoutRelay ?? []).includes(name),
       ...(options.consumer === undefined ? {} : { consumer: options.consumer }),
+      ...(options.linger === undefined ? {} : { linger: options.linger }),
       ...(faults === undefined ? {} : { faults }),
     });
   // Queues are declared before any relay runs, so no early event is routed nowhere.

@@ -130,13 +130,14 @@ describe.each(backends)('consumer on $name', (backend) => {
     async function consumer(
       db: Db,
       handle: Handler,
-      options: { name?: string; subscribe?: boolean; sources?: string[] } = {},
+      options: { name?: string; subscribe?: boolean; sources?: string[]; lingerMs?: number } = {},
     ): Promise<Consumer> {
       const name = options.name ?? uniqueName('c');
       const backoff = { baseMs: 5, capMs: 20 };
       const sources = options.sources ?? ['inventory'];
+      const lingerMs = options.lingerMs ?? 0;
       const started = await startConsumer(
-        { name, db, bus, log: silentLogger, sources, handle, maxAttempts: 3, backoff },
+        { name, db, bus, log: silentLogger, sources, handle, maxAttempts: 3, backoff, lingerMs },
         options.subscribe ?? false,
       );
       cleanups.push(() => started.stop());
@@ -198,6 +199,42 @@ describe.each(backends)('consumer on $name', (backend) => {
         expect(positions).toEqual([{ n: 40 }]);
       },
     );
+
+    it(
+      'given a linger, when messages about different subjects arrive a few at a time, then they wait for ' +
+        'each other and share one batch; without it the first goes alone',
+      async () => {
+        const db = await backend.open();
+        const arriving = async (c: Consumer) => {
+          const outcomes: Promise<string>[] = [];
+          for (let k = 0; k < 4; k++) {
+            for (let j = 0; j < 3; j++) outcomes.push(c.process(stockAdjusted(crypto.randomUUID(), 1)));
+            await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+          return Promise.all(outcomes);
+        };
+        const lingering = await consumer(db, recordingHandler(), { lingerMs: 1_000 });
+        const eager = await consumer(db, recordingHandler());
+
+        expect(new Set(await arriving(lingering))).toEqual(new Set(['applied']));
+        expect(new Set(await arriving(eager))).toEqual(new Set(['applied']));
+
+        expect(lingering.stats).toMatchObject({ batches: 1, applied: 12, fallbacks: 0 });
+        expect(eager.stats.batches).toBeGreaterThan(1);
+        expect(await effects(db)).toHaveLength(24);
+      },
+    );
+
+    it('given a linger, when a lone message arrives, then it is applied once the linger is over', async () => {
+      const db = await backend.open();
+      const c = await consumer(db, recordingHandler(), { lingerMs: 30 });
+      const m = stockAdjusted(crypto.randomUUID(), 1);
+      const sent = performance.now();
+
+      expect(await c.process(m)).toBe('applied');
+      expect(performance.now() - sent).toBeGreaterThanOrEqual(29);
+      expect(await effects(db)).toEqual(tag(m.subject, 1));
+    });
 
     it(
       'given a batch holding a duplicate, an early message and one that can never succeed, when it is ' +

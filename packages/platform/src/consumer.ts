@@ -85,6 +85,12 @@ export type ConsumerOptions = {
    * batch at a time cannot, and while it runs the next one grows.
    */
   concurrency?: number;
+  /**
+   * How long the first message waiting for a batch may wait for others to join it (0:
+   * a batch starts as soon as one is free). A batch's round trips and commit cost the
+   * same for one message as for fifty, so a short wait makes each message cheaper.
+   */
+  lingerMs?: number;
   now?: () => Date;
 };
 
@@ -122,6 +128,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   const maxAttempts = options.maxAttempts ?? 5;
   const batchSize = options.batchSize ?? 64;
   const concurrency = options.concurrency ?? 1;
+  const lingerMs = options.lingerMs ?? 0;
   const backoff = options.backoff ?? { baseMs: 50, capMs: 2000 };
   const now = options.now ?? (() => new Date());
   const stats: ConsumerStats = {
@@ -340,9 +347,27 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   // Deliveries wait here until a batch takes them. A batch takes, in arrival order, at
   // most one message per subject and none whose subject is busy (in a batch, a drain of
   // the hold or a sweep), so one subject's messages still apply one at a time, in order.
-  type Waiting = { message: Message; resolve: (outcome: Outcome) => void; reject: (error: unknown) => void };
+  type Waiting = {
+    message: Message;
+    at: number;
+    resolve: (outcome: Outcome) => void;
+    reject: (error: unknown) => void;
+  };
   const waiting: Waiting[] = [];
   let batchesInFlight = 0;
+  // A batch waits for more until its first message has lingered `lingerMs` or it is full.
+  let lingering: NodeJS.Timeout | undefined;
+  function lingers(): boolean {
+    const first = waiting[0];
+    if (lingerMs <= 0 || first === undefined || waiting.length >= batchSize || stopped) return false;
+    const left = first.at + lingerMs - performance.now();
+    if (left <= 0) return false;
+    lingering ??= setTimeout(() => {
+      lingering = undefined;
+      pump();
+    }, left);
+    return true;
+  }
 
   function occupy(subjects: Iterable<string>, run: Promise<unknown>) {
     const settled = run.catch(() => undefined);
@@ -354,7 +379,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
   }
 
   function pump() {
-    while (batchesInFlight < concurrency && waiting.length > 0) {
+    while (batchesInFlight < concurrency && waiting.length > 0 && !lingers()) {
       const batch: Waiting[] = [];
       const subjects = new Set<string>();
       const passed = new Set<string>();
@@ -427,7 +452,7 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
       return 'skipped';
     }
     return new Promise<Outcome>((resolve, reject) => {
-      waiting.push({ message, resolve, reject });
+      waiting.push({ message, at: performance.now(), resolve, reject });
       pump();
     });
   }
@@ -493,6 +518,8 @@ export async function startConsumer(options: ConsumerOptions, subscribe = true):
     stop: async () => {
       stopped = true;
       clearInterval(sweeper);
+      clearTimeout(lingering);
+      lingering = undefined;
       await subscription?.close();
       // What was handed to us is still applied (or fails, and the broker has it again).
       while (waiting.length > 0 || lanes.size > 0) {

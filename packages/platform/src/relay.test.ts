@@ -109,7 +109,7 @@ function recordingBus(inner: Bus, relay: string, log: PublishLog, failures = 0):
 async function run(
   db: Db,
   bus: Bus,
-  options: { batchSize?: number; pollMs?: number; log?: Logger } = {},
+  options: { batchSize?: number; pollMs?: number; lingerMs?: number; log?: Logger } = {},
 ): Promise<Relay> {
   const relay = await startRelay({ db, bus, log: silentLogger, ...options });
   cleanups.push(() => relay.stop());
@@ -342,6 +342,53 @@ describe.each(backends)('relay on $name', (backend) => {
         expect(relays.map((r) => r.published).reduce((x, y) => x + y)).toBe(2000);
         expect(await takeAll(broker, 2000)).toHaveLength(2000);
         expect(await positionOrder(db)).toHaveLength(2000);
+      },
+    );
+
+    it(
+      'given a linger, when events commit one after another while it waits, then they go out in one ' +
+        'publish; without it the first commit goes out on its own',
+      async () => {
+        const db = await backend.open();
+        const broker = await openBus();
+        const counted = (inner: Bus): Bus & { calls: { publishes: number } } => {
+          const calls = { publishes: 0 };
+          return {
+            kind: inner.kind,
+            calls,
+            subscribe: inner.subscribe.bind(inner),
+            declare: inner.declare.bind(inner),
+            depth: inner.depth.bind(inner),
+            close: inner.close.bind(inner),
+            publish: async (messages: readonly Envelope[]) => {
+              calls.publishes += 1;
+              await inner.publish(messages);
+            },
+          };
+        };
+        const commitOneByOne = async () => {
+          for (let k = 0; k < 5; k++) {
+            await append(db, [stockAdjusted(crypto.randomUUID())]);
+            await sleep(10);
+          }
+          await eventually(drained(db), 15_000, 'outbox drained');
+        };
+        const lingering = counted(broker);
+        const relay = await run(db, lingering, { pollMs: 60_000, lingerMs: 1_000 });
+        await eventually(drained(db), 5_000, 'nothing left from before');
+        const before = lingering.calls.publishes;
+
+        await commitOneByOne();
+
+        expect(lingering.calls.publishes - before).toBe(1);
+        await relay.stop();
+        const eager = counted(broker);
+        await run(db, eager, { pollMs: 60_000 });
+
+        await commitOneByOne();
+
+        expect(eager.calls.publishes).toBeGreaterThan(1);
+        expect(await takeAll(broker, 10)).toHaveLength(10);
       },
     );
 

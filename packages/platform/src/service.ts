@@ -25,6 +25,8 @@ export type ServiceDeps = {
   /** false to run without publishing (a crash window between commit and publish, in tests). */
   relay?: boolean;
   consumer?: { maxAttempts?: number; backoff?: Backoff; prefetch?: number };
+  /** How long the relay's and the consumer's batches may wait to fill (RelayOptions, ConsumerOptions). */
+  linger?: { relayMs?: number; consumerMs?: number };
   /** Counters of the test-only bus fault switch, shown on /status when it is on. */
   faults?: FaultStats;
 };
@@ -90,11 +92,20 @@ export async function startService<Extra>(
     ...(definition.handle === undefined ? {} : { handle: definition.handle }),
     ...(definition.handleBatch === undefined ? {} : { handleBatch: definition.handleBatch }),
     now,
+    ...(deps.linger?.consumerMs === undefined ? {} : { lingerMs: deps.linger.consumerMs }),
     ...deps.consumer,
   });
   registerDeadLetterRoutes(app, db, consumer);
   registerFeedRoutes(app, db);
-  const relay = deps.relay === false ? undefined : await startRelay({ db, bus, log });
+  const relay =
+    deps.relay === false
+      ? undefined
+      : await startRelay({
+          db,
+          bus,
+          log,
+          ...(deps.linger?.relayMs === undefined ? {} : { lingerMs: deps.linger.relayMs }),
+        });
   registerStatusRoutes(app, definition.name, db, consumer, deps.faults, definition.metrics?.({ db, now, bus }), bus);
   const background = definition.background?.({ db, log, now, consumer });
   await app.ready();
