@@ -200,3 +200,103 @@ describe('POST /orders', () => {
     },
   );
 });
+
+describe('POST /orders, placements arriving together', () => {
+  let together: HttpApp;
+  const tokens: Record<string, Record<string, string>> = {};
+
+  beforeAll(async () => {
+    together = await createHttpApp({
+      service: 'order',
+      log: silentLogger,
+      description: 'test',
+      ready: () => Promise.resolve({}),
+    });
+    const identities = await createIdentities();
+    requireIdentities(together, identities.verify);
+    for (const user of ['ada', 'ben', 'cy', 'mallory'])
+      tokens[user] = { authorization: `Bearer ${await identities.token(userIdentity(user))}` };
+    registerOrderRoutes(together, db, () => now, { lingerMs: 300 });
+    await together.ready();
+  });
+  afterAll(async () => {
+    await together.close();
+  });
+
+  const placeAs = (user: string, key: string, payload: object = body) =>
+    together.inject({
+      method: 'POST',
+      url: '/orders',
+      headers: { ...tokens[user], 'idempotency-key': key },
+      payload,
+    });
+
+  it(
+    'given ten placements within the linger, when they are placed, then they commit in one transaction ' +
+      'and each gets its own order, event and key',
+    async () => {
+      const before = costCounters();
+
+      const responses = await Promise.all(
+        Array.from({ length: 10 }, (_, k) => placeAs(['ada', 'ben', 'cy'][k % 3] ?? 'ada', crypto.randomUUID())),
+      );
+
+      expect(costCounters().transactions - before.transactions).toBe(1);
+      expect(responses.map((r) => r.statusCode)).toEqual(responses.map(() => 201));
+      const orders = responses.map((r) => r.json<{ orderId: string; userId: string }>());
+      expect(new Set(orders.map((o) => o.orderId)).size).toBe(10);
+      expect(orders.map((o) => o.userId)).toEqual(Array.from({ length: 10 }, (_, k) => ['ada', 'ben', 'cy'][k % 3]));
+      const events = await db.query<{ subject: string; sequence: number }>(
+        'SELECT subject, sequence FROM outbox WHERE subject = ANY($1::text[])',
+        [orders.map((o) => o.orderId)],
+      );
+      expect(events).toHaveLength(10);
+      expect(new Set(events.map((e) => e.sequence))).toEqual(new Set([1]));
+    },
+  );
+
+  it(
+    'given one key twice in one batch, when both are placed, then one order exists and both answer it, ' +
+      'the second as a replay; another body under that key in the same batch is refused',
+    async () => {
+      const key = crypto.randomUUID();
+      const other = { items: [{ productId: beans, quantity: 7 }] };
+
+      const [a, b, c] = await Promise.all([placeAs('ada', key), placeAs('ada', key), placeAs('ada', key, other)]);
+
+      const answered = [a, b, c].filter((r) => r.statusCode === 201);
+      const refused = [a, b, c].filter((r) => r.statusCode === 422);
+      expect(answered.length + refused.length).toBe(3);
+      const orderIds = new Set(answered.map((r) => r.json<{ orderId: string }>().orderId));
+      expect(orderIds.size).toBe(1);
+      expect(answered.filter((r) => r.headers['idempotent-replayed'] === 'true')).toHaveLength(answered.length - 1);
+      expect(await db.query('SELECT 1 FROM idempotency_keys WHERE key = $1', [key])).toHaveLength(1);
+      expect(await db.query('SELECT 1 FROM outbox WHERE subject = ANY($1::text[])', [[...orderIds]])).toHaveLength(1);
+    },
+  );
+
+  it(
+    'given a batch with one placement the database refuses, when they are placed, then the others are ' +
+      'placed and only that one fails, with nothing of it written',
+    async () => {
+      await db.exec(`CREATE FUNCTION refuse_mallory() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN IF NEW.user_id = 'mallory' THEN RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse_mallory BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION refuse_mallory();`);
+      try {
+        const keys = [crypto.randomUUID(), crypto.randomUUID(), crypto.randomUUID()];
+
+        const [ada, mallory, ben] = await Promise.all([
+          placeAs('ada', keys[0] ?? ''),
+          placeAs('mallory', keys[1] ?? ''),
+          placeAs('ben', keys[2] ?? ''),
+        ]);
+
+        expect([ada.statusCode, mallory.statusCode, ben.statusCode]).toEqual([201, 500, 201]);
+        expect(await db.query('SELECT 1 FROM idempotency_keys WHERE key = $1', [keys[1]])).toEqual([]);
+        expect(await db.query("SELECT 1 FROM orders WHERE user_id = 'mallory'")).toEqual([]);
+      } finally {
+        await db.exec('DROP TRIGGER refuse_mallory ON orders; DROP FUNCTION refuse_mallory();');
+      }
+    },
+  );
+});

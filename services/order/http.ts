@@ -16,7 +16,7 @@ import {
   type HttpApp,
 } from '@converge/platform';
 import Type from 'typebox';
-import { orderPlacement } from './place.ts';
+import { orderPlacement, type PlacementOptions } from './place.ts';
 import { cancelOrder, etagOf as etag, getOrder, listOrders, type OrderView } from './store.ts';
 
 export const PlaceOrder = Type.Object(
@@ -51,8 +51,8 @@ const token = (order: OrderView) => formatToken({ source: 'order', subject: orde
 /** A customer sees their own orders; an operator (or another service) any. */
 const readers = allow('customer', 'operator', 'service');
 
-export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date): void {
-  const place = orderPlacement(db);
+export function registerOrderRoutes(app: HttpApp, db: Db, now: () => Date, placement?: PlacementOptions): void {
+  const place = orderPlacement(db, placement);
   app.post(
     '/orders',
     {

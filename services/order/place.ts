@@ -8,7 +8,7 @@
 // written.
 import crypto from 'node:crypto';
 import type { OrderLine } from '@converge/contracts';
-import { ConflictError, InvalidError, appendToOutbox, type AppendContext, type Db, type Sql } from '@converge/platform';
+import { ConflictError, InvalidError, appendCaused, type Db, type Sql } from '@converge/platform';
 import { decide, evolve, initialOrder, type OrderCommand } from './order.ts';
 import { viewOf, type OrderView } from './store.ts';
 
@@ -22,36 +22,118 @@ export function requestHash(body: PlaceOrderRequest): string {
   return crypto.createHash('sha256').update(canonical).digest('hex');
 }
 
-/** Places orders on `db`, pricing them from its catalogue with the prices this process remembers. */
-export function orderPlacement(db: Db): (request: PlaceOrderRequest, key: string, now: Date) => Promise<Placement> {
+export type PlacementOptions = {
+  /**
+   * How long the first placement waiting for a transaction may wait for others to join it
+   * (0: it goes as soon as a transaction is free). Placements that arrive while the
+   * transactions are busy join the next one either way.
+   */
+  lingerMs?: number;
+  /** Placing transactions in flight at once. */
+  concurrency?: number;
+  /** At most this many placements share a transaction. */
+  maxBatch?: number;
+};
+
+/** A priced placement waiting for its transaction. */
+type Waiting = {
+  command: Extract<OrderCommand, { type: 'PlaceOrder' }>;
+  claim: KeyClaim;
+  at: number;
+  resolve: (placement: Placement) => void;
+  reject: (error: unknown) => void;
+};
+
+/**
+ * Places orders on `db`, pricing them from its catalogue with the prices this process
+ * remembers. Placements that arrive together commit together: one transaction, one
+ * statement for their claims and rows, one for their OrderCreated events, one commit.
+ * Each still gets its own answer: its order, the first response under its key, or its
+ * own error (a batch that fails is placed again one by one, so a fault is its own).
+ */
+export function orderPlacement(
+  db: Db,
+  options: PlacementOptions = {},
+): (request: PlaceOrderRequest, key: string, now: Date) => Promise<Placement> {
   const prices = cataloguePrices(db);
+  const { lingerMs = 0, concurrency = 2, maxBatch = 100 } = options;
+  const waiting: Waiting[] = [];
+  let inFlight = 0;
+  let lingering: NodeJS.Timeout | undefined;
+
+  const lingers = (): boolean => {
+    const first = waiting[0];
+    if (lingerMs <= 0 || first === undefined || waiting.length >= maxBatch) return false;
+    const left = first.at + lingerMs - performance.now();
+    if (left <= 0) return false;
+    lingering ??= setTimeout(() => {
+      lingering = undefined;
+      pump();
+    }, left);
+    return true;
+  };
+
+  function pump(): void {
+    while (inFlight < concurrency && waiting.length > 0 && !lingers()) {
+      const batch = waiting.splice(0, maxBatch);
+      inFlight += 1;
+      void placeTogether(db, batch).finally(() => {
+        inFlight -= 1;
+        pump();
+      });
+    }
+  }
+
   return async (request, key, now) => {
-    const hash = requestHash(request);
     // A replay is rare, so it is not looked for first: it prices and places like a new
     // order, finds its key taken before writing anything and answers the first response.
     const { items, currency } = await priceOrder(prices, request);
-    const orderId = crypto.randomUUID();
-    try {
-      const order = await db.transaction(async (tx) => {
-        const placed = await insertOrder(
-          tx,
-          { type: 'PlaceOrder', orderId, userId: request.userId, items, currency, now },
-          { key, requestHash: hash },
-          { source: 'order', now },
-        );
-        if (placed === undefined) throw new KeyTaken();
-        return placed;
+    const command = {
+      type: 'PlaceOrder' as const,
+      orderId: crypto.randomUUID(),
+      userId: request.userId,
+      items,
+      currency,
+      now,
+    };
+    return new Promise<Placement>((resolve, reject) => {
+      waiting.push({
+        command,
+        claim: { key, requestHash: requestHash(request) },
+        at: performance.now(),
+        resolve,
+        reject,
       });
-      return { order, replayed: false };
-    } catch (error) {
-      if (!(error instanceof KeyTaken)) throw error;
-      return { order: await replayKey(db, request.userId, key, hash), replayed: true };
-    }
+      pump();
+    });
   };
 }
 
-/** Rolls the placing transaction back when the key turns out to be taken. */
-class KeyTaken extends Error {}
+/** Places a batch in one transaction; if it fails, each alone, so that a failure is only its own. */
+async function placeTogether(db: Db, batch: readonly Waiting[]): Promise<void> {
+  let placed: (OrderView | undefined)[];
+  try {
+    placed = await db.transaction((tx) => insertOrders(tx, batch));
+  } catch (error) {
+    if (batch.length === 1) {
+      batch[0]?.reject(error);
+      return;
+    }
+    await Promise.all(batch.map((one) => placeTogether(db, [one])));
+    return;
+  }
+  await Promise.all(
+    batch.map(async ({ command, claim, resolve, reject }, k) => {
+      const order = placed[k];
+      if (order !== undefined) return resolve({ order, replayed: false });
+      try {
+        resolve({ order: await replayKey(db, command.userId, claim.key, claim.requestHash), replayed: true });
+      } catch (error) {
+        reject(error);
+      }
+    }),
+  );
+}
 
 type KeyRow = { request_hash: string; response_body: OrderView };
 
@@ -101,57 +183,67 @@ async function priceOrder(
 type KeyClaim = { key: string; requestHash: string };
 
 /**
- * Places a new order, claiming `claim` with its response, inside `tx`: the claim and the
- * order's row are one statement, its OrderCreated the next. Resolves to undefined, with
- * nothing written, when the key was taken (a concurrent request with the same key waits
- * here for the first one's commit).
+ * Places new orders inside `tx`, each claiming its Idempotency-Key with its response: the
+ * claims and the orders' rows are one statement, their OrderCreated events the next. An
+ * order whose key was taken (by an earlier request, or by another of this batch) is not
+ * written and comes back undefined; a concurrent request with the same key waits here for
+ * the first one's commit. Rows go in key order, so two batches never wait on each other.
  */
-async function insertOrder(
-  tx: Sql,
-  command: Extract<OrderCommand, { type: 'PlaceOrder' }>,
-  claim: KeyClaim,
-  context: AppendContext,
-): Promise<OrderView | undefined> {
+async function insertOrders(tx: Sql, batch: readonly Waiting[]): Promise<(OrderView | undefined)[]> {
   // A new order's id was just drawn at random: there is no stream to load or lock.
-  const events = decide(command, initialOrder);
-  const order = events.reduce(evolve, initialOrder);
-  if (order.status === 'NONE') throw new Error(`order ${command.orderId} was not created`);
-  const view = viewOf(order, context.now);
-  const [placed] = await tx.query(
-    `WITH claimed AS (
+  const decided = batch.map(({ command, claim }) => {
+    const events = decide(command, initialOrder);
+    const order = events.reduce(evolve, initialOrder);
+    if (order.status === 'NONE') throw new Error(`order ${command.orderId} was not created`);
+    return { order, events, claim, now: command.now, view: viewOf(order, command.now) };
+  });
+  const rows = decided
+    .map(({ order, claim, now, view }) => ({
+      order_id: order.orderId,
+      user_id: order.userId,
+      key: claim.key,
+      request_hash: claim.requestHash,
+      items: order.items,
+      total_amount: order.totalAmount,
+      currency: order.currency,
+      version: order.version,
+      created_at: order.createdAt,
+      now,
+      response: view,
+    }))
+    .sort((a, b) => (a.user_id === b.user_id ? cmp(a.key, b.key) : cmp(a.user_id, b.user_id)));
+  const inserted = await tx.query<{ order_id: string }>(
+    `WITH input AS (
+       SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(order_id uuid, user_id text, key text, request_hash text,
+              items jsonb, total_amount bigint, currency text, version int, created_at timestamptz,
+              now timestamptz, response jsonb)
+     ), claimed AS (
        INSERT INTO idempotency_keys
               (user_id, key, request_hash, state, order_id, response_status, response_body, created_at)
-       VALUES ($2, $9, $10, 'done', $1, 201, $11::jsonb, $8) ON CONFLICT DO NOTHING RETURNING order_id
+       SELECT user_id, key, request_hash, 'done', order_id, 201, response, now FROM input
+       ON CONFLICT DO NOTHING RETURNING order_id
      )
      INSERT INTO orders
             (order_id, user_id, status, items, total_amount, currency, reason, version, created_at, updated_at)
-     SELECT order_id, $2::text, 'PENDING', $3::jsonb, $4::bigint, $5::text, NULL, $6::int,
-            $7::timestamptz, $8::timestamptz
-       FROM claimed
-     RETURNING 1`,
-    [
-      order.orderId,
-      order.userId,
-      JSON.stringify(order.items),
-      order.totalAmount,
-      order.currency,
-      order.version,
-      order.createdAt,
-      context.now,
-      claim.key,
-      claim.requestHash,
-      JSON.stringify(view),
-    ],
+     SELECT order_id, user_id, 'PENDING', items, total_amount, currency, NULL, version, created_at, now
+       FROM input WHERE order_id IN (SELECT order_id FROM claimed)
+     RETURNING order_id::text`,
+    [JSON.stringify(rows)],
   );
-  if (placed === undefined) return undefined;
-  await appendToOutbox(
+  const placed = new Set(inserted.map((r) => r.order_id));
+  const created = decided.filter(({ order }) => placed.has(order.orderId));
+  await appendCaused(
     tx,
-    context,
-    events.map((e) => ({ ...e, subject: order.orderId })),
-    initialOrder.version,
+    created.map(({ order, events, now }) => ({
+      context: { source: 'order', now },
+      events: events.map((e) => ({ ...e, subject: order.orderId })),
+      expectedVersion: initialOrder.version,
+    })),
   );
-  return view;
+  return decided.map(({ order, view }) => (placed.has(order.orderId) ? view : undefined));
 }
+
+const cmp = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 async function priceLines(db: Sql, productIds: readonly string[]): Promise<Map<string, Price>> {
   const rows = await db.query<{ product_id: string; price: number; currency: string }>(

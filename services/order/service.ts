@@ -14,6 +14,7 @@ import {
 } from '@converge/platform';
 import { orderBatchHandler, orderSources } from './consumers.ts';
 import { registerOrderRoutes } from './http.ts';
+import type { PlacementOptions } from './place.ts';
 
 // What the rest of the system may use of this service; nothing imports its other files.
 export { orderSources } from './consumers.ts';
@@ -45,12 +46,20 @@ export const orderConfig = {
   ADMISSION_MAX_PENDING: setting.int(orderAdmissionDefaults.maxPending, 1),
   /** Placements in progress (admitted, not yet answered) above which more are refused at once. */
   ADMISSION_MAX_CONCURRENT: setting.int(orderAdmissionDefaults.maxConcurrent, 1),
+  /**
+   * How long a placement may wait for others to share its transaction (place.ts); those
+   * that arrive while the placing transactions are busy share the next one anyway.
+   */
+  PLACEMENT_LINGER_MS: setting.int(0, 0, 1_000),
 };
 
 // Counted up to the bound only ($2): the partial index orders_pending holds exactly these.
 const pendingOrders = "SELECT count(*) AS n FROM (SELECT 1 FROM orders WHERE status = 'PENDING' LIMIT $2) p";
 
-export function orderService(mode: SagaMode, options: { admission?: Partial<OrderAdmission> } = {}): ServiceDefinition {
+export function orderService(
+  mode: SagaMode,
+  options: { admission?: Partial<OrderAdmission>; placement?: PlacementOptions } = {},
+): ServiceDefinition {
   const bounds = { ...orderAdmissionDefaults, ...options.admission };
   // One per start of the service: the routes make it, the metrics read it.
   let admission: Admission | undefined;
@@ -68,7 +77,7 @@ export function orderService(mode: SagaMode, options: { admission?: Partial<Orde
         maxConcurrent: bounds.maxConcurrent,
       });
       admitBefore(app, admission, { method: 'POST', url: '/orders' });
-      registerOrderRoutes(app, db, now);
+      registerOrderRoutes(app, db, now, options.placement);
     },
     metrics: () => () => Promise.resolve(admission?.metricLines('service="order"') ?? []),
   };
