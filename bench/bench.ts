@@ -337,6 +337,13 @@ async function main(): Promise<void> {
     startedAt: startedAt.toISOString(),
     machine: versions(),
     parts: [...only],
+    settings: Object.fromEntries(
+      Object.entries(process.env).filter(
+        (entry): entry is [string, string] =>
+          /^(?:[A-Z]+_)?(?:RELAY_LINGER_MS|CONSUMER_LINGER_MS|PLACEMENT_LINGER_MS|ADMISSION_[A-Z_]+)$/.test(entry[0]) &&
+          entry[1] !== undefined,
+      ),
+    ),
     sweep: [],
     hotSweep: [],
     orchestrationSweep: [],

@@ -69,6 +69,8 @@ export type BenchResult = {
   targets: Partial<typeof issueTargets> & Record<string, number | undefined>;
   /** Which parts ran (absent: all of an older version's). */
   parts?: string[];
+  /** The services' settings this run gave them through the environment (batching and admission), as set. */
+  settings?: Record<string, string>;
   /** Choreography, spread catalogue. */
   sweep: StepResult[];
   hotSweep?: StepResult[];
@@ -227,7 +229,10 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
     return `| ${label} | < ${target} ms | ${measured} | ${verdict(pass)} |`;
   };
   const machine = r.machine;
-  const partsRun = r.parts === undefined ? '' : ` Parts run: ${r.parts.join(', ')}.`;
+  const settings = Object.entries(r.settings ?? {}).map(([k, v]) => `${k}=${v}`);
+  const partsRun =
+    (r.parts === undefined ? '' : ` Parts run: ${r.parts.join(', ')}.`) +
+    (r.settings === undefined ? '' : ` Settings from the environment: ${settings.join(', ') || 'none (defaults)'}.`);
   const costMeasured =
     cost === undefined
       ? 'not run'
