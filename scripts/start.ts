@@ -9,7 +9,7 @@
 // with them.
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { ConfigError, createLogger, isProduction, loadConfig, setting } from '@converge/platform';
+import { ConfigError, createLogger, isProduction, lingerDefaults, loadConfig, setting } from '@converge/platform';
 import { startGateway, type RunningGateway } from '../services/gateway/main.ts';
 import { waitUntilPriced } from '../services/order/service.ts';
 import { demoCatalogue, seedDemo } from './demo.ts';
@@ -30,6 +30,9 @@ function readConfig() {
       ORCHESTRATOR_PORT: port(defaultPorts.orchestrator),
       QUERY_PORT: port(defaultPorts.query),
       SAGA_MODE: setting.oneOf(['choreography', 'orchestration'], 'choreography'),
+      /** How long relay and consumer batches wait to fill (README, "Batches that fill"). */
+      RELAY_LINGER_MS: setting.int(lingerDefaults.relayMs, 0, 1_000),
+      CONSUMER_LINGER_MS: setting.int(lingerDefaults.consumerMs, 0, 1_000),
       LOG_LEVEL: setting.oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'warn'),
     });
   } catch (error) {
@@ -73,6 +76,7 @@ async function main(): Promise<void> {
     bus: { kind: 'local' },
     log,
     sagaMode: config.SAGA_MODE,
+    linger: { relayMs: config.RELAY_LINGER_MS, consumerMs: config.CONSUMER_LINGER_MS },
   });
   let gateway: RunningGateway | undefined;
   let stopping: Promise<void> | undefined;

@@ -12,6 +12,7 @@ import {
   ensureDatabase,
   isProduction,
   keySetSetting,
+  lingerDefaults,
   loadConfig,
   openPostgres,
   postgresDefaults,
@@ -73,8 +74,8 @@ export const sharedConfig = (service: ServiceName, testing = false, production =
    * A batch costs about the same for one message as for fifty: latency traded for cost
    * per message (README, "Batches that fill").
    */
-  RELAY_LINGER_MS: setting.int(0, 0, 1_000),
-  CONSUMER_LINGER_MS: setting.int(0, 0, 1_000),
+  RELAY_LINGER_MS: setting.int(lingerDefaults.relayMs, 0, 1_000),
+  CONSUMER_LINGER_MS: setting.int(lingerDefaults.consumerMs, 0, 1_000),
   /** `false` runs without publishing (tests of the crash window); refused in production. */
   RELAY: testOnly(setting.bool(true), production, true),
   /** The token issuer's public keys (JWK set JSON, or its URL): every caller's token is verified against them. */

@@ -31,6 +31,14 @@ export type ServiceDeps = {
   faults?: FaultStats;
 };
 
+/**
+ * What a deployment waits for a batch to fill, measured (README, "Batches that fill"): at
+ * 100 orders/s these halve the machine's CPU per order and keep completion p99 near
+ * 250 ms. The relay's wait matters most: one broker message then carries the batch, and
+ * the consumers downstream take it as one. Embedded tests run without (0).
+ */
+export const lingerDefaults = { relayMs: 50, consumerMs: 10 } as const;
+
 export type ServiceDefinition<Extra = void> = {
   name: string;
   description: string;
