@@ -335,7 +335,8 @@ async function checkReadModels(
     const rows = await source.query<{ envelope: Envelope & SourceEvent }>(
       'SELECT envelope FROM outbox WHERE feed_position IS NOT NULL ORDER BY feed_position',
     );
-    events.push(...rows.map((r) => r.envelope));
+    // Not push(...rows): a long run's feeds hold more events than a call may take arguments.
+    for (const row of rows) events.push(row.envelope);
   }
   const folded = foldReadModels(events);
   const compare = <T>(model: string, expected: Map<string, T>, actual: Map<string, T>) => {
