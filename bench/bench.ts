@@ -209,7 +209,13 @@ async function step(
         }),
         targets === undefined
           ? undefined
-          : runReads({ queryUrl: cluster.urls.query, targets, rate: readRate, durationSec: seconds }),
+          : runReads({
+              queryUrl: cluster.urls.query,
+              targets,
+              rate: readRate,
+              durationSec: seconds,
+              headers: await cluster.auth(),
+            }),
       ]),
     ([load]) => load.finals.COMPLETED ?? 0,
   );
@@ -377,6 +383,7 @@ async function main(): Promise<void> {
           targets: await readTargets(cluster, spread),
           rate: readScenarioRate,
           durationSec: 20,
+          headers: await cluster.auth(),
         });
         log(`  p50 ${result.reads.all.p50} ms p99 ${result.reads.all.p99} ms`);
       }

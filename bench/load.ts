@@ -110,8 +110,12 @@ function schedule(rate: number, durationSec: number, arrival: 'constant' | 'pois
 // over kept-alive connections: a fraction of what fetch costs per request.
 const agent = new http.Agent({ keepAlive: true, maxSockets: 512 });
 
-export function getJson(url: string, timeoutMs = 10_000): Promise<{ status: number; body: unknown }> {
-  return requestJson('GET', url, undefined, {}, timeoutMs);
+export function getJson(
+  url: string,
+  timeoutMs = 10_000,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: unknown }> {
+  return requestJson('GET', url, undefined, headers, timeoutMs);
 }
 
 function postJson(url: string, body: string, headers: Record<string, string>, timeoutMs: number): Promise<Answer> {

@@ -3,7 +3,9 @@
 // a stall shows. The mix is what a shop's pages read: an order's summary (half), a
 // product's availability (three tenths), a user's latest orders (a fifth). Orders are
 // ones the read models hold; during a load step many of them are changing, so their
-// cached documents are being invalidated while they are read.
+// cached documents are being invalidated while they are read. The reader is signed in
+// (`headers`: every route of the query service wants an identity), as one who may read
+// every order, so each read passes the same access check a customer's does.
 import { Histogram, type Summary } from './histogram.ts';
 import { getJson } from './load.ts';
 
@@ -44,8 +46,9 @@ export async function runReads(options: {
   targets: ReadTargets;
   rate: number;
   durationSec: number;
+  headers: Record<string, string>;
 }): Promise<ReadReport> {
-  const { queryUrl, targets, rate, durationSec } = options;
+  const { queryUrl, targets, rate, durationSec, headers } = options;
   if (targets.orderIds.length === 0) throw new Error('no orders in the read models to read');
   const histograms = Object.fromEntries(kinds.map((k) => [k.name, new Histogram()])) as Record<Kind, Histogram>;
   const counters: Record<Kind, number> = { orderSummary: 0, product: 0, userOrders: 0 };
@@ -62,7 +65,7 @@ export async function runReads(options: {
     const kind = slot < 0.5 ? kinds[0] : slot < 0.8 ? kinds[1] : kinds[2];
     const n = (counters[kind.name] += 1);
     pending.push(
-      getJson(`${queryUrl}${kind.path(targets, n)}`).then(
+      getJson(`${queryUrl}${kind.path(targets, n)}`, 10_000, headers).then(
         (r) => {
           histograms[kind.name].record((performance.now() - at) * 1000);
           if (r.status !== 200) errors[String(r.status)] = (errors[String(r.status)] ?? 0) + 1;

@@ -223,9 +223,9 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
         : `; highest step run ${top}/s`;
     return `| ${label} | ≥ ${target}/s | ${best}/s${stopped} | ${verdict(best >= target)} |`;
   };
-  const mixedTarget = (label: string, target: number, value: number | undefined) => {
+  const mixedTarget = (label: string, target: number, value: number | undefined, clean = true) => {
     const measured = mixed === undefined ? 'not run' : `${ceil(value)} ms`;
-    const pass = mixed === undefined || value === undefined ? undefined : value < target;
+    const pass = mixed === undefined || value === undefined ? undefined : value < target && clean;
     return `| ${label} | < ${target} ms | ${measured} | ${verdict(pass)} |`;
   };
   const machine = r.machine;
@@ -275,7 +275,12 @@ export function renderMarkdown(r: BenchResult, svg: string): string {
       mixed?.placement.p99,
     ),
     mixedTarget('completion p99, same step', t.completionP99Ms, mixed?.completion.p99),
-    mixedTarget(`query read p99, same step (${errorsOf(mixed?.reads)} errors)`, t.readP99Ms, mixed?.reads?.all.p99),
+    mixedTarget(
+      `query read p99, same step (${errorsOf(mixed?.reads)} errors; any fails it)`,
+      t.readP99Ms,
+      mixed?.reads?.all.p99,
+      errorsOf(mixed?.reads) === 0,
+    ),
     mixedTarget(
       'commit-to-read-model p99, slowest read model, same step',
       t.projectionP99Ms,
