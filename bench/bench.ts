@@ -187,6 +187,7 @@ async function step(
       (reading ? `, reading the query service at ${readRate}/s` : ''),
   );
   const targets = reading ? await readTargets(cluster, fixture) : undefined;
+  const reader = await cluster.auth();
   const before = await scrapeDelays(cluster);
   const {
     result: [result, reads],
@@ -214,7 +215,7 @@ async function step(
               targets,
               rate: readRate,
               durationSec: seconds,
-              headers: await cluster.auth(),
+              headers: reader,
             }),
       ]),
     ([load]) => load.finals.COMPLETED ?? 0,
